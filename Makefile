@@ -1,0 +1,40 @@
+# `make run` serves the default `local` distribution; `make test` runs the whole suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is not needed yet; when it is, pin a range that torch==2.13.0 satisfies (see the README).
+PIP_INSTALL := $(BIN)/python -m pip install --disable-pip-version-check -q
+
+.PHONY: run test test-quick bench install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP_INSTALL) --upgrade pip "setuptools>=69" wheel
+
+# Stamp files: reinstall only when the project's metadata changes.
+$(VENV)/.installed-run: pyproject.toml setup.py | $(BIN)/python
+	$(PIP_INSTALL) -e ".[llama-cpp]"
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml setup.py | $(BIN)/python
+	$(PIP_INSTALL) -e ".[llama-cpp,test]"
+	touch $@
+
+install: $(VENV)/.installed-run
+
+run: $(VENV)/.installed-run
+	$(BIN)/llama-stack run local $(ARGS)
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The quick subset for iterating: no real model, no server subprocesses.
+test-quick: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python bench/inference_stream.py
+	$(BIN)/python bench/startup.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,117 @@
+"""Errors are part of the API: each maps to one HTTP status and one JSON error body.
+
+Providers raise these; the server answers them as ``{"error": {"status", "type", "message", ...}}`` and
+the clients raise the same classes again, so callers handle one set of exceptions whichever transport
+they use.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class LlamaStackError(Exception):
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, *, details: list[dict[str, Any]] | None = None, provider: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.details = details or []
+        self.provider = provider
+
+    def to_body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"status": self.status, "type": self.type, "message": self.message}
+        if self.details:
+            error["details"] = self.details
+        if self.provider:
+            error["provider"] = self.provider
+        return {"error": error}
+
+
+class BadRequestError(LlamaStackError):
+    status = 400
+    type = "bad_request"
+
+
+class AuthenticationError(LlamaStackError):
+    status = 401
+    type = "unauthorized"
+
+
+class NotFoundError(LlamaStackError):
+    status = 404
+    type = "not_found"
+
+
+class MethodNotAllowedError(LlamaStackError):
+    status = 405
+    type = "method_not_allowed"
+
+
+class ConflictError(LlamaStackError):
+    status = 409
+    type = "conflict"
+
+
+class ValidationError(LlamaStackError):
+    """The request is well-formed JSON but does not match the schema; ``details`` name each field."""
+
+    status = 422
+    type = "validation_error"
+
+
+class NotSupportedError(LlamaStackError):
+    """The request is valid but this provider cannot honour it."""
+
+    status = 501
+    type = "not_implemented"
+
+
+class ProviderError(LlamaStackError):
+    """A service behind a provider failed."""
+
+    status = 502
+    type = "provider_error"
+
+
+class ServiceUnavailableError(LlamaStackError):
+    """Temporarily unable to serve (a full queue, a service down); retrying later may succeed."""
+
+    status = 503
+    type = "service_unavailable"
+
+
+class ProviderTimeoutError(LlamaStackError):
+    status = 504
+    type = "provider_timeout"
+
+
+ERRORS_BY_STATUS: dict[int, type[LlamaStackError]] = {
+    cls.status: cls
+    for cls in (
+        BadRequestError,
+        AuthenticationError,
+        NotFoundError,
+        MethodNotAllowedError,
+        ConflictError,
+        ValidationError,
+        NotSupportedError,
+        ProviderError,
+        ServiceUnavailableError,
+        ProviderTimeoutError,
+    )
+}
+
+
+def error_from_body(status: int, body: Any) -> LlamaStackError:
+    """Rebuild the exception a server answered (used by the HTTP client)."""
+    cls = ERRORS_BY_STATUS.get(status, LlamaStackError)
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        exc = cls(f"HTTP {status}: {body!r}"[:2000])
+    else:
+        exc = cls(str(error.get("message", "")), details=error.get("details"), provider=error.get("provider"))
+    if cls is LlamaStackError:
+        exc.status = status  # type: ignore[misc]
+    return exc

@@ -1,0 +1,53 @@
+"""Inspection routes served by the stack itself: health, the models and the providers it serves.
+
+These are extensions beside the seed contract; no provider implements them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol, runtime_checkable
+
+from pydantic import Field
+
+from .common import JsonObject, Schema
+from .routes import webmethod
+
+
+class Model(Schema):
+    """A model the distribution serves, and which provider serves it."""
+
+    model_id: str = Field(description="The id clients put in requests.")
+    provider_id: str
+    provider_model_id: str | None = Field(
+        default=None, description="The provider's own name or location of the model; defaults to model_id."
+    )
+    metadata: JsonObject = Field(default_factory=dict)
+
+
+class ProviderInfo(Schema):
+    api: str
+    provider_id: str
+    provider_type: str
+    package: str = Field(description="The Python distribution package that registered the provider type.")
+
+
+class HealthInfo(Schema):
+    status: Literal["ok"] = "ok"
+
+
+@runtime_checkable
+class Inspect(Protocol):
+    @webmethod("GET", "/health")
+    async def health(self) -> HealthInfo:
+        """Answers while the server is up; never requires an API key."""
+        ...
+
+    @webmethod("GET", "/models/list")
+    async def list_models(self) -> list[Model]:
+        """The models this distribution serves, with the provider serving each."""
+        ...
+
+    @webmethod("GET", "/providers/list")
+    async def list_providers(self) -> list[ProviderInfo]:
+        """The providers this distribution runs."""
+        ...

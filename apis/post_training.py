@@ -1,0 +1,242 @@
+"""Post-training: supervised fine-tuning and preference optimization jobs, their status, logs and artifacts."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Annotated, Any, Protocol, Union, runtime_checkable
+
+from pydantic import Discriminator, Field, Tag, model_validator
+
+from .common import URL, JsonObject, Schema
+from .datasets import Dataset
+from .routes import webmethod
+
+
+class OptimizerType(str, Enum):
+    adam = "adam"
+    adamw = "adamw"
+    sgd = "sgd"
+
+
+class OptimizerConfig(Schema):
+    optimizer_type: OptimizerType
+    lr: float
+    lr_min: float
+    weight_decay: float
+
+
+class TrainingConfig(Schema):
+    n_epochs: int
+    batch_size: int
+    shuffle: bool
+    n_iters: int
+    enable_activation_checkpointing: bool
+    memory_efficient_fsdp_wrap: bool
+    fsdp_cpu_offload: bool
+
+
+class FinetuningAlgorithm(str, Enum):
+    full = "full"
+    lora = "lora"
+    qlora = "qlora"
+    dora = "dora"
+
+
+class LoraFinetuningConfig(Schema):
+    lora_attn_modules: list[str]
+    apply_lora_to_mlp: bool
+    apply_lora_to_output: bool
+    rank: int
+    alpha: int
+
+
+class QLoraFinetuningConfig(Schema):
+    lora_attn_modules: list[str]
+    apply_lora_to_mlp: bool
+    apply_lora_to_output: bool
+    rank: int
+    alpha: int
+
+
+class DoraFinetuningConfig(Schema):
+    lora_attn_modules: list[str]
+    apply_lora_to_mlp: bool
+    apply_lora_to_output: bool
+    rank: int
+    alpha: int
+
+
+# The seed's algorithm_config is a oneOf of three configs with the same fields, so the JSON alone cannot
+# say which one it is; the request's `algorithm` does. PostTrainingSFTRequest tags the incoming object
+# with its `algorithm` (see _tag_algorithm_config) and this discriminator picks the config class from
+# that tag: "qlora" gives a QLoraFinetuningConfig, and so on. An object given without a tag (algorithm
+# "full", which the seed still makes send a config, or one validated on its own) validates as the
+# LoraFinetuningConfig shape. An instance passed from Python keeps its class.
+_ADAPTER_CONFIGS: dict[str, type[Schema]] = {
+    FinetuningAlgorithm.lora.value: LoraFinetuningConfig,
+    FinetuningAlgorithm.qlora.value: QLoraFinetuningConfig,
+    FinetuningAlgorithm.dora.value: DoraFinetuningConfig,
+}
+
+
+class _TaggedConfig(dict):  # type: ignore[type-arg]
+    """A JSON object of algorithm_config, carrying the request's algorithm for the discriminator."""
+
+    tag: str = FinetuningAlgorithm.lora.value
+
+
+def _algorithm_config_tag(value: Any) -> str:
+    for tag, config_class in _ADAPTER_CONFIGS.items():
+        if type(value) is config_class:
+            return tag
+    return getattr(value, "tag", FinetuningAlgorithm.lora.value)
+
+
+FinetuningAlgorithmConfig = Annotated[
+    Union[
+        Annotated[LoraFinetuningConfig, Tag(FinetuningAlgorithm.lora.value)],
+        Annotated[QLoraFinetuningConfig, Tag(FinetuningAlgorithm.qlora.value)],
+        Annotated[DoraFinetuningConfig, Tag(FinetuningAlgorithm.dora.value)],
+    ],
+    Discriminator(_algorithm_config_tag),
+]
+
+
+class PostTrainingSFTRequest(Schema):
+    """Request to finetune a model."""
+
+    job_uuid: str
+    # The seed enumerates llama3_8b / llama3_70b; any model id the distribution knows is accepted.
+    model: str = Field(description="A model id the distribution serves.")
+    dataset: Dataset
+    validation_dataset: Dataset
+    algorithm: FinetuningAlgorithm
+    algorithm_config: FinetuningAlgorithmConfig
+    optimizer_config: OptimizerConfig
+    training_config: TrainingConfig
+    hyperparam_search_config: JsonObject = Field(default_factory=dict)
+    logger_config: JsonObject = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tag_algorithm_config(cls, data: Any) -> Any:
+        if isinstance(data, dict) and type(data.get("algorithm_config")) is dict:
+            algorithm = data.get("algorithm")
+            algorithm = getattr(algorithm, "value", algorithm)
+            if algorithm in _ADAPTER_CONFIGS:
+                config = _TaggedConfig(data["algorithm_config"])
+                config.tag = algorithm
+                data = {**data, "algorithm_config": config}
+        return data
+
+    @model_validator(mode="after")
+    def _config_matches_algorithm(self) -> "PostTrainingSFTRequest":
+        expected = _ADAPTER_CONFIGS.get(self.algorithm.value)
+        if expected is not None and type(self.algorithm_config) is not expected:
+            raise ValueError(
+                f"algorithm {self.algorithm.value!r} needs a {expected.__name__} as algorithm_config, "
+                f"not a {type(self.algorithm_config).__name__}"
+            )
+        return self
+
+
+class RLHFAlgorithm(str, Enum):
+    dpo = "dpo"
+
+
+class DPOAlignmentConfig(Schema):
+    reward_scale: float
+    reward_clip: float
+    epsilon: float
+    gamma: float
+
+
+class PostTrainingRLHFRequest(Schema):
+    """Request to finetune a model."""
+
+    job_uuid: str
+    finetuned_model: URL
+    dataset: Dataset
+    validation_dataset: Dataset
+    algorithm: RLHFAlgorithm
+    algorithm_config: DPOAlignmentConfig
+    optimizer_config: OptimizerConfig
+    training_config: TrainingConfig
+    hyperparam_search_config: JsonObject = Field(default_factory=dict)
+    logger_config: JsonObject = Field(default_factory=dict)
+
+
+class PostTrainingJob(Schema):
+    """A post-training job that was accepted; follow it with the job routes."""
+
+    # Not in the seed, which answers both training routes with an empty 200.
+    job_uuid: str
+
+
+class PostTrainingJobStatus(str, Enum):
+    running = "running"
+    completed = "completed"
+    failed = "failed"
+    scheduled = "scheduled"
+
+
+class Checkpoint(Schema):
+    """A checkpoint written by a post-training job."""
+
+    iters: int
+    path: URL
+
+
+class PostTrainingJobStatusResponse(Schema):
+    """Status of a finetuning job."""
+
+    job_uuid: str
+    status: PostTrainingJobStatus
+    scheduled_at: datetime | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    resources_allocated: JsonObject | None = None
+    checkpoints: list[Checkpoint] = Field(default_factory=list)
+
+
+class PostTrainingJobLogStream(Schema):
+    """Stream of logs from a finetuning job."""
+
+    job_uuid: str
+    log_lines: list[str] = Field(default_factory=list)
+
+
+class PostTrainingJobArtifactsResponse(Schema):
+    """Artifacts of a finetuning job."""
+
+    job_uuid: str
+    checkpoints: list[Checkpoint] = Field(default_factory=list)
+
+
+@runtime_checkable
+class PostTraining(Protocol):
+    @webmethod("POST", "/post_training/supervised_fine_tune/")
+    async def supervised_fine_tune(self, request: PostTrainingSFTRequest) -> PostTrainingJob:
+        """Start a supervised fine-tuning job."""
+        ...
+
+    @webmethod("POST", "/post_training/preference_optimize/")
+    async def preference_optimize(self, request: PostTrainingRLHFRequest) -> PostTrainingJob:
+        """Start a preference optimization (RLHF) job."""
+        ...
+
+    @webmethod("GET", "/post_training/job/status")
+    async def get_training_job_status(self, job_uuid: str) -> PostTrainingJobStatusResponse:
+        """The status of a post-training job."""
+        ...
+
+    @webmethod("GET", "/post_training/job/logs")
+    async def get_training_job_logs(self, job_uuid: str) -> PostTrainingJobLogStream:
+        """The log lines of a post-training job so far."""
+        ...
+
+    @webmethod("GET", "/post_training/job/artifacts")
+    async def get_training_job_artifacts(self, job_uuid: str) -> PostTrainingJobArtifactsResponse:
+        """The checkpoints a post-training job has written."""
+        ...

@@ -1,0 +1,49 @@
+"""Reward scoring: score sampled generations of dialogs with a reward model."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from pydantic import Field
+
+from .common import Dialog, Message, Schema
+from .routes import webmethod
+
+
+class DialogGenerations(Schema):
+    """A dialog and k generations sampled for it."""
+
+    dialog: Dialog
+    k_generations: list[Message]
+
+
+class ScoredMessage(Schema):
+    message: Message
+    score: float
+
+
+class KScoredPromptGenerations(Schema):
+    prompt: Message
+    k_scored_generations: list[ScoredMessage] = Field(default_factory=list)
+
+
+class RewardScoringRequest(Schema):
+    """Request to score a reward function. A list of prompts and a list of responses per prompt."""
+
+    prompt_generations: list[DialogGenerations]
+    # The seed enumerates llama3_405b_reward; any model id the distribution serves is accepted.
+    model: str = Field(description="A reward model id the distribution serves.")
+
+
+class RewardScoringResponse(Schema):
+    """Response from the reward scoring. Batch of (prompt, response, score) tuples that pass the threshold."""
+
+    scored_generations: list[KScoredPromptGenerations] = Field(default_factory=list)
+
+
+@runtime_checkable
+class RewardScoring(Protocol):
+    @webmethod("POST", "/reward_scoring/score")
+    async def reward_score(self, request: RewardScoringRequest) -> RewardScoringResponse:
+        """Score each dialog's generations with a reward model."""
+        ...

@@ -1,0 +1,64 @@
+"""Route declarations carried by protocol methods.
+
+A route is declared once, on the protocol method, with :func:`webmethod`. Everything that speaks HTTP
+(the server, the OpenAPI document, the HTTP client) and the in-process client read it from there.
+
+How a method's parameters map onto HTTP:
+
+* parameters annotated with a pydantic model or a list are the JSON request body (at most one);
+* every other parameter is a query parameter, required unless it has a default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Callable, Literal, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ROUTE_ATTRIBUTE = "__llama_stack_route__"
+
+
+class Api(str, Enum):
+    """The APIs a distribution can serve."""
+
+    inference = "inference"
+    agentic_system = "agentic_system"
+    memory_banks = "memory_banks"
+    safety = "safety"
+    datasets = "datasets"
+    post_training = "post_training"
+    reward_scoring = "reward_scoring"
+    synthetic_data_generation = "synthetic_data_generation"
+
+
+@dataclass(frozen=True)
+class Route:
+    method: Literal["GET", "POST", "PUT", "DELETE"]
+    path: str
+    # When true, the method answers as server-sent events if the request body's `stream` field is true,
+    # and its return annotation is `Response | AsyncIterator[Chunk]`.
+    streams: bool = False
+    # "jsonl": the method returns a list that is answered as one JSON document per line.
+    response_format: Literal["json", "jsonl"] = "json"
+
+
+def webmethod(
+    method: Literal["GET", "POST", "PUT", "DELETE"],
+    path: str,
+    *,
+    streams: bool = False,
+    response_format: Literal["json", "jsonl"] = "json",
+) -> Callable[[F], F]:
+    """Declare the HTTP route of a protocol method."""
+
+    def mark(fn: F) -> F:
+        setattr(fn, ROUTE_ATTRIBUTE, Route(method, path, streams, response_format))
+        return fn
+
+    return mark
+
+
+def route_of(fn: Callable[..., Any]) -> Route | None:
+    return getattr(fn, ROUTE_ATTRIBUTE, None)

@@ -1,0 +1,105 @@
+"""The ``llama-stack`` command."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="Serve and inspect Llama Stack distributions.", no_args_is_help=True, add_completion=False)
+console = Console()
+errors = Console(stderr=True)
+
+
+def _parse_env(pairs: list[str]) -> dict[str, str]:
+    env = dict(os.environ)
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"expected NAME=VALUE, got {pair!r}", param_hint="--env")
+        env[name] = value
+    return env
+
+
+@app.command()
+def run(
+    distribution: Annotated[str, typer.Argument(help="A distribution YAML file, or a built-in name (see `distributions`).")] = "local",
+    port: Annotated[Optional[int], typer.Option(help="Port to listen on (default: the YAML's server.port, else 8321).")] = None,
+    host: Annotated[Optional[str], typer.Option(help="Address to bind (default: the YAML's server.host).")] = None,
+    env: Annotated[list[str], typer.Option("--env", help="NAME=VALUE for ${env.NAME} in the YAML; repeatable.")] = [],
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Serve a distribution over HTTP."""
+    import uvicorn
+
+    from .config import ConfigError
+    from .plugins import discover_providers
+    from .resolver import Stack
+    from .server import create_app
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        stack = Stack.from_distribution(distribution, _parse_env(env), discover_providers())
+    except ConfigError as exc:
+        errors.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    server = stack.config.server
+    uvicorn.run(
+        create_app(stack),
+        host=host or server.host,
+        port=server.port if port is None else port,
+        log_level=log_level.lower(),
+        timeout_graceful_shutdown=5,
+    )
+
+
+@app.command()
+def providers() -> None:
+    """List every discovered provider type per API, and plugins that failed to load."""
+    from .plugins import discover_providers
+
+    registry = discover_providers()
+    table = Table("API", "provider type", "package", "description")
+    for (api, provider_type), registered in sorted(registry.providers.items(), key=lambda kv: (kv[0][0].value, kv[0][1])):
+        table.add_row(api.value, provider_type, registered.package, registered.spec.description)
+    console.print(table)
+    for (api, provider_type), packages in registry.conflicts.items():
+        console.print(f"[yellow]conflict:[/yellow] {api.value} {provider_type} is claimed by {', '.join(packages)}; neither is usable", highlight=False)
+    for problem in registry.problems:
+        console.print(f"[red]broken plugin:[/red] package {problem.package} (entry point {problem.plugin}): {problem.error}", highlight=False)
+
+
+@app.command()
+def distributions() -> None:
+    """List the built-in distributions."""
+    import yaml
+
+    from .config import builtin_distributions
+
+    table = Table("name", "description", "file")
+    for name, path in sorted(builtin_distributions().items()):
+        description = (yaml.safe_load(path.read_text()) or {}).get("description", "")
+        table.add_row(name, description, str(path))
+    console.print(table)
+
+
+@app.command()
+def openapi(output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to a file instead of stdout.")] = None) -> None:
+    """Print the OpenAPI document of every route the server can serve."""
+    from .openapi import build_openapi
+
+    text = json.dumps(build_openapi(), indent=2)
+    if output is None:
+        print(text)
+    else:
+        output.write_text(text + "\n")
+
+
+def main() -> None:
+    app()

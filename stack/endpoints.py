@@ -1,0 +1,182 @@
+"""Endpoints derived from the protocols' route declarations: the one source for server, OpenAPI and clients."""
+
+from __future__ import annotations
+
+import collections.abc
+import inspect
+import json
+import types
+import typing
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, get_args, get_origin
+
+from pydantic import BaseModel, TypeAdapter
+from pydantic import ValidationError as PydanticValidationError
+
+from llama_stack.apis.agentic_system import AgenticSystem
+from llama_stack.apis.datasets import Datasets
+from llama_stack.apis.errors import BadRequestError, ValidationError
+from llama_stack.apis.inference import Inference
+from llama_stack.apis.inspect import Inspect
+from llama_stack.apis.memory_banks import MemoryBanks
+from llama_stack.apis.post_training import PostTraining
+from llama_stack.apis.reward_scoring import RewardScoring
+from llama_stack.apis.routes import Api, Route, route_of
+from llama_stack.apis.safety import Safety
+from llama_stack.apis.synthetic_data_generation import SyntheticDataGeneration
+
+PROTOCOLS: dict[Api, type] = {
+    Api.inference: Inference,
+    Api.agentic_system: AgenticSystem,
+    Api.memory_banks: MemoryBanks,
+    Api.safety: Safety,
+    Api.datasets: Datasets,
+    Api.post_training: PostTraining,
+    Api.reward_scoring: RewardScoring,
+    Api.synthetic_data_generation: SyntheticDataGeneration,
+}
+
+
+@dataclass(frozen=True)
+class QueryParam:
+    name: str
+    adapter: TypeAdapter[Any]
+    required: bool
+    default: Any
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    api: Api | None  # None: the stack's own inspection routes
+    name: str
+    route: Route
+    summary: str
+    query: tuple[QueryParam, ...]
+    body_name: str | None
+    body_adapter: TypeAdapter[Any] | None
+    # What a JSON answer holds; for jsonl answers, the type of one line. None: no content.
+    response_adapter: TypeAdapter[Any] | None
+    chunk_adapter: TypeAdapter[Any] | None  # one SSE frame, for streaming methods
+
+    @property
+    def param_names(self) -> list[str]:
+        return [q.name for q in self.query] + ([self.body_name] if self.body_name else [])
+
+    def bind(self, query: typing.Mapping[str, Any], body: Any) -> dict[str, Any]:
+        """Validate query values and a decoded body into the method's keyword arguments."""
+        kwargs: dict[str, Any] = {}
+        details: list[dict[str, Any]] = []
+        for param in self.query:
+            if param.name not in query or query[param.name] is None:
+                if param.required:
+                    details.append({"loc": param.name, "in": "query", "message": "required query parameter is missing"})
+                else:
+                    kwargs[param.name] = param.default
+                continue
+            try:
+                kwargs[param.name] = param.adapter.validate_python(query[param.name])
+            except PydanticValidationError as exc:
+                details.extend(_details(exc, param.name, "query"))
+        if self.body_adapter is not None:
+            try:
+                kwargs[self.body_name] = self.body_adapter.validate_python(body)  # type: ignore[index]
+            except PydanticValidationError as exc:
+                details.extend(_details(exc, "", "body"))
+        if details:
+            first = details[0]
+            where = f"{first['in']} {first['loc']}" if first["loc"] else first["in"]
+            more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+            raise ValidationError(f"Invalid request: {where}: {first['message']}{more}", details=details)
+        return kwargs
+
+    def decode_body(self, raw: bytes) -> Any:
+        if not raw.strip():
+            raise BadRequestError(f"{self.route.method} {self.route.path} needs a JSON request body")
+        try:
+            return json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BadRequestError(f"The request body is not valid JSON: {exc}") from None
+
+
+def _details(exc: PydanticValidationError, prefix: str, where: str) -> list[dict[str, Any]]:
+    details = []
+    for error in exc.errors(include_url=False):
+        loc = prefix
+        for part in error["loc"]:
+            loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "missing":
+            message = "field required"
+        elif error["type"] == "extra_forbidden":
+            message = "unknown field"
+        detail = {"loc": loc, "in": where, "message": message}
+        if error["type"] not in ("missing", "extra_forbidden") and not isinstance(error.get("input"), (dict, list)):
+            detail["got"] = error.get("input")
+        details.append(detail)
+    return details
+
+
+def _is_body(annotation: Any) -> bool:
+    origin = get_origin(annotation) or annotation
+    return origin in (list, dict) or (inspect.isclass(origin) and issubclass(origin, BaseModel))
+
+
+def _split_return(annotation: Any) -> tuple[Any, Any]:
+    """``X | AsyncIterator[Y]`` -> (X, Y); ``X`` -> (X, None)."""
+    members = get_args(annotation) if get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
+    plain, chunk = [], None
+    for member in members:
+        if get_origin(member) in (collections.abc.AsyncIterator, collections.abc.AsyncGenerator):
+            chunk = get_args(member)[0]
+        else:
+            plain.append(member)
+    response = plain[0] if len(plain) == 1 else typing.Union[tuple(plain)]  # type: ignore[valid-type]
+    return response, chunk
+
+
+def _endpoint(api: Api | None, name: str, method: Any, route: Route) -> Endpoint:
+    hints = typing.get_type_hints(method)
+    signature = inspect.signature(method)
+    query: list[QueryParam] = []
+    body_name, body_adapter = None, None
+    for param in list(signature.parameters.values())[1:]:
+        annotation = hints[param.name]
+        if route.method == "POST" and _is_body(annotation):
+            if body_name is not None:
+                raise TypeError(f"{method.__qualname__}: more than one body parameter")
+            body_name, body_adapter = param.name, TypeAdapter(annotation)
+        else:
+            required = param.default is inspect.Parameter.empty
+            query.append(QueryParam(param.name, TypeAdapter(annotation), required, None if required else param.default))
+    response, chunk = _split_return(hints.get("return", type(None)))
+    if route.response_format == "jsonl":
+        response = get_args(response)[0]
+    return Endpoint(
+        api=api,
+        name=name,
+        route=route,
+        summary=(inspect.getdoc(method) or "").split("\n\n")[0],
+        query=tuple(query),
+        body_name=body_name,
+        body_adapter=body_adapter,
+        response_adapter=None if response is type(None) else TypeAdapter(response),
+        chunk_adapter=TypeAdapter(chunk) if chunk is not None else None,
+    )
+
+
+@cache
+def endpoints_of(protocol: type, api: Api | None) -> tuple[Endpoint, ...]:
+    found = []
+    for name, member in inspect.getmembers(protocol, inspect.isfunction):
+        route = route_of(member)
+        if route is not None:
+            found.append(_endpoint(api, name, member, route))
+    return tuple(found)
+
+
+def all_endpoints() -> list[Endpoint]:
+    endpoints = list(endpoints_of(Inspect, None))
+    for api, protocol in PROTOCOLS.items():
+        endpoints.extend(endpoints_of(protocol, api))
+    return endpoints

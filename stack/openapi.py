@@ -1,0 +1,120 @@
+"""The OpenAPI document, derived from the protocols' route declarations and pydantic schemas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from llama_stack import __version__
+
+from .endpoints import Endpoint, all_endpoints
+
+REF_TEMPLATE = "#/components/schemas/{model}"
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {
+                "status": {"type": "integer"},
+                "type": {"type": "string"},
+                "message": {"type": "string"},
+                "provider": {"type": "string", "description": "The provider that failed, for 502/503/504."},
+                "details": {
+                    "type": "array",
+                    "description": "One entry per invalid field: its path (`loc`), where it was (`in`), what was wrong.",
+                    "items": {"type": "object"},
+                },
+            },
+            "required": ["status", "type", "message"],
+        }
+    },
+    "required": ["error"],
+}
+
+ERROR_STATUSES = {
+    "400": "Malformed request (e.g. the body is not JSON).",
+    "401": "An API key is required.",
+    "404": "Unknown model, resource, route, or an API this distribution does not serve.",
+    "422": "The request does not match the schema; `details` names each field.",
+    "501": "The provider cannot do what was asked.",
+    "503": "Busy or unavailable; retry later.",
+}
+
+
+def _tag(endpoint: Endpoint) -> str:
+    return endpoint.api.value if endpoint.api is not None else "inspect"
+
+
+def _schemas(endpoints: list[Endpoint]) -> tuple[dict[tuple[Any, str], Any], dict[str, Any]]:
+    inputs: list[tuple[Any, Any, TypeAdapter[Any]]] = []
+    for e in endpoints:
+        key = (e.route.method, e.route.path)
+        if e.body_adapter is not None:
+            inputs.append(((key, "body"), "validation", e.body_adapter))
+        if e.response_adapter is not None:
+            inputs.append(((key, "response"), "serialization", e.response_adapter))
+        if e.chunk_adapter is not None:
+            inputs.append(((key, "chunk"), "serialization", e.chunk_adapter))
+        for q in e.query:
+            inputs.append(((key, f"query:{q.name}"), "validation", q.adapter))
+    by_key, definitions = TypeAdapter.json_schemas(inputs, ref_template=REF_TEMPLATE)
+    return {key: schema for (key, _mode), schema in by_key.items()}, definitions.get("$defs", {})
+
+
+def _operation(e: Endpoint, schemas: dict[tuple[Any, str], Any]) -> dict[str, Any]:
+    key = (e.route.method, e.route.path)
+    operation: dict[str, Any] = {
+        "tags": [_tag(e)],
+        "operationId": f"{_tag(e)}_{e.name}",
+        "summary": e.summary,
+        "parameters": [
+            {"name": q.name, "in": "query", "required": q.required, "schema": schemas[(key, f"query:{q.name}")]}
+            for q in e.query
+        ],
+    }
+    if e.body_adapter is not None:
+        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": schemas[(key, "body")]}}}
+    ok: dict[str, Any] = {"description": "OK"}
+    if e.response_adapter is not None:
+        response = schemas[(key, "response")]
+        if e.route.response_format == "jsonl":
+            ok["content"] = {"application/jsonl": {"schema": response}}
+        elif e.chunk_adapter is not None:
+            chunk = schemas[(key, "chunk")]
+            ok["description"] = "The response, or with `stream: true` a series of chunks as server-sent events."
+            ok["content"] = {
+                "application/json": {"schema": {"oneOf": [response, chunk]}},
+                "text/event-stream": {"schema": chunk},
+            }
+        else:
+            ok["content"] = {"application/json": {"schema": response}}
+    error = {"content": {"application/json": {"schema": {"$ref": REF_TEMPLATE.format(model="Error")}}}}
+    operation["responses"] = {"200": ok} | {status: {"description": text} | error for status, text in ERROR_STATUSES.items()}
+    return operation
+
+
+def build_openapi() -> dict[str, Any]:
+    endpoints = all_endpoints()
+    schemas, definitions = _schemas(endpoints)
+    paths: dict[str, dict[str, Any]] = {}
+    for e in endpoints:
+        paths.setdefault(e.route.path, {})[e.route.method.lower()] = _operation(e, schemas)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Llama Stack",
+            "version": __version__,
+            "description": "The Llama Stack APIs (the draft seed contract) plus this runtime's extensions.",
+        },
+        "servers": [{"url": "http://localhost:8321"}],
+        "paths": dict(sorted(paths.items())),
+        "components": {
+            "schemas": dict(sorted(definitions.items())) | {"Error": ERROR_SCHEMA},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{}, {"bearer": []}],
+        "tags": [{"name": name} for name in sorted({_tag(e) for e in endpoints})],
+    }

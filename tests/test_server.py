@@ -1,0 +1,199 @@
+"""The HTTP server's behaviour through the replay provider: routes, errors, streaming, auth."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from llama_stack.resolver import Stack
+from llama_stack.server import create_app
+
+from support import write_replay_distribution
+
+CHAT = {
+    "model": "replay-model",
+    "dialog": {
+        "message": {"role": "user", "content": "What is the capital of France?", "tool_calls": [], "tool_responses": []},
+        "message_history": [],
+    },
+    "sampling_params": {"temperature": 0.0, "strategy": "greedy", "top_p": 0.95, "top_k": 0},
+    "available_tools": [],
+    "max_tokens": 0,
+    "stream": False,
+    "logprobs": False,
+}
+
+
+@pytest.fixture
+async def make_client(tmp_path, replay_registry):
+    stacks = []
+
+    async def make(api_keys=None) -> httpx.AsyncClient:
+        stack = Stack.from_distribution(write_replay_distribution(tmp_path, api_keys), registry=replay_registry)
+        await stack.start()
+        stacks.append(stack)
+        transport = httpx.ASGITransport(app=create_app(stack, manage_lifecycle=False), raise_app_exceptions=False)
+        return httpx.AsyncClient(transport=transport, base_url="http://test")
+
+    yield make
+    for stack in stacks:
+        await stack.shutdown()
+
+
+@pytest.fixture
+async def client(make_client):
+    async with await make_client() as client:
+        yield client
+
+
+def error_of(response: httpx.Response) -> dict:
+    assert response.headers["content-type"].startswith("application/json")
+    return response.json()["error"]
+
+
+async def test_chat_completion_in_the_seed_shape(client):
+    response = await client.post("/inference/chat_completion", json=CHAT)
+    assert response.status_code == 200
+    assert response.json() == {"content": "The capital of France is Paris.", "tool_calls": [], "stop_reason": "finished_ok"}
+
+
+async def test_streaming_answers_server_sent_events(client):
+    async with client.stream("POST", "/inference/chat_completion", json=CHAT | {"stream": True}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        frames = [line async for line in response.aiter_lines() if line]
+    assert all(frame.startswith("data: ") for frame in frames)
+    chunks = [json.loads(frame[len("data: "):]) for frame in frames]
+    assert len(chunks) > 3
+    assert "".join(c["text_delta"] for c in chunks) == "The capital of France is Paris."
+    assert chunks[-1]["stop_reason"] == "finished_ok"
+
+
+async def test_batch_answers_jsonl_in_input_order(client):
+    body = {"model": "replay-model", "content_batch": ["a", "b", "c"]}
+    response = await client.post("/inference/batch_completion", json=body)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/jsonl")
+    lines = [json.loads(line) for line in response.text.splitlines()]
+    assert [line["content"].rsplit("#", 1)[1] for line in lines] == ["0", "1", "2"]
+
+
+async def test_malformed_json_is_a_400(client):
+    response = await client.post("/inference/chat_completion", content=b'{"model": "replay-model", "dialog": ',
+                                 headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert "not valid JSON" in error_of(response)["message"]
+
+
+async def test_empty_body_is_a_400(client):
+    response = await client.post("/inference/chat_completion")
+    assert response.status_code == 400
+    assert "needs a JSON request body" in error_of(response)["message"]
+
+
+async def test_wrong_type_names_the_field(client):
+    bad = json.loads(json.dumps(CHAT))
+    bad["dialog"]["message"]["role"] = "robot"
+    bad["max_tokens"] = "many"
+    response = await client.post("/inference/chat_completion", json=bad)
+    assert response.status_code == 422
+    error = error_of(response)
+    locs = {d["loc"]: d for d in error["details"]}
+    assert set(locs) == {"dialog.message.role", "max_tokens"}
+    assert locs["dialog.message.role"]["got"] == "robot"
+    assert "'user'" in locs["dialog.message.role"]["message"]
+    assert "integer" in locs["max_tokens"]["message"]
+    assert "dialog.message.role" in error["message"]
+
+
+async def test_missing_and_unknown_fields_are_named(client):
+    response = await client.post("/inference/chat_completion", json={"model": "replay-model", "dialgo": {}})
+    assert response.status_code == 422
+    details = {d["loc"]: d["message"] for d in error_of(response)["details"]}
+    assert details == {"dialog": "field required", "dialgo": "unknown field"}
+
+
+async def test_a_body_that_is_not_an_object(client):
+    response = await client.post("/inference/chat_completion", json=[1, 2])
+    assert response.status_code == 422
+
+
+async def test_sampling_temperature_with_greedy_is_explained(client):
+    body = CHAT | {"sampling_params": {"temperature": 0.7}}
+    response = await client.post("/inference/chat_completion", json=body)
+    assert response.status_code == 422
+    assert "strategy 'top_p' or 'top_k'" in error_of(response)["message"]
+
+
+async def test_unknown_model_names_the_served_models(client):
+    response = await client.post("/inference/chat_completion", json=CHAT | {"model": "llama3_8b_chat"})
+    assert response.status_code == 404
+    message = error_of(response)["message"]
+    assert "llama3_8b_chat" in message and "replay-model" in message
+
+
+async def test_unknown_route_is_a_json_404(client):
+    response = await client.get("/inference/nope")
+    assert response.status_code == 404
+    assert "/inference/nope" in error_of(response)["message"]
+
+
+async def test_wrong_method_is_a_405(client):
+    response = await client.get("/inference/chat_completion")
+    assert response.status_code == 405
+    assert error_of(response)["type"] == "method_not_allowed"
+
+
+async def test_an_api_the_distribution_does_not_serve(client):
+    response = await client.get("/datasets/get", params={"dataset_id": "x"})
+    assert response.status_code == 404
+    message = error_of(response)["message"]
+    assert "datasets API is not served" in message and "inference" in message
+
+
+async def test_missing_query_parameter_is_named(client):
+    response = await client.delete("/memory_banks/drop")
+    # Validation of the route happens before the API lookup would matter: both are clear 4xx.
+    assert response.status_code in (404, 422)
+
+
+async def test_an_unexpected_failure_is_a_500_without_internals(client):
+    response = await client.post("/inference/chat_completion", json=CHAT | {"model": "crashing-model"})
+    assert response.status_code == 500
+    text = response.text
+    assert "Traceback" not in text and "/etc/passwd" not in text and "RuntimeError" not in text
+    assert error_of(response)["message"].startswith("Internal server error")
+
+
+async def test_a_busy_provider_is_a_503_naming_it(client):
+    response = await client.post("/inference/chat_completion", json=CHAT | {"model": "busy-model"})
+    assert response.status_code == 503
+    assert error_of(response)["provider"] == "replay"
+
+
+async def test_model_and_provider_listings(client):
+    models = (await client.get("/models/list")).json()
+    assert {m["model_id"] for m in models} == {"replay-model", "crashing-model", "busy-model", "stalling-model"}
+    assert all(m["provider_id"] == "replay" for m in models)
+    providers = (await client.get("/providers/list")).json()
+    assert providers == [{"api": "inference", "provider_id": "replay", "provider_type": "inline::replay", "package": "ReplayPlugin"}]
+    assert (await client.get("/health")).json() == {"status": "ok"}
+
+
+async def test_api_keys_guard_every_route_but_health(make_client):
+    async with await make_client(api_keys=["s3cret"]) as client:
+        assert (await client.get("/health")).status_code == 200
+        denied = await client.post("/inference/chat_completion", json=CHAT)
+        assert denied.status_code == 401
+        assert denied.headers["www-authenticate"] == "Bearer"
+        wrong = await client.get("/models/list", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        ok = await client.post("/inference/chat_completion", json=CHAT, headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+
+
+async def test_openapi_is_served(client):
+    document = (await client.get("/openapi.json")).json()
+    assert "/inference/chat_completion" in document["paths"]
