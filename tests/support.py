@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from llama_stack.apis.errors import NotFoundError, ServiceUnavailableError
 from llama_stack.apis.inference import (
@@ -29,6 +29,8 @@ SEED_SPEC = REPO.parent / "shared" / "specs" / "llama-stack-draft-openapi.json"
 
 
 class ReplayConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     reply: str = "The capital of France is Paris."
 
 

@@ -1,0 +1,139 @@
+"""Distribution YAML: validation errors name the file and key path; ${env.*} substitution."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from llama_stack.config import ConfigError, load_distribution, parse_distribution, validate_provider_configs
+from support import llama_stack_command
+
+VALID = """
+apis: [inference]
+providers:
+  inference:
+    - provider_id: replay
+      provider_type: inline::replay
+      config: {reply: "${env.REPLY:=hello there}"}
+models:
+  - model_id: m1
+    provider_id: replay
+server:
+  port: ${env.PORT:=9000}
+storage:
+  dir: ${env.STATE_DIR}
+"""
+
+
+def parse(text: str, env: dict[str, str] | None = None):
+    return parse_distribution(text, "dist.yaml", env if env is not None else {"STATE_DIR": "/tmp/state"})
+
+
+def test_defaults_apply_when_the_variable_is_unset():
+    config = parse(VALID)
+    assert config.server.port == 9000
+    assert config.providers["inference"][0].config == {"reply": "hello there"}
+    assert str(config.storage.dir) == "/tmp/state"
+
+
+def test_set_variables_win_over_defaults():
+    config = parse(VALID, {"STATE_DIR": "/srv/x", "PORT": "8500", "REPLY": "bonjour"})
+    assert config.server.port == 8500
+    assert config.providers["inference"][0].config == {"reply": "bonjour"}
+
+
+def test_an_unset_variable_without_default_names_it_and_where():
+    with pytest.raises(ConfigError) as info:
+        parse(VALID, {})
+    message = str(info.value)
+    assert message.startswith("dist.yaml:")
+    assert "STATE_DIR" in message and "storage.dir" in message
+
+
+def test_substitution_inside_a_longer_string():
+    config = parse(VALID.replace("${env.STATE_DIR}", "/base/${env.NAME:=local}/state"), {})
+    assert str(config.storage.dir) == "/base/local/state"
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (("port: ${env.PORT:=9000}", "port: lots"), "server.port: Input should be a valid integer"),
+        (("port: ${env.PORT:=9000}", "prot: 1"), "server.prot: unknown key"),
+        (("provider_id: replay\n      provider_type", "provider_type"), "providers.inference[0].provider_id: required key is missing"),
+        (("apis: [inference]", "apis: [inference, telepathy]"), "apis[1]: Input should be"),
+        (("apis: [inference]", "apis: [inference, datasets]"), "API 'datasets' is listed in apis but has no entry under providers"),
+        (("    provider_id: replay\nserver", "    provider_id: elsewhere\nserver"), "names provider_id 'elsewhere', which is not an inference provider here (inference providers: replay)"),
+    ],
+)
+def test_validation_errors_name_file_key_path_and_expectation(change, expected):
+    old, new = change
+    assert old in VALID
+    with pytest.raises(ConfigError) as info:
+        parse(VALID.replace(old, new))
+    message = str(info.value)
+    assert message.startswith("dist.yaml: invalid distribution")
+    assert expected in message
+
+
+def test_not_yaml_or_not_a_mapping():
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        parse("apis: [inference\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        parse("- just\n- a list\n")
+
+
+def test_unknown_provider_type_lists_the_available_ones(replay_registry):
+    config = parse(VALID.replace("inline::replay", "inline::relpay"))
+    with pytest.raises(ConfigError) as info:
+        validate_provider_configs(config, replay_registry, "dist.yaml")
+    message = str(info.value)
+    assert "providers.inference[0].provider_type: unknown provider type 'inline::relpay'" in message
+    assert "inline::replay" in message and "inline::llama-cpp" in message
+
+
+def test_provider_config_is_validated_by_the_provider_model(replay_registry):
+    config = parse(VALID.replace('config: {reply: "${env.REPLY:=hello there}"}', "config: {reply: [1], colour: red}"))
+    with pytest.raises(ConfigError) as info:
+        validate_provider_configs(config, replay_registry, "dist.yaml")
+    message = str(info.value)
+    assert "providers.inference[0].config.reply: Input should be a valid string" in message
+    assert "providers.inference[0].config.colour" in message
+
+
+def test_unknown_distribution_names_the_built_in_ones():
+    with pytest.raises(ConfigError) as info:
+        load_distribution("nosuch")
+    assert "built-in: " in str(info.value) and "local" in str(info.value)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="no such distribution file"):
+        load_distribution(tmp_path / "absent.yaml")
+
+
+def test_the_built_in_local_distribution_is_valid(tmp_path):
+    config = load_distribution("local", {"LLAMA_STACK_STORAGE": str(tmp_path)})
+    assert config.apis == ["inference"]
+    assert config.server.port == 8321
+    assert [m.model_id for m in config.models] == ["smollm2-135m-instruct"]
+
+
+def test_cli_run_reports_config_errors_and_env_overrides(tmp_path):
+    path = tmp_path / "dist.yaml"
+    path.write_text(VALID)
+    result = subprocess.run([*llama_stack_command(), "run", str(path)], capture_output=True, text=True, env={"PATH": ""})
+    assert result.returncode == 2
+    assert "STATE_DIR" in result.stderr and str(path) in result.stderr
+    result = subprocess.run(
+        [*llama_stack_command(), "run", str(path), "--env", "STATE_DIR=/tmp/x", "--env", "PORT=notaport"],
+        capture_output=True, text=True, env={"PATH": ""},
+    )
+    assert result.returncode == 2
+    assert "server.port" in result.stderr
+
+
+def test_cli_lists_the_built_in_distributions():
+    result = subprocess.run([*llama_stack_command(), "distributions"], capture_output=True, text=True, check=True)
+    assert "local" in result.stdout
