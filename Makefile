@@ -33,8 +33,7 @@ test-quick: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-test
-	$(BIN)/python bench/inference_stream.py
-	$(BIN)/python bench/startup.py
+	$(BIN)/python bench/llama_cpp_server.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

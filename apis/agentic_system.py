@@ -46,31 +46,31 @@ class AgenticSystemCreateResponse(Schema):
     agent_uuid: str
 
 
-StepTypeTitle = "The type of execution step."
+_STEP_TYPE_TITLE = "The type of execution step."
 
 
 class ModelInferenceStep(Schema):
-    step_type: Literal["model_inference"] = Field(default="model_inference", title=StepTypeTitle)
+    step_type: Literal["model_inference"] = Field(default="model_inference", title=_STEP_TYPE_TITLE)
     uuid: str
     text: str
     logprobs: JsonObject | None = None
 
 
 class ToolExecutionStep(Schema):
-    step_type: Literal["tool_execution"] = Field(default="tool_execution", title=StepTypeTitle)
+    step_type: Literal["tool_execution"] = Field(default="tool_execution", title=_STEP_TYPE_TITLE)
     uuid: str
     tool_calls: list[ToolCall] = Field(default_factory=list)
     tool_responses: list[ToolResponse] = Field(default_factory=list)
 
 
 class SafetyFilteringStep(Schema):
-    step_type: Literal["safety_filtering"] = Field(default="safety_filtering", title=StepTypeTitle)
+    step_type: Literal["safety_filtering"] = Field(default="safety_filtering", title=_STEP_TYPE_TITLE)
     uuid: str
     violation: SafetyViolation | None = None
 
 
 class MemoryRetrievalStep(Schema):
-    step_type: Literal["memory_retrieval"] = Field(default="memory_retrieval", title=StepTypeTitle)
+    step_type: Literal["memory_retrieval"] = Field(default="memory_retrieval", title=_STEP_TYPE_TITLE)
     uuid: str
     documents: list[MemoryBankDocument] = Field(default_factory=list)
     scores: list[float] = Field(default_factory=list)
@@ -112,7 +112,7 @@ class AgenticSystemExecuteResponseStreamChunk(Schema):
 
     event_type: EventType = Field(title="The type of event.")
     step_uuid: str
-    step_type: StepType = Field(title=StepTypeTitle)
+    step_type: StepType = Field(title=_STEP_TYPE_TITLE)
     violation: SafetyViolation | None = None
     tool_call: ToolCall | None = None
     tool_response_delta: ToolResponse | None = None
