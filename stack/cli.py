@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(help="Serve and inspect Llama Stack distributions.", no_args_is_help=True, add_completion=False)
@@ -47,7 +48,7 @@ def run(
     try:
         stack = Stack.from_distribution(distribution, _parse_env(env), discover_providers())
     except ConfigError as exc:
-        errors.print(f"[red]error:[/red] {exc}", highlight=False)
+        errors.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
     server = stack.config.server
     uvicorn.run(
@@ -67,12 +68,21 @@ def providers() -> None:
     registry = discover_providers()
     table = Table("API", "provider type", "package", "description")
     for (api, provider_type), registered in sorted(registry.providers.items(), key=lambda kv: (kv[0][0].value, kv[0][1])):
-        table.add_row(api.value, provider_type, registered.package, registered.spec.description)
+        # Plugin-supplied text is escaped: rich would read "[...]" in it as markup.
+        table.add_row(*(escape(cell) for cell in (api.value, provider_type, registered.package, registered.spec.description)))
     console.print(table)
     for (api, provider_type), packages in registry.conflicts.items():
-        console.print(f"[yellow]conflict:[/yellow] {api.value} {provider_type} is claimed by {', '.join(packages)}; neither is usable", highlight=False)
+        console.print(
+            f"[yellow]conflict:[/yellow] {api.value} {escape(provider_type)} is claimed by "
+            f"{escape(', '.join(packages))}; neither is usable",
+            highlight=False,
+        )
     for problem in registry.problems:
-        console.print(f"[red]broken plugin:[/red] package {problem.package} (entry point {problem.plugin}): {problem.error}", highlight=False)
+        console.print(
+            f"[red]broken plugin:[/red] package {escape(problem.package)} "
+            f"(entry point {escape(problem.plugin)}): {escape(problem.error)}",
+            highlight=False,
+        )
 
 
 @app.command()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import inspect
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -35,6 +36,9 @@ from pydantic import BaseModel
 from llama_stack.apis.routes import Api
 
 ENTRY_POINT_GROUP = "llama_stack"
+
+PROVIDER_TYPE = re.compile(r"(inline|remote)::[A-Za-z0-9][\w.-]*")
+FACTORY = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 
 hookspec = pluggy.HookspecMarker("llama_stack")
 hookimpl = pluggy.HookimplMarker("llama_stack")
@@ -61,9 +65,9 @@ class ProviderSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "api", Api(self.api))
         object.__setattr__(self, "depends_on", tuple(Api(a) for a in self.depends_on))
-        if "::" not in self.provider_type:
+        if not PROVIDER_TYPE.fullmatch(self.provider_type):
             raise ValueError(f"provider_type {self.provider_type!r} must look like 'inline::name' or 'remote::name'")
-        if ":" not in self.factory.replace("::", ""):
+        if not FACTORY.fullmatch(self.factory):
             raise ValueError(f"factory {self.factory!r} must look like 'package.module:callable'")
 
 
@@ -137,6 +141,11 @@ def _load_entry_points(manager: pluggy.PluginManager, registry: ProviderRegistry
         except Exception as exc:  # a broken plugin must not take the others down
             registry.problems.append(PluginProblem(package, entry_point.name, _describe(exc)))
             continue
+        if not manager.get_hookcallers(module):
+            manager.unregister(module)
+            problem = f"{entry_point.value} implements no register_providers hook (missing @hookimpl?)"
+            registry.problems.append(PluginProblem(package, entry_point.name, problem))
+            continue
         packages[plugin_name] = package
     return packages
 
@@ -153,7 +162,11 @@ def discover_providers(extra_plugins: list[ModuleType | object] | None = None) -
     packages = _load_entry_points(manager, registry)
     for plugin in extra_plugins or []:
         name = getattr(plugin, "__name__", type(plugin).__name__)
-        manager.register(plugin, name=name)
+        try:
+            manager.register(plugin, name=name)
+        except Exception as exc:
+            registry.problems.append(PluginProblem(name, name, _describe(exc)))
+            continue
         packages[name] = name
 
     claimed_by: dict[tuple[Api, str], list[RegisteredProvider]] = {}
