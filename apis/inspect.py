@@ -21,6 +21,10 @@ class Model(Schema):
     provider_model_id: str | None = Field(
         default=None, description="The provider's own name or location of the model; defaults to model_id."
     )
+    system_prompt: str | None = Field(
+        default=None,
+        description="The system message chat requests get when their dialog has none (like a Modelfile's SYSTEM).",
+    )
     metadata: JsonObject = Field(default_factory=dict)
 
 

@@ -45,6 +45,7 @@ class ReplayInference:
         self.reply = config.reply
         self.models: dict[str, Model] = {}
         self.stream_closed = asyncio.Event()
+        self.requests: list[Any] = []
 
     async def register_model(self, model: Model) -> None:
         self.models[model.model_id] = model
@@ -77,6 +78,7 @@ class ReplayInference:
 
     async def chat_completion(self, request: Any) -> Any:
         self._check(request.model)
+        self.requests.append(request)
         if request.stream:
             return self._words(request.model, lambda text, stop: ChatCompletionResponseStreamChunk(text_delta=text, stop_reason=stop))
         return ChatCompletionResponse(content=self.reply, stop_reason="finished_ok")
@@ -118,6 +120,7 @@ providers:
       config: {{}}
 models:
   - {{model_id: replay-model, provider_id: replay}}
+  - {{model_id: prompted-model, provider_id: replay, system_prompt: Be brief.}}
   - {{model_id: crashing-model, provider_id: replay, metadata: {{fail: crash}}}}
   - {{model_id: busy-model, provider_id: replay, metadata: {{fail: busy}}}}
   - {{model_id: stalling-model, provider_id: replay, metadata: {{stall: true}}}}

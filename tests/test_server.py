@@ -37,6 +37,7 @@ async def make_client(tmp_path, replay_registry):
         transport = httpx.ASGITransport(app=create_app(stack, manage_lifecycle=False), raise_app_exceptions=False)
         return httpx.AsyncClient(transport=transport, base_url="http://test")
 
+    make.stacks = stacks
     yield make
     for stack in stacks:
         await stack.shutdown()
@@ -46,6 +47,12 @@ async def make_client(tmp_path, replay_registry):
 async def client(make_client):
     async with await make_client() as client:
         yield client
+
+
+@pytest.fixture
+async def client_and_stack(make_client):
+    async with await make_client() as client:
+        yield client, make_client.stacks[-1]
 
 
 def error_of(response: httpx.Response) -> dict:
@@ -175,7 +182,7 @@ async def test_a_busy_provider_is_a_503_naming_it(client):
 
 async def test_model_and_provider_listings(client):
     models = (await client.get("/models/list")).json()
-    assert {m["model_id"] for m in models} == {"replay-model", "crashing-model", "busy-model", "stalling-model"}
+    assert {m["model_id"] for m in models} == {"replay-model", "prompted-model", "crashing-model", "busy-model", "stalling-model"}
     assert all(m["provider_id"] == "replay" for m in models)
     providers = (await client.get("/providers/list")).json()
     assert providers == [{"api": "inference", "provider_id": "replay", "provider_type": "inline::replay", "package": "ReplayPlugin"}]
@@ -197,3 +204,16 @@ async def test_api_keys_guard_every_route_but_health(make_client):
 async def test_openapi_is_served(client):
     document = (await client.get("/openapi.json")).json()
     assert "/inference/chat_completion" in document["paths"]
+
+
+async def test_a_models_system_prompt_applies_only_when_the_dialog_has_none(client_and_stack):
+    client, stack = client_and_stack
+    provider = stack.providers["replay"].impl
+    await client.post("/inference/chat_completion", json=CHAT | {"model": "prompted-model"})
+    sent = provider.requests[-1].dialog
+    assert [(m.role.value, m.content) for m in sent.message_history] == [("system", "Be brief.")]
+    own = {"message": CHAT["dialog"]["message"], "message_history": [{"role": "system", "content": "Be verbose."}]}
+    await client.post("/inference/chat_completion", json=CHAT | {"model": "prompted-model", "dialog": own})
+    assert [m.content for m in provider.requests[-1].dialog.message_history] == ["Be verbose."]
+    await client.post("/inference/chat_completion", json=CHAT)
+    assert provider.requests[-1].dialog.message_history == []

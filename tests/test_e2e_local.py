@@ -1,0 +1,142 @@
+"""End to end: `llama-stack run local` in a subprocess, the real SmolLM2 model, real HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import httpx
+import pytest
+
+from llama_stack.client import LlamaStackClient
+from support import free_port, llama_stack_command, wait_for_health
+
+pytestmark = pytest.mark.slow
+
+MODEL = "smollm2-135m-instruct"
+# The seed contract's request shape, every field spelled out.
+SEED_CHAT = {
+    "model": MODEL,
+    "dialog": {
+        "message": {"role": "user", "content": "What is the capital of France?", "tool_calls": [], "tool_responses": []},
+        "message_history": [],
+    },
+    "sampling_params": {"temperature": 0.0, "strategy": "greedy", "top_p": 0.95, "top_k": 0},
+    "available_tools": [],
+    "max_tokens": 64,
+    "stream": False,
+    "logprobs": False,
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = free_port()
+    storage = tmp_path_factory.mktemp("local-state")
+    process = subprocess.Popen(
+        [*llama_stack_command(), "run", "local", "--port", str(port), "--env", f"LLAMA_STACK_STORAGE={storage}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=os.environ | {"PYTHONUNBUFFERED": "1"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_health(url, process)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def sse_chunks(response: httpx.Response) -> list[dict]:
+    frames = [line for line in response.iter_lines() if line]
+    assert all(frame.startswith("data: ") for frame in frames), frames
+    return [json.loads(frame[len("data: "):]) for frame in frames]
+
+
+def test_chat_answers_paris(server):
+    response = httpx.post(f"{server}/inference/chat_completion", json=SEED_CHAT, timeout=120)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert "Paris" in body["content"]
+    assert body["stop_reason"] == "finished_ok"
+    assert body["tool_calls"] == []
+
+
+def test_streamed_chat_arrives_as_several_frames(server):
+    with httpx.stream("POST", f"{server}/inference/chat_completion", json=SEED_CHAT | {"stream": True}, timeout=120) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        chunks = sse_chunks(response)
+    assert len(chunks) > 3
+    text = "".join(chunk["text_delta"] for chunk in chunks)
+    assert "Paris" in text
+    assert chunks[-1]["stop_reason"] == "finished_ok"
+    # Greedy decoding streams exactly the text it answers in one piece.
+    whole = httpx.post(f"{server}/inference/chat_completion", json=SEED_CHAT, timeout=120).json()["content"]
+    assert text == whole
+
+
+def test_max_tokens_stops_with_max_tokens(server):
+    body = SEED_CHAT | {"max_tokens": 3, "dialog": {"message": {"role": "user", "content": "Tell me a long story."}}}
+    response = httpx.post(f"{server}/inference/chat_completion", json=body, timeout=120)
+    assert response.json()["stop_reason"] == "max_tokens"
+
+
+def test_completion_streaming_and_not(server):
+    body = {"model": MODEL, "content": "The capital of France is", "max_tokens": 8}
+    whole = httpx.post(f"{server}/inference/completion", json=body, timeout=120).json()
+    with httpx.stream("POST", f"{server}/inference/completion", json=body | {"stream": True}, timeout=120) as response:
+        chunks = sse_chunks(response)
+    assert "".join(c["text_delta"] for c in chunks) == whole["content"]
+    assert chunks[-1]["stop_reason"] == whole["stop_reason"]
+
+
+def test_the_server_answers_other_routes_while_generating(server):
+    body = SEED_CHAT | {"stream": True, "max_tokens": 200, "dialog": {"message": {"role": "user", "content": "Write a long poem about the sea."}}}
+    with httpx.Client(base_url=server, timeout=120) as client, client.stream("POST", "/inference/chat_completion", json=body) as response:
+        lines = response.iter_lines()
+        assert next(lines).startswith("data: ")
+        # Generation is under way: other routes still answer, and the stream goes on afterwards.
+        assert client.get("/health").status_code == 200
+        assert client.get("/models/list").json()[0]["model_id"] == MODEL
+        rest = [line for line in lines if line]
+    assert len(rest) > 10
+
+
+def test_bad_inputs_get_clear_4xx(server):
+    malformed = httpx.post(f"{server}/inference/chat_completion", content=b"{nope", headers={"content-type": "application/json"})
+    assert malformed.status_code == 400
+    wrong_type = httpx.post(f"{server}/inference/chat_completion", json=SEED_CHAT | {"max_tokens": "lots"})
+    assert wrong_type.status_code == 422
+    assert wrong_type.json()["error"]["details"][0]["loc"] == "max_tokens"
+    unknown_model = httpx.post(f"{server}/inference/chat_completion", json=SEED_CHAT | {"model": "llama3_8b_chat"})
+    assert unknown_model.status_code == 404
+    assert MODEL in unknown_model.json()["error"]["message"]
+    unknown_route = httpx.post(f"{server}/inference/chat", json=SEED_CHAT)
+    assert unknown_route.status_code == 404
+
+
+async def test_http_and_library_clients_agree(server, tmp_path):
+    requests = [
+        dict(model=MODEL, dialog={"message": {"role": "user", "content": "What is the capital of France?"}}, max_tokens=32),
+        dict(model=MODEL, dialog={"message": {"role": "user", "content": "Name three colours."}}, max_tokens=32),
+    ]
+    answers = {}
+    for name in ("http", "library"):
+        if name == "http":
+            client = LlamaStackClient.http(server)
+        else:
+            client = await LlamaStackClient.library("local", env={"LLAMA_STACK_STORAGE": str(tmp_path)})
+        try:
+            chats = [await client.inference.chat_completion(**r) for r in requests]
+            streamed = ["".join([c.text_delta async for c in await client.inference.chat_completion(**r, stream=True)]) for r in requests]
+            completion = await client.inference.completion(model=MODEL, content="Once upon a time", max_tokens=16)
+            answers[name] = (chats, streamed, completion)
+        finally:
+            await client.aclose()
+    assert answers["http"] == answers["library"]
+    chats, streamed, _ = answers["http"]
+    assert [c.content for c in chats] == streamed
+    assert "Paris" in chats[0].content
