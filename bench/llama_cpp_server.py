@@ -23,6 +23,8 @@ from pathlib import Path
 import httpx
 
 PROMPT = "Write a long story about a dragon who learns to bake bread. Describe every step."
+# Sent explicitly on both sides, so the server adds no system prompt of its own and the prompts match.
+SYSTEM = "You are a storyteller."
 MODEL_ID = "smollm2-135m-instruct"
 N_CTX = 2048
 
@@ -42,7 +44,10 @@ def direct_run(llm, max_tokens: int) -> tuple[int, float]:
     start = time.perf_counter()
     tokens = 0
     for chunk in llm.create_chat_completion(
-        messages=[{"role": "user", "content": PROMPT}], max_tokens=max_tokens, temperature=0.0, stream=True
+        messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": PROMPT}],
+        max_tokens=max_tokens,
+        temperature=0.0,
+        stream=True,
     ):
         if chunk["choices"][0]["delta"].get("content"):
             tokens += 1
@@ -53,7 +58,10 @@ def server_run(client: httpx.Client, max_tokens: int) -> tuple[int, float]:
     """Tokens streamed and seconds, through POST /inference/chat_completion with stream: true."""
     body = {
         "model": MODEL_ID,
-        "dialog": {"message": {"role": "user", "content": PROMPT}},
+        "dialog": {
+            "message": {"role": "user", "content": PROMPT},
+            "message_history": [{"role": "system", "content": SYSTEM}],
+        },
         "max_tokens": max_tokens,
         "stream": True,
     }
