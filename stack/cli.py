@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -12,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from llama_stack.apis.errors import LlamaStackError
 
 app = typer.Typer(help="Serve and inspect Llama Stack distributions.", no_args_is_help=True, add_completion=False)
 console = Console()
@@ -37,27 +40,41 @@ def run(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve a distribution over HTTP."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(_serve(distribution, _parse_env(env), host, port, log_level))
+    except KeyboardInterrupt:
+        pass
+
+
+async def _serve(distribution: str, env: dict[str, str], host: str | None, port: int | None, log_level: str) -> None:
     import uvicorn
 
-    from .config import ConfigError
     from .plugins import discover_providers
     from .resolver import Stack
     from .server import create_app
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The providers and models are ready before the port opens; a distribution that cannot start
+    # says why in one message instead of a traceback.
     try:
-        stack = Stack.from_distribution(distribution, _parse_env(env), discover_providers())
-    except ConfigError as exc:
+        stack = Stack.from_distribution(distribution, env, discover_providers())
+        await stack.start()
+    except (ValueError, ImportError, OSError, LlamaStackError) as exc:  # ConfigError is a ValueError
         errors.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
     server = stack.config.server
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(stack),
         host=host or server.host,
         port=server.port if port is None else port,
         log_level=log_level.lower(),
+        lifespan="off",
         timeout_graceful_shutdown=5,
     )
+    try:
+        await uvicorn.Server(config).serve()
+    finally:
+        await stack.shutdown()
 
 
 @app.command()

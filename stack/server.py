@@ -6,7 +6,6 @@ import hmac
 import json
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -108,30 +107,11 @@ class BearerAuth:
         return scheme.lower() == b"bearer" and any(hmac.compare_digest(token.strip(), key) for key in self.keys)
 
 
-def create_app(stack: Stack, *, manage_lifecycle: bool = True) -> FastAPI:
-    """The ASGI app serving ``stack``; with ``manage_lifecycle`` it starts and stops the stack itself."""
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if manage_lifecycle:
-            await stack.start()
-        try:
-            yield
-        finally:
-            if manage_lifecycle:
-                await stack.shutdown()
-
-    app = FastAPI(
-        title="Llama Stack",
-        version=__version__,
-        lifespan=lifespan,
-        openapi_url=None,  # our own document below, derived from the protocols
-        docs_url="/docs",
-        redoc_url=None,
-    )
+def create_app(stack: Stack) -> FastAPI:
+    """The ASGI app serving ``stack``, which the caller starts before serving and shuts down after."""
+    app = FastAPI(title="Llama Stack", version=__version__, openapi_url="/openapi.json", docs_url="/docs", redoc_url=None)
     openapi = build_openapi()
-    app.openapi = lambda: openapi  # type: ignore[method-assign]
-    app.add_api_route("/openapi.json", lambda: JSONResponse(openapi), methods=["GET"], include_in_schema=False)
+    app.openapi = lambda: openapi  # type: ignore[method-assign]  # derived from the protocols, not FastAPI's
 
     for endpoint in all_endpoints():
         app.add_api_route(

@@ -24,7 +24,7 @@ async def server(tmp_path, replay_registry):
     stack = Stack.from_distribution(write_replay_distribution(tmp_path), registry=replay_registry)
     await stack.start()
     port = free_port()
-    config = uvicorn.Config(create_app(stack, manage_lifecycle=False), port=port, log_level="warning", lifespan="off")
+    config = uvicorn.Config(create_app(stack), port=port, log_level="warning", lifespan="off")
     uv = uvicorn.Server(config)
     task = asyncio.create_task(uv.serve())
     while not uv.started:

@@ -137,3 +137,26 @@ def test_cli_run_reports_config_errors_and_env_overrides(tmp_path):
 def test_cli_lists_the_built_in_distributions():
     result = subprocess.run([*llama_stack_command(), "distributions"], capture_output=True, text=True, check=True)
     assert "local" in result.stdout
+
+
+def test_cli_run_reports_startup_failures_without_a_traceback(tmp_path):
+    bad_type = tmp_path / "bad-type.yaml"
+    bad_type.write_text(VALID.replace("inline::replay", "inline::nosuch"))
+    result = subprocess.run(
+        [*llama_stack_command(), "run", str(bad_type), "--env", f"STATE_DIR={tmp_path}"], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "unknown provider type 'inline::nosuch'" in result.stderr and "inline::llama-cpp" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    missing_model = tmp_path / "missing-model.yaml"
+    missing_model.write_text(
+        VALID.replace("inline::replay", "inline::llama-cpp").replace('config: {reply: "${env.REPLY:=hello there}"}', "config: {}")
+        .replace("provider_id: replay\nserver", f"provider_id: replay\n    provider_model_id: {tmp_path}/absent.gguf\nserver")
+    )
+    result = subprocess.run(
+        [*llama_stack_command(), "run", str(missing_model), "--env", f"STATE_DIR={tmp_path}"], capture_output=True, text=True
+    )
+    assert result.returncode == 2, result.stderr
+    assert "absent.gguf" in result.stderr
+    assert "Traceback" not in result.stderr

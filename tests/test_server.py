@@ -34,7 +34,7 @@ async def make_client(tmp_path, replay_registry):
         stack = Stack.from_distribution(write_replay_distribution(tmp_path, api_keys), registry=replay_registry)
         await stack.start()
         stacks.append(stack)
-        transport = httpx.ASGITransport(app=create_app(stack, manage_lifecycle=False), raise_app_exceptions=False)
+        transport = httpx.ASGITransport(app=create_app(stack), raise_app_exceptions=False)
         return httpx.AsyncClient(transport=transport, base_url="http://test")
 
     make.stacks = stacks
