@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict
 
-from llama_stack.apis.errors import NotFoundError, ServiceUnavailableError
+from llama_stack.apis.errors import ERRORS_BY_STATUS, NotFoundError, ServiceUnavailableError
 from llama_stack.apis.inference import (
     ChatCompletionResponse,
     ChatCompletionResponseStreamChunk,
@@ -58,6 +58,8 @@ class ReplayInference:
             raise RuntimeError("secret internal detail /etc/passwd")
         if fail == "busy":
             raise ServiceUnavailableError("model is busy", provider="replay")
+        if isinstance(fail, int):
+            raise ERRORS_BY_STATUS[fail](f"replayed a {fail}", provider="replay")
 
     async def _words(self, model_id: str, make_chunk: Any) -> AsyncIterator[Any]:
         try:
@@ -110,6 +112,11 @@ class ReplayPlugin:
         )
 
 
+FAILING_STATUSES = [400, 404, 409, 422, 501, 502, 503, 504]
+FAILING_MODELS = "".join(
+    f"  - {{{{model_id: failing-{status}, provider_id: replay, metadata: {{{{fail: {status}}}}}}}}}\n" for status in FAILING_STATUSES
+)
+
 REPLAY_YAML = """
 name: replay
 apis: [inference]
@@ -124,7 +131,7 @@ models:
   - {{model_id: crashing-model, provider_id: replay, metadata: {{fail: crash}}}}
   - {{model_id: busy-model, provider_id: replay, metadata: {{fail: busy}}}}
   - {{model_id: stalling-model, provider_id: replay, metadata: {{stall: true}}}}
-server:
+""" + FAILING_MODELS + """server:
   api_keys: {api_keys}
 storage:
   dir: {storage}
