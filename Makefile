@@ -9,7 +9,7 @@ PIP_INSTALL := $(BIN)/python -m pip install --disable-pip-version-check -q
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(PIP_INSTALL) --upgrade pip "setuptools>=69" wheel
+	$(PIP_INSTALL) --upgrade pip "setuptools>=77" wheel
 
 # Stamp files: reinstall only when the project's metadata changes.
 $(VENV)/.installed-run: pyproject.toml setup.py | $(BIN)/python
