@@ -118,7 +118,8 @@ async def _read_sse(endpoint: Endpoint, response: httpx.Response) -> AsyncIterat
             elif line.startswith("data:"):
                 data = line[5:].strip()
                 if event == "error":
-                    raise error_from_body(json.loads(data).get("error", {}).get("status", 500), json.loads(data))
+                    body = json.loads(data)
+                    raise error_from_body(body.get("error", {}).get("status", 500), body)
                 yield adapter.validate_json(data)
             elif not line:
                 event = "message"
@@ -236,7 +237,7 @@ class SyncLlamaStackClient:
         self._thread = threading.Thread(target=self._loop.run_forever, name="llama-stack-client", daemon=True)
         self._thread.start()
         self._client: LlamaStackClient = self._run(make_client())
-        for name in [api.value for api in PROTOCOLS] :
+        for name in [api.value for api in PROTOCOLS]:
             setattr(self, name, _SyncApi(self, getattr(self._client, name)))
         for name in ("health", "list_models", "list_providers"):
             setattr(self, name, self._wrap(getattr(self._client, name)))

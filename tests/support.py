@@ -66,8 +66,11 @@ class ReplayInference:
             words = self.reply.split(" ")
             for index, word in enumerate(words):
                 yield make_chunk(word if index == 0 else " " + word, None)
-                if self.models[model_id].metadata.get("stall"):
+                metadata = self.models[model_id].metadata
+                if metadata.get("stall"):
                     await asyncio.Event().wait()  # until the consumer goes away
+                if metadata.get("fail_mid_stream"):
+                    raise ERRORS_BY_STATUS[metadata["fail_mid_stream"]]("the stream broke", provider="replay")
             yield make_chunk("", "finished_ok")
         finally:
             self.stream_closed.set()
@@ -131,6 +134,7 @@ models:
   - {{model_id: crashing-model, provider_id: replay, metadata: {{fail: crash}}}}
   - {{model_id: busy-model, provider_id: replay, metadata: {{fail: busy}}}}
   - {{model_id: stalling-model, provider_id: replay, metadata: {{stall: true}}}}
+  - {{model_id: breaking-model, provider_id: replay, metadata: {{fail_mid_stream: 502}}}}
 """ + FAILING_MODELS + """server:
   api_keys: {api_keys}
 storage:

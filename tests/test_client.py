@@ -8,7 +8,7 @@ import httpx
 import pytest
 import uvicorn
 
-from llama_stack.apis.errors import NotFoundError, ValidationError
+from llama_stack.apis.errors import NotFoundError, ProviderError, ValidationError
 from llama_stack.apis.inference import ChatCompletionRequest, ChatCompletionResponse
 from llama_stack.client import LlamaStackClient, SyncLlamaStackClient
 from llama_stack.resolver import Stack
@@ -71,6 +71,11 @@ async def test_both_transports_raise_the_same_errors(clients):
         with pytest.raises(ValidationError) as info:
             await client.inference.chat_completion(model="replay-model", dialog={"message": {"role": "robot", "content": "x"}})
         assert info.value.details[0]["loc"] == "dialog.message.role"
+        chunks = []
+        with pytest.raises(ProviderError, match="the stream broke") as broken:
+            async for chunk in await client.inference.chat_completion(model="breaking-model", dialog=DIALOG, stream=True):
+                chunks.append(chunk)
+        assert len(chunks) == 1 and broken.value.provider == "replay"
         with pytest.raises(NotFoundError, match="datasets API is not served"):
             await client.datasets.get_dataset(dataset_id="x")
 

@@ -82,6 +82,18 @@ async def test_streaming_answers_server_sent_events(client):
     assert chunks[-1]["stop_reason"] == "finished_ok"
 
 
+async def test_an_error_after_the_first_chunk_is_an_error_event(client):
+    body = CHAT | {"stream": True, "model": "breaking-model"}
+    async with client.stream("POST", "/inference/chat_completion", json=body) as response:
+        assert response.status_code == 200  # already sent when the provider failed
+        lines = [line async for line in response.aiter_lines() if line]
+    assert lines[0].startswith("data: ")
+    assert lines[1:] == [
+        "event: error",
+        'data: {"error": {"status": 502, "type": "provider_error", "message": "the stream broke", "provider": "replay"}}',
+    ]
+
+
 async def test_batch_answers_jsonl_in_input_order(client):
     body = {"model": "replay-model", "content_batch": ["a", "b", "c"]}
     response = await client.post("/inference/batch_completion", json=body)
