@@ -45,11 +45,14 @@ class ToolCall(Schema):
 
     tool_name: str
     arguments: JsonObject
+    # Extension: links a tool's response to this call when a message holds several.
+    call_id: str | None = None
 
 
 class ToolResponse(Schema):
     tool_name: str
     content: Content
+    call_id: str | None = Field(default=None, description="The call_id of the ToolCall this answers (extension).")
 
 
 class Message(Schema):
@@ -85,7 +88,10 @@ class BuiltinTool(str, Enum):
 class ToolDefinition(Schema):
     # A built-in tool's name, or any custom tool's.
     tool_name: Union[BuiltinTool, str]
-    parameters: JsonObject | None = None
+    description: str | None = Field(default=None, description="What the tool does, for the model (extension).")
+    parameters: JsonObject | None = Field(
+        default=None, description="A JSON Schema object describing the tool's arguments."
+    )
     input_shields: list[ShieldConfig] = Field(default_factory=list)
     output_shields: list[ShieldConfig] = Field(default_factory=list)
 

@@ -6,8 +6,10 @@ from typing import AsyncIterator, Literal, Protocol, runtime_checkable
 
 from pydantic import Field, model_validator
 
-from .common import Content, Dialog, JsonObject, Schema, StopReason, ToolCall, ToolDefinition
+from .common import BuiltinTool, Content, Dialog, JsonObject, Schema, StopReason, ToolCall, ToolDefinition
 from .routes import webmethod
+
+# Fields marked "extension" are this runtime's additions to the seed contract; all are optional.
 
 
 class SamplingParams(Schema):
@@ -22,6 +24,8 @@ class SamplingParams(Schema):
     strategy: Literal["greedy", "top_p", "top_k"] = "greedy"
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
     top_k: int = Field(default=0, ge=0, description="0 means no top-k restriction.")
+    repetition_penalty: float = Field(default=1.0, gt=0.0, description="Extension: 1.0 means no penalty.")
+    seed: int | None = Field(default=None, description="Extension: makes sampling repeatable.")
 
     @model_validator(mode="after")
     def _sampling_needs_temperature(self) -> "SamplingParams":
@@ -36,6 +40,47 @@ class SamplingParams(Schema):
 
 
 MaxTokens = Field(default=0, ge=0, description="The most tokens to generate; 0 means until the model stops.")
+Stop = Field(default_factory=list, max_length=8, description="Extension: stop when any of these strings is generated.")
+TopLogprobs = Field(default=0, ge=0, le=20, description="Extension: with logprobs, the alternatives per token.")
+
+
+class ResponseFormat(Schema):
+    """Extension: constrains the answer to JSON, or to JSON matching a schema."""
+
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: JsonObject | None = Field(default=None, description="The JSON Schema, for type json_schema.")
+
+    @model_validator(mode="after")
+    def _schema_matches_type(self) -> "ResponseFormat":
+        if self.type == "json_schema" and not self.json_schema:
+            raise ValueError("type 'json_schema' needs a json_schema")
+        if self.type != "json_schema" and self.json_schema is not None:
+            raise ValueError(f"json_schema is only read with type 'json_schema', not {self.type!r}")
+        return self
+
+
+class TopLogprob(Schema):
+    token: str
+    logprob: float
+
+
+class TokenLogprob(Schema):
+    token: str
+    logprob: float
+    top_logprobs: list[TopLogprob] = Field(default_factory=list, description="The most likely alternatives.")
+
+
+class Logprobs(Schema):
+    """One entry per generated token, in order."""
+
+    content: list[TokenLogprob]
+
+
+class Usage(Schema):
+    """Extension: token counts of a request."""
+
+    prompt_tokens: int
+    completion_tokens: int
 
 
 class CompletionRequest(Schema):
@@ -45,6 +90,9 @@ class CompletionRequest(Schema):
     max_tokens: int = MaxTokens
     stream: bool = False
     logprobs: bool = False
+    top_logprobs: int = TopLogprobs
+    stop: list[str] = Stop
+    response_format: ResponseFormat | None = None
 
 
 class CompletionResponse(Schema):
@@ -52,7 +100,8 @@ class CompletionResponse(Schema):
 
     content: Content
     stop_reason: StopReason | None = None
-    logprobs: JsonObject | None = None
+    logprobs: Logprobs | None = None
+    usage: Usage | None = None
 
 
 class CompletionResponseStreamChunk(Schema):
@@ -60,7 +109,27 @@ class CompletionResponseStreamChunk(Schema):
 
     text_delta: str
     stop_reason: StopReason | None = None
-    logprobs: JsonObject | None = None
+    logprobs: Logprobs | None = None
+    usage: Usage | None = Field(default=None, description="Extension: on the last chunk.")
+
+
+def _check_tool_choice(tool_choice: str, tools: list[ToolDefinition]) -> None:
+    names = [t.tool_name.value if isinstance(t.tool_name, BuiltinTool) else t.tool_name for t in tools]
+    if tool_choice in ("auto", "none"):
+        return
+    if not tools:
+        raise ValueError(f"tool_choice {tool_choice!r} needs available_tools")
+    if tool_choice != "required" and tool_choice not in names:
+        raise ValueError(
+            f"tool_choice must be 'auto', 'required', 'none' or a tool in available_tools ({', '.join(names)}); "
+            f"got {tool_choice!r}"
+        )
+
+
+ToolChoice = Field(
+    default="auto",
+    description="Extension: 'auto' (the model decides), 'required' (some tool), 'none', or one tool's name.",
+)
 
 
 class ChatCompletionRequest(Schema):
@@ -71,6 +140,15 @@ class ChatCompletionRequest(Schema):
     max_tokens: int = MaxTokens
     stream: bool = False
     logprobs: bool = False
+    top_logprobs: int = TopLogprobs
+    stop: list[str] = Stop
+    response_format: ResponseFormat | None = None
+    tool_choice: str = ToolChoice
+
+    @model_validator(mode="after")
+    def _tool_choice_names_a_tool(self) -> "ChatCompletionRequest":
+        _check_tool_choice(self.tool_choice, self.available_tools)
+        return self
 
 
 class ChatCompletionResponse(Schema):
@@ -79,7 +157,8 @@ class ChatCompletionResponse(Schema):
     content: Content
     tool_calls: list[ToolCall] = Field(default_factory=list)
     stop_reason: StopReason | None = None
-    logprobs: JsonObject | None = None
+    logprobs: Logprobs | None = None
+    usage: Usage | None = None
 
 
 class ChatCompletionResponseStreamChunk(Schema):
@@ -88,6 +167,9 @@ class ChatCompletionResponseStreamChunk(Schema):
     text_delta: str
     stop_reason: StopReason | None = None
     tool_call: ToolCall | None = None
+    tool_call_index: int | None = Field(default=None, description="Extension: the tool call's place in the answer.")
+    logprobs: Logprobs | None = Field(default=None, description="Extension: the logprobs of this chunk's tokens.")
+    usage: Usage | None = Field(default=None, description="Extension: on the last chunk.")
 
 
 class BatchCompletionRequest(Schema):
@@ -96,6 +178,9 @@ class BatchCompletionRequest(Schema):
     sampling_params: SamplingParams = Field(default_factory=SamplingParams)
     max_tokens: int = MaxTokens
     logprobs: bool = False
+    top_logprobs: int = TopLogprobs
+    stop: list[str] = Stop
+    response_format: ResponseFormat | None = None
 
 
 class BatchChatCompletionRequest(Schema):
@@ -105,6 +190,15 @@ class BatchChatCompletionRequest(Schema):
     available_tools: list[ToolDefinition] = Field(default_factory=list)
     max_tokens: int = MaxTokens
     logprobs: bool = False
+    top_logprobs: int = TopLogprobs
+    stop: list[str] = Stop
+    response_format: ResponseFormat | None = None
+    tool_choice: str = ToolChoice
+
+    @model_validator(mode="after")
+    def _tool_choice_names_a_tool(self) -> "BatchChatCompletionRequest":
+        _check_tool_choice(self.tool_choice, self.available_tools)
+        return self
 
 
 @runtime_checkable

@@ -99,9 +99,10 @@ class DistributionConfig(_Strict):
         inference_ids = [p.provider_id for p in self.providers.get(Api.inference, [])]
         model_ids: set[str] = set()
         for model in self.models:
-            if model.model_id in model_ids:
-                raise ValueError(f"model_id '{model.model_id}' is listed twice")
-            model_ids.add(model.model_id)
+            for name in (model.model_id, *model.aliases):
+                if name in model_ids:
+                    raise ValueError(f"model id or alias '{name}' is listed twice")
+                model_ids.add(name)
             if model.provider_id not in inference_ids:
                 raise ValueError(
                     f"model '{model.model_id}' names provider_id '{model.provider_id}', which is not an "

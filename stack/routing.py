@@ -25,6 +25,17 @@ class InferenceRouter:
     def __init__(self, models: list[Model], providers: dict[str, Any]):
         self._provider_of = {model.model_id: providers[model.provider_id] for model in models}
         self._system_prompt_of = {model.model_id: model.system_prompt for model in models if model.system_prompt}
+        self._model_id_of = {name: model.model_id for model in models for name in (model.model_id, *model.aliases)}
+
+    def _resolve(self, request: Any) -> tuple[Any, Any]:
+        """The provider serving the request's model, and the request naming the model by its model_id."""
+        model_id = self._model_id_of.get(request.model)
+        if model_id is None:
+            served = ", ".join(sorted(self._model_id_of)) or "none"
+            raise NotFoundError(f"Model '{request.model}' is not served by this distribution (served models: {served})")
+        if model_id != request.model:
+            request = request.model_copy(update={"model": model_id})
+        return self._provider_of[model_id], request
 
     def _with_system_prompt(self, model_id: str, dialog: Dialog) -> Dialog:
         prompt = self._system_prompt_of.get(model_id)
@@ -34,29 +45,24 @@ class InferenceRouter:
         system = Message(role=Role.system, content=prompt)
         return dialog.model_copy(update={"message_history": [system, *dialog.message_history]})
 
-    def _provider(self, model_id: str) -> Any:
-        provider = self._provider_of.get(model_id)
-        if provider is None:
-            served = ", ".join(sorted(self._provider_of)) or "none"
-            raise NotFoundError(f"Model '{model_id}' is not served by this distribution (served models: {served})")
-        return provider
-
     async def completion(
         self, request: CompletionRequest
     ) -> CompletionResponse | AsyncIterator[CompletionResponseStreamChunk]:
-        return await self._provider(request.model).completion(request)
+        provider, request = self._resolve(request)
+        return await provider.completion(request)
 
     async def chat_completion(
         self, request: ChatCompletionRequest
     ) -> ChatCompletionResponse | AsyncIterator[ChatCompletionResponseStreamChunk]:
-        provider = self._provider(request.model)
+        provider, request = self._resolve(request)
         dialog = self._with_system_prompt(request.model, request.dialog)
         return await provider.chat_completion(request.model_copy(update={"dialog": dialog}))
 
     async def batch_completion(self, request: BatchCompletionRequest) -> list[CompletionResponse]:
-        return await self._provider(request.model).batch_completion(request)
+        provider, request = self._resolve(request)
+        return await provider.batch_completion(request)
 
     async def batch_chat_completion(self, request: BatchChatCompletionRequest) -> list[ChatCompletionResponse]:
-        provider = self._provider(request.model)
+        provider, request = self._resolve(request)
         dialogs = [self._with_system_prompt(request.model, dialog) for dialog in request.batch_dialogs]
         return await provider.batch_chat_completion(request.model_copy(update={"batch_dialogs": dialogs}))

@@ -129,7 +129,7 @@ providers:
       provider_type: inline::replay
       config: {{}}
 models:
-  - {{model_id: replay-model, provider_id: replay}}
+  - {{model_id: replay-model, provider_id: replay, aliases: [replay-alias], context_length: 4096}}
   - {{model_id: prompted-model, provider_id: replay, system_prompt: Be brief.}}
   - {{model_id: crashing-model, provider_id: replay, metadata: {{fail: crash}}}}
   - {{model_id: busy-model, provider_id: replay, metadata: {{fail: busy}}}}

@@ -64,6 +64,7 @@ def test_substitution_inside_a_longer_string():
         (("provider_id: replay\n      provider_type", "provider_type"), "providers.inference[0].provider_id: required key is missing"),
         (("apis: [inference]", "apis: [inference, telepathy]"), "apis[1]: Input should be"),
         (("apis: [inference]", "apis: [inference, datasets]"), "API 'datasets' is listed in apis but has no entry under providers"),
+        (("    provider_id: replay\nserver", "    provider_id: replay\n  - {model_id: m2, provider_id: replay, aliases: [m1]}\nserver"), "model id or alias 'm1' is listed twice"),
         (("    provider_id: replay\nserver", "    provider_id: elsewhere\nserver"), "names provider_id 'elsewhere', which is not an inference provider here (inference providers: replay)"),
     ],
 )

@@ -169,6 +169,15 @@ async def test_wrong_method_is_a_405(client):
     assert error_of(response)["type"] == "method_not_allowed"
 
 
+async def test_an_alias_reaches_its_model_under_the_model_id(client_and_stack):
+    client, stack = client_and_stack
+    response = await client.post("/inference/chat_completion", json=CHAT | {"model": "replay-alias"})
+    assert response.status_code == 200
+    assert stack.providers["replay"].impl.requests[-1].model == "replay-model"
+    (listed,) = [m for m in (await client.get("/models/list")).json() if m["model_id"] == "replay-model"]
+    assert listed["aliases"] == ["replay-alias"] and listed["context_length"] == 4096
+
+
 async def test_an_api_the_distribution_does_not_serve(client):
     response = await client.get("/datasets/get", params={"dataset_id": "x"})
     assert response.status_code == 404
