@@ -78,11 +78,18 @@ async def _serve(distribution: str, env: dict[str, str], host: str | None, port:
 
 
 @app.command()
-def providers() -> None:
+def providers(
+    config: Annotated[
+        Optional[str], typer.Option("--config", help="Show the `config:` fields of this provider type instead.")
+    ] = None,
+) -> None:
     """List every discovered provider type per API, and plugins that failed to load."""
     from .plugins import discover_providers
 
     registry = discover_providers()
+    if config is not None:
+        _show_config(registry, config)
+        return
     table = Table("API", "provider type", "package", "description")
     for (api, provider_type), registered in sorted(registry.providers.items(), key=lambda kv: (kv[0][0].value, kv[0][1])):
         # Plugin-supplied text is escaped: rich would read "[...]" in it as markup.
@@ -100,6 +107,24 @@ def providers() -> None:
             f"(entry point {escape(problem.plugin)}): {escape(problem.error)}",
             highlight=False,
         )
+
+
+def _show_config(registry, provider_type: str) -> None:
+    """The provider's config model, field by field: its declaration is the documentation."""
+    matches = [r for (_, t), r in registry.providers.items() if t == provider_type]
+    if not matches:
+        known = ", ".join(sorted({t for _, t in registry.providers}))
+        errors.print(f"[red]error:[/red] unknown provider type {escape(provider_type)} (known: {escape(known)})", highlight=False)
+        raise typer.Exit(2)
+    for registered in matches:
+        spec = registered.spec
+        console.print(f"{escape(spec.provider_type)} ({spec.api.value}, from {escape(registered.package)}): {escape(spec.description)}", highlight=False)
+        table = Table("field", "type", "default", "description")
+        for name, field in spec.config_class.model_fields.items():
+            default = "(required)" if field.is_required() else repr(field.get_default(call_default_factory=True))
+            annotation = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
+            table.add_row(*(escape(str(cell)) for cell in (name, annotation, default, field.description or "")))
+        console.print(table)
 
 
 @app.command()

@@ -161,3 +161,14 @@ def test_cli_run_reports_startup_failures_without_a_traceback(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "absent.gguf" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_cli_shows_a_providers_config_fields_from_its_model():
+    env = {"COLUMNS": "250", "PATH": ""}
+    result = subprocess.run([*llama_stack_command(), "providers", "--config", "inline::llama-cpp"], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.startswith("│")}
+    assert {"n_ctx", "max_queue"} <= set(rows)
+    assert "2048" in rows["n_ctx"] and "Context window" in rows["n_ctx"]
+    unknown = subprocess.run([*llama_stack_command(), "providers", "--config", "inline::nope"], capture_output=True, text=True, env=env)
+    assert unknown.returncode == 2 and "inline::llama-cpp" in unknown.stderr
