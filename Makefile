@@ -17,7 +17,7 @@ $(VENV)/.installed-run: pyproject.toml setup.py | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml setup.py | $(BIN)/python
-	$(PIP_INSTALL) -e ".[llama-cpp,test]"
+	$(PIP_INSTALL) -e ".[llama-cpp,torch,test]"
 	touch $@
 
 install: $(VENV)/.installed-run
@@ -34,6 +34,7 @@ test-quick: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/llama_cpp_server.py
+	$(BIN)/python bench/torch_batch.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -3,6 +3,10 @@
 Providers raise these; the server answers them as ``{"error": {"status", "type", "message", ...}}`` and
 the clients raise the same classes again, so callers handle one set of exceptions whichever transport
 they use.
+
+The body is also OpenAI's error object: ``message``, ``type``, ``param`` (the invalid parameter, or null)
+and ``code`` (a machine-readable reason, or null) are always there, so OpenAI SDKs read it as they read
+OpenAI's own errors.
 """
 
 from __future__ import annotations
@@ -14,14 +18,31 @@ class LlamaStackError(Exception):
     status: ClassVar[int] = 500
     type: ClassVar[str] = "internal_error"
 
-    def __init__(self, message: str, *, details: list[dict[str, Any]] | None = None, provider: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: list[dict[str, Any]] | None = None,
+        provider: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.details = details or []
         self.provider = provider
+        # The request parameter at fault; defaults to the first invalid field of `details`.
+        self.param = param if param is not None else next((d.get("loc") or None for d in self.details), None)
+        self.code = code
 
     def to_body(self) -> dict[str, Any]:
-        error: dict[str, Any] = {"status": self.status, "type": self.type, "message": self.message}
+        error: dict[str, Any] = {
+            "status": self.status,
+            "type": self.type,
+            "message": self.message,
+            "param": self.param,
+            "code": self.code,
+        }
         if self.details:
             error["details"] = self.details
         if self.provider:
@@ -37,6 +58,10 @@ class BadRequestError(LlamaStackError):
 class AuthenticationError(LlamaStackError):
     status = 401
     type = "unauthorized"
+
+    def __init__(self, message: str, **kwargs: Any):
+        kwargs.setdefault("code", "invalid_api_key")
+        super().__init__(message, **kwargs)
 
 
 class NotFoundError(LlamaStackError):
@@ -111,7 +136,13 @@ def error_from_body(status: int, body: Any) -> LlamaStackError:
     if not isinstance(error, dict):
         exc = cls(f"HTTP {status}: {body!r}"[:2000])
     else:
-        exc = cls(str(error.get("message", "")), details=error.get("details"), provider=error.get("provider"))
+        exc = cls(
+            str(error.get("message", "")),
+            details=error.get("details"),
+            provider=error.get("provider"),
+            param=error.get("param"),
+            code=error.get("code"),
+        )
     if cls is LlamaStackError:
         exc.status = status  # type: ignore[misc]
     return exc

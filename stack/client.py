@@ -7,8 +7,9 @@
     client = await LlamaStackClient.library("local")     # no server: the providers run in this process
 
 Each API is an attribute (``client.inference``, ``client.memory_banks``, ...) whose methods are the
-protocol's. A method takes its request object, or a dict, or the request's fields as keyword arguments;
-with ``stream=True`` it returns an async iterator of chunks. Arguments are validated by the same code the
+protocol's; ``client.openai`` has the OpenAI-compatible routes (``create_chat_completion``, ...). A method
+takes its request object, or a dict, or the request's fields as keyword arguments; with ``stream=True`` it
+returns an async iterator of chunks. Arguments are validated by the same code the
 server uses, so both transports fail alike. ``SyncLlamaStackClient`` wraps it all for blocking code.
 """
 
@@ -26,13 +27,14 @@ import httpx
 from llama_stack.apis.errors import LlamaStackError, ProviderError, error_from_body
 from llama_stack.apis.inspect import Inspect
 
-from .endpoints import PROTOCOLS, Endpoint, endpoints_of
+from .endpoints import FACADES, PROTOCOLS, Endpoint, endpoints_of, facade_endpoints
 
 if TYPE_CHECKING:
     from llama_stack.apis.agentic_system import AgenticSystem
     from llama_stack.apis.datasets import Datasets
     from llama_stack.apis.inference import Inference
     from llama_stack.apis.memory_banks import MemoryBanks
+    from llama_stack.apis.openai import OpenAI
     from llama_stack.apis.post_training import PostTraining
     from llama_stack.apis.reward_scoring import RewardScoring
     from llama_stack.apis.safety import Safety
@@ -117,6 +119,8 @@ async def _read_sse(endpoint: Endpoint, response: httpx.Response) -> AsyncIterat
                 event = line[6:].strip()
             elif line.startswith("data:"):
                 data = line[5:].strip()
+                if endpoint.route.stream_end is not None and data == endpoint.route.stream_end:
+                    return
                 if event == "error":
                     body = json.loads(data)
                     raise error_from_body(body.get("error", {}).get("status", 500), body)
@@ -136,8 +140,7 @@ class LibraryTransport:
         self.stack = stack
 
     async def call(self, endpoint: Endpoint, kwargs: dict[str, Any]) -> Any:
-        impl = self.stack if endpoint.api is None else self.stack.impl(endpoint.api)
-        return await getattr(impl, endpoint.name)(**kwargs)
+        return await getattr(endpoint.implementation(self.stack), endpoint.name)(**kwargs)
 
     async def aclose(self) -> None:
         await self.stack.shutdown()
@@ -189,11 +192,14 @@ class LlamaStackClient:
     post_training: "PostTraining"
     reward_scoring: "RewardScoring"
     synthetic_data_generation: "SyntheticDataGeneration"
+    openai: "OpenAI"
 
     def __init__(self, transport: Transport):
         self.transport = transport
         for api, protocol in PROTOCOLS.items():
             setattr(self, api.value, ApiClient(transport, endpoints_of(protocol, api)))
+        for facade in FACADES:
+            setattr(self, facade.name, ApiClient(transport, facade_endpoints(facade)))
         inspect = ApiClient(transport, endpoints_of(Inspect, None))
         self.health, self.list_models, self.list_providers = inspect.health, inspect.list_models, inspect.list_providers  # type: ignore[attr-defined]
 
@@ -237,7 +243,7 @@ class SyncLlamaStackClient:
         self._thread = threading.Thread(target=self._loop.run_forever, name="llama-stack-client", daemon=True)
         self._thread.start()
         self._client: LlamaStackClient = self._run(make_client())
-        for name in [api.value for api in PROTOCOLS]:
+        for name in [api.value for api in PROTOCOLS] + [facade.name for facade in FACADES]:
             setattr(self, name, _SyncApi(self, getattr(self._client, name)))
         for name in ("health", "list_models", "list_providers"):
             setattr(self, name, self._wrap(getattr(self._client, name)))

@@ -9,7 +9,7 @@ import types
 import typing
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Callable, get_args, get_origin
 
 from pydantic import BaseModel, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
@@ -20,11 +20,17 @@ from llama_stack.apis.errors import BadRequestError, ValidationError
 from llama_stack.apis.inference import Inference
 from llama_stack.apis.inspect import Inspect
 from llama_stack.apis.memory_banks import MemoryBanks
+from llama_stack.apis.openai import OpenAI
 from llama_stack.apis.post_training import PostTraining
 from llama_stack.apis.reward_scoring import RewardScoring
 from llama_stack.apis.routes import Api, Route, route_of
 from llama_stack.apis.safety import Safety
 from llama_stack.apis.synthetic_data_generation import SyntheticDataGeneration
+
+from .openai_compat import OpenAICompat
+
+if TYPE_CHECKING:
+    from .resolver import Stack
 
 PROTOCOLS: dict[Api, type] = {
     Api.inference: Inference,
@@ -36,6 +42,24 @@ PROTOCOLS: dict[Api, type] = {
     Api.reward_scoring: RewardScoring,
     Api.synthetic_data_generation: SyntheticDataGeneration,
 }
+
+
+@dataclass(frozen=True)
+class Facade:
+    """A protocol the stack serves itself by translating onto an API it serves (e.g. OpenAI onto inference).
+
+    Its routes answer 404 naming the served APIs when the distribution does not serve ``api``.
+    """
+
+    name: str  # the OpenAPI tag and the client attribute
+    protocol: type
+    api: Api
+    build: Callable[[Any, "Stack"], Any]  # (the API's implementation, the stack) -> the protocol's implementation
+
+
+FACADES: tuple[Facade, ...] = (
+    Facade("openai", OpenAI, Api.inference, lambda inference, stack: OpenAICompat(inference, stack.config.models)),
+)
 
 
 @dataclass(frozen=True)
@@ -58,6 +82,21 @@ class Endpoint:
     # What a JSON answer holds; for jsonl answers, the type of one line. None: no content.
     response_adapter: TypeAdapter[Any] | None
     chunk_adapter: TypeAdapter[Any] | None  # one SSE frame, for streaming methods
+    facade: Facade | None = None  # set for the routes of a protocol the stack translates onto `api`
+
+    @property
+    def group(self) -> str:
+        """The OpenAPI tag: "inspect", the API's name, or the facade's."""
+        if self.facade is not None:
+            return self.facade.name
+        return self.api.value if self.api is not None else "inspect"
+
+    def implementation(self, stack: "Stack") -> Any:
+        """The object whose method ``name`` serves this endpoint (a 404 when its API is not served)."""
+        if self.api is None:
+            return stack
+        impl = stack.impl(self.api)
+        return impl if self.facade is None else self.facade.build(impl, stack)
 
     @property
     def param_names(self) -> list[str]:
@@ -135,7 +174,7 @@ def _split_return(annotation: Any) -> tuple[Any, Any]:
     return response, chunk
 
 
-def _endpoint(api: Api | None, name: str, method: Any, route: Route) -> Endpoint:
+def _endpoint(api: Api | None, name: str, method: Any, route: Route, facade: Facade | None = None) -> Endpoint:
     hints = typing.get_type_hints(method)
     signature = inspect.signature(method)
     query: list[QueryParam] = []
@@ -162,21 +201,28 @@ def _endpoint(api: Api | None, name: str, method: Any, route: Route) -> Endpoint
         body_adapter=body_adapter,
         response_adapter=None if response is type(None) else TypeAdapter(response),
         chunk_adapter=TypeAdapter(chunk) if chunk is not None else None,
+        facade=facade,
     )
 
 
 @cache
-def endpoints_of(protocol: type, api: Api | None) -> tuple[Endpoint, ...]:
+def endpoints_of(protocol: type, api: Api | None, facade: Facade | None = None) -> tuple[Endpoint, ...]:
     found = []
     for name, member in inspect.getmembers(protocol, inspect.isfunction):
         route = route_of(member)
         if route is not None:
-            found.append(_endpoint(api, name, member, route))
+            found.append(_endpoint(api, name, member, route, facade))
     return tuple(found)
+
+
+def facade_endpoints(facade: Facade) -> tuple[Endpoint, ...]:
+    return endpoints_of(facade.protocol, facade.api, facade)
 
 
 def all_endpoints() -> list[Endpoint]:
     endpoints = list(endpoints_of(Inspect, None))
     for api, protocol in PROTOCOLS.items():
         endpoints.extend(endpoints_of(protocol, api))
+    for facade in FACADES:
+        endpoints.extend(facade_endpoints(facade))
     return endpoints

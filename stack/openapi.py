@@ -21,6 +21,14 @@ ERROR_SCHEMA: dict[str, Any] = {
                 "status": {"type": "integer"},
                 "type": {"type": "string"},
                 "message": {"type": "string"},
+                "param": {
+                    "type": ["string", "null"],
+                    "description": "The request parameter at fault (the first invalid field), as in OpenAI's errors.",
+                },
+                "code": {
+                    "type": ["string", "null"],
+                    "description": "A machine-readable reason where there is one (`model_not_found`, `unsupported_parameter`, ...).",
+                },
                 "provider": {"type": "string", "description": "The provider that failed, for 502/503/504."},
                 "details": {
                     "type": "array",
@@ -28,14 +36,14 @@ ERROR_SCHEMA: dict[str, Any] = {
                     "items": {"type": "object"},
                 },
             },
-            "required": ["status", "type", "message"],
+            "required": ["status", "type", "message", "param", "code"],
         }
     },
     "required": ["error"],
 }
 
 ERROR_STATUSES = {
-    "400": "Malformed request (e.g. the body is not JSON).",
+    "400": "Malformed request (e.g. the body is not JSON), or a value this server cannot honour.",
     "401": "An API key is required.",
     "404": "Unknown model, resource, route, or an API this distribution does not serve.",
     "422": "The request does not match the schema; `details` names each field.",
@@ -45,7 +53,7 @@ ERROR_STATUSES = {
 
 
 def _tag(endpoint: Endpoint) -> str:
-    return endpoint.api.value if endpoint.api is not None else "inspect"
+    return endpoint.group
 
 
 def _schemas(endpoints: list[Endpoint]) -> tuple[dict[tuple[Any, str], Any], dict[str, Any]]:
@@ -85,8 +93,11 @@ def _operation(e: Endpoint, schemas: dict[tuple[Any, str], Any]) -> dict[str, An
         elif e.chunk_adapter is not None:
             chunk = schemas[(key, "chunk")]
             ok["description"] = "The response, or with `stream: true` a series of chunks as server-sent events."
+            if e.route.stream_end is not None:
+                ok["description"] += f" The stream ends with `data: {e.route.stream_end}`."
             ok["content"] = {
-                "application/json": {"schema": {"oneOf": [response, chunk]}},
+                # A chunk shaped like the response (OpenAI's completions) is one schema, not a oneOf of two equal ones.
+                "application/json": {"schema": response if response == chunk else {"oneOf": [response, chunk]}},
                 "text/event-stream": {"schema": chunk},
             }
         else:

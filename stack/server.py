@@ -15,7 +15,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llama_stack import __version__
-from llama_stack.apis.errors import AuthenticationError, LlamaStackError, MethodNotAllowedError, NotFoundError
+from llama_stack.apis.errors import (
+    AuthenticationError,
+    LlamaStackError,
+    MethodNotAllowedError,
+    NotFoundError,
+    ValidationError,
+)
 
 from .endpoints import Endpoint, all_endpoints
 from .openapi import build_openapi
@@ -26,11 +32,18 @@ log = logging.getLogger(__name__)
 PUBLIC_PATHS = frozenset({"/health"})
 
 
+# Statuses where a retry may succeed (a busy, failing or slow service behind a provider); every other error
+# tells OpenAI's and Anthropic's SDKs not to retry (`x-should-retry: false`), as they would retry a 409 or 501.
+RETRYABLE_STATUSES = frozenset({500, 502, 503, 504})
+
+
 def error_response(error: LlamaStackError) -> JSONResponse:
-    return JSONResponse(error.to_body(), status_code=error.status)
+    headers = None if error.status in RETRYABLE_STATUSES else {"x-should-retry": "false"}
+    return JSONResponse(error.to_body(), status_code=error.status, headers=headers)
 
 
 def encode_result(endpoint: Endpoint, result: Any) -> Response:
+    exclude_none = endpoint.route.exclude_none
     if endpoint.route.streams and isinstance(result, AsyncIterator):
         return StreamingResponse(
             _sse_frames(endpoint, result),
@@ -41,17 +54,24 @@ def encode_result(endpoint: Endpoint, result: Any) -> Response:
     if adapter is None:
         return Response(status_code=200)
     if endpoint.route.response_format == "jsonl":
-        lines = b"".join(adapter.dump_json(item, exclude_none=True) + b"\n" for item in result)
+        lines = b"".join(adapter.dump_json(item, exclude_none=exclude_none) + b"\n" for item in result)
         return Response(lines, media_type="application/jsonl")
-    return Response(adapter.dump_json(result, exclude_none=True), media_type="application/json")
+    return Response(adapter.dump_json(result, exclude_none=exclude_none), media_type="application/json")
 
 
 async def _sse_frames(endpoint: Endpoint, chunks: AsyncIterator[Any]) -> AsyncIterator[bytes]:
-    """Frame each chunk as ``data: {json}``; an error after the first byte becomes an ``error`` event."""
+    """Frame each chunk as ``data: {json}``; an error after the first byte becomes an ``error`` event.
+
+    A route with a ``stream_end`` (OpenAI's ``[DONE]``) gets that as a last ``data:`` frame when the stream
+    ended normally.
+    """
     dump = endpoint.chunk_adapter.dump_json  # type: ignore[union-attr]
+    exclude_none = endpoint.route.exclude_none
     try:
         async for chunk in chunks:
-            yield b"data: " + dump(chunk, exclude_none=True) + b"\n\n"
+            yield b"data: " + dump(chunk, exclude_none=exclude_none) + b"\n\n"
+        if endpoint.route.stream_end is not None:
+            yield b"data: " + endpoint.route.stream_end.encode() + b"\n\n"
     except LlamaStackError as exc:
         yield b"event: error\ndata: " + json.dumps(exc.to_body()).encode() + b"\n\n"
     except Exception:
@@ -67,7 +87,7 @@ async def _sse_frames(endpoint: Endpoint, chunks: AsyncIterator[Any]) -> AsyncIt
 
 def make_handler(stack: Stack, endpoint: Endpoint):
     async def handle(request: Request) -> Response:
-        impl = stack if endpoint.api is None else stack.impl(endpoint.api)
+        impl = endpoint.implementation(stack)
         body = endpoint.decode_body(await request.body()) if endpoint.body_adapter is not None else None
         kwargs = endpoint.bind(request.query_params, body)
         try:
@@ -131,11 +151,13 @@ def create_app(stack: Stack) -> FastAPI:
             return error_response(NotFoundError(f"No route {request.method} {request.url.path}; see /openapi.json"))
         if exc.status_code == 405:
             return error_response(MethodNotAllowedError(f"{request.method} is not allowed on {request.url.path}"))
-        return JSONResponse({"error": {"status": exc.status_code, "type": "http_error", "message": str(exc.detail)}}, exc.status_code)
+        error = LlamaStackError(str(exc.detail))
+        error.status, error.type = exc.status_code, "http_error"  # type: ignore[misc]
+        return error_response(error)
 
     @app.exception_handler(RequestValidationError)
     async def _fastapi_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"error": {"status": 422, "type": "validation_error", "message": str(exc)}}, 422)
+        return error_response(ValidationError(str(exc)))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

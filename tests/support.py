@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import subprocess
 import sys
@@ -15,11 +16,16 @@ import httpx
 from pydantic import BaseModel, ConfigDict
 
 from llama_stack.apis.errors import ERRORS_BY_STATUS, NotFoundError, ServiceUnavailableError
+from llama_stack.apis.common import StopReason, ToolCall
 from llama_stack.apis.inference import (
     ChatCompletionResponse,
     ChatCompletionResponseStreamChunk,
     CompletionResponse,
     CompletionResponseStreamChunk,
+    Logprobs,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
 )
 from llama_stack.apis.inspect import Model
 from llama_stack.plugins import ProviderSpec, discover_providers, hookimpl
@@ -37,8 +43,14 @@ class ReplayConfig(BaseModel):
 class ReplayInference:
     """Answers a fixed reply, word by word when streaming; drives the server's branches deterministically.
 
-    A model's metadata can make it fail: ``fail: crash`` raises an unexpected error,
-    ``fail: busy`` a 503; ``stall: true`` makes a stream stop after its first chunk until it is closed.
+    It honours ``stop`` (the reply is cut before the first stop string), ``max_tokens`` (counted in words,
+    then ``stop_reason: max_tokens``) and ``logprobs`` (word i has logprob -(i+1)/10; its alternatives are
+    the word itself and ``alt1``, ``alt2``, ... each 1 lower). A model's metadata can add to the answer:
+    ``usage: true`` counts words as tokens; ``tool_calls: [{tool_name, arguments, call_id?}, ...]`` makes
+    chat answers call those tools (with no text) unless ``tool_choice`` is ``none``.
+
+    It can also make it fail: ``fail: crash`` raises an unexpected error, ``fail: busy`` a 503;
+    ``stall: true`` makes a stream stop after its first chunk until it is closed.
     """
 
     def __init__(self, config: ReplayConfig):
@@ -61,40 +73,108 @@ class ReplayInference:
         if isinstance(fail, int):
             raise ERRORS_BY_STATUS[fail](f"replayed a {fail}", provider="replay")
 
-    async def _words(self, model_id: str, make_chunk: Any) -> AsyncIterator[Any]:
+    def _answer(self, request: Any, silent: bool = False) -> tuple[list[str], StopReason]:
+        """The reply's words (each but the first with its leading space) and why it stopped."""
+        text = "" if silent else self.reply
+        cuts = [text.find(stop) for stop in getattr(request, "stop", []) if stop in text]
+        if cuts:
+            text = text[: min(cuts)]
+        words = [piece for i, word in enumerate(text.split(" ")) if (piece := word if i == 0 else " " + word)]
+        if request.max_tokens and len(words) > request.max_tokens:
+            return words[: request.max_tokens], StopReason.max_tokens
+        return words, StopReason.finished_ok
+
+    @staticmethod
+    def _logprobs(request: Any, words: list[str], start: int = 0) -> Logprobs | None:
+        if not request.logprobs:
+            return None
+        tokens = []
+        for i, word in enumerate(words, start):
+            logprob = -(i + 1) / 10
+            alternatives = [TopLogprob(token=word, logprob=logprob)]
+            alternatives += [TopLogprob(token=f"alt{k}", logprob=logprob - k) for k in range(1, request.top_logprobs)]
+            tokens.append(TokenLogprob(token=word, logprob=logprob, top_logprobs=alternatives[: request.top_logprobs]))
+        return Logprobs(content=tokens)
+
+    def _usage(self, model_id: str, prompt: Any, words: list[str]) -> Usage | None:
+        if not self.models[model_id].metadata.get("usage"):
+            return None
+        return Usage(prompt_tokens=len(_text_of(prompt).split()), completion_tokens=len(words))
+
+    def _tool_calls(self, request: Any) -> list[ToolCall]:
+        if request.tool_choice == "none":
+            return []
+        return [ToolCall(**call) for call in self.models[request.model].metadata.get("tool_calls", [])]
+
+    async def _stream(self, request: Any, make_chunk: Any, prompt: Any, tool_calls: list[ToolCall] = ()) -> AsyncIterator[Any]:
+        words, stop = self._answer(request, silent=bool(tool_calls))
         try:
-            words = self.reply.split(" ")
             for index, word in enumerate(words):
-                yield make_chunk(word if index == 0 else " " + word, None)
-                metadata = self.models[model_id].metadata
+                yield make_chunk(text_delta=word, logprobs=self._logprobs(request, [word], index))
+                metadata = self.models[request.model].metadata
                 if metadata.get("stall"):
                     await asyncio.Event().wait()  # until the consumer goes away
                 if metadata.get("fail_mid_stream"):
                     raise ERRORS_BY_STATUS[metadata["fail_mid_stream"]]("the stream broke", provider="replay")
-            yield make_chunk("", "finished_ok")
+            for index, call in enumerate(tool_calls):
+                yield make_chunk(text_delta="", tool_call=call, tool_call_index=index)
+            usage = self._usage(request.model, prompt, words)
+            yield make_chunk(text_delta="", stop_reason=stop, **({"usage": usage} if usage else {}))
         finally:
             self.stream_closed.set()
 
     async def completion(self, request: Any) -> Any:
         self._check(request.model)
+        self.requests.append(request)
         if request.stream:
-            return self._words(request.model, lambda text, stop: CompletionResponseStreamChunk(text_delta=text, stop_reason=stop))
-        return CompletionResponse(content=self.reply, stop_reason="finished_ok")
+            return self._stream(request, CompletionResponseStreamChunk, request.content)
+        words, stop = self._answer(request)
+        return CompletionResponse(
+            content="".join(words),
+            stop_reason=stop,
+            logprobs=self._logprobs(request, words),
+            usage=self._usage(request.model, request.content, words),
+        )
 
     async def chat_completion(self, request: Any) -> Any:
         self._check(request.model)
         self.requests.append(request)
+        tool_calls = self._tool_calls(request)
+        prompt = [m.content for m in [*request.dialog.message_history, request.dialog.message]]
         if request.stream:
-            return self._words(request.model, lambda text, stop: ChatCompletionResponseStreamChunk(text_delta=text, stop_reason=stop))
-        return ChatCompletionResponse(content=self.reply, stop_reason="finished_ok")
+            return self._stream(request, ChatCompletionResponseStreamChunk, prompt, tool_calls)
+        words, stop = self._answer(request, silent=bool(tool_calls))
+        return ChatCompletionResponse(
+            content="".join(words),
+            tool_calls=tool_calls,
+            stop_reason=stop,
+            logprobs=self._logprobs(request, words),
+            usage=self._usage(request.model, prompt, words),
+        )
 
     async def batch_completion(self, request: Any) -> list[CompletionResponse]:
         self._check(request.model)
-        return [CompletionResponse(content=f"{self.reply} #{i}", stop_reason="finished_ok") for i, _ in enumerate(request.content_batch)]
+        self.requests.append(request)
+        return [
+            CompletionResponse(
+                content=f"{self.reply} #{i}",
+                stop_reason="finished_ok",
+                usage=self._usage(request.model, content, self.reply.split()),
+            )
+            for i, content in enumerate(request.content_batch)
+        ]
 
     async def batch_chat_completion(self, request: Any) -> list[ChatCompletionResponse]:
         self._check(request.model)
         return [ChatCompletionResponse(content=f"{self.reply} #{i}", stop_reason="finished_ok") for i, _ in enumerate(request.batch_dialogs)]
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(_text_of(part) for part in content)
+    return ""
 
 
 def build_replay(config: ReplayConfig, context: Any) -> ReplayInference:
@@ -114,6 +194,16 @@ class ReplayPlugin:
             )
         )
 
+
+# What tool-model calls: one call with the provider's id, one without (the OpenAI layer makes one up).
+TOOL_CALLS = [
+    {"tool_name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}, "call_id": "call_weather_1"},
+    {"tool_name": "get_time", "arguments": {"zone": "Europe/Paris"}},
+]
+
+TOOL_MODEL = "  - " + json.dumps(
+    {"model_id": "tool-model", "provider_id": "replay", "metadata": {"usage": True, "tool_calls": TOOL_CALLS}}
+).replace("{", "{{").replace("}", "}}") + "\n"
 
 FAILING_STATUSES = [400, 404, 409, 422, 501, 502, 503, 504]
 FAILING_MODELS = "".join(
@@ -135,7 +225,8 @@ models:
   - {{model_id: busy-model, provider_id: replay, metadata: {{fail: busy}}}}
   - {{model_id: stalling-model, provider_id: replay, metadata: {{stall: true}}}}
   - {{model_id: breaking-model, provider_id: replay, metadata: {{fail_mid_stream: 502}}}}
-""" + FAILING_MODELS + """server:
+  - {{model_id: counting-model, provider_id: replay, metadata: {{usage: true}}}}
+""" + TOOL_MODEL + """""" + FAILING_MODELS + """server:
   api_keys: {api_keys}
 storage:
   dir: {storage}

@@ -90,7 +90,8 @@ async def test_an_error_after_the_first_chunk_is_an_error_event(client):
     assert lines[0].startswith("data: ")
     assert lines[1:] == [
         "event: error",
-        'data: {"error": {"status": 502, "type": "provider_error", "message": "the stream broke", "provider": "replay"}}',
+        'data: {"error": {"status": 502, "type": "provider_error", "message": "the stream broke", "param": null, "code": null, '
+        '"provider": "replay"}}',
     ]
 
 

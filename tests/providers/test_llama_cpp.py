@@ -13,6 +13,7 @@ requests can drift apart, so long answers are not compared token for token.
 from __future__ import annotations
 
 import asyncio
+import math
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,6 @@ from llama_stack.apis.errors import (  # noqa: E402
     BadRequestError,
     ConflictError,
     NotFoundError,
-    NotSupportedError,
     ServiceUnavailableError,
 )
 from llama_stack.apis.inference import (  # noqa: E402
@@ -41,7 +41,7 @@ from llama_stack.apis.inference import (  # noqa: E402
 from llama_stack.apis.inspect import Model  # noqa: E402
 from llama_stack.plugins import ProviderContext  # noqa: E402
 from llama_stack.providers.inline.llama_cpp.config import LlamaCppConfig  # noqa: E402
-from llama_stack.providers.inline.llama_cpp.gguf import resolve_gguf  # noqa: E402
+from llama_stack.providers.utils.gguf import resolve_gguf  # noqa: E402
 from llama_stack.providers.inline.llama_cpp.provider import LlamaCppInference, build  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -226,54 +226,94 @@ async def test_an_unknown_model_names_the_served_ones(provider):
         assert "'nope'" in error.value.message and f"'{MODEL}'" in error.value.message
 
 
-ATTACHMENT = {"url": "https://example.com/cat.png", "mime_type": "image/png"}
+# -- llama.cpp specifics: grammars, attachments from files, logprobs without logits_all ----------------------
 
 
 @pytest.mark.parametrize(
-    ("make", "what"),
+    ("schema", "reason"),
     [
-        (lambda: chat(logprobs=True), "logprobs"),
-        (lambda: chat(available_tools=[{"tool_name": "web_search"}]), "tools"),
-        (lambda: ChatCompletionRequest(model=MODEL, dialog={"message": {"role": "user", "content": ATTACHMENT}}), "attachment"),
-        (lambda: ChatCompletionRequest(model=MODEL, dialog={"message": {"role": "user", "content": ["look", ATTACHMENT]}}), "attachment"),
-        (lambda: ChatCompletionRequest(model=MODEL, dialog={"message": {"role": "tool", "content": "42"}}), "tool messages"),
-        (
-            lambda: ChatCompletionRequest(
-                model=MODEL,
-                dialog={
-                    "message": {"role": "user", "content": "and?"},
-                    "message_history": [{"role": "assistant", "content": "", "tool_calls": [{"tool_name": "math", "arguments": {}}]}],
-                },
-            ),
-            "tool calls",
-        ),
-        (
-            lambda: ChatCompletionRequest(
-                model=MODEL,
-                dialog={"message": {"role": "user", "content": "x", "tool_responses": [{"tool_name": "math", "content": "4"}]}},
-            ),
-            "tool responses",
-        ),
-        (lambda: CompletionRequest(model=MODEL, content=ATTACHMENT), "attachment"),
-        (lambda: CompletionRequest(model=MODEL, content="x", logprobs=True), "logprobs"),
-        (lambda: BatchCompletionRequest(model=MODEL, content_batch=["x", ATTACHMENT]), "attachment"),
-        (lambda: BatchChatCompletionRequest(model=MODEL, batch_dialogs=[dialog()], logprobs=True), "logprobs"),
+        ({"$ref": "https://example.com/schema.json"}, "Fetching remote schemas is not allowed"),
+        ({"type": "object", "properties": {"a": {"type": "strin"}}}, "Unrecognized schema"),
+        ({"type": "string", "pattern": "^(?=a)b$"}, "Unsupported pattern syntax"),
     ],
 )
-async def test_unsupported_features_are_refused(provider, make, what):
-    request = make()
-    method = {
-        ChatCompletionRequest: provider.chat_completion,
-        CompletionRequest: provider.completion,
-        BatchCompletionRequest: provider.batch_completion,
-        BatchChatCompletionRequest: provider.batch_chat_completion,
-    }[type(request)]
-    variants = [request, request.model_copy(update={"stream": True})] if hasattr(request, "stream") else [request]
-    for variant in variants:  # a stream is refused before it starts
-        with pytest.raises(NotSupportedError) as error:
-            await method(variant)
-        assert "inline::llama-cpp does not support" in error.value.message
-        assert what in error.value.message
+async def test_a_schema_llama_cpp_cannot_express_is_a_bad_request(provider, schema, reason):
+    response_format = {"type": "json_schema", "json_schema": schema}
+    for request, method in [
+        (chat(response_format=response_format), provider.chat_completion),
+        (chat(response_format=response_format, stream=True), provider.chat_completion),
+        (CompletionRequest(model=MODEL, content="x", response_format=response_format), provider.completion),
+        (BatchCompletionRequest(model=MODEL, content_batch=["x"], response_format=response_format), provider.batch_completion),
+    ]:
+        with pytest.raises(BadRequestError) as error:
+            await method(request)
+        assert error.value.message.startswith("response_format.json_schema: llama.cpp cannot turn this JSON schema into a grammar")
+        assert reason in error.value.message
+
+
+async def test_a_forced_call_to_a_tool_with_an_unusable_schema_is_a_bad_request(provider):
+    tool = {"tool_name": "lookup", "parameters": {"type": "object", "properties": {"q": {"type": "strin"}}}}
+    with pytest.raises(BadRequestError, match="^tool_choice: llama.cpp cannot turn"):
+        await provider.chat_completion(chat(available_tools=[tool], tool_choice="required"))
+    # Not forced: no grammar is needed, the tool is only described to the model.
+    answer = await provider.chat_completion(chat(available_tools=[tool], max_tokens=8))
+    assert answer.stop_reason in (StopReason.finished_ok, StopReason.max_tokens)
+
+
+async def test_logprobs_need_no_logits_for_every_position(provider):
+    slot = provider._slots[MODEL]
+    assert slot.llm._logits_all is False  # no n_ctx x n_vocab logits kept for every request
+    answer = await provider.completion(CompletionRequest(model=MODEL, content=ENDLESS, max_tokens=3, logprobs=True, top_logprobs=20))
+    assert [len(e.top_logprobs) for e in answer.logprobs.content] == [20, 20, 20]
+    # The alternatives are the model's distribution: their probabilities sum to at most 1.
+    assert 0.5 < sum(math.exp(a.logprob) for a in answer.logprobs.content[0].top_logprobs) <= 1.0 + 1e-6
+
+
+async def test_a_seeded_request_does_not_depend_on_what_ran_before(provider):
+    sampled = {"strategy": "top_p", "temperature": 1.0, "seed": 11}
+    first = await provider.chat_completion(chat("Tell me a story.", sampling_params=sampled, max_tokens=16))
+    await provider.chat_completion(chat("Tell me a story about a cat.", max_tokens=4))  # other prompts in the cache
+    again = await provider.chat_completion(chat("Tell me a story.", sampling_params=sampled, max_tokens=16))
+    assert again.content == first.content
+
+
+@pytest.fixture(scope="module")
+async def with_files(tmp_path_factory):
+    """Attachments may come from one folder."""
+    folder = tmp_path_factory.mktemp("documents")
+    (folder / "code.txt").write_text("The secret code is 4721.")
+    impl = await new_provider(tmp_path_factory, attachments={"file_roots": [str(folder)], "max_bytes": 1000})
+    yield impl, folder
+    await impl.shutdown()
+
+
+async def test_file_attachments_within_the_configured_roots(with_files, tmp_path):
+    impl, folder = with_files
+    document = {"url": (folder / "code.txt").as_uri(), "mime_type": "text/plain"}
+    answer = await impl.chat_completion(chat(["What is the secret code in this document?", document]))
+    assert "4721" in answer.content
+    outside = tmp_path / "other.txt"
+    outside.write_text("elsewhere")
+    with pytest.raises(BadRequestError) as error:
+        await impl.chat_completion(chat(["Read this.", {"url": outside.as_uri(), "mime_type": "text/plain"}]))
+    assert error.value.message.startswith("dialog.message.content[1]: file ") and "outside the folders" in error.value.message
+    (folder / "big.txt").write_text("x" * 1001)
+    with pytest.raises(BadRequestError, match="max_bytes"):
+        await impl.completion(CompletionRequest(model=MODEL, content={"url": (folder / "big.txt").as_uri(), "mime_type": "text/plain"}))
+    # The default config reads no files at all.
+    from llama_stack.apis.common import Attachment
+    from llama_stack.providers.utils.inference.attachments import AttachmentInliner
+
+    default = AttachmentInliner(LlamaCppConfig().attachments)
+    with pytest.raises(BadRequestError, match="no attachments.file_roots"):
+        await default.fetch([(Attachment(url=(folder / "code.txt").as_uri(), mime_type="text/plain"), "content")])
+
+
+def test_the_config_documents_attachments():
+    field = LlamaCppConfig.model_fields["attachments"]
+    assert field.description and LlamaCppConfig().attachments.file_roots == []
+    with pytest.raises(Exception, match="extra"):
+        LlamaCppConfig(attachments={"roots": []})
 
 
 async def test_registering_a_missing_file_or_distribution(provider, tmp_path):
@@ -411,3 +451,86 @@ async def test_shutdown_stops_running_and_waiting_requests(tmp_path_factory):
             await collect(stream)
     with pytest.raises(NotFoundError):
         await impl.chat_completion(chat())
+
+
+# -- tools through the chat template ------------------------------------------------------------------------
+
+WEATHER = {
+    "tool_name": "get_weather",
+    "description": "Get the current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+# The parts of Meta's Llama 3.1 template that matter here: it writes the environment and date header itself.
+LLAMA31_TEMPLATE = (
+    "{{- bos_token }}{%- set system = messages[0]['content'] if messages[0]['role'] == 'system' else '' %}"
+    "<|start_header_id|>system<|end_header_id|>\n\n"
+    "{% if builtin_tools is defined %}Environment: ipython\nTools: {{ builtin_tools | reject('equalto', 'code_interpreter') | join(', ') }}\n\n{% endif %}"
+    "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n{{ system }}<|eot_id|>"
+    "{%- for message in messages if message['role'] != 'system' %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
+    "{{ message['content'] }}<|eot_id|>{%- endfor %}<|start_header_id|>assistant<|end_header_id|>\n\n"
+)
+LLAMA3_TEMPLATE = (
+    "{{- bos_token }}{%- for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
+    "{{ message['content'] }}<|eot_id|>{%- endfor %}<|start_header_id|>assistant<|end_header_id|>\n\n"
+)
+
+
+def llama3_slot(provider, template: str):
+    """The provider's SmolLM2 slot, rendering as a Llama 3.x model with ``template`` would."""
+    import copy
+
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    from llama_stack.providers.utils.inference.tool_calls import ToolFormat, tool_format_for
+
+    slot = copy.copy(provider._slots[MODEL])
+    slot.tool_format = tool_format_for("any", template)
+    assert slot.tool_format == ToolFormat.llama3
+    slot.chat_template = template
+    slot.formatter = Jinja2ChatFormatter(template=template, eos_token="<|eot_id|>", bos_token="<|begin_of_text|>")
+    slot.template_writes_llama3_header = "Cutting Knowledge Date" in template
+    return slot
+
+
+@pytest.mark.parametrize("template", [LLAMA31_TEMPLATE, LLAMA3_TEMPLATE])
+def test_llama3_tools_are_offered_once_through_the_template(provider, template):
+    from llama_stack.providers.utils.inference.attachments import InlinedAttachments
+
+    slot = llama3_slot(provider, template)
+    request = chat(available_tools=[{"tool_name": "web_search"}, {"tool_name": "code_interpreter"}, WEATHER])
+    prompt = slot.render(request.dialog, request, InlinedAttachments(), "dialog")
+    assert prompt.count("Environment: ipython\nTools: brave_search\n\n") == 1
+    assert prompt.count("Cutting Knowledge Date: December 2023") == 1
+    assert prompt.count('"name": "get_weather"') == 1 and SYSTEM in prompt
+    assert prompt.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nEnvironment: ipython")
+    # Tool results go back with role ipython.
+    history = [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": "", "tool_calls": [{"tool_name": "web_search", "arguments": {"query": "weather"}}]},
+    ]
+    followup = ChatCompletionRequest(model=MODEL, dialog={"message": {"role": "tool", "content": "sunny"}, "message_history": history})
+    prompt = slot.render(followup.dialog, followup, InlinedAttachments(), "dialog")
+    assert '<|python_tag|>brave_search.call(query="weather")<|eot_id|>' in prompt
+    assert prompt.endswith("<|start_header_id|>ipython<|end_header_id|>\n\nsunny<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n")
+
+
+async def test_a_template_that_refuses_a_dialog_is_a_bad_request(provider, monkeypatch):
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    strict = "{% if messages[-1]['role'] != 'user' %}{{ raise_exception('the last message must be the user') }}{% endif %}x"
+    slot = provider._slots[MODEL]
+    monkeypatch.setattr(slot, "formatter", Jinja2ChatFormatter(template=strict, eos_token="", bos_token=""))
+    with pytest.raises(BadRequestError, match="chat template refused dialog: the last message must be the user"):
+        await provider.chat_completion(ChatCompletionRequest(model=MODEL, dialog={"message": {"role": "assistant", "content": "x"}}))
+
+
+async def test_a_streamed_tool_call_with_logprobs_keeps_every_entry(provider):
+    request = chat("What is the weather in Paris?", available_tools=[WEATHER], tool_choice="required", logprobs=True, top_logprobs=1, stream=True)
+    chunks = await collect(await provider.chat_completion(request))
+    calls = [c for c in chunks if c.tool_call]
+    assert [(c.tool_call.tool_name, c.tool_call.arguments) for c in calls] == [("get_weather", {"city": "Paris"})]
+    entries = [e for c in chunks if c.logprobs for e in c.logprobs.content]
+    assert len(entries) == chunks[-1].usage.completion_tokens
+    assert '"get_weather"' in "".join(e.token for e in entries)

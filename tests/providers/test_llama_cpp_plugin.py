@@ -17,7 +17,7 @@ from llama_stack.apis.errors import BadRequestError, NotFoundError
 from llama_stack.apis.routes import Api
 from llama_stack.plugins import discover_providers
 from llama_stack.providers.inline.llama_cpp import LlamaCppConfig
-from llama_stack.providers.inline.llama_cpp.gguf import resolve_gguf
+from llama_stack.providers.utils.gguf import resolve_gguf
 
 
 def test_the_entry_point_registers_inline_llama_cpp():

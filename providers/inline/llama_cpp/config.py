@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llama_stack.providers.utils.inference.attachments import AttachmentConfig
+
 
 class LlamaCppConfig(BaseModel):
     """The ``config:`` block of an ``inline::llama-cpp`` provider; it applies to every model it serves."""
@@ -39,4 +41,11 @@ class LlamaCppConfig(BaseModel):
     verbose: bool = Field(
         default=False,
         description="Let llama.cpp log model loading and timings to stderr.",
+    )
+    attachments: AttachmentConfig = Field(
+        default_factory=AttachmentConfig,
+        description=(
+            "Where text attachments may come from (file:// roots, http(s):// size limit and timeout); "
+            "their text is inlined into the prompt."
+        ),
     )

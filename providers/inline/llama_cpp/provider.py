@@ -5,36 +5,62 @@ How requests are served
 llama-cpp-python decodes one request at a time per ``Llama`` object, so each registered model owns a
 single worker thread (a one-thread executor) that runs its generations in order. Requests beyond the
 running one wait in that executor's FIFO queue, at most ``max_queue`` of them; one more is refused with
-503. The event loop never decodes: it admits requests, hands them to the worker and relays its output.
+503. The event loop never decodes: it admits requests, prepares them (attachments fetched, the chat
+template rendered, a grammar built) and relays the worker's output.
 
-Every generation runs llama-cpp-python's streaming iterator in the worker. For a streamed request each
-text piece is handed to the event loop with ``loop.call_soon_threadsafe(queue.put_nowait, text)``, the
-least a thread can do to wake the loop; a non-streamed request (and a batch) collects the pieces in the
-worker and wakes the loop once. Between tokens the worker checks its job's ``cancelled`` flag: closing a
-stream, dropping it, or cancelling the task awaiting a response sets it, so the generation stops within
-a token and the model's next request starts.
+The generation loop
+-------------------
+The worker drives ``Llama.generate`` (llama.cpp's sampler chain, the KV-cache prefix reuse) with its own
+loop rather than ``create_completion``: per token it checks for an end-of-generation token, decodes the
+token's bytes incrementally (a UTF-8 character split over tokens waits for its last byte), holds back
+text that may be the start of a stop sequence, and, only when logprobs were asked for, reads that step's
+logits from the llama.cpp context (the ones the token was sampled from) to compute the token's logprob
+and its top alternatives. The model is loaded without ``logits_all``: that would keep a row of logits
+per context position (n_ctx x n_vocab floats) and compute logits for every prompt token, for every
+request; reading the last row costs nothing when logprobs are off.
+
+For a streamed request each text piece is handed to the event loop with
+``loop.call_soon_threadsafe(queue.put_nowait, piece)``, the least a thread can do to wake the loop; a
+non-streamed request (and a batch) collects the pieces in the worker and wakes the loop once. Between
+tokens the worker checks its job's ``cancelled`` flag: closing a stream, dropping it, or cancelling the
+task awaiting a response sets it, so the generation stops within a token and the model's next request
+starts.
+
+Chat, tools, structured output
+------------------------------
+Chat messages go through :func:`~llama_stack.providers.utils.inference.tool_calls.render_messages` (tools
+offered in the model's format: Llama 3.x models get Meta's Llama 3.1 format, others the documented json
+format) and then the GGUF's own chat template. Answers are split into text and tool calls by the shared
+parser, streamed through ``ToolCallStream``. A ``response_format`` becomes a llama.cpp grammar (built from
+the JSON schema); so does a forced tool call (``tool_choice`` 'required' or a tool's name), which makes
+even a small model answer with a well-formed call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import codecs
+import json
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import jinja2
-from llama_cpp import Llama
+import llama_cpp
+import numpy as np
+from llama_cpp import Llama, LlamaGrammar
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from llama_stack.apis.common import Attachment, Content, Dialog, Role, StopReason
+from llama_stack.apis.common import Dialog, StopReason, ToolDefinition
 from llama_stack.apis.errors import (
     BadRequestError,
     ConflictError,
     LlamaStackError,
     NotFoundError,
-    NotSupportedError,
     ProviderError,
     ServiceUnavailableError,
 )
@@ -47,114 +73,120 @@ from llama_stack.apis.inference import (
     CompletionRequest,
     CompletionResponse,
     CompletionResponseStreamChunk,
+    Logprobs,
+    ResponseFormat,
     SamplingParams,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
 )
 from llama_stack.apis.inspect import Model
 from llama_stack.plugins import ProviderContext
+from llama_stack.providers.utils.gguf import resolve_gguf
+from llama_stack.providers.utils.inference.attachments import AttachmentInliner, InlinedAttachments, dialog_contents
+from llama_stack.providers.utils.inference.structured import json_schema_for
+from llama_stack.providers.utils.inference.tool_calls import (
+    ToolCallStream,
+    ToolFormat,
+    llama3_builtin_names,
+    offered_tools,
+    parse_tool_calls,
+    render_messages,
+    tool_call_schema,
+    tool_format_for,
+)
 
 from . import PROVIDER_TYPE
 from .config import LlamaCppConfig
-from .gguf import resolve_gguf
 
 log = logging.getLogger(__name__)
 
-# llama-cpp-python's finish_reason -> ours. "stop": an end-of-generation token; "length": max_tokens or
-# the context window was reached.
+# Why a generation ended: "stop" (an end-of-generation token or a stop sequence), "length" (max_tokens or
+# the context window), or None (stopped from outside).
 _STOP_REASONS = {"stop": StopReason.finished_ok, "length": StopReason.max_tokens}
+
+# Used for GGUFs without a chat template (llama.cpp's own fallback is ChatML as well).
+_CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+_PYTHON_TAG = "<|python_tag|>"
 
 
 async def build(config: LlamaCppConfig, context: ProviderContext) -> "LlamaCppInference":
     return LlamaCppInference(config, context)
 
 
+def _stop_reason(finish: str | None) -> StopReason:
+    return _STOP_REASONS.get(finish or "stop", StopReason.finished_ok)
+
+
 # ----------------------------------------------------------------------------------------------------
-# Requests -> llama-cpp-python calls
+# Requests -> generations
 
 
-def _unsupported(what: str) -> NotSupportedError:
-    return NotSupportedError(f"{PROVIDER_TYPE} does not support {what} yet", provider=PROVIDER_TYPE)
-
-
-def _text(content: Content, where: str) -> str:
-    """Plain text of a message's content; a list of strings is concatenated as is."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, Attachment):
-        raise _unsupported(f"attachments ({where} is an attachment of type {content.mime_type})")
-    parts = []
-    for part in content:
-        if not isinstance(part, str):
-            raise _unsupported(f"attachments ({where} holds an attachment of type {part.mime_type})")
-        parts.append(part)
-    return "".join(parts)
-
-
-def _chat_messages(dialog: Dialog, where: str = "dialog") -> list[dict[str, str]]:
-    messages = []
-    for index, message in enumerate((*dialog.message_history, dialog.message)):
-        at = f"{where}.message" if index == len(dialog.message_history) else f"{where}.message_history[{index}]"
-        if message.role == Role.tool:
-            raise _unsupported(f"tool messages ({at} has role 'tool')")
-        if message.tool_calls:
-            raise _unsupported(f"tool calls ({at} has tool_calls)")
-        if message.tool_responses:
-            raise _unsupported(f"tool responses ({at} has tool_responses)")
-        messages.append({"role": message.role.value, "content": _text(message.content, f"{at}.content")})
-    return messages
-
-
-def _check_options(logprobs: bool, available_tools: list[Any] | None = None) -> None:
-    if logprobs:
-        raise _unsupported("logprobs (logprobs: true)")
-    if available_tools:
-        names = ", ".join(str(getattr(t.tool_name, "value", t.tool_name)) for t in available_tools)
-        raise _unsupported(f"tools (available_tools: {names})")
-
-
-def _options(sampling: SamplingParams, max_tokens: int) -> dict[str, Any]:
-    """llama-cpp-python's sampling arguments: nothing but what the request asks for."""
+def _sampler_options(sampling: SamplingParams) -> dict[str, Any]:
+    """Arguments of ``Llama.generate``: nothing but what the request asks for."""
     if sampling.strategy == "greedy":
         temperature, top_p, top_k = 0.0, 1.0, 0  # llama.cpp samples greedily at temperature 0
     else:
         temperature, top_p, top_k = sampling.temperature, sampling.top_p, sampling.top_k  # top_k 0: no limit
     return {
-        "max_tokens": max_tokens,  # 0: until the model stops or the context is full
-        "temperature": temperature,
+        "temp": temperature,
         "top_p": top_p,
         "top_k": top_k,
         "min_p": 0.0,
         "typical_p": 1.0,
-        "repeat_penalty": 1.0,
+        "repeat_penalty": sampling.repetition_penalty,
     }
 
 
-def _stop_reason(finish_reason: str | None) -> StopReason:
-    return _STOP_REASONS.get(finish_reason or "stop", StopReason.finished_ok)
+class _Gen:
+    """One generation: a prompt (a rendered chat, or raw completion text) and how to continue it."""
 
+    __slots__ = ("prompt", "chat", "max_tokens", "options", "seed", "stop", "grammar", "top_logprobs")
 
-def _chat_text(choice: dict[str, Any]) -> str | None:
-    return choice["delta"].get("content")
-
-
-def _completion_text(choice: dict[str, Any]) -> str:
-    return choice["text"]
-
-
-class _Call:
-    """One generation: a chat (messages, through the GGUF's chat template) or a raw completion (prompt)."""
-
-    __slots__ = ("chat", "prompt", "options")
-
-    def __init__(self, chat: bool, prompt: Any, options: dict[str, Any]):
-        self.chat = chat
+    def __init__(
+        self,
+        prompt: str,
+        chat: bool,
+        *,
+        sampling: SamplingParams,
+        max_tokens: int,
+        stop: list[str],
+        logprobs: bool,
+        top_logprobs: int,
+        grammar: LlamaGrammar | None,
+    ):
         self.prompt = prompt
-        self.options = options
+        self.chat = chat
+        self.max_tokens = max_tokens
+        self.options = _sampler_options(sampling)
+        self.seed = sampling.seed
+        self.stop = [s for s in stop if s]
+        self.grammar = grammar
+        # None: no logprobs; otherwise how many alternatives per token.
+        self.top_logprobs = top_logprobs if logprobs else None
 
-    def start(self, llm: Llama) -> Iterator[dict[str, Any]]:
-        if self.chat:
-            # chat_format unset: llama-cpp-python formats with the GGUF's tokenizer.chat_template.
-            return llm.create_chat_completion(messages=self.prompt, stream=True, **self.options)  # type: ignore[return-value]
-        return llm.create_completion(self.prompt, stream=True, **self.options)  # type: ignore[return-value]
+
+class _Outcome:
+    """What a finished generation reports besides its text."""
+
+    __slots__ = ("finish", "prompt_tokens", "completion_tokens", "logprobs")
+
+    def __init__(self, finish: str | None, prompt_tokens: int, completion_tokens: int, logprobs: list[TokenLogprob]):
+        self.finish = finish
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = completion_tokens
+        self.logprobs = logprobs  # entries not sent with a text piece (after the last one)
+
+    @property
+    def stop_reason(self) -> StopReason:
+        return _stop_reason(self.finish)
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -169,33 +201,154 @@ class _Job:
         self.cancelled = False
 
 
-def _pump(job: _Job, llm: Llama, call: _Call, emit: Callable[[str], Any]) -> str | None:
-    """Run one generation, handing each text piece to ``emit``; return llama.cpp's finish_reason."""
-    text_of = _chat_text if call.chat else _completion_text
-    chunks = call.start(llm)
-    finish = None
+class _Tokens:
+    """Per-model token facts the generation loop needs, cached."""
+
+    def __init__(self, llm: Llama, tool_format: ToolFormat):
+        self.llm = llm
+        self.vocab = llm._model.vocab
+        self.n_vocab = llm.n_vocab()
+        self.pieces: dict[int, bytes] = {}
+        self.texts: dict[int, str] = {}
+        self.python_tag = -1
+        if tool_format == ToolFormat.llama3:
+            ids = llm.tokenize(_PYTHON_TAG.encode(), add_bos=False, special=True)
+            if len(ids) == 1:
+                self.python_tag = ids[0]
+
+    def piece(self, token: int) -> bytes:
+        piece = self.pieces.get(token)
+        if piece is None:
+            if token == self.python_tag:
+                piece = _PYTHON_TAG.encode()  # a control token: rendered, so the tool-call parser sees it
+            else:
+                piece = self.llm.detokenize([token])
+            self.pieces[token] = piece
+        return piece
+
+    def text(self, token: int) -> str:
+        """A token as logprobs show it (control tokens by name)."""
+        text = self.texts.get(token)
+        if text is None:
+            text = self.llm.detokenize([token], special=True).decode("utf-8", errors="replace")
+            self.texts[token] = text
+        return text
+
+    def logprob(self, token: int, top: int) -> TokenLogprob:
+        """The sampled token's logprob and the ``top`` most likely alternatives, from this step's logits."""
+        pointer = llama_cpp.llama_get_logits_ith(self.llm._ctx.ctx, -1)
+        logits = np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))  # float32, llama.cpp's buffer: no copy
+        peak = float(logits.max())
+        normalizer = peak + float(np.log(np.exp(logits - peak).sum(dtype=np.float64)))
+        alternatives: list[TopLogprob] = []
+        if top:
+            best = np.argpartition(logits, -top)[-top:] if top < self.n_vocab else np.arange(self.n_vocab)
+            best = best[np.argsort(-logits[best], kind="stable")]
+            alternatives = [TopLogprob(token=self.text(int(t)), logprob=float(logits[t]) - normalizer) for t in best]
+        return TokenLogprob(token=self.text(token), logprob=float(logits[token]) - normalizer, top_logprobs=alternatives)
+
+
+def _stop_prefix_length(text: str, stops: list[str]) -> int:
+    """How many characters at the end of ``text`` could start a stop sequence."""
+    longest = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:size]):
+                longest = size
+                break
+    return longest
+
+
+def _pump(job: _Job, tokens: _Tokens, gen: _Gen, emit: Callable[[Any], Any]) -> _Outcome | None:
+    """Run one generation, handing each text piece to ``emit``; None when stopped from outside.
+
+    A piece is a ``str``, or ``(str, [TokenLogprob])`` when logprobs were asked for.
+    """
+    llm = tokens.llm
+    prompt = llm.tokenize(gen.prompt.encode("utf-8"), add_bos=not gen.chat, special=True)
+    n_ctx = llm.n_ctx()
+    if len(prompt) >= n_ctx:
+        raise ValueError(f"Requested tokens ({len(prompt)}) exceed context window of {n_ctx}")
+    room = n_ctx - len(prompt)
+    limit = min(gen.max_tokens, room) if gen.max_tokens > 0 else room
+    # llama.cpp draws a random seed for LLAMA_DEFAULT_SEED.
+    llm.set_seed(gen.seed if gen.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED)
+    if gen.seed is not None or gen.top_logprobs is not None:
+        # Repeatable whatever ran before: a prompt evaluated partly from the KV cache of an earlier request
+        # gets logits a rounding error away from a fresh evaluation (quantized kernels round differently
+        # for one token than for a batch), enough to tip a sampled token and to move logprobs by ~0.1.
+        llm.reset()
+
+    decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
+    is_eog, vocab, piece_of = llama_cpp.llama_vocab_is_eog, tokens.vocab, tokens.piece
+    stops, top = gen.stop, gen.top_logprobs
+    entries: list[TokenLogprob] = []
+    held = ""
+    count = 0
+    finish = "length"
+    generator = llm.generate(prompt, grammar=gen.grammar, **gen.options)
     try:
-        for chunk in chunks:
-            choice = chunk["choices"][0]
-            text = text_of(choice)
+        for token in generator:
+            if is_eog(vocab, token):
+                finish = "stop"
+                break
+            count += 1
+            if top is not None:
+                entries.append(tokens.logprob(token, top))
+            text = decode(piece_of(token))
+            if stops:
+                held += text
+                cut = min((at for at in (held.find(s) for s in stops) if at >= 0), default=-1)
+                if cut >= 0:
+                    held, text = "", held[:cut]
+                    finish = "stop"
+                else:
+                    keep = _stop_prefix_length(held, stops)
+                    held, text = held[len(held) - keep :], held[: len(held) - keep]
             if text:
-                emit(text)
+                if top is None:
+                    emit(text)
+                else:
+                    emit((text, entries))
+                    entries = []
             if job.cancelled:
                 return None
-            finish = choice["finish_reason"]
+            if finish == "stop":  # a stop sequence: nothing after it is sent
+                return _Outcome(finish, len(prompt), count, entries)
+            if count >= limit:
+                break
     finally:
-        chunks.close()  # type: ignore[attr-defined]  # a generator: stops llama.cpp at once
-    return finish
+        generator.close()
+    rest = held + decode(b"", True)  # a held stop-sequence prefix that never completed, a cut-off character
+    if rest:
+        if top is None:
+            emit(rest)
+        else:
+            emit((rest, entries))
+            entries = []
+    return _Outcome(finish, len(prompt), count, entries)
 
 
-def _collect_job(job: _Job, llm: Llama, calls: list[_Call]) -> list[tuple[str, str | None]]:
+def _collect_job(job: _Job, tokens: _Tokens, gens: list[_Gen]) -> list[tuple[str, list[TokenLogprob], _Outcome]]:
     results = []
-    for call in calls:
+    for gen in gens:
         if job.cancelled:
             break
         pieces: list[str] = []
-        finish = _pump(job, llm, call, pieces.append)
-        results.append(("".join(pieces), finish))
+        entries: list[TokenLogprob] = []
+
+        def collect(piece: Any) -> None:
+            if piece.__class__ is str:
+                pieces.append(piece)
+            else:
+                pieces.append(piece[0])
+                entries.extend(piece[1])
+
+        outcome = _pump(job, tokens, gen, collect)
+        if outcome is None:
+            break
+        entries.extend(outcome.logprobs)
+        results.append(("".join(pieces), entries, outcome))
     return results
 
 
@@ -207,8 +360,8 @@ def _run_job(model_id: str, provider_id: str, job: _Job, fn: Callable[..., Any],
             return result
     except LlamaStackError:
         raise
-    except (ValueError, jinja2.TemplateError) as exc:
-        # llama-cpp-python raises ValueError for a prompt longer than the context; templates may refuse a dialog.
+    except ValueError as exc:
+        # A prompt longer than the context window.
         raise BadRequestError(f"model {model_id!r}: {exc}", provider=provider_id) from exc
     except Exception as exc:
         raise ProviderError(f"model {model_id!r}: llama.cpp failed: {type(exc).__name__}: {exc}", provider=provider_id) from exc
@@ -223,7 +376,7 @@ def _run_job(model_id: str, provider_id: str, job: _Job, fn: Callable[..., Any],
 
 
 class _ModelSlot:
-    """A loaded model, its worker thread and its queue."""
+    """A loaded model, its chat template, its worker thread and its queue."""
 
     def __init__(self, model: Model, reference: str, path: Path, llm: Llama, max_queue: int):
         self.model = model
@@ -236,6 +389,40 @@ class _ModelSlot:
         self.admitted = 0
         self.jobs: set[_Job] = set()
 
+        template = llm.metadata.get("tokenizer.chat_template")
+        name = " ".join(filter(None, [model.model_id, reference, llm.metadata.get("general.name")]))
+        self.tool_format = tool_format_for(name, template)
+        self.tokens = _Tokens(llm, self.tool_format)
+
+        def token_text(token_id: int) -> str:
+            return llm._model.token_get_text(token_id) if token_id != -1 else ""
+
+        self.chat_template = template or _CHATML_TEMPLATE
+        self.formatter = Jinja2ChatFormatter(
+            template=self.chat_template, eos_token=token_text(llm.token_eos()), bos_token=token_text(llm.token_bos())
+        )
+        # Llama 3.1+ templates write the "Cutting Knowledge Date" header themselves.
+        self.template_writes_llama3_header = "Cutting Knowledge Date" in self.chat_template
+
+    def render(self, dialog: Dialog, request: Any, inlined: InlinedAttachments, where: str) -> str:
+        tools = offered_tools(request.available_tools, request.tool_choice)
+        extra: dict[str, Any] = {}
+        header = True
+        if self.tool_format == ToolFormat.llama3 and tools and self.template_writes_llama3_header:
+            header = False
+            builtins = llama3_builtin_names(tools)
+            if builtins:
+                extra["builtin_tools"] = builtins
+        messages = render_messages(
+            dialog, request.available_tools, request.tool_choice, self.tool_format, inlined, where=where, llama3_header=header
+        )
+        try:
+            return self.formatter(messages=messages, **extra).prompt
+        except (jinja2.TemplateError, ValueError) as exc:  # templates may refuse a dialog (raise_exception)
+            raise BadRequestError(
+                f"model {self.model.model_id!r}: its chat template refused {where}: {exc}", details=[{"loc": where, "in": "body", "message": str(exc)}]
+            ) from exc
+
 
 class _ChunkStream:
     """The chunks of one streamed generation, fed by the model's worker thread.
@@ -244,7 +431,7 @@ class _ChunkStream:
     generation; ``aclose()`` also waits until the worker has let go of the model, at most a token away.
     """
 
-    __slots__ = ("_queue", "_job", "_future", "_released", "_chunk", "_done", "__weakref__")
+    __slots__ = ("_queue", "_job", "_future", "_released", "_chunk", "_tools", "_ready", "_done", "__weakref__")
 
     def __init__(
         self,
@@ -253,34 +440,59 @@ class _ChunkStream:
         future: Future[Any],
         released: asyncio.Future[None],
         chunk: type[ChatCompletionResponseStreamChunk] | type[CompletionResponseStreamChunk],
+        tools: ToolCallStream | None,
     ):
         self._queue = queue
         self._job = job
         self._future = future
         self._released = released
         self._chunk = chunk
+        self._tools = tools
+        self._ready: deque[Any] = deque()
         self._done = False
 
     def __aiter__(self) -> "_ChunkStream":
         return self
 
     async def __anext__(self) -> Any:
-        if self._done:
-            raise StopAsyncIteration
-        try:
-            item = await self._queue.get()
-        except BaseException:  # cancelled: the client went away
-            self._stop()
-            raise
-        if item.__class__ is str:
-            return self._chunk(text_delta=item)
-        # The job's future: the generation is over (or failed).
-        self._done = True
-        finish = item.result()
-        return self._chunk(text_delta="", stop_reason=_stop_reason(finish))
+        while True:
+            if self._ready:
+                return self._ready.popleft()
+            if self._done:
+                raise StopAsyncIteration
+            try:
+                item = await self._queue.get()
+            except BaseException:  # cancelled: the client went away
+                self._stop()
+                raise
+            kind = item.__class__
+            if kind is str:
+                if self._tools is None:
+                    return self._chunk(text_delta=item)
+                self._ready.extend(self._tools.feed(item))
+            elif kind is tuple:
+                text, entries = item
+                if self._tools is None:
+                    return self._chunk(text_delta=text, logprobs=Logprobs(content=entries))
+                self._ready.extend(self._tools.feed(text, entries))
+            else:  # the job's future: the generation is over (or failed)
+                self._done = True
+                outcome: _Outcome = item.result()
+                if self._tools is not None:
+                    self._ready.extend(self._tools.finish(outcome.stop_reason, usage=outcome.usage))
+                    if outcome.logprobs:
+                        last = self._ready[-1]
+                        held = last.logprobs.content if last.logprobs else []
+                        self._ready[-1] = last.model_copy(update={"logprobs": Logprobs(content=[*held, *outcome.logprobs])})
+                else:
+                    logprobs = Logprobs(content=outcome.logprobs) if outcome.logprobs else None
+                    self._ready.append(
+                        self._chunk(text_delta="", stop_reason=outcome.stop_reason, usage=outcome.usage, logprobs=logprobs)
+                    )
 
     def _stop(self) -> None:
         self._done = True
+        self._ready.clear()
         self._job.cancelled = True
         self._future.cancel()  # still waiting for the model: leave the queue now
 
@@ -300,6 +512,8 @@ class LlamaCppInference:
         self.config = config
         self.provider_id = context.provider_id
         self._slots: dict[str, _ModelSlot] = {}
+        self._attachments = AttachmentInliner(config.attachments)
+        self._grammars: dict[str, LlamaGrammar] = {}  # JSON schema -> compiled grammar (checked once)
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -405,15 +619,15 @@ class LlamaCppInference:
         future.add_done_callback(finished)
         return job, future
 
-    async def _collect(self, slot: _ModelSlot, calls: list[_Call]) -> list[tuple[str, str | None]]:
-        job, future = self._submit(slot, _collect_job, slot.llm, calls)
+    async def _collect(self, slot: _ModelSlot, gens: list[_Gen]) -> list[tuple[str, list[TokenLogprob], _Outcome]]:
+        job, future = self._submit(slot, _collect_job, slot.tokens, gens)
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
             job.cancelled = True  # wrap_future cancels it too if it is still waiting
             raise
 
-    def _open_stream(self, slot: _ModelSlot, call: _Call, chunk: type[Any]) -> AsyncIterator[Any]:
+    def _open_stream(self, slot: _ModelSlot, gen: _Gen, chunk: type[Any], tools: ToolCallStream | None = None) -> AsyncIterator[Any]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         released: asyncio.Future[None] = loop.create_future()
@@ -424,8 +638,59 @@ class LlamaCppInference:
                 released.set_result(None)
 
         emit = partial(loop.call_soon_threadsafe, queue.put_nowait)
-        job, future = self._submit(slot, _pump, slot.llm, call, emit, on_done=on_done)
-        return _ChunkStream(queue, job, future, released, chunk)
+        job, future = self._submit(slot, _pump, slot.tokens, gen, emit, on_done=on_done)
+        return _ChunkStream(queue, job, future, released, chunk, tools)
+
+    # -- preparing requests -------------------------------------------------------------------------
+
+    def _grammar(self, slot: _ModelSlot, response_format: ResponseFormat | None, forced_call: dict[str, Any] | None) -> LlamaGrammar | None:
+        """A llama.cpp grammar for the response format (or, without one, for a forced tool call)."""
+        schema = json_schema_for(response_format)
+        where = "response_format.json_schema" if response_format and response_format.type == "json_schema" else "response_format"
+        if schema is None:
+            schema, where = forced_call, "tool_choice"
+        if schema is None:
+            return None
+        key = json.dumps(schema, sort_keys=True)
+        cached = self._grammars.get(key)
+        if cached is not None:
+            return cached
+        try:
+            grammar = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+        except Exception as exc:  # the converter rejects what it cannot express (remote $ref, ...)
+            raise BadRequestError(
+                f"{where}: llama.cpp cannot turn this JSON schema into a grammar: {type(exc).__name__}: {exc}",
+                details=[{"loc": where, "in": "body", "message": str(exc)}],
+                provider=self.provider_id,
+            ) from None
+        sampler = llama_cpp.llama_sampler_init_grammar(slot.tokens.vocab, grammar._grammar.encode(), grammar._root.encode())
+        if not sampler:
+            raise BadRequestError(
+                f"{where}: llama.cpp could not parse the grammar made from this JSON schema",
+                details=[{"loc": where, "in": "body", "message": "unsupported JSON schema"}],
+                provider=self.provider_id,
+            )
+        llama_cpp.llama_sampler_free(sampler)
+        if len(self._grammars) >= 64:  # a small cache: clients tend to send the same few schemas
+            self._grammars.pop(next(iter(self._grammars)))
+        self._grammars[key] = grammar
+        return grammar
+
+    def _gen(self, prompt: str, chat: bool, request: Any, grammar: LlamaGrammar | None) -> _Gen:
+        return _Gen(
+            prompt,
+            chat,
+            sampling=request.sampling_params,
+            max_tokens=request.max_tokens,
+            stop=request.stop,
+            logprobs=request.logprobs,
+            top_logprobs=request.top_logprobs,
+            grammar=grammar,
+        )
+
+    def _chat_grammar(self, slot: _ModelSlot, request: Any) -> LlamaGrammar | None:
+        tools = offered_tools(request.available_tools, request.tool_choice)
+        return self._grammar(slot, request.response_format, tool_call_schema(tools, request.tool_choice, slot.tool_format))
 
     # -- the Inference API --------------------------------------------------------------------------
 
@@ -433,47 +698,75 @@ class LlamaCppInference:
         self, request: CompletionRequest
     ) -> CompletionResponse | AsyncIterator[CompletionResponseStreamChunk]:
         slot = self._slot(request.model)
-        _check_options(request.logprobs)
-        call = _Call(False, _text(request.content, "content"), _options(request.sampling_params, request.max_tokens))
+        grammar = self._grammar(slot, request.response_format, None)
+        inlined = await self._attachments.fetch([(request.content, "content")], model=request.model)
+        gen = self._gen(inlined(request.content, "content"), False, request, grammar)
         if request.stream:
-            return self._open_stream(slot, call, CompletionResponseStreamChunk)
-        ((text, finish),) = await self._collect(slot, [call])
-        return CompletionResponse(content=text, stop_reason=_stop_reason(finish))
+            return self._open_stream(slot, gen, CompletionResponseStreamChunk)
+        ((text, entries, outcome),) = await self._collect(slot, [gen])
+        return CompletionResponse(
+            content=text, stop_reason=outcome.stop_reason, logprobs=_logprobs(request.logprobs, entries), usage=outcome.usage
+        )
 
     async def chat_completion(
         self, request: ChatCompletionRequest
     ) -> ChatCompletionResponse | AsyncIterator[ChatCompletionResponseStreamChunk]:
         slot = self._slot(request.model)
-        _check_options(request.logprobs, request.available_tools)
-        call = _Call(True, _chat_messages(request.dialog), _options(request.sampling_params, request.max_tokens))
+        grammar = self._chat_grammar(slot, request)
+        inlined = await self._attachments.fetch(dialog_contents(request.dialog), model=request.model)
+        gen = self._gen(slot.render(request.dialog, request, inlined, "dialog"), True, request, grammar)
+        tools = offered_tools(request.available_tools, request.tool_choice)
         if request.stream:
-            return self._open_stream(slot, call, ChatCompletionResponseStreamChunk)
-        ((text, finish),) = await self._collect(slot, [call])
-        return ChatCompletionResponse(content=text, stop_reason=_stop_reason(finish))
+            stream = ToolCallStream(slot.tool_format, tools) if tools else None
+            return self._open_stream(slot, gen, ChatCompletionResponseStreamChunk, stream)
+        ((text, entries, outcome),) = await self._collect(slot, [gen])
+        return _chat_response(text, entries, outcome, slot.tool_format, tools, request.logprobs)
 
     async def batch_completion(self, request: BatchCompletionRequest) -> list[CompletionResponse]:
         """One queue place for the whole batch; the prompts run one after another, in input order."""
         slot = self._slot(request.model)
-        _check_options(request.logprobs)
-        options = _options(request.sampling_params, request.max_tokens)
-        calls = [_Call(False, _text(c, f"content_batch[{i}]"), options) for i, c in enumerate(request.content_batch)]
-        if not calls:
+        grammar = self._grammar(slot, request.response_format, None)
+        contents = [(c, f"content_batch[{i}]") for i, c in enumerate(request.content_batch)]
+        inlined = await self._attachments.fetch(contents, model=request.model)
+        gens = [self._gen(inlined(c, where), False, request, grammar) for c, where in contents]
+        if not gens:
             return []
-        results = await self._collect(slot, calls)
-        return [CompletionResponse(content=text, stop_reason=_stop_reason(finish)) for text, finish in results]
+        results = await self._collect(slot, gens)
+        return [
+            CompletionResponse(
+                content=text, stop_reason=outcome.stop_reason, logprobs=_logprobs(request.logprobs, entries), usage=outcome.usage
+            )
+            for text, entries, outcome in results
+        ]
 
     async def batch_chat_completion(self, request: BatchChatCompletionRequest) -> list[ChatCompletionResponse]:
         """One queue place for the whole batch; the dialogs run one after another, in input order."""
         slot = self._slot(request.model)
-        _check_options(request.logprobs, request.available_tools)
-        options = _options(request.sampling_params, request.max_tokens)
-        calls = [
-            _Call(True, _chat_messages(d, f"batch_dialogs[{i}]"), options) for i, d in enumerate(request.batch_dialogs)
+        grammar = self._chat_grammar(slot, request)
+        contents = [item for i, d in enumerate(request.batch_dialogs) for item in dialog_contents(d, f"batch_dialogs[{i}]")]
+        inlined = await self._attachments.fetch(contents, model=request.model)
+        gens = [
+            self._gen(slot.render(d, request, inlined, f"batch_dialogs[{i}]"), True, request, grammar)
+            for i, d in enumerate(request.batch_dialogs)
         ]
-        if not calls:
+        if not gens:
             return []
-        results = await self._collect(slot, calls)
-        return [ChatCompletionResponse(content=text, stop_reason=_stop_reason(finish)) for text, finish in results]
+        tools = offered_tools(request.available_tools, request.tool_choice)
+        results = await self._collect(slot, gens)
+        return [_chat_response(text, entries, outcome, slot.tool_format, tools, request.logprobs) for text, entries, outcome in results]
+
+
+def _logprobs(wanted: bool, entries: list[TokenLogprob]) -> Logprobs | None:
+    return Logprobs(content=entries) if wanted else None
+
+
+def _chat_response(
+    text: str, entries: list[TokenLogprob], outcome: _Outcome, fmt: ToolFormat, tools: list[ToolDefinition], logprobs: bool
+) -> ChatCompletionResponse:
+    content, calls = parse_tool_calls(text, fmt, tools)
+    return ChatCompletionResponse(
+        content=content, tool_calls=calls, stop_reason=outcome.stop_reason, logprobs=_logprobs(logprobs, entries), usage=outcome.usage
+    )
 
 
 def _close_slots(slots: list[_ModelSlot]) -> None:

@@ -1,6 +1,7 @@
 """Where a model's GGUF file is: a filesystem path, or a file inside an installed Python distribution.
 
-Standard library only, so that it can be used (and tested) without llama-cpp-python.
+Shared by the providers that load GGUF files (``inline::llama-cpp``, ``inline::torch``). Standard library
+only, so that it can be used (and tested) without llama-cpp-python, torch or gguf.
 """
 
 from __future__ import annotations

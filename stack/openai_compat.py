@@ -1,0 +1,557 @@
+"""The OpenAI-compatible routes (``llama_stack.apis.openai.OpenAI``), translated onto the Inference API.
+
+``OpenAICompat`` wraps the stack's inference implementation (the ``InferenceRouter``): it maps an OpenAI
+request onto a ``ChatCompletionRequest`` / ``CompletionRequest``, calls the router, and maps the answer (or
+each streamed chunk) back onto OpenAI's shapes. It holds no state of its own; what it cannot honour it
+refuses with a 400 naming the parameter, before any provider is called.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, Callable
+
+from pydantic import ValidationError as PydanticValidationError
+
+from llama_stack import __version__
+from llama_stack.apis.common import (
+    Attachment,
+    BuiltinTool,
+    Content,
+    Dialog,
+    Message,
+    Role,
+    StopReason,
+    ToolCall,
+    ToolDefinition,
+    ToolResponse,
+)
+from llama_stack.apis.errors import BadRequestError, NotFoundError
+from llama_stack.apis.inference import (
+    BatchCompletionRequest,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatCompletionResponseStreamChunk,
+    CompletionRequest,
+    CompletionResponse,
+    CompletionResponseStreamChunk,
+    Logprobs,
+    ResponseFormat,
+    SamplingParams,
+    Usage,
+)
+from llama_stack.apis.inspect import Model
+from llama_stack.apis.openai import (
+    OpenAIAssistantMessage,
+    OpenAIChatChoice,
+    OpenAIChatChunkChoice,
+    OpenAIChatCompletion,
+    OpenAIChatCompletionChunk,
+    OpenAIChatCompletionRequest,
+    OpenAIChatMessage,
+    OpenAIChoiceDelta,
+    OpenAIChoiceLogprobs,
+    OpenAICompletion,
+    OpenAICompletionChoice,
+    OpenAICompletionLogprobs,
+    OpenAICompletionRequest,
+    OpenAIFunctionCall,
+    OpenAIFunctionCallDelta,
+    OpenAIModel,
+    OpenAIModelList,
+    OpenAINamedToolChoice,
+    OpenAIResponseFormat,
+    OpenAIToolCall,
+    OpenAIToolCallDelta,
+    OpenAITokenLogprob,
+    OpenAITopLogprob,
+    OpenAIUsage,
+)
+
+SYSTEM_FINGERPRINT = f"llama-stack-{__version__}"
+STARTED = int(time.time())  # OpenAI's `created` of a listed model: when this server began serving it
+
+# Completions' max_tokens when the request has none, as OpenAI's (chat completions run until the model stops).
+COMPLETION_MAX_TOKENS = 16
+
+
+def _unsupported(param: str, message: str, *, value: bool = False) -> BadRequestError:
+    return BadRequestError(message, param=param, code="unsupported_value" if value else "unsupported_parameter")
+
+
+def _invalid(param: str, message: str) -> BadRequestError:
+    return BadRequestError(message, param=param, code="invalid_value")
+
+
+class OpenAICompat:
+    """Satisfies the ``OpenAI`` protocol on top of an ``Inference`` implementation serving ``models``."""
+
+    def __init__(self, inference: Any, models: list[Model]):
+        self.inference = inference
+        self.models = models
+        self._model_id_of = {name: model.model_id for model in models for name in (model.model_id, *model.aliases)}
+
+    def _model_id(self, name: str) -> str:
+        model_id = self._model_id_of.get(name)
+        if model_id is None:
+            served = ", ".join(sorted(self._model_id_of)) or "none"
+            raise NotFoundError(
+                f"The model '{name}' is not served by this distribution (served models: {served})",
+                param="model",
+                code="model_not_found",
+            )
+        return model_id
+
+    async def list_models(self) -> OpenAIModelList:
+        return OpenAIModelList(
+            data=[
+                OpenAIModel(
+                    id=m.model_id, created=STARTED, owned_by=m.provider_id, aliases=m.aliases, context_length=m.context_length
+                )
+                for m in self.models
+            ]
+        )
+
+    async def create_chat_completion(
+        self, request: OpenAIChatCompletionRequest
+    ) -> OpenAIChatCompletion | AsyncIterator[OpenAIChatCompletionChunk]:
+        model_id = self._model_id(request.model)
+        ours = _translated(lambda: _chat_request(request, model_id))
+        result = await self.inference.chat_completion(ours)
+        meta = _Meta("chatcmpl", model_id)
+        keep = _tool_call_limit(request)
+        if request.stream:
+            include_usage = bool(request.stream_options and request.stream_options.include_usage)
+            return _chat_chunks(result, meta, include_usage, keep)
+        return _chat_completion(result, meta, keep)
+
+    async def create_completion(
+        self, request: OpenAICompletionRequest
+    ) -> OpenAICompletion | AsyncIterator[OpenAICompletion]:
+        model_id = self._model_id(request.model)
+        prompts = _prompts(request)
+        echo = prompts if request.echo else None
+        meta = _Meta("cmpl", model_id)
+        if len(prompts) > 1:
+            batch = _translated(lambda: BatchCompletionRequest(content_batch=prompts, **_completion_fields(request, model_id)))
+            results = await self.inference.batch_completion(batch)
+            return meta.completion([_completion_choice(i, r, echo) for i, r in enumerate(results)], _total_usage(results))
+        single = _translated(
+            lambda: CompletionRequest(content=prompts[0], stream=bool(request.stream), **_completion_fields(request, model_id))
+        )
+        result = await self.inference.completion(single)
+        if request.stream:
+            include_usage = bool(request.stream_options and request.stream_options.include_usage)
+            return _completion_chunks(result, meta, include_usage, prompts[0] if request.echo else None)
+        return meta.completion([_completion_choice(0, result, echo)], _usage(result.usage))
+
+
+class _Meta:
+    """What every chunk of one answer shares: id, creation time, model."""
+
+    def __init__(self, prefix: str, model: str):
+        self.id = f"{prefix}-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.model = model
+
+    def _common(self) -> dict[str, Any]:
+        return {"id": self.id, "created": self.created, "model": self.model, "system_fingerprint": SYSTEM_FINGERPRINT}
+
+    def chat_chunk(self, choices: list[OpenAIChatChunkChoice], usage: OpenAIUsage | None = None) -> OpenAIChatCompletionChunk:
+        return OpenAIChatCompletionChunk(choices=choices, usage=usage, **self._common())
+
+    def completion(self, choices: list[OpenAICompletionChoice], usage: OpenAIUsage | None = None) -> OpenAICompletion:
+        return OpenAICompletion(choices=choices, usage=usage, **self._common())
+
+
+def _translated(build: Callable[[], Any]) -> Any:
+    """Build one of our requests; a value our contract refuses is the client's 400, not a server error."""
+    try:
+        return build()
+    except PydanticValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        loc = ".".join(str(part) for part in error["loc"]) or None
+        raise BadRequestError(
+            f"Invalid request: {error['msg'].removeprefix('Value error, ')}", param=loc, code="invalid_value"
+        ) from None
+
+
+# ------------------------------------------------------------------------------------- request mapping
+
+
+def _refuse_unsupported(request: OpenAIChatCompletionRequest | OpenAICompletionRequest) -> None:
+    if request.n not in (None, 1):
+        raise _unsupported("n", f"n={request.n}: this server answers one choice per request (n: 1)", value=True)
+    for name in ("presence_penalty", "frequency_penalty"):
+        value = getattr(request, name)
+        if value not in (None, 0):
+            raise _unsupported(name, f"{name} is not supported (only 0); repetition_penalty is this server's extension", value=True)
+    if request.logit_bias:
+        raise _unsupported("logit_bias", "logit_bias is not supported")
+    if request.stream_options is not None and not request.stream:
+        raise _invalid("stream_options", "stream_options is only allowed with stream: true")
+
+
+def _sampling(request: OpenAIChatCompletionRequest | OpenAICompletionRequest) -> SamplingParams:
+    """OpenAI samples by default (temperature 1, top_p 1); temperature 0 or top_p 0 is greedy decoding."""
+    temperature = 1.0 if request.temperature is None else request.temperature
+    top_p = 1.0 if request.top_p is None else request.top_p
+    common = {"seed": request.seed, "repetition_penalty": request.repetition_penalty or 1.0}
+    if temperature == 0 or top_p == 0:
+        return SamplingParams(strategy="greedy", **common)
+    top_k = request.top_k or 0
+    return SamplingParams(strategy="top_k" if top_k else "top_p", temperature=temperature, top_p=top_p, top_k=top_k, **common)
+
+
+def _stop(stop: str | list[str] | None) -> list[str]:
+    if stop is None:
+        return []
+    return [stop] if isinstance(stop, str) else list(stop)
+
+
+def _response_format(value: OpenAIResponseFormat | None) -> ResponseFormat | None:
+    if value is None or value.type == "text":
+        return None
+    if value.type == "json_schema" and value.json_schema.schema_:
+        return ResponseFormat(type="json_schema", json_schema=value.json_schema.schema_)
+    return ResponseFormat(type="json_object")
+
+
+def _text_of_parts(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    return "\n".join(part.text if part.type == "text" else part.refusal for part in content)
+
+
+def _image(url: str, param: str) -> Attachment:
+    if url.startswith("data:"):
+        mime_type = url[5:].split(";", 1)[0].split(",", 1)[0] or "image/*"
+    elif url.startswith(("http://", "https://")):
+        mime_type = mimetypes.guess_type(url.split("?", 1)[0])[0] or "image/*"
+    else:
+        raise _invalid(param, "an image_url must be an http(s):// or data: URL")
+    return Attachment(url=url, mime_type=mime_type)
+
+
+def _user_content(content: Any, where: str) -> Content:
+    if isinstance(content, str) or all(part.type == "text" for part in content):
+        return _text_of_parts(content)
+    return [
+        part.text if part.type == "text" else _image(part.image_url.url, f"{where}.content[{i}].image_url.url")
+        for i, part in enumerate(content)
+    ]
+
+
+def _arguments(text: str, param: str) -> dict[str, Any]:
+    try:
+        arguments = json.loads(text) if text.strip() else {}
+    except json.JSONDecodeError as exc:
+        raise _invalid(param, f"tool call arguments are not valid JSON: {exc}") from None
+    if not isinstance(arguments, dict):
+        raise _invalid(param, "tool call arguments must be a JSON object")
+    return arguments
+
+
+def _messages(messages: list[OpenAIChatMessage]) -> list[Message]:
+    out: list[Message] = []
+    tool_of_call: dict[str, str] = {}
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if m.audio is not None:
+            raise _unsupported(f"{where}.audio", "audio messages are not supported")
+        if m.function_call is not None:
+            raise _unsupported(f"{where}.function_call", "function_call is not supported; use tool_calls")
+        if m.role in ("system", "developer"):
+            out.append(Message(role=Role.system, content=_text_of_parts(m.content)))
+        elif m.role == "user":
+            out.append(Message(role=Role.user, content=_user_content(m.content, where)))
+        elif m.role == "assistant":
+            calls = []
+            for j, call in enumerate(m.tool_calls or []):
+                arguments = _arguments(call.function.arguments, f"{where}.tool_calls[{j}].function.arguments")
+                calls.append(ToolCall(tool_name=call.function.name, arguments=arguments, call_id=call.id))
+                tool_of_call[call.id] = call.function.name
+            text = "" if m.content is None else _text_of_parts(m.content)
+            out.append(Message(role=Role.assistant, content=text, tool_calls=calls))
+        else:  # tool
+            name = tool_of_call.get(m.tool_call_id or "")
+            if name is None:
+                raise _invalid(
+                    f"{where}.tool_call_id",
+                    f"tool message answers call '{m.tool_call_id}', which no earlier assistant message's tool_calls has",
+                )
+            text = _text_of_parts(m.content)
+            response = ToolResponse(tool_name=name, content=text, call_id=m.tool_call_id)
+            out.append(Message(role=Role.tool, content=text, tool_responses=[response]))
+    return out
+
+
+def _tool_choice(request: OpenAIChatCompletionRequest, tools: list[ToolDefinition]) -> str:
+    choice = request.tool_choice
+    if choice is None:
+        return "auto"
+    if isinstance(choice, OpenAINamedToolChoice):
+        name = choice.function.name
+        if name not in [t.tool_name for t in tools]:
+            offered = ", ".join(str(t.tool_name) for t in tools) or "none"
+            raise _invalid("tool_choice", f"tool_choice names '{name}', which is not in tools (offered: {offered})")
+        return name
+    if choice == "required" and not tools:
+        raise _invalid("tool_choice", "tool_choice 'required' needs tools")
+    return choice
+
+
+def _chat_request(request: OpenAIChatCompletionRequest, model_id: str) -> ChatCompletionRequest:
+    _refuse_unsupported(request)
+    for name in ("functions", "function_call"):
+        if getattr(request, name) is not None:
+            raise _unsupported(name, f"{name} is not supported; use {'tools' if name == 'functions' else 'tool_choice'}")
+    if request.audio is not None or (request.modalities is not None and request.modalities != ["text"]):
+        raise _unsupported("modalities", "only text output is supported (modalities: ['text'])", value=True)
+    if request.reasoning_effort is not None:
+        raise _unsupported("reasoning_effort", "reasoning_effort is not supported")
+    if request.top_logprobs is not None and not request.logprobs:
+        raise _invalid("top_logprobs", "top_logprobs needs logprobs: true")
+    if request.max_tokens is not None and request.max_completion_tokens not in (None, request.max_tokens):
+        raise _invalid("max_tokens", "give max_completion_tokens or max_tokens, not both")
+    messages = _messages(request.messages)
+    tools = [
+        ToolDefinition(tool_name=t.function.name, description=t.function.description, parameters=t.function.parameters)
+        for t in request.tools or []
+    ]
+    return ChatCompletionRequest(
+        model=model_id,
+        dialog=Dialog(message=messages[-1], message_history=messages[:-1]),
+        sampling_params=_sampling(request),
+        available_tools=tools,
+        max_tokens=request.max_completion_tokens or request.max_tokens or 0,
+        stream=bool(request.stream),
+        logprobs=bool(request.logprobs),
+        top_logprobs=request.top_logprobs or 0,
+        stop=_stop(request.stop),
+        response_format=_response_format(request.response_format),
+        tool_choice=_tool_choice(request, tools),
+    )
+
+
+def _tool_call_limit(request: OpenAIChatCompletionRequest) -> int | None:
+    """parallel_tool_calls: false keeps the first tool call of an answer."""
+    return 1 if request.parallel_tool_calls is False else None
+
+
+def _prompts(request: OpenAICompletionRequest) -> list[str]:
+    _refuse_unsupported(request)
+    if request.best_of not in (None, 1):
+        raise _unsupported("best_of", f"best_of={request.best_of}: only 1 is supported", value=True)
+    if request.suffix is not None:
+        raise _unsupported("suffix", "suffix (insertion) is not supported")
+    if request.echo and request.logprobs is not None:
+        raise _unsupported("echo", "echo with logprobs is not supported: the prompt's tokens have no logprobs here")
+    prompt = request.prompt
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise _unsupported("prompt", "prompt must be text (a string or a list of strings); token ids are not supported")
+    if request.stream and len(prompts) > 1:
+        raise _unsupported("prompt", "a streamed completion takes one prompt", value=True)
+    return prompts  # type: ignore[return-value]
+
+
+def _completion_fields(request: OpenAICompletionRequest, model_id: str) -> dict[str, Any]:
+    return {
+        "model": model_id,
+        "sampling_params": _sampling(request),
+        "max_tokens": request.max_tokens or COMPLETION_MAX_TOKENS,
+        "logprobs": request.logprobs is not None,
+        "top_logprobs": request.logprobs or 0,
+        "stop": _stop(request.stop),
+        "response_format": _response_format(request.response_format),
+    }
+
+
+# ------------------------------------------------------------------------------------ response mapping
+
+
+def _text(content: Content) -> str:
+    """The text of an answer (attachments in an answer have no OpenAI text form and are left out)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part for part in content if isinstance(part, str))
+    return ""
+
+
+def _usage(usage: Usage | None) -> OpenAIUsage | None:
+    if usage is None:
+        return None
+    return OpenAIUsage(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        total_tokens=usage.prompt_tokens + usage.completion_tokens,
+    )
+
+
+def _total_usage(results: list[CompletionResponse]) -> OpenAIUsage | None:
+    if not results or any(r.usage is None for r in results):
+        return None
+    return _usage(
+        Usage(
+            prompt_tokens=sum(r.usage.prompt_tokens for r in results),  # type: ignore[union-attr]
+            completion_tokens=sum(r.usage.completion_tokens for r in results),  # type: ignore[union-attr]
+        )
+    )
+
+
+def _finish_reason(stop: StopReason | None, tool_calls: bool) -> str:
+    if stop == StopReason.max_tokens:
+        return "length"
+    return "tool_calls" if tool_calls else "stop"
+
+
+def _chat_logprobs(logprobs: Logprobs | None) -> OpenAIChoiceLogprobs | None:
+    if logprobs is None:
+        return None
+    return OpenAIChoiceLogprobs(
+        content=[
+            OpenAITokenLogprob(
+                token=t.token,
+                logprob=t.logprob,
+                bytes=list(t.token.encode()),
+                top_logprobs=[OpenAITopLogprob(token=a.token, logprob=a.logprob, bytes=list(a.token.encode())) for a in t.top_logprobs],
+            )
+            for t in logprobs.content
+        ]
+    )
+
+
+def _completion_logprobs(logprobs: Logprobs | None, offset: int = 0) -> OpenAICompletionLogprobs | None:
+    if logprobs is None:
+        return None
+    offsets = []
+    for t in logprobs.content:
+        offsets.append(offset)
+        offset += len(t.token)
+    return OpenAICompletionLogprobs(
+        tokens=[t.token for t in logprobs.content],
+        token_logprobs=[t.logprob for t in logprobs.content],
+        top_logprobs=[{a.token: a.logprob for a in t.top_logprobs} for t in logprobs.content],
+        text_offset=offsets,
+    )
+
+
+def _tool_name(call: ToolCall) -> str:
+    return call.tool_name.value if isinstance(call.tool_name, BuiltinTool) else call.tool_name
+
+
+def _call_id(call: ToolCall) -> str:
+    return call.call_id or f"call_{uuid.uuid4().hex[:24]}"
+
+
+def _chat_completion(result: ChatCompletionResponse, meta: _Meta, keep: int | None) -> OpenAIChatCompletion:
+    calls = result.tool_calls[:keep]
+    tool_calls = [
+        OpenAIToolCall(id=_call_id(c), function=OpenAIFunctionCall(name=_tool_name(c), arguments=json.dumps(c.arguments)))
+        for c in calls
+    ]
+    text = _text(result.content)
+    message = OpenAIAssistantMessage(content=text if text or not tool_calls else None, tool_calls=tool_calls or None)
+    choice = OpenAIChatChoice(
+        index=0,
+        message=message,
+        logprobs=_chat_logprobs(result.logprobs),
+        finish_reason=_finish_reason(result.stop_reason, bool(tool_calls)),  # type: ignore[arg-type]
+    )
+    return OpenAIChatCompletion(
+        id=meta.id,
+        created=meta.created,
+        model=meta.model,
+        system_fingerprint=SYSTEM_FINGERPRINT,
+        choices=[choice],
+        usage=_usage(result.usage),
+    )
+
+
+async def _aclose(chunks: Any) -> None:
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+async def _chat_chunks(
+    chunks: AsyncIterator[ChatCompletionResponseStreamChunk], meta: _Meta, include_usage: bool, keep: int | None
+) -> AsyncIterator[OpenAIChatCompletionChunk]:
+    """Our chunks as OpenAI's: a first chunk with the role, deltas, the finish_reason, then the usage if asked."""
+    try:
+        yield meta.chat_chunk([OpenAIChatChunkChoice(index=0, delta=OpenAIChoiceDelta(role="assistant", content=""))])
+        indices: dict[int, int] = {}  # our tool_call_index -> OpenAI's index
+        usage: Usage | None = None
+        finish: str | None = None
+        async for chunk in chunks:
+            delta = OpenAIChoiceDelta(content=chunk.text_delta or None)
+            if chunk.tool_call is not None:
+                ours = chunk.tool_call_index if chunk.tool_call_index is not None else len(indices)
+                index = indices.setdefault(ours, len(indices))
+                if keep is None or index < keep:
+                    call = chunk.tool_call
+                    delta.tool_calls = [
+                        OpenAIToolCallDelta(
+                            index=index,
+                            id=_call_id(call),
+                            type="function",
+                            function=OpenAIFunctionCallDelta(name=_tool_name(call), arguments=json.dumps(call.arguments)),
+                        )
+                    ]
+            if chunk.usage is not None:
+                usage = chunk.usage
+            if chunk.stop_reason is not None and chunk.stop_reason != StopReason.not_stopped:
+                finish = _finish_reason(chunk.stop_reason, bool(indices))
+            logprobs = _chat_logprobs(chunk.logprobs)
+            if delta.content or delta.tool_calls or logprobs or chunk.stop_reason is not None:
+                choice = OpenAIChatChunkChoice(index=0, delta=delta, logprobs=logprobs, finish_reason=finish)  # type: ignore[arg-type]
+                yield meta.chat_chunk([choice])
+        if finish is None:  # the provider ended without a stop reason
+            yield meta.chat_chunk([OpenAIChatChunkChoice(index=0, delta=OpenAIChoiceDelta(), finish_reason=_finish_reason(None, bool(indices)))])  # type: ignore[arg-type]
+        if include_usage:
+            yield meta.chat_chunk([], usage=_usage(usage))
+    finally:
+        await _aclose(chunks)
+
+
+def _completion_choice(index: int, result: CompletionResponse, echo: list[str] | None) -> OpenAICompletionChoice:
+    text = _text(result.content)
+    return OpenAICompletionChoice(
+        index=index,
+        text=(echo[index] + text) if echo else text,
+        logprobs=_completion_logprobs(result.logprobs),
+        finish_reason=_finish_reason(result.stop_reason, False),  # type: ignore[arg-type]
+    )
+
+
+async def _completion_chunks(
+    chunks: AsyncIterator[CompletionResponseStreamChunk], meta: _Meta, include_usage: bool, echo: str | None
+) -> AsyncIterator[OpenAICompletion]:
+    try:
+        if echo:
+            yield meta.completion([OpenAICompletionChoice(index=0, text=echo)])
+        usage: Usage | None = None
+        finished = False
+        offset = 0
+        async for chunk in chunks:
+            if chunk.usage is not None:
+                usage = chunk.usage
+            finish = None
+            if chunk.stop_reason is not None and chunk.stop_reason != StopReason.not_stopped:
+                finish, finished = _finish_reason(chunk.stop_reason, False), True
+            if chunk.text_delta or chunk.logprobs or chunk.stop_reason is not None:
+                logprobs = _completion_logprobs(chunk.logprobs, offset)
+                offset += len(chunk.text_delta)
+                yield meta.completion([OpenAICompletionChoice(index=0, text=chunk.text_delta, logprobs=logprobs, finish_reason=finish)])  # type: ignore[arg-type]
+        if not finished:
+            yield meta.completion([OpenAICompletionChoice(index=0, text="", finish_reason="stop")])
+        if include_usage:
+            yield meta.completion([], usage=_usage(usage))
+    finally:
+        await _aclose(chunks)
