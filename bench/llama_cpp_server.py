@@ -39,10 +39,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def direct_run(llm, max_tokens: int) -> tuple[int, float]:
-    """Tokens streamed and seconds, calling llama-cpp-python in-process."""
+def direct_run(llm, max_tokens: int) -> tuple[int, float, float]:
+    """Tokens streamed, seconds, and seconds to the first token, calling llama-cpp-python in-process."""
     start = time.perf_counter()
-    tokens = 0
+    tokens, first = 0, 0.0
     for chunk in llm.create_chat_completion(
         messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": PROMPT}],
         max_tokens=max_tokens,
@@ -51,11 +51,12 @@ def direct_run(llm, max_tokens: int) -> tuple[int, float]:
     ):
         if chunk["choices"][0]["delta"].get("content"):
             tokens += 1
-    return tokens, time.perf_counter() - start
+            first = first or time.perf_counter() - start
+    return tokens, time.perf_counter() - start, first
 
 
-def server_run(client: httpx.Client, max_tokens: int) -> tuple[int, float]:
-    """Tokens streamed and seconds, through POST /inference/chat_completion with stream: true."""
+def server_run(client: httpx.Client, max_tokens: int) -> tuple[int, float, float]:
+    """Tokens streamed, seconds, and seconds to the first token, through POST /inference/chat_completion."""
     body = {
         "model": MODEL_ID,
         "dialog": {
@@ -66,13 +67,14 @@ def server_run(client: httpx.Client, max_tokens: int) -> tuple[int, float]:
         "stream": True,
     }
     start = time.perf_counter()
-    tokens = 0
+    tokens, first = 0, 0.0
     with client.stream("POST", "/inference/chat_completion", json=body) as response:
         response.raise_for_status()
         for line in response.iter_lines():
             if line.startswith("data: ") and json.loads(line[6:])["text_delta"]:
                 tokens += 1
-    return tokens, time.perf_counter() - start
+                first = first or time.perf_counter() - start
+    return tokens, time.perf_counter() - start, first
 
 
 def start_server(port: int, storage: str) -> tuple[subprocess.Popen[bytes], float, float]:
@@ -110,12 +112,14 @@ def main() -> None:
         process, to_health, to_answer = start_server(port, storage)
         try:
             llm = Llama(model_path=gguf_path(), n_ctx=N_CTX, verbose=False)
-            direct, served = [], []
+            direct, served, direct_first, served_first = [], [], [], []
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) as client:
                 server_run(client, 8), direct_run(llm, 8)  # warm both sides once
                 for _ in range(args.runs):
-                    d_tokens, d_seconds = direct_run(llm, args.max_tokens)
-                    s_tokens, s_seconds = server_run(client, args.max_tokens)
+                    d_tokens, d_seconds, d_first = direct_run(llm, args.max_tokens)
+                    s_tokens, s_seconds, s_first = server_run(client, args.max_tokens)
+                    direct_first.append(d_first)
+                    served_first.append(s_first)
                     if d_tokens != s_tokens:
                         print(f"note: direct streamed {d_tokens} tokens, server {s_tokens}")
                     direct.append(d_tokens / d_seconds)
@@ -126,8 +130,8 @@ def main() -> None:
 
     d, s = statistics.median(direct), statistics.median(served)
     print(f"streamed chat, {args.max_tokens} max tokens, {args.runs} alternating runs (median):")
-    print(f"  llama-cpp-python direct : {d:8.1f} tokens/s   runs: {', '.join(f'{x:.1f}' for x in direct)}")
-    print(f"  through the HTTP server : {s:8.1f} tokens/s   runs: {', '.join(f'{x:.1f}' for x in served)}")
+    print(f"  llama-cpp-python direct : {d:8.1f} tokens/s   first token {statistics.median(direct_first) * 1000:5.0f} ms   runs: {', '.join(f'{x:.1f}' for x in direct)}")
+    print(f"  through the HTTP server : {s:8.1f} tokens/s   first token {statistics.median(served_first) * 1000:5.0f} ms   runs: {', '.join(f'{x:.1f}' for x in served)}")
     print(f"  ratio server/direct     : {s / d:8.3f}   (target >= 0.97)")
     print(f"`llama-stack run local` to /health: {to_health:.2f} s; to its first chat answer: {to_answer:.2f} s")
 
