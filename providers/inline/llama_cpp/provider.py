@@ -44,7 +44,7 @@ import json
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,7 @@ from llama_stack.apis.inference import (
 )
 from llama_stack.apis.inspect import Model
 from llama_stack.plugins import ProviderContext
+from llama_stack.providers.utils.model_worker import Job, ModelWorker
 from llama_stack.providers.utils.gguf import resolve_gguf
 from llama_stack.providers.utils.inference.attachments import AttachmentInliner, InlinedAttachments, dialog_contents
 from llama_stack.providers.utils.inference.structured import json_schema_for
@@ -193,14 +194,6 @@ class _Outcome:
 # The worker side (runs in a model's thread)
 
 
-class _Job:
-    __slots__ = ("cancelled",)
-
-    def __init__(self) -> None:
-        # Set from the event loop, read by the worker between tokens (a plain attribute: no lock needed).
-        self.cancelled = False
-
-
 class _Tokens:
     """Per-model token facts the generation loop needs, cached."""
 
@@ -259,7 +252,7 @@ def _stop_prefix_length(text: str, stops: list[str]) -> int:
     return longest
 
 
-def _pump(job: _Job, tokens: _Tokens, gen: _Gen, emit: Callable[[Any], Any]) -> _Outcome | None:
+def _pump(job: Job, tokens: _Tokens, gen: _Gen, emit: Callable[[Any], Any]) -> _Outcome | None:
     """Run one generation, handing each text piece to ``emit``; None when stopped from outside.
 
     A piece is a ``str``, or ``(str, [TokenLogprob])`` when logprobs were asked for.
@@ -329,7 +322,7 @@ def _pump(job: _Job, tokens: _Tokens, gen: _Gen, emit: Callable[[Any], Any]) -> 
     return _Outcome(finish, len(prompt), count, entries)
 
 
-def _collect_job(job: _Job, tokens: _Tokens, gens: list[_Gen]) -> list[tuple[str, list[TokenLogprob], _Outcome]]:
+def _collect_job(job: Job, tokens: _Tokens, gens: list[_Gen]) -> list[tuple[str, list[TokenLogprob], _Outcome]]:
     results = []
     for gen in gens:
         if job.cancelled:
@@ -352,7 +345,7 @@ def _collect_job(job: _Job, tokens: _Tokens, gens: list[_Gen]) -> list[tuple[str
     return results
 
 
-def _run_job(model_id: str, provider_id: str, job: _Job, fn: Callable[..., Any], *args: Any) -> Any:
+def _run_job(model_id: str, provider_id: str, job: Job, fn: Callable[..., Any], *args: Any) -> Any:
     try:
         if not job.cancelled:  # else given up while it waited
             result = fn(job, *args)
@@ -378,16 +371,14 @@ def _run_job(model_id: str, provider_id: str, job: _Job, fn: Callable[..., Any],
 class _ModelSlot:
     """A loaded model, its chat template, its worker thread and its queue."""
 
-    def __init__(self, model: Model, reference: str, path: Path, llm: Llama, max_queue: int):
+    def __init__(self, model: Model, provider_id: str, reference: str, path: Path, llm: Llama, max_queue: int):
         self.model = model
         self.reference = reference
         self.path = path
         self.llm = llm
-        self.max_queue = max_queue
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llama-cpp[{model.model_id}]")
-        # Requests admitted and not finished: the running one plus those waiting. Event loop only.
-        self.admitted = 0
-        self.jobs: set[_Job] = set()
+        self.worker = ModelWorker(
+            model.model_id, provider_id, "llama-cpp", max_queue, partial(_run_job, model.model_id, provider_id)
+        )
 
         template = llm.metadata.get("tokenizer.chat_template")
         name = " ".join(filter(None, [model.model_id, reference, llm.metadata.get("general.name")]))
@@ -436,7 +427,7 @@ class _ChunkStream:
     def __init__(
         self,
         queue: asyncio.Queue[Any],
-        job: _Job,
+        job: Job,
         future: Future[Any],
         released: asyncio.Future[None],
         chunk: type[ChatCompletionResponseStreamChunk] | type[CompletionResponseStreamChunk],
@@ -533,7 +524,7 @@ class LlamaCppInference:
         except LlamaStackError as exc:
             raise type(exc)(f"model {model.model_id!r}: {exc.message}", provider=self.provider_id) from None
         llm = await asyncio.to_thread(self._load, model.model_id, path)
-        self._slots[model.model_id] = _ModelSlot(model, reference, path, llm, self.config.max_queue)
+        self._slots[model.model_id] = _ModelSlot(model, self.provider_id, reference, path, llm, self.config.max_queue)
         log.info("%s: model %s loaded from %s (n_ctx %d)", self.provider_id, model.model_id, path, llm.n_ctx())
 
     def _load(self, model_id: str, path: Path) -> Llama:
@@ -566,8 +557,7 @@ class LlamaCppInference:
         slots = list(self._slots.values())
         self._slots.clear()
         for slot in slots:
-            for job in slot.jobs:  # running and waiting: each ends with 503 at once
-                job.cancelled = True
+            slot.worker.cancel_all()  # running and waiting: each ends with 503 at once
         if slots:
             await asyncio.to_thread(_close_slots, slots)
 
@@ -583,44 +573,8 @@ class LlamaCppInference:
             )
         return slot
 
-    def _submit(
-        self, slot: _ModelSlot, fn: Callable[..., Any], *args: Any, on_done: Callable[[Future[Any]], Any] | None = None
-    ) -> tuple[_Job, Future[Any]]:
-        """Queue a job on the model's worker, or refuse it with 503 when max_queue are already waiting."""
-        if slot.admitted > slot.max_queue:
-            raise ServiceUnavailableError(
-                f"model {slot.model.model_id!r} is busy: a request is being generated and {slot.max_queue} "
-                f"more are waiting, the most its queue holds (max_queue={slot.max_queue}); retry later",
-                provider=self.provider_id,
-            )
-        loop = asyncio.get_running_loop()
-        job = _Job()
-        try:
-            future = slot.executor.submit(_run_job, slot.model.model_id, self.provider_id, job, fn, *args)
-        except RuntimeError:  # the executor is shut down
-            raise ServiceUnavailableError(
-                f"model {slot.model.model_id!r}: {self.provider_id} is shutting down", provider=self.provider_id
-            ) from None
-        slot.admitted += 1
-        slot.jobs.add(job)
-
-        def settle(done: Future[Any]) -> None:  # on the event loop
-            slot.admitted -= 1
-            slot.jobs.discard(job)
-            if on_done is not None:
-                on_done(done)
-
-        def finished(done: Future[Any]) -> None:  # in the worker thread (or wherever it was cancelled)
-            try:
-                loop.call_soon_threadsafe(settle, done)
-            except RuntimeError:  # the event loop is closed: nobody is waiting any more
-                pass
-
-        future.add_done_callback(finished)
-        return job, future
-
     async def _collect(self, slot: _ModelSlot, gens: list[_Gen]) -> list[tuple[str, list[TokenLogprob], _Outcome]]:
-        job, future = self._submit(slot, _collect_job, slot.tokens, gens)
+        job, future = slot.worker.submit(_collect_job, slot.tokens, gens)
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
@@ -638,7 +592,7 @@ class LlamaCppInference:
                 released.set_result(None)
 
         emit = partial(loop.call_soon_threadsafe, queue.put_nowait)
-        job, future = self._submit(slot, _pump, slot.tokens, gen, emit, on_done=on_done)
+        job, future = slot.worker.submit(_pump, slot.tokens, gen, emit, on_done=on_done)
         return _ChunkStream(queue, job, future, released, chunk, tools)
 
     # -- preparing requests -------------------------------------------------------------------------
@@ -771,7 +725,7 @@ def _chat_response(
 
 def _close_slots(slots: list[_ModelSlot]) -> None:
     for slot in slots:
-        slot.executor.shutdown(wait=True)  # the running generation stops at its next token
+        slot.worker.close()  # the running generation stops at its next token
         try:
             slot.llm.close()
         except Exception:  # freeing is best effort at exit

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from functools import partial
 from typing import Any
 
@@ -60,6 +60,7 @@ from llama_stack.apis.inference import (
 )
 from llama_stack.apis.inspect import Model
 from llama_stack.plugins import ProviderContext
+from llama_stack.providers.utils.model_worker import Job, ModelWorker
 from llama_stack.providers.utils.inference.attachments import AttachmentInliner, InlinedAttachments, dialog_contents
 from llama_stack.providers.utils.inference.structured import json_schema_for
 from llama_stack.providers.utils.inference.tool_calls import (
@@ -180,14 +181,6 @@ def _chat_response(row: Row, options: _Options) -> ChatCompletionResponse:
 # The worker side (runs in a model's thread)
 
 
-class _Job:
-    __slots__ = ("cancelled",)
-
-    def __init__(self) -> None:
-        # Set from the event loop, read by the worker between tokens (a plain attribute: no lock needed).
-        self.cancelled = False
-
-
 def _attach_grammar(lm: LoadedModel, rows: list[Row], grammar: str | None, model_id: str) -> None:
     if grammar is None:
         return
@@ -202,7 +195,7 @@ def _attach_grammar(lm: LoadedModel, rows: list[Row], grammar: str | None, model
 
 
 def _generate_job(
-    job: _Job,
+    job: Job,
     lm: LoadedModel,
     rows: list[Row],
     options: _Options,
@@ -217,7 +210,7 @@ def _generate_job(
     return rows
 
 
-def _run_job(model_id: str, provider_id: str, job: _Job, fn: Callable[..., Any], *args: Any) -> Any:
+def _run_job(model_id: str, provider_id: str, job: Job, fn: Callable[..., Any], *args: Any) -> Any:
     try:
         if not job.cancelled:  # else given up while it waited
             return fn(job, *args)
@@ -242,16 +235,14 @@ def _run_job(model_id: str, provider_id: str, job: _Job, fn: Callable[..., Any],
 class _ModelSlot:
     """A loaded model, its worker thread and its queue."""
 
-    def __init__(self, model: Model, key: tuple[str, str | None], lm: LoadedModel, max_queue: int):
+    def __init__(self, model: Model, provider_id: str, key: tuple[str, str | None], lm: LoadedModel, max_queue: int):
         self.model = model
         self.key = key  # (reference, lora_adapter): what a second registration must match
         self.lm = lm
-        self.max_queue = max_queue
         self.tool_format = tool_format_for(model.provider_model_id or model.model_id, lm.chat_template)
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"torch[{model.model_id}]")
-        # Requests admitted and not finished: the running one plus those waiting. Event loop only.
-        self.admitted = 0
-        self.jobs: set[_Job] = set()
+        self.worker = ModelWorker(
+            model.model_id, provider_id, "torch", max_queue, partial(_run_job, model.model_id, provider_id)
+        )
 
 
 class _ChunkStream:
@@ -263,7 +254,7 @@ class _ChunkStream:
 
     __slots__ = ("_queue", "_job", "_future", "_released", "_done", "__weakref__")
 
-    def __init__(self, queue: asyncio.Queue[Any], job: _Job, future: Future[Any], released: asyncio.Future[None]):
+    def __init__(self, queue: asyncio.Queue[Any], job: Job, future: Future[Any], released: asyncio.Future[None]):
         self._queue = queue
         self._job = job
         self._future = future
@@ -345,7 +336,7 @@ class TorchInference:
             )
         except LlamaStackError as exc:
             raise type(exc)(f"model {model.model_id!r}: {exc.message}", provider=self.provider_id) from None
-        self._slots[model.model_id] = _ModelSlot(model, key, lm, self.config.max_queue)
+        self._slots[model.model_id] = _ModelSlot(model, self.provider_id, key, lm, self.config.max_queue)
         log.info(
             "%s: model %s loaded from %s%s on %s (%s, context %d)",
             self.provider_id,
@@ -362,8 +353,7 @@ class TorchInference:
         slots = list(self._slots.values())
         self._slots.clear()
         for slot in slots:
-            for job in slot.jobs:  # running and waiting: each ends with 503 at once
-                job.cancelled = True
+            slot.worker.cancel_all()  # running and waiting: each ends with 503 at once
         if slots:
             await asyncio.to_thread(_close_slots, slots)
 
@@ -379,45 +369,9 @@ class TorchInference:
             )
         return slot
 
-    def _submit(
-        self, slot: _ModelSlot, fn: Callable[..., Any], *args: Any, on_done: Callable[[Future[Any]], Any] | None = None
-    ) -> tuple[_Job, Future[Any]]:
-        """Queue a job on the model's worker, or refuse it with 503 when max_queue are already waiting."""
-        if slot.admitted > slot.max_queue:
-            raise ServiceUnavailableError(
-                f"model {slot.model.model_id!r} is busy: a request is being generated and {slot.max_queue} "
-                f"more are waiting, the most its queue holds (max_queue={slot.max_queue}); retry later",
-                provider=self.provider_id,
-            )
-        loop = asyncio.get_running_loop()
-        job = _Job()
-        try:
-            future = slot.executor.submit(_run_job, slot.model.model_id, self.provider_id, job, fn, *args)
-        except RuntimeError:  # the executor is shut down
-            raise ServiceUnavailableError(
-                f"model {slot.model.model_id!r}: {self.provider_id} is shutting down", provider=self.provider_id
-            ) from None
-        slot.admitted += 1
-        slot.jobs.add(job)
-
-        def settle(done: Future[Any]) -> None:  # on the event loop
-            slot.admitted -= 1
-            slot.jobs.discard(job)
-            if on_done is not None:
-                on_done(done)
-
-        def finished(done: Future[Any]) -> None:  # in the worker thread (or wherever it was cancelled)
-            try:
-                loop.call_soon_threadsafe(settle, done)
-            except RuntimeError:  # the event loop is closed: nobody is waiting any more
-                pass
-
-        future.add_done_callback(finished)
-        return job, future
-
     async def _collect(self, slot: _ModelSlot, rows: list[Row], options: _Options) -> list[Row]:
-        job, future = self._submit(
-            slot, _generate_job, slot.lm, rows, options, slot.model.model_id, self.config.max_batch_size
+        job, future = slot.worker.submit(
+            _generate_job, slot.lm, rows, options, slot.model.model_id, self.config.max_batch_size
         )
         try:
             return await asyncio.wrap_future(future)
@@ -444,8 +398,7 @@ class TorchInference:
         emit = partial(loop.call_soon_threadsafe, queue.put_nowait)
         on_text, finish = make_sink(emit)
         row = options.row(prepared, on_text)
-        job, future = self._submit(
-            slot,
+        job, future = slot.worker.submit(
             _generate_job,
             slot.lm,
             [row],
@@ -643,7 +596,7 @@ def _tool_sink(options: _Options, emit: Callable[[Any], Any]) -> tuple[Callable[
 
 def _close_slots(slots: list[_ModelSlot]) -> None:
     for slot in slots:
-        slot.executor.shutdown(wait=True)  # the running generation stops at its next token
+        slot.worker.close()  # the running generation stops at its next token
         try:
             slot.lm.close()
         except Exception:  # freeing is best effort at exit
