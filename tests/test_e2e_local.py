@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 
 import httpx
 import pytest
 
 from llama_stack.client import LlamaStackClient
-from support import free_port, llama_stack_command, wait_for_health
 
 pytestmark = pytest.mark.slow
 
@@ -30,33 +27,14 @@ SEED_CHAT = {
 }
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    port = free_port()
-    storage = tmp_path_factory.mktemp("local-state")
-    process = subprocess.Popen(
-        [*llama_stack_command(), "run", "local", "--port", str(port), "--env", f"LLAMA_STACK_STORAGE={storage}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=os.environ | {"PYTHONUNBUFFERED": "1"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_health(url, process)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-
-
 def sse_chunks(response: httpx.Response) -> list[dict]:
     frames = [line for line in response.iter_lines() if line]
     assert all(frame.startswith("data: ") for frame in frames), frames
     return [json.loads(frame[len("data: "):]) for frame in frames]
 
 
-def test_chat_answers_paris(server):
-    response = httpx.post(f"{server}/inference/chat_completion", json=SEED_CHAT, timeout=120)
+def test_chat_answers_paris(local_server):
+    response = httpx.post(f"{local_server}/inference/chat_completion", json=SEED_CHAT, timeout=120)
     assert response.status_code == 200, response.text
     body = response.json()
     assert "Paris" in body["content"]
@@ -64,8 +42,8 @@ def test_chat_answers_paris(server):
     assert body["tool_calls"] == []
 
 
-def test_streamed_chat_arrives_as_several_frames(server):
-    with httpx.stream("POST", f"{server}/inference/chat_completion", json=SEED_CHAT | {"stream": True}, timeout=120) as response:
+def test_streamed_chat_arrives_as_several_frames(local_server):
+    with httpx.stream("POST", f"{local_server}/inference/chat_completion", json=SEED_CHAT | {"stream": True}, timeout=120) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         chunks = sse_chunks(response)
@@ -74,28 +52,28 @@ def test_streamed_chat_arrives_as_several_frames(server):
     assert "Paris" in text
     assert chunks[-1]["stop_reason"] == "finished_ok"
     # Greedy decoding streams exactly the text it answers in one piece.
-    whole = httpx.post(f"{server}/inference/chat_completion", json=SEED_CHAT, timeout=120).json()["content"]
+    whole = httpx.post(f"{local_server}/inference/chat_completion", json=SEED_CHAT, timeout=120).json()["content"]
     assert text == whole
 
 
-def test_max_tokens_stops_with_max_tokens(server):
+def test_max_tokens_stops_with_max_tokens(local_server):
     body = SEED_CHAT | {"max_tokens": 3, "dialog": {"message": {"role": "user", "content": "Tell me a long story."}}}
-    response = httpx.post(f"{server}/inference/chat_completion", json=body, timeout=120)
+    response = httpx.post(f"{local_server}/inference/chat_completion", json=body, timeout=120)
     assert response.json()["stop_reason"] == "max_tokens"
 
 
-def test_completion_streaming_and_not(server):
+def test_completion_streaming_and_not(local_server):
     body = {"model": MODEL, "content": "The capital of France is", "max_tokens": 8}
-    whole = httpx.post(f"{server}/inference/completion", json=body, timeout=120).json()
-    with httpx.stream("POST", f"{server}/inference/completion", json=body | {"stream": True}, timeout=120) as response:
+    whole = httpx.post(f"{local_server}/inference/completion", json=body, timeout=120).json()
+    with httpx.stream("POST", f"{local_server}/inference/completion", json=body | {"stream": True}, timeout=120) as response:
         chunks = sse_chunks(response)
     assert "".join(c["text_delta"] for c in chunks) == whole["content"]
     assert chunks[-1]["stop_reason"] == whole["stop_reason"]
 
 
-def test_the_server_answers_other_routes_while_generating(server):
+def test_the_server_answers_other_routes_while_generating(local_server):
     body = SEED_CHAT | {"stream": True, "max_tokens": 200, "dialog": {"message": {"role": "user", "content": "Write a long poem about the sea."}}}
-    with httpx.Client(base_url=server, timeout=120) as client, client.stream("POST", "/inference/chat_completion", json=body) as response:
+    with httpx.Client(base_url=local_server, timeout=120) as client, client.stream("POST", "/inference/chat_completion", json=body) as response:
         lines = response.iter_lines()
         assert next(lines).startswith("data: ")
         # Generation is under way: other routes still answer, and the stream goes on afterwards.
@@ -105,20 +83,20 @@ def test_the_server_answers_other_routes_while_generating(server):
     assert len(rest) > 10
 
 
-def test_bad_inputs_get_clear_4xx(server):
-    malformed = httpx.post(f"{server}/inference/chat_completion", content=b"{nope", headers={"content-type": "application/json"})
+def test_bad_inputs_get_clear_4xx(local_server):
+    malformed = httpx.post(f"{local_server}/inference/chat_completion", content=b"{nope", headers={"content-type": "application/json"})
     assert malformed.status_code == 400
-    wrong_type = httpx.post(f"{server}/inference/chat_completion", json=SEED_CHAT | {"max_tokens": "lots"})
+    wrong_type = httpx.post(f"{local_server}/inference/chat_completion", json=SEED_CHAT | {"max_tokens": "lots"})
     assert wrong_type.status_code == 422
     assert wrong_type.json()["error"]["details"][0]["loc"] == "max_tokens"
-    unknown_model = httpx.post(f"{server}/inference/chat_completion", json=SEED_CHAT | {"model": "llama3_8b_chat"})
+    unknown_model = httpx.post(f"{local_server}/inference/chat_completion", json=SEED_CHAT | {"model": "llama3_8b_chat"})
     assert unknown_model.status_code == 404
     assert MODEL in unknown_model.json()["error"]["message"]
-    unknown_route = httpx.post(f"{server}/inference/chat", json=SEED_CHAT)
+    unknown_route = httpx.post(f"{local_server}/inference/chat", json=SEED_CHAT)
     assert unknown_route.status_code == 404
 
 
-async def test_http_and_library_clients_agree(server, tmp_path):
+async def test_http_and_library_clients_agree(local_server, tmp_path):
     requests = [
         dict(model=MODEL, dialog={"message": {"role": "user", "content": "What is the capital of France?"}}, max_tokens=32),
         dict(model=MODEL, dialog={"message": {"role": "user", "content": "Name three colours."}}, max_tokens=32),
@@ -126,7 +104,7 @@ async def test_http_and_library_clients_agree(server, tmp_path):
     answers = {}
     for name in ("http", "library"):
         if name == "http":
-            client = LlamaStackClient.http(server)
+            client = LlamaStackClient.http(local_server)
         else:
             client = await LlamaStackClient.library("local", env={"LLAMA_STACK_STORAGE": str(tmp_path)})
         try:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
 
 import httpx
 import openai
@@ -21,7 +19,7 @@ from llama_stack.apis.openai import OpenAIChatCompletion
 from llama_stack.client import LlamaStackClient
 from llama_stack.resolver import Stack
 from llama_stack.server import create_app
-from support import TOOL_CALLS, free_port, llama_stack_command, wait_for_health, write_replay_distribution
+from support import TOOL_CALLS, free_port, write_replay_distribution
 
 REPLY = "The capital of France is Paris."
 ASK = [{"role": "user", "content": "What is the capital of France?"}]
@@ -523,25 +521,6 @@ async def test_our_client_speaks_the_openai_routes_over_http_and_in_process(serv
 # --------------------------------------------------------------------- the real local distribution (slow)
 
 LOCAL_MODEL = "smollm2-135m-instruct"
-
-
-@pytest.fixture(scope="module")
-def local_server(tmp_path_factory):
-    port = free_port()
-    storage = tmp_path_factory.mktemp("local-openai-state")
-    process = subprocess.Popen(
-        [*llama_stack_command(), "run", "local", "--port", str(port), "--env", f"LLAMA_STACK_STORAGE={storage}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=os.environ | {"PYTHONUNBUFFERED": "1"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_health(url, process)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 @pytest.mark.slow
