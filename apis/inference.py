@@ -201,6 +201,35 @@ class BatchChatCompletionRequest(Schema):
         return self
 
 
+class EmbeddingsRequest(Schema):
+    """Extension: embed texts with an embedding model."""
+
+    model: str = Field(description="An embedding model id the distribution serves.")
+    contents: list[str] = Field(min_length=1, max_length=2048, description="The texts to embed, one vector each.")
+
+
+class EmbeddingsResponse(Schema):
+    embeddings: list[list[float]] = Field(description="One vector per input text, in input order.")
+
+
+class RerankRequest(Schema):
+    """Extension: order documents by their relevance to a query with a rerank model."""
+
+    model: str = Field(description="A rerank model id the distribution serves.")
+    query: str
+    documents: list[str] = Field(min_length=1)
+    top_n: int | None = Field(default=None, gt=0, description="Only the most relevant top_n; all when unset.")
+
+
+class RerankResult(Schema):
+    index: int = Field(description="The document's place in the request's documents.")
+    relevance_score: float
+
+
+class RerankResponse(Schema):
+    results: list[RerankResult] = Field(description="Most relevant first.")
+
+
 @runtime_checkable
 class Inference(Protocol):
     @webmethod("POST", "/inference/completion", streams=True)
@@ -225,4 +254,14 @@ class Inference(Protocol):
     @webmethod("POST", "/inference/batch_chat_completion", response_format="jsonl")
     async def batch_chat_completion(self, request: BatchChatCompletionRequest) -> list[ChatCompletionResponse]:
         """Answer several dialogs; one response per dialog, in input order."""
+        ...
+
+    @webmethod("POST", "/inference/embeddings")
+    async def embeddings(self, request: EmbeddingsRequest) -> EmbeddingsResponse:
+        """Extension: one embedding vector per text, from an embedding model."""
+        ...
+
+    @webmethod("POST", "/inference/rerank")
+    async def rerank(self, request: RerankRequest) -> RerankResponse:
+        """Extension: the documents' relevance to a query, most relevant first, from a rerank model."""
         ...

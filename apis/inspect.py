@@ -21,6 +21,10 @@ class Model(Schema):
     provider_model_id: str | None = Field(
         default=None, description="The provider's own name or location of the model; defaults to model_id."
     )
+    model_type: Literal["llm", "embedding", "rerank"] = Field(
+        default="llm",
+        description="llm: completion and chat; embedding: the embeddings route; rerank: the rerank route.",
+    )
     aliases: list[str] = Field(default_factory=list, description="Other ids requests may use for this model.")
     context_length: int | None = Field(default=None, gt=0, description="The model's context window, in tokens.")
     system_prompt: str | None = Field(

@@ -391,6 +391,34 @@ class OpenAIModelList(Schema):
     data: list[OpenAIModel]
 
 
+class OpenAIEmbeddingsRequest(Schema):
+    model: str
+    input: Union[str, list[str]] = Field(description="A text or a list of texts (token arrays are not accepted).")
+    encoding_format: Literal["float", "base64"] = Field(
+        default="float", description="base64: each vector as little-endian float32 bytes, base64-encoded."
+    )
+    dimensions: int | None = Field(default=None, gt=0, description="Refused unless it is the model's own size.")
+    user: str | None = Field(default=None, description="Accepted and ignored.")
+
+
+class OpenAIEmbedding(Schema):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: Union[list[float], str]
+
+
+class OpenAIEmbeddingsUsage(Schema):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class OpenAIEmbeddingList(Schema):
+    object: Literal["list"] = "list"
+    data: list[OpenAIEmbedding]
+    model: str
+    usage: OpenAIEmbeddingsUsage
+
+
 @runtime_checkable
 class OpenAI(Protocol):
     @webmethod("POST", "/v1/chat/completions", streams=True, stream_end="[DONE]", exclude_none=False)
@@ -410,4 +438,9 @@ class OpenAI(Protocol):
     @webmethod("GET", "/v1/models", exclude_none=False)
     async def list_models(self) -> OpenAIModelList:
         """The served models in OpenAI's list shape."""
+        ...
+
+    @webmethod("POST", "/v1/embeddings", exclude_none=False)
+    async def create_embeddings(self, request: OpenAIEmbeddingsRequest) -> OpenAIEmbeddingList:
+        """OpenAI-compatible embeddings from an embedding model."""
         ...

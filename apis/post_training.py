@@ -214,6 +214,19 @@ class PostTrainingJobArtifactsResponse(Schema):
     checkpoints: list[Checkpoint] = Field(default_factory=list)
 
 
+class PostTrainingJobInfo(Schema):
+    """Extension: one job in the job listing."""
+
+    job_uuid: str
+    status: PostTrainingJobStatus
+
+
+class CancelTrainingJobRequest(Schema):
+    """Extension: stop a job; its checkpoints so far stay available."""
+
+    job_uuid: str
+
+
 @runtime_checkable
 class PostTraining(Protocol):
     @webmethod("POST", "/post_training/supervised_fine_tune/")
@@ -239,4 +252,14 @@ class PostTraining(Protocol):
     @webmethod("GET", "/post_training/job/artifacts")
     async def get_training_job_artifacts(self, job_uuid: str) -> PostTrainingJobArtifactsResponse:
         """The checkpoints a post-training job has written."""
+        ...
+
+    @webmethod("GET", "/post_training/jobs")
+    async def list_training_jobs(self) -> list[PostTrainingJobInfo]:
+        """Extension: the post-training jobs this provider knows, with their status."""
+        ...
+
+    @webmethod("POST", "/post_training/job/cancel")
+    async def cancel_training_job(self, request: CancelTrainingJobRequest) -> PostTrainingJobStatusResponse:
+        """Extension: cancel a job; answers its status after the cancel request."""
         ...

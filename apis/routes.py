@@ -35,6 +35,7 @@ class Api(str, Enum):
     post_training = "post_training"
     reward_scoring = "reward_scoring"
     synthetic_data_generation = "synthetic_data_generation"
+    tool_runtime = "tool_runtime"  # extension: runs built-in tools (image_gen, code_interpreter, ...)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from llama_stack.apis.errors import LlamaStackError, ProviderError, error_from_b
 from llama_stack.apis.inspect import Inspect
 
 from .endpoints import FACADES, PROTOCOLS, Endpoint, endpoints_of, facade_endpoints
+from .request_context import PROVIDER_DATA_HEADER, using_provider_data
 
 if TYPE_CHECKING:
     from llama_stack.apis.agentic_system import AgenticSystem
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from llama_stack.apis.reward_scoring import RewardScoring
     from llama_stack.apis.safety import Safety
     from llama_stack.apis.synthetic_data_generation import SyntheticDataGeneration
+    from llama_stack.apis.tool_runtime import ToolRuntime
 
     from .plugins import ProviderRegistry
     from .resolver import Stack
@@ -55,8 +57,17 @@ def _streaming(endpoint: Endpoint, kwargs: dict[str, Any]) -> bool:
 
 
 class HttpTransport:
-    def __init__(self, base_url: str, *, api_key: str | None = None, timeout: float | None = 600.0):
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        timeout: float | None = 600.0,
+        provider_data: Mapping[str, Any] | None = None,
+    ):
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        if provider_data:
+            headers[PROVIDER_DATA_HEADER] = json.dumps(dict(provider_data))
         self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
 
     async def call(self, endpoint: Endpoint, kwargs: dict[str, Any]) -> Any:
@@ -136,11 +147,13 @@ async def _read_sse(endpoint: Endpoint, response: httpx.Response) -> AsyncIterat
 class LibraryTransport:
     """Calls the stack's implementations directly, in this process."""
 
-    def __init__(self, stack: "Stack"):
+    def __init__(self, stack: "Stack", provider_data: Mapping[str, Any] | None = None):
         self.stack = stack
+        self.provider_data = dict(provider_data or {})
 
     async def call(self, endpoint: Endpoint, kwargs: dict[str, Any]) -> Any:
-        return await getattr(endpoint.implementation(self.stack), endpoint.name)(**kwargs)
+        with using_provider_data(self.provider_data):
+            return await getattr(endpoint.implementation(self.stack), endpoint.name)(**kwargs)
 
     async def aclose(self) -> None:
         await self.stack.shutdown()
@@ -192,6 +205,7 @@ class LlamaStackClient:
     post_training: "PostTraining"
     reward_scoring: "RewardScoring"
     synthetic_data_generation: "SyntheticDataGeneration"
+    tool_runtime: "ToolRuntime"
     openai: "OpenAI"
 
     def __init__(self, transport: Transport):
@@ -205,10 +219,19 @@ class LlamaStackClient:
 
     @classmethod
     def http(
-        cls, base_url: str = "http://localhost:8321", *, api_key: str | None = None, timeout: float | None = 600.0
+        cls,
+        base_url: str = "http://localhost:8321",
+        *,
+        api_key: str | None = None,
+        timeout: float | None = 600.0,
+        provider_data: Mapping[str, Any] | None = None,
     ) -> "LlamaStackClient":
-        """A client for a running server; ``api_key`` defaults to $LLAMA_STACK_API_KEY."""
-        return cls(HttpTransport(base_url, api_key=api_key or os.environ.get("LLAMA_STACK_API_KEY"), timeout=timeout))
+        """A client for a running server; ``api_key`` defaults to $LLAMA_STACK_API_KEY.
+
+        ``provider_data`` goes with every request (e.g. ``{"together_api_key": ...}``: see the providers' docs).
+        """
+        api_key = api_key or os.environ.get("LLAMA_STACK_API_KEY")
+        return cls(HttpTransport(base_url, api_key=api_key, timeout=timeout, provider_data=provider_data))
 
     @classmethod
     async def library(
@@ -217,13 +240,14 @@ class LlamaStackClient:
         *,
         env: Mapping[str, str] | None = None,
         registry: "ProviderRegistry | None" = None,
+        provider_data: Mapping[str, Any] | None = None,
     ) -> "LlamaStackClient":
         """Start a distribution (a built-in name, a YAML path, or a Stack) in this process."""
         from .resolver import Stack
 
         stack = distribution if isinstance(distribution, Stack) else Stack.from_distribution(distribution, env, registry)
         await stack.start()
-        return cls(LibraryTransport(stack))
+        return cls(LibraryTransport(stack, provider_data))
 
     async def aclose(self) -> None:
         await self.transport.aclose()

@@ -26,6 +26,7 @@ from llama_stack.apis.reward_scoring import RewardScoring
 from llama_stack.apis.routes import Api, Route, route_of
 from llama_stack.apis.safety import Safety
 from llama_stack.apis.synthetic_data_generation import SyntheticDataGeneration
+from llama_stack.apis.tool_runtime import ToolRuntime
 
 from .openai_compat import OpenAICompat
 
@@ -41,6 +42,7 @@ PROTOCOLS: dict[Api, type] = {
     Api.post_training: PostTraining,
     Api.reward_scoring: RewardScoring,
     Api.synthetic_data_generation: SyntheticDataGeneration,
+    Api.tool_runtime: ToolRuntime,
 }
 
 

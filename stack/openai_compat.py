@@ -8,8 +8,10 @@ refuses with a 400 naming the parameter, before any provider is called.
 
 from __future__ import annotations
 
+import base64
 import json
 import mimetypes
+import struct
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -39,6 +41,7 @@ from llama_stack.apis.inference import (
     CompletionRequest,
     CompletionResponse,
     CompletionResponseStreamChunk,
+    EmbeddingsRequest,
     Logprobs,
     ResponseFormat,
     SamplingParams,
@@ -59,6 +62,10 @@ from llama_stack.apis.openai import (
     OpenAICompletionChoice,
     OpenAICompletionLogprobs,
     OpenAICompletionRequest,
+    OpenAIEmbedding,
+    OpenAIEmbeddingList,
+    OpenAIEmbeddingsRequest,
+    OpenAIEmbeddingsUsage,
     OpenAIFunctionCall,
     OpenAIFunctionCallDelta,
     OpenAIModel,
@@ -148,6 +155,30 @@ class OpenAICompat:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
             return _completion_chunks(result, meta, include_usage, prompts[0] if request.echo else None)
         return meta.completion([_completion_choice(0, result, echo)], _usage(result.usage))
+
+
+    async def create_embeddings(self, request: OpenAIEmbeddingsRequest) -> OpenAIEmbeddingList:
+        model_id = self._model_id(request.model)
+        texts = [request.input] if isinstance(request.input, str) else request.input
+        if not texts:
+            raise _invalid("input", "input must hold at least one text")
+        result = await self.inference.embeddings(_translated(lambda: EmbeddingsRequest(model=model_id, contents=texts)))
+        size = len(result.embeddings[0]) if result.embeddings else 0
+        if request.dimensions is not None and request.dimensions != size:
+            raise _unsupported("dimensions", f"model '{model_id}' embeds into {size} dimensions and cannot shorten them")
+        data = [
+            OpenAIEmbedding(index=i, embedding=_encode_vector(vector, request.encoding_format))
+            for i, vector in enumerate(result.embeddings)
+        ]
+        # Providers do not report token counts for embeddings; words are the closest honest estimate.
+        words = sum(len(text.split()) for text in texts)
+        return OpenAIEmbeddingList(data=data, model=model_id, usage=OpenAIEmbeddingsUsage(prompt_tokens=words, total_tokens=words))
+
+
+def _encode_vector(vector: list[float], encoding: str) -> list[float] | str:
+    if encoding == "float":
+        return vector
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
 class _Meta:

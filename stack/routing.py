@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, AsyncIterator
 
 from llama_stack.apis.common import Dialog, Message, Role
-from llama_stack.apis.errors import NotFoundError
+from llama_stack.apis.errors import BadRequestError, NotFoundError, NotSupportedError
 from llama_stack.apis.inference import (
     BatchChatCompletionRequest,
     BatchCompletionRequest,
@@ -15,6 +15,10 @@ from llama_stack.apis.inference import (
     CompletionRequest,
     CompletionResponse,
     CompletionResponseStreamChunk,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    RerankRequest,
+    RerankResponse,
 )
 from llama_stack.apis.inspect import Model
 
@@ -24,18 +28,33 @@ class InferenceRouter:
 
     def __init__(self, models: list[Model], providers: dict[str, Any]):
         self._provider_of = {model.model_id: providers[model.provider_id] for model in models}
+        self._model_of = {model.model_id: model for model in models}
         self._system_prompt_of = {model.model_id: model.system_prompt for model in models if model.system_prompt}
         self._model_id_of = {name: model.model_id for model in models for name in (model.model_id, *model.aliases)}
 
-    def _resolve(self, request: Any) -> tuple[Any, Any]:
+    def _resolve(self, request: Any, model_type: str = "llm", method: str = "") -> tuple[Any, Any]:
         """The provider serving the request's model, and the request naming the model by its model_id."""
         model_id = self._model_id_of.get(request.model)
         if model_id is None:
             served = ", ".join(sorted(self._model_id_of)) or "none"
             raise NotFoundError(f"Model '{request.model}' is not served by this distribution (served models: {served})")
+        model = self._model_of[model_id]
+        if model.model_type != model_type:
+            fitting = ", ".join(sorted(m for m, v in self._model_of.items() if v.model_type == model_type)) or "none"
+            raise BadRequestError(
+                f"Model '{request.model}' has model_type '{model.model_type}'; this route needs a model of type "
+                f"'{model_type}' (served: {fitting})",
+                param="model",
+            )
+        provider = self._provider_of[model_id]
+        if method and not callable(getattr(provider, method, None)):
+            raise NotSupportedError(
+                f"Provider '{model.provider_id}' serving model '{model_id}' does not support {method}",
+                provider=model.provider_id,
+            )
         if model_id != request.model:
             request = request.model_copy(update={"model": model_id})
-        return self._provider_of[model_id], request
+        return provider, request
 
     def _with_system_prompt(self, model_id: str, dialog: Dialog) -> Dialog:
         prompt = self._system_prompt_of.get(model_id)
@@ -66,3 +85,11 @@ class InferenceRouter:
         provider, request = self._resolve(request)
         dialogs = [self._with_system_prompt(request.model, dialog) for dialog in request.batch_dialogs]
         return await provider.batch_chat_completion(request.model_copy(update={"batch_dialogs": dialogs}))
+
+    async def embeddings(self, request: EmbeddingsRequest) -> EmbeddingsResponse:
+        provider, request = self._resolve(request, "embedding", "embeddings")
+        return await provider.embeddings(request)
+
+    async def rerank(self, request: RerankRequest) -> RerankResponse:
+        provider, request = self._resolve(request, "rerank", "rerank")
+        return await provider.rerank(request)

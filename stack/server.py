@@ -25,6 +25,7 @@ from llama_stack.apis.errors import (
 
 from .endpoints import Endpoint, all_endpoints
 from .openapi import build_openapi
+from .request_context import PROVIDER_DATA_HEADER, parse_provider_data, using_provider_data
 from .resolver import Stack
 
 log = logging.getLogger(__name__)
@@ -90,8 +91,12 @@ def make_handler(stack: Stack, endpoint: Endpoint):
         impl = endpoint.implementation(stack)
         body = endpoint.decode_body(await request.body()) if endpoint.body_adapter is not None else None
         kwargs = endpoint.bind(request.query_params, body)
+        header = request.headers.get(PROVIDER_DATA_HEADER)
+        data = parse_provider_data(header) if header else None
         try:
-            result = await getattr(impl, endpoint.name)(**kwargs)
+            # Providers read per-request data (a caller's API key) when the call starts, before any stream.
+            with using_provider_data(data):
+                result = await getattr(impl, endpoint.name)(**kwargs)
         except LlamaStackError:
             raise
         except Exception:

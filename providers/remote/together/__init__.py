@@ -1,0 +1,48 @@
+"""remote::together: Together's hosted API behind inference, safety, post-training, reward scoring and tools.
+
+Only declarations here; each API's adapter is imported when a distribution selects it. The adapters need
+nothing beyond the runtime's core dependencies (httpx), so a remote-only install pulls in no torch, faiss
+or llama.cpp. See docs/providers/together.md.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from llama_stack.plugins import ProviderSpec, hookimpl
+
+from .config import (
+    TogetherInferenceConfig,
+    TogetherPostTrainingConfig,
+    TogetherRewardScoringConfig,
+    TogetherSafetyConfig,
+    TogetherToolRuntimeConfig,
+)
+
+PROVIDER_TYPE = "remote::together"
+_MODULE = "llama_stack.providers.remote.together"
+
+_APIS = (
+    ("inference", TogetherInferenceConfig, "inference",
+     "Chat and text completion (streaming, tools, logprobs), embeddings and rerank on Together's models."),
+    ("safety", TogetherSafetyConfig, "safety", "llama_guard shields through a Together moderation model."),
+    ("post_training", TogetherPostTrainingConfig, "post_training",
+     "Supervised fine-tuning (full, LoRA) and DPO as Together fine-tuning jobs, with file upload."),
+    ("reward_scoring", TogetherRewardScoringConfig, "reward_scoring", "Scores generations with a judge prompt."),
+    ("tool_runtime", TogetherToolRuntimeConfig, "tool_runtime",
+     "image_gen through Together's image models, code_interpreter through its code execution sandbox."),
+)
+
+
+@hookimpl
+def register_providers(register: Callable[[ProviderSpec], None]) -> None:
+    for api, config_class, module, description in _APIS:
+        register(
+            ProviderSpec(
+                api=api,
+                provider_type=PROVIDER_TYPE,
+                config_class=config_class,
+                factory=f"{_MODULE}.{module}:build",
+                description=description,
+            )
+        )

@@ -1,0 +1,302 @@
+"""An HTTP client for one vendor's API, shared by all of a remote provider's adapters.
+
+It resolves the API key (the request's provider data, then the config, then the environment), applies the
+timeout, retries 429/503/504 answers and dropped connections with exponential backoff and full jitter, and
+turns every failure into a :class:`~llama_stack.apis.errors.LlamaStackError` that names the provider and
+carries the vendor's own message: 503 when the vendor is overloaded or rate-limiting after the retries,
+504 when it is too slow, 502 when it fails or answers nonsense, 400 when it refuses what was asked.
+Keys travel in headers only and are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import httpx
+from httpx_sse import EventSource, SSEError
+
+from llama_stack.apis.errors import (
+    AuthenticationError,
+    BadRequestError,
+    LlamaStackError,
+    ProviderError,
+    ProviderTimeoutError,
+    ServiceUnavailableError,
+)
+from llama_stack.request_context import provider_data
+
+from .config import RemoteServiceConfig
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({429, 503, 504})
+MAX_BACKOFF = 8.0
+# Connection failures after which the request may have reached the vendor: retried only when repeating it
+# cannot do anything twice (every inference call; not creating a fine-tuning job).
+DROPPED = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
+
+class VendorStatusError(ProviderError):
+    """The vendor answered an error status; ``vendor_status`` keeps it for adapters that map it themselves."""
+
+    def __init__(self, message: str, *, vendor_status: int, vendor_message: str, **kwargs: Any):
+        super().__init__(message, **kwargs)
+        self.vendor_status = vendor_status
+        self.vendor_message = vendor_message
+
+
+def default_vendor_message(body: Any) -> str:
+    """The human message in a vendor's error body: ``{"error": {"message"}}``, ``{"error": "..."}``, ..."""
+    if isinstance(body, dict):
+        error = body.get("error", body.get("message", body.get("detail")))
+        if isinstance(error, dict):
+            return str(error.get("message") or error)
+        if error is not None:
+            return str(error)
+    text = body if isinstance(body, str) else json.dumps(body)
+    return text[:500]
+
+
+class RemoteService:
+    def __init__(
+        self,
+        *,
+        provider_id: str,
+        vendor: str,
+        config: RemoteServiceConfig,
+        env_var: str,
+        provider_data_key: str,
+        auth_headers: Callable[[str], dict[str, str]],
+        vendor_message: Callable[[Any], str] = default_vendor_message,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ):
+        self.provider_id = provider_id
+        self.vendor = vendor
+        self.config = config
+        self.env_var = env_var
+        self.provider_data_key = provider_data_key
+        self._auth_headers = auth_headers
+        self._vendor_message = vendor_message
+        self._http = httpx.AsyncClient(
+            base_url=config.url.rstrip("/"), timeout=httpx.Timeout(config.timeout), transport=transport
+        )
+
+    @property
+    def name(self) -> str:
+        return f"provider '{self.provider_id}' ({self.vendor})"
+
+    # ------------------------------------------------------------------------------------------ keys
+    def api_key(self) -> tuple[str, bool]:
+        """The key for this request, and whether it came with the request (read at the call's start)."""
+        from_request = provider_data().get(self.provider_data_key)
+        if from_request:
+            return str(from_request), True
+        if self.config.api_key is not None:
+            return self.config.api_key.get_secret_value(), False
+        from_env = os.environ.get(self.env_var)
+        if from_env:
+            return from_env, False
+        raise AuthenticationError(
+            f"{self.name} has no API key: set api_key in its config or ${self.env_var}, or send "
+            f'{{"{self.provider_data_key}": "..."}} in the X-LlamaStack-Provider-Data header',
+            provider=self.provider_id,
+            code="missing_api_key",
+        )
+
+    # --------------------------------------------------------------------------------------- requests
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, Any] | None = None,
+        files: Any = None,
+        data: Mapping[str, Any] | None = None,
+        idempotent: bool = True,
+        stream: bool = False,
+    ) -> httpx.Response:
+        """Send with retries; a 2xx response (unread when ``stream``), or the mapped error."""
+        key, from_request = self.api_key()
+        request = self._http.build_request(
+            method, path, json=json_body, params=params, files=files, data=data, headers=self._auth_headers(key)
+        )
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.send(request, stream=stream)
+            except httpx.TimeoutException as exc:
+                if isinstance(exc, httpx.ConnectTimeout) and attempt < self.config.max_retries:
+                    attempt = await self._backoff(attempt, method, path, "connect timeout")
+                    continue
+                raise ProviderTimeoutError(
+                    f"{self.name} did not answer {method} {path} within {self.config.timeout:g} s",
+                    provider=self.provider_id,
+                ) from None
+            except httpx.ConnectError as exc:
+                if attempt < self.config.max_retries:
+                    attempt = await self._backoff(attempt, method, path, "connection refused")
+                    continue
+                raise ServiceUnavailableError(
+                    f"{self.name} cannot be reached at {self.config.url}: {exc}", provider=self.provider_id
+                ) from None
+            except DROPPED as exc:
+                if idempotent and attempt < self.config.max_retries:
+                    attempt = await self._backoff(attempt, method, path, "connection dropped")
+                    continue
+                raise ProviderError(
+                    f"{self.name} dropped the connection during {method} {path}: {exc}", provider=self.provider_id
+                ) from None
+            if response.status_code < 400:
+                return response
+            await response.aread()
+            await response.aclose()
+            if response.status_code in RETRY_STATUSES and attempt < self.config.max_retries:
+                attempt = await self._backoff(
+                    attempt, method, path, f"status {response.status_code}", _retry_after(response)
+                )
+                continue
+            raise self._status_error(response, from_request)
+
+    async def json(self, method: str, path: str, **options: Any) -> Any:
+        response = await self.request(method, path, **options)
+        return self.decode(response, method, path)
+
+    def decode(self, response: httpx.Response, method: str, path: str) -> Any:
+        if response.status_code == 204 or not response.content:
+            return None
+        try:
+            return response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ProviderError(
+                f"{self.name} answered {method} {path} with invalid JSON: {response.text[:200]!r}",
+                provider=self.provider_id,
+            ) from None
+
+    async def open_stream(
+        self, method: str, path: str, *, json_body: Any, end_marker: str | None = "[DONE]"
+    ) -> AsyncIterator[Any]:
+        """Start a server-sent-event stream (retrying before its first byte); iterate the decoded events.
+
+        Awaiting this sends the request, so a refused request fails here, as an ordinary error status,
+        rather than in the middle of the caller's stream.
+        """
+        response = await self.request(method, path, json_body=json_body, stream=True)
+        return self._events(response, method, path, end_marker)
+
+    async def _events(
+        self, response: httpx.Response, method: str, path: str, end_marker: str | None
+    ) -> AsyncIterator[Any]:
+        received = 0
+        try:
+            async for event in EventSource(response).aiter_sse():
+                if event.event == "error":
+                    raise ProviderError(
+                        f"{self.name} reported an error mid-stream: {self._vendor_message(_loads(event.data))}",
+                        provider=self.provider_id,
+                    )
+                if end_marker is not None and event.data.strip() == end_marker:
+                    return
+                if not event.data.strip():
+                    continue
+                try:
+                    payload = json.loads(event.data)
+                except json.JSONDecodeError:
+                    raise ProviderError(
+                        f"{self.name} sent an invalid stream event: {event.data[:200]!r}", provider=self.provider_id
+                    ) from None
+                received += 1
+                yield payload
+            if end_marker is not None:
+                raise ProviderError(
+                    f"{self.name} ended the stream of {method} {path} without {end_marker} after {received} "
+                    "events; the answer is incomplete",
+                    provider=self.provider_id,
+                )
+        except (httpx.TransportError, SSEError) as exc:
+            raise ProviderError(
+                f"{self.name} broke off the stream of {method} {path} after {received} events: {exc}",
+                provider=self.provider_id,
+            ) from None
+        finally:
+            await response.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # ---------------------------------------------------------------------------------------- helpers
+    async def _backoff(
+        self, attempt: int, method: str, path: str, why: str, retry_after: float | None = None
+    ) -> int:
+        delay = min(MAX_BACKOFF, self.config.retry_backoff * 2**attempt)
+        delay = retry_after if retry_after is not None else random.uniform(0, delay)
+        log.warning(
+            "%s: %s %s failed (%s); retry %d of %d in %.2f s",
+            self.name, method, path, why, attempt + 1, self.config.max_retries, delay,
+        )
+        await asyncio.sleep(delay)  # backoff between attempts, not a race cover
+        return attempt + 1
+
+    def _status_error(self, response: httpx.Response, from_request: bool) -> LlamaStackError:
+        status = response.status_code
+        message = self._vendor_message(_loads(response.text))
+        where = f"{response.request.method} {response.request.url.path}"
+        common: dict[str, Any] = {"provider": self.provider_id}
+        if status == 429:
+            return ServiceUnavailableError(
+                f"{self.name} is rate-limiting requests (429 on {where}, after {self.config.max_retries} retries): "
+                f"{message}",
+                code="rate_limited",
+                **common,
+            )
+        if status == 503:
+            return ServiceUnavailableError(
+                f"{self.name} is unavailable (503 on {where}, after {self.config.max_retries} retries): {message}",
+                **common,
+            )
+        if status == 504:
+            return ProviderTimeoutError(f"{self.name} timed out (504 on {where}): {message}", **common)
+        if status in (401, 403):
+            if from_request:
+                return AuthenticationError(
+                    f"{self.name} rejected the API key sent with the request ({status}): {message}", **common
+                )
+            return VendorStatusError(
+                f"{self.name} rejected its configured API key ({status} on {where}); check api_key or "
+                f"${self.env_var}: {message}",
+                vendor_status=status,
+                vendor_message=message,
+                code="provider_auth_failed",
+                **common,
+            )
+        if status in (400, 422):
+            error = BadRequestError(f"{self.name} refused the request ({status} on {where}): {message}", **common)
+            error.vendor_status, error.vendor_message = status, message  # type: ignore[attr-defined]
+            return error
+        return VendorStatusError(
+            f"{self.name} failed ({status} on {where}): {message}",
+            vendor_status=status,
+            vendor_message=message,
+            **common,
+        )
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        return text
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    try:
+        return min(MAX_BACKOFF, max(0.0, float(value))) if value is not None else None
+    except ValueError:
+        return None
