@@ -143,6 +143,7 @@ class PostTrainingSFTRequest(Schema):
 
 class RLHFAlgorithm(str, Enum):
     dpo = "dpo"
+    grpo = "grpo"  # extension: group relative policy optimization, where a provider offers it
 
 
 class DPOAlignmentConfig(Schema):
@@ -150,6 +151,15 @@ class DPOAlignmentConfig(Schema):
     reward_clip: float
     epsilon: float
     gamma: float
+
+
+class GRPOAlignmentConfig(Schema):
+    """Extension: GRPO scores groups of sampled answers with reward functions."""
+
+    reward_functions: dict[str, float] = Field(
+        min_length=1, description="Reward function name -> weight (the provider lists the functions it has)."
+    )
+    num_generations: int = Field(default=4, ge=2, description="Answers sampled per prompt.")
 
 
 class PostTrainingRLHFRequest(Schema):
@@ -160,11 +170,18 @@ class PostTrainingRLHFRequest(Schema):
     dataset: Dataset
     validation_dataset: Dataset
     algorithm: RLHFAlgorithm
-    algorithm_config: DPOAlignmentConfig
+    algorithm_config: DPOAlignmentConfig | GRPOAlignmentConfig
     optimizer_config: OptimizerConfig
     training_config: TrainingConfig
     hyperparam_search_config: JsonObject = Field(default_factory=dict)
     logger_config: JsonObject = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _config_matches_algorithm(self) -> "PostTrainingRLHFRequest":
+        expected = GRPOAlignmentConfig if self.algorithm == RLHFAlgorithm.grpo else DPOAlignmentConfig
+        if not isinstance(self.algorithm_config, expected):
+            raise ValueError(f"algorithm {self.algorithm.value!r} needs a {expected.__name__} as algorithm_config")
+        return self
 
 
 class PostTrainingJob(Schema):

@@ -25,7 +25,7 @@ def error_body(status: int, message: str) -> dict[str, Any]:
 
 
 def make_emissary_fake() -> FakeVendor:
-    from . import emissary_handlers
+    from . import emissary_classification, emissary_handlers, emissary_training
 
     fake = FakeVendor(
         "emissary",
@@ -35,5 +35,6 @@ def make_emissary_fake() -> FakeVendor:
         key_of=lambda r: r.headers.get("x-api-key"),
         error_body=error_body,
     )
-    emissary_handlers.install(fake)
+    for module in (emissary_handlers, emissary_training, emissary_classification):
+        module.install(fake)
     return fake

@@ -67,7 +67,7 @@ def error_body(status: int, message: str) -> dict[str, Any]:
 
 
 def make_together_fake() -> FakeVendor:
-    from . import together_handlers
+    from . import together_fine_tunes, together_handlers, together_tools
 
     fake = FakeVendor(
         "together",
@@ -78,5 +78,6 @@ def make_together_fake() -> FakeVendor:
         error_body=error_body,
         extra_check=_lap_check,
     )
-    together_handlers.install(fake)
+    for module in (together_handlers, together_fine_tunes, together_tools):
+        module.install(fake)
     return fake

@@ -12,6 +12,12 @@ def install(fake: FakeVendor) -> None:
     @fake.route("POST", "/chat/completions")
     def chat(request: Recorded, params: dict[str, str]) -> Any:
         body = request.json
+        # Other handler modules answer for their own models (a moderation model, a judge): each responder
+        # takes the request body and returns an answer, or None to pass.
+        for responder in fake.state.get("chat_responders", []):
+            answer = responder(body)
+            if answer is not None:
+                return answer
         text = "Hello from the fake."
         if body.get("stream"):
             return SSE(

@@ -109,6 +109,8 @@ class FakeVendor:
         self.faults: dict[tuple[str, str], list[Fault]] = {}
         self.requests: list[Recorded] = []
         self.violations: list[str] = []
+        # Handler modules keep their own data here (jobs, files, deployments, per-model answers, ...).
+        self.state: dict[str, Any] = {}
         self._release = threading.Event()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
