@@ -22,13 +22,19 @@ from llama_stack.apis.inference import (
     ChatCompletionResponseStreamChunk,
     CompletionResponse,
     CompletionResponseStreamChunk,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
     Logprobs,
+    RerankRequest,
+    RerankResponse,
+    RerankResult,
     TokenLogprob,
     TopLogprob,
     Usage,
 )
 from llama_stack.apis.inspect import Model
 from llama_stack.plugins import ProviderSpec, discover_providers, hookimpl
+from llama_stack.request_context import provider_data
 
 REPO = Path(__file__).resolve().parent.parent
 SEED_SPEC = REPO.parent / "shared" / "specs" / "llama-stack-draft-openapi.json"
@@ -58,6 +64,7 @@ class ReplayInference:
         self.models: dict[str, Model] = {}
         self.stream_closed = asyncio.Event()
         self.requests: list[Any] = []
+        self.provider_data_seen: list[dict[str, Any]] = []
 
     async def register_model(self, model: Model) -> None:
         self.models[model.model_id] = model
@@ -139,6 +146,7 @@ class ReplayInference:
     async def chat_completion(self, request: Any) -> Any:
         self._check(request.model)
         self.requests.append(request)
+        self.provider_data_seen.append(dict(provider_data()))
         tool_calls = self._tool_calls(request)
         prompt = [m.content for m in [*request.dialog.message_history, request.dialog.message]]
         if request.stream:
@@ -167,6 +175,21 @@ class ReplayInference:
     async def batch_chat_completion(self, request: Any) -> list[ChatCompletionResponse]:
         self._check(request.model)
         return [ChatCompletionResponse(content=f"{self.reply} #{i}", stop_reason="finished_ok") for i, _ in enumerate(request.batch_dialogs)]
+
+    async def embeddings(self, request: EmbeddingsRequest) -> EmbeddingsResponse:
+        """Four numbers per text: its length, its word count, its count of 'a's, and 1."""
+        self._check(request.model)
+        return EmbeddingsResponse(
+            embeddings=[[float(len(t)), float(len(t.split())), float(t.count("a")), 1.0] for t in request.contents]
+        )
+
+    async def rerank(self, request: RerankRequest) -> RerankResponse:
+        """Relevance is the share of the query's words a document contains."""
+        self._check(request.model)
+        query = set(request.query.lower().split())
+        scores = [len(query & set(doc.lower().split())) / max(1, len(query)) for doc in request.documents]
+        order = sorted(range(len(scores)), key=lambda i: -scores[i])[: request.top_n or len(scores)]
+        return RerankResponse(results=[RerankResult(index=i, relevance_score=scores[i]) for i in order])
 
 
 def _text_of(content: Any) -> str:
@@ -226,6 +249,8 @@ models:
   - {{model_id: stalling-model, provider_id: replay, metadata: {{stall: true}}}}
   - {{model_id: breaking-model, provider_id: replay, metadata: {{fail_mid_stream: 502}}}}
   - {{model_id: counting-model, provider_id: replay, metadata: {{usage: true}}}}
+  - {{model_id: replay-embedder, provider_id: replay, model_type: embedding}}
+  - {{model_id: replay-reranker, provider_id: replay, model_type: rerank}}
 """ + TOOL_MODEL + """""" + FAILING_MODELS + """server:
   api_keys: {api_keys}
 storage:
