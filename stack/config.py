@@ -90,6 +90,13 @@ class DistributionConfig(_Strict):
         for api in self.providers:
             if api not in self.apis:
                 raise ValueError(f"providers.{api.value} is configured but '{api.value}' is not listed in apis")
+        for api, entries in self.providers.items():
+            if api != Api.inference and len(entries) > 1:
+                names = ", ".join(e.provider_id for e in entries)
+                raise ValueError(
+                    f"providers.{api.value} lists {len(entries)} providers ({names}); only inference routes between "
+                    "several providers (by model), every other API is served by one"
+                )
         seen: set[str] = set()
         for entries in self.providers.values():
             for entry in entries:

@@ -172,3 +172,19 @@ def test_cli_shows_a_providers_config_fields_from_its_model():
     assert "2048" in rows["n_ctx"] and "Context window" in rows["n_ctx"]
     unknown = subprocess.run([*llama_stack_command(), "providers", "--config", "inline::nope"], capture_output=True, text=True, env=env)
     assert unknown.returncode == 2 and "inline::llama-cpp" in unknown.stderr
+
+
+def test_two_providers_for_an_api_other_than_inference_are_refused(tmp_path):
+    path = tmp_path / "two-safety.yaml"
+    path.write_text(
+        """
+apis: [safety]
+providers:
+  safety:
+    - {provider_id: one, provider_type: remote::together, config: {}}
+    - {provider_id: two, provider_type: remote::together, config: {}}
+"""
+    )
+    with pytest.raises(ConfigError) as error:
+        load_distribution(path)
+    assert "providers.safety lists 2 providers (one, two)" in str(error.value)
