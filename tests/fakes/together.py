@@ -2,8 +2,9 @@
 
 Routes the YAML document lacks (``/files/upload``, ``/tci/execute``, ``/fine-tunes/models/*``,
 ``/fine-tunes/{id}/checkpoints``, ``/evaluation``) are validated against together-endpoints.lap instead:
-field names, required fields and basic types. Handlers live in the ``together_*`` modules beside this one;
-each exposes ``install(fake, state)``.
+field names, required fields and basic types. ``POST /fine-tunes``, which the YAML declares with fewer
+fields than the newer LAP, also takes the LAP's fields (typed as the LAP types them). Handlers live in the
+``together_*`` modules beside this one; each exposes ``install(fake, state)``.
 """
 
 from __future__ import annotations
@@ -25,20 +26,24 @@ _YAML = yaml.safe_load((SPECS / "together-openapi.yaml").read_text())
 _LAP = load_lap(SPECS / "together-endpoints.lap")
 
 
-def _covered_by_yaml(path: str) -> bool:
+def _covered_by_yaml(method: str, path: str) -> bool:
     import re
 
-    for template in _YAML["paths"]:
-        if re.fullmatch(re.sub(r"\{[^/]+\}", "[^/]+", template), path):
-            # /fine-tunes/{id} would also match /fine-tunes/models; the LAP has the literal route.
-            return not (template == "/fine-tunes/{id}" and path.startswith("/fine-tunes/models"))
+    for template, item in _YAML["paths"].items():
+        if re.fullmatch(re.sub(r"\{[^/]+\}", "[^/]+", template), path) and method.lower() in item:
+            if "{" not in template:
+                return True
+            # /fine-tunes/{id} would also match /fine-tunes/models/limits, /files/{id} /files/upload:
+            # where the LAP has the literal route, that is the operation meant.
+            literal = find_endpoint(_LAP, method, path)
+            return literal is None or "{" in literal.path
     return False
 
 
 def _lap_check(recorded: Recorded) -> list[str] | None:
     """Problems by the LAP for routes the YAML does not cover; None for routes the YAML covers."""
     local = recorded.path.removeprefix("/v1")
-    if _covered_by_yaml(local):
+    if _covered_by_yaml(recorded.method, local):
         return None
     endpoint = find_endpoint(_LAP, recorded.method, local)
     if endpoint is None:
@@ -61,6 +66,35 @@ def _lap_check(recorded: Recorded) -> list[str] | None:
     return problems + check_request(endpoint, path_params, values)
 
 
+# Operations the YAML declares with an older, smaller request body than the LAP: the fake accepts the LAP's
+# newer fields too (typed as the LAP types them), while the YAML's own fields keep their schemas.
+_NEWER_IN_LAP = (("POST", "/fine-tunes"),)
+_LAP_JSON_TYPES = {"str": "string", "int": "integer", "num": "number", "bool": "boolean", "map": "object"}
+
+
+def _lap_field_schema(type_text: str) -> dict[str, Any]:
+    import re
+
+    text = type_text.split("=")[0].strip().rstrip("?")
+    if text.startswith("["):
+        return {"type": "array"}
+    base = re.match(r"[a-z]+", text)
+    kind = _LAP_JSON_TYPES.get(base.group(0) if base else "any")
+    return {"type": kind} if kind else {}
+
+
+def _with_newer_lap_fields(spec: dict[str, Any]) -> dict[str, Any]:
+    import copy
+
+    spec = copy.deepcopy(spec)
+    for method, path in _NEWER_IN_LAP:
+        endpoint = find_endpoint(_LAP, method, path)
+        schema = spec["paths"][path][method.lower()]["requestBody"]["content"]["application/json"]["schema"]
+        for name, declared in (endpoint.fields.items() if endpoint else ()):
+            schema["properties"].setdefault(name, _lap_field_schema(declared.type))
+    return spec
+
+
 def error_body(status: int, message: str) -> dict[str, Any]:
     kinds = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found", 429: "rate_limit_exceeded"}
     return {"error": {"type": kinds.get(status, "server_error"), "message": message, "param": None, "code": None}}
@@ -71,7 +105,7 @@ def make_together_fake() -> FakeVendor:
 
     fake = FakeVendor(
         "together",
-        _YAML,
+        _with_newer_lap_fields(_YAML),
         base_path="/v1",
         api_key=API_KEY,
         key_of=lambda r: r.headers.get("authorization", "").removeprefix("Bearer ") or None,

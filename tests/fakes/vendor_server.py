@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import email.policy
 import json
 import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from email.parser import BytesParser
 from typing import Any, Literal
 
 import uvicorn
@@ -97,7 +99,7 @@ class FakeVendor:
         spec = copy.deepcopy(spec)
         spec["servers"] = [{"url": self.url}]
         self._raw_spec = spec
-        self.openapi = OpenAPI.from_dict(spec)
+        self.openapi = OpenAPI.from_dict(_binary_parts_untyped(spec))
         self.api_key = api_key
         self._key_of = key_of
         self.error_body = error_body
@@ -164,9 +166,7 @@ class FakeVendor:
         body = await request.body()
         recorded = Recorded(request.method, request.url.path, dict(request.query_params), dict(request.headers), body)
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            form = await request.form()
-            for key, value in form.multi_items():
-                recorded.form[key] = (value.filename, await value.read()) if hasattr(value, "read") else value
+            recorded.form.update(_multipart_fields(request.headers["content-type"], body))
         self.requests.append(recorded)
 
         problems = self._validate(request, recorded)
@@ -265,6 +265,48 @@ async def _sse_body(stream: SSE, fault: Fault | None) -> Any:
         raise ConnectionResetError("fault: stream cut")
     if stream.end is not None:
         yield f"data: {stream.end}\n\n".encode()
+
+
+def _binary_parts_untyped(spec: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``spec`` whose multipart file fields (``type: string, format: binary``) carry no type.
+
+    openapi-core hands multipart parts to the validator as bytes, and an OpenAPI 3.1 ``type: string``
+    refuses bytes, so every upload would fail validation. Only the type goes: the object's ``required``
+    list (the file must be there) and every other field's schema still apply.
+    """
+    spec = copy.deepcopy(spec)
+    for item in spec.get("paths", {}).values():
+        for operation in item.values():
+            if not isinstance(operation, dict):
+                continue
+            content = operation.get("requestBody", {}).get("content", {})
+            schema = content.get("multipart/form-data", {}).get("schema", {})
+            for prop in schema.get("properties", {}).values():
+                if isinstance(prop, dict) and prop.get("format") == "binary":
+                    prop.pop("type", None)
+    return spec
+
+
+def _multipart_fields(content_type: str, body: bytes) -> dict[str, Any]:
+    """A multipart/form-data body's fields: files as (filename, bytes), other fields as text.
+
+    Parsed with the standard library, so the fake needs no python-multipart (which Starlette's
+    ``request.form()`` would).
+    """
+    message = BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+    )
+    fields: dict[str, Any] = {}
+    if not message.is_multipart():
+        return fields
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if name is None:
+            continue
+        payload = part.get_payload(decode=True) or b""
+        filename = part.get_filename()
+        fields[str(name)] = (filename, payload) if filename is not None else payload.decode("utf-8", "replace")
+    return fields
 
 
 class _DroppedResponse(Response):

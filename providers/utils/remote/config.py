@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 
 class RemoteServiceConfig(BaseModel):
@@ -25,3 +27,14 @@ class RemoteServiceConfig(BaseModel):
         ge=0,
         description="Seconds before the first retry; each retry doubles it (capped at 8 s), with full jitter.",
     )
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_unset(cls, value: Any) -> Any:
+        # `api_key: ${env.VENDOR_API_KEY:=}` with the variable unset gives "": no key, not an empty one, so the
+        # environment and per-request keys are still looked up and a missing key is a clear 401.
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, SecretStr) and not value.get_secret_value().strip():
+            return None
+        return value

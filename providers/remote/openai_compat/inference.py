@@ -1,0 +1,874 @@
+"""remote::openai-compat inference: the Inference API on any server speaking OpenAI's API.
+
+Chat and text completion (plain and streamed), batches, tools, logprobs, structured output and embeddings
+are translated onto ``/chat/completions``, ``/completions`` and ``/embeddings`` of vLLM, llama.cpp's
+server, Ollama, TGI or another llama-stack server; ``/models`` checks the distribution's models at start-up.
+Every call goes through :class:`RemoteService` (timeouts, retries with backoff, errors naming the provider).
+What such a server cannot be asked is refused here with a 400 before anything is sent.
+See docs/providers/openai-compat.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import BaseModel, ConfigDict
+from pydantic import ValidationError as PydanticValidationError
+
+from llama_stack.apis.common import Attachment, Content, Dialog, Message, Role, StopReason, ToolCall, ToolDefinition
+from llama_stack.apis.errors import (
+    AuthenticationError,
+    BadRequestError,
+    LlamaStackError,
+    NotFoundError,
+    NotSupportedError,
+    ProviderError,
+)
+from llama_stack.apis.inference import (
+    BatchChatCompletionRequest,
+    BatchCompletionRequest,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatCompletionResponseStreamChunk,
+    CompletionRequest,
+    CompletionResponse,
+    CompletionResponseStreamChunk,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    Logprobs,
+    ResponseFormat,
+    SamplingParams,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
+from llama_stack.apis.inspect import Model
+from llama_stack.config import ConfigError
+from llama_stack.plugins import ProviderContext
+from llama_stack.providers.utils.inference.attachments import AttachmentInliner, InlinedAttachments
+from llama_stack.providers.utils.inference.tool_calls import BUILTIN_TOOLS, iter_messages, tool_name
+from llama_stack.providers.utils.remote import RemoteService, VendorStatusError
+
+from .config import ENV_VAR, PROVIDER_DATA_KEY, OpenAICompatConfig
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# OpenAI's finish reasons that mean the model ran out of room; every other one (stop, tool_calls, eos,
+# content_filter, ...) is a normal end.
+_LENGTH_FINISH = frozenset({"length", "max_tokens"})
+# The function name of a json_schema response_format; OpenAI requires one, servers ignore it.
+_SCHEMA_NAME = "response"
+_USER_IMAGES_ONLY = "images can only be sent in user messages (OpenAI's API takes image_url parts there alone)"
+_TEXT_PROMPT_ONLY = "a text completion's prompt is text; send images in a chat_completion user message"
+
+
+# ------------------------------------------------------------------------------------------------ service
+
+
+class OpenAICompatService(RemoteService):
+    """A RemoteService whose key is optional unless ``api_key_required``: without one, no Authorization is sent."""
+
+    def __init__(
+        self, config: OpenAICompatConfig, context: ProviderContext, transport: httpx.AsyncBaseTransport | None = None
+    ):
+        super().__init__(
+            provider_id=context.provider_id,
+            vendor=f"OpenAI-compatible server at {display_url(config.url)}",
+            config=config,
+            env_var=ENV_VAR,
+            provider_data_key=PROVIDER_DATA_KEY,
+            auth_headers=_bearer,
+            transport=transport,
+        )
+        self.key_required = config.api_key_required
+
+    def api_key(self) -> tuple[str, bool]:
+        try:
+            return super().api_key()
+        except AuthenticationError:
+            if self.key_required:
+                raise
+            return "", False
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def display_url(url: str) -> str:
+    """The URL without credentials or query, fit for messages and logs."""
+    parts = urlsplit(url)
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}".rstrip("/")
+
+
+# ------------------------------------------------------------------------------- the server's answers
+
+
+class _Loose(BaseModel):
+    """The parts of OpenAI's answers read here; servers add fields of their own, which are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class _TopLogprobOut(_Loose):
+    token: str
+    logprob: float
+
+
+class _TokenLogprobOut(_Loose):
+    token: str
+    logprob: float
+    top_logprobs: list[_TopLogprobOut] | None = None
+
+
+class _ChatLogprobsOut(_Loose):
+    content: list[_TokenLogprobOut] | None = None
+
+
+class _FunctionOut(_Loose):
+    name: str | None = None
+    arguments: str | dict[str, Any] | None = None
+
+
+class _ToolCallOut(_Loose):
+    index: int | None = None
+    id: str | None = None
+    function: _FunctionOut | None = None
+
+
+class _MessageOut(_Loose):
+    content: str | None = None
+    tool_calls: list[_ToolCallOut] | None = None
+
+
+class _UsageOut(_Loose):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class _ChatChoiceOut(_Loose):
+    index: int = 0
+    message: _MessageOut
+    finish_reason: str | None = None
+    logprobs: _ChatLogprobsOut | None = None
+
+
+class _ChatAnswer(_Loose):
+    choices: list[_ChatChoiceOut]
+    usage: _UsageOut | None = None
+
+
+class _DeltaOut(_Loose):
+    content: str | None = None
+    tool_calls: list[_ToolCallOut] | None = None
+
+
+class _ChatChunkChoiceOut(_Loose):
+    index: int = 0
+    delta: _DeltaOut | None = None
+    finish_reason: str | None = None
+    logprobs: _ChatLogprobsOut | None = None
+
+
+class _ChatChunk(_Loose):
+    choices: list[_ChatChunkChoiceOut] = []
+    usage: _UsageOut | None = None
+
+
+class _CompletionLogprobsOut(_Loose):
+    tokens: list[str] = []
+    token_logprobs: list[float | None] = []
+    top_logprobs: list[dict[str, float] | None] | None = None
+
+
+class _CompletionChoiceOut(_Loose):
+    index: int = 0
+    text: str | None = None
+    finish_reason: str | None = None
+    logprobs: _CompletionLogprobsOut | None = None
+
+
+class _CompletionAnswer(_Loose):
+    choices: list[_CompletionChoiceOut] = []
+    usage: _UsageOut | None = None
+
+
+class _EmbeddingOut(_Loose):
+    index: int
+    embedding: list[float]
+
+
+class _EmbeddingsAnswer(_Loose):
+    data: list[_EmbeddingOut]
+
+
+class _ModelOut(_Loose):
+    id: str
+    aliases: list[str] = []  # llama-stack servers list them; an alias is served as well
+
+
+class _ModelList(_Loose):
+    data: list[_ModelOut]
+
+
+# ------------------------------------------------------------------------------------ request mapping
+
+
+def _bad(where: str, message: str, provider: str) -> BadRequestError:
+    return BadRequestError(
+        f"{where}: {message}", provider=provider, details=[{"loc": where, "in": "body", "message": message}]
+    )
+
+
+def _is_image(attachment: Attachment) -> bool:
+    return attachment.mime_type.split(";", 1)[0].strip().lower().startswith("image/")
+
+
+def _attachments_of(content: Content, where: str) -> Iterator[tuple[Attachment, str]]:
+    if isinstance(content, Attachment):
+        yield content, where
+    elif isinstance(content, list):
+        for index, part in enumerate(content):
+            if isinstance(part, Attachment):
+                yield part, f"{where}[{index}]"
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """One content of a request with its field path, and why images may not appear in it (None: they may)."""
+
+    content: Content
+    where: str
+    no_images: str | None
+
+
+def _dialog_pieces(dialog: Dialog, where: str = "dialog") -> list[_Piece]:
+    pieces = []
+    for at, message in iter_messages(dialog, where):
+        pieces.append(_Piece(message.content, f"{at}.content", None if message.role == Role.user else _USER_IMAGES_ONLY))
+        for index, response in enumerate(message.tool_responses):
+            pieces.append(_Piece(response.content, f"{at}.tool_responses[{index}].content", _USER_IMAGES_ONLY))
+    return pieces
+
+
+def _check_image_url(attachment: Attachment, where: str, provider: str) -> None:
+    scheme = attachment.url.split(":", 1)[0].lower()
+    if scheme not in ("http", "https", "data"):
+        raise _bad(
+            where,
+            f"an image at a {scheme}:// URL cannot be sent to an OpenAI-compatible server, which cannot read this "
+            "machine's files; send it as a data: URL (base64) or an http(s):// URL the server can fetch",
+            provider,
+        )
+
+
+def _text_attachments(pieces: list[_Piece], provider: str) -> list[tuple[Attachment, str]]:
+    """The text attachments to fetch and inline; images are checked (they travel as image_url parts)."""
+    wanted = []
+    for piece in pieces:
+        for attachment, at in _attachments_of(piece.content, piece.where):
+            if not _is_image(attachment):
+                wanted.append((attachment, at))
+            elif piece.no_images is not None:
+                raise _bad(at, piece.no_images, provider)
+            else:
+                _check_image_url(attachment, at, provider)
+    return wanted
+
+
+def _user_content(content: Content, where: str, inlined: InlinedAttachments) -> str | list[dict[str, Any]]:
+    """Text as a string; with images, OpenAI's content parts (text attachments inlined as text parts)."""
+    items = [content] if isinstance(content, Attachment) else content
+    if isinstance(items, str) or not any(isinstance(p, Attachment) and _is_image(p) for p in items):
+        return inlined.inline(content, where)
+    parts: list[dict[str, Any]] = []
+    for index, part in enumerate(items):
+        at = where if isinstance(content, Attachment) else f"{where}[{index}]"
+        if isinstance(part, str):
+            if part:
+                parts.append({"type": "text", "text": part})
+        elif _is_image(part):
+            parts.append({"type": "image_url", "image_url": {"url": part.url}})
+        else:
+            parts.append({"type": "text", "text": inlined.inline(part, at)})
+    return parts
+
+
+class _PendingCalls:
+    """The tool calls of the latest assistant message that no tool result has answered yet.
+
+    OpenAI's API links each result to its call by id; results here may omit the call_id, so they are matched
+    to the calls in order (by tool name when they give one).
+    """
+
+    def __init__(self, provider: str):
+        self.provider = provider
+        self.calls: list[tuple[str, str]] = []  # (call id, tool name)
+
+    def replace(self, calls: list[tuple[str, str]]) -> None:
+        self.calls = list(calls)
+
+    def answer(self, call_id: str | None, name: str | None, where: str) -> str:
+        if call_id:
+            self.calls = [c for c in self.calls if c[0] != call_id]
+            return call_id
+        match = next((c for c in self.calls if name is None or c[1] == name), None)
+        if match is None:
+            open_calls = ", ".join(f"{n} ({i})" for i, n in self.calls) or "none"
+            raise _bad(
+                where,
+                f"this tool result answers no tool call of the assistant message before it (unanswered calls: "
+                f"{open_calls}); an OpenAI-compatible server needs each result linked to its call: give call_id",
+                self.provider,
+            )
+        self.calls.remove(match)
+        return match[0]
+
+
+def _assistant_calls(calls: list[ToolCall], position: int) -> list[dict[str, Any]]:
+    # Calls without an id get one derived from their place, so the results that follow can name it.
+    return [
+        {
+            "id": call.call_id or f"call_{position}_{index}",
+            "type": "function",
+            "function": {"name": call.tool_name, "arguments": json.dumps(call.arguments, ensure_ascii=False)},
+        }
+        for index, call in enumerate(calls)
+    ]
+
+
+def openai_messages(dialog: Dialog, inlined: InlinedAttachments, provider: str) -> list[dict[str, Any]]:
+    """The dialog as OpenAI messages: tool results become one ``tool`` message per result, linked by id."""
+    out: list[dict[str, Any]] = []
+    pending = _PendingCalls(provider)
+    for position, (at, message) in enumerate(iter_messages(dialog)):
+        for index, response in enumerate(message.tool_responses):
+            where = f"{at}.tool_responses[{index}]"
+            call_id = pending.answer(response.call_id, response.tool_name, f"{where}.call_id")
+            out.append({"role": "tool", "tool_call_id": call_id, "content": inlined.inline(response.content, f"{where}.content")})
+        out.extend(_message(message, at, position, inlined, pending))
+    return out
+
+
+def _message(
+    message: Message, at: str, position: int, inlined: InlinedAttachments, pending: _PendingCalls
+) -> list[dict[str, Any]]:
+    where = f"{at}.content"
+    if message.role == Role.tool:
+        if message.tool_responses:
+            return []  # the results went out above; the message's own content repeats them
+        call_id = pending.answer(None, None, at)
+        return [{"role": "tool", "tool_call_id": call_id, "content": inlined.inline(message.content, where)}]
+    if message.role == Role.assistant:
+        text = inlined.inline(message.content, where)
+        entry: dict[str, Any] = {"role": "assistant", "content": text}
+        if message.tool_calls:
+            calls = _assistant_calls(message.tool_calls, position)
+            pending.replace([(c["id"], c["function"]["name"]) for c in calls])
+            entry = {"role": "assistant", "content": text or None, "tool_calls": calls}
+        return [entry]
+    if message.tool_responses and message.content in ("", []):
+        return []  # it only carried tool results
+    if message.role == Role.user:
+        return [{"role": "user", "content": _user_content(message.content, where, inlined)}]
+    return [{"role": message.role.value, "content": inlined.inline(message.content, where)}]
+
+
+def openai_tools(tools: list[ToolDefinition]) -> list[dict[str, Any]]:
+    """Function definitions; the built-in tools get their description and argument schema when they have none."""
+    out = []
+    for tool in tools:
+        name = tool_name(tool)
+        builtin = BUILTIN_TOOLS.get(name)
+        description = tool.description or (builtin.description if builtin else None)
+        parameters = tool.parameters or (builtin.parameters if builtin else {"type": "object", "properties": {}})
+        function: dict[str, Any] = {"name": name, "parameters": parameters}
+        if description:
+            function["description"] = description
+        out.append({"type": "function", "function": function})
+    return out
+
+
+def openai_tool_choice(choice: str) -> str | dict[str, Any]:
+    if choice in ("auto", "none", "required"):
+        return choice
+    return {"type": "function", "function": {"name": choice}}
+
+
+def openai_response_format(value: ResponseFormat | None) -> dict[str, Any] | None:
+    if value is None or value.type == "text":
+        return None
+    if value.type == "json_object":
+        return {"type": "json_object"}
+    return {"type": "json_schema", "json_schema": {"name": _SCHEMA_NAME, "schema": value.json_schema}}
+
+
+def sampling_fields(params: SamplingParams, extensions: str, provider_name: str, provider: str) -> dict[str, Any]:
+    """OpenAI's sampling fields; top_k and the repetition penalty only as the server's extension fields."""
+    fields: dict[str, Any]
+    if params.strategy == "greedy":
+        fields = {"temperature": 0.0}
+    else:
+        fields = {"temperature": params.temperature, "top_p": params.top_p}
+    if params.seed is not None:
+        fields["seed"] = params.seed
+    # Ours, by our names; only what changes sampling (greedy ignores top_k).
+    extra: dict[str, Any] = {}
+    if params.strategy != "greedy" and params.top_k > 0:
+        extra["top_k"] = params.top_k
+    if params.repetition_penalty != 1.0:
+        extra["repetition_penalty"] = params.repetition_penalty
+    if extra and extensions == "none":
+        raise _bad(
+            f"sampling_params.{next(iter(extra))}",
+            f"{provider_name} sends no {' and '.join(extra)}: OpenAI's API has no such field and this provider is "
+            "configured with sampling_extensions: none. Leave them at their defaults (top_k 0, repetition_penalty "
+            "1.0), or set sampling_extensions to 'vllm' or 'llama.cpp' if the server takes them",
+            provider,
+        )
+    if extensions == "llama.cpp" and "repetition_penalty" in extra:
+        extra["repeat_penalty"] = extra.pop("repetition_penalty")
+    return fields | extra
+
+
+# ----------------------------------------------------------------------------------- response mapping
+
+
+def stop_reason(finish: str | None) -> StopReason:
+    if finish is None:
+        return StopReason.not_stopped
+    return StopReason.max_tokens if finish in _LENGTH_FINISH else StopReason.finished_ok
+
+
+def usage_of(usage: _UsageOut | None) -> Usage | None:
+    if usage is None or (usage.prompt_tokens is None and usage.completion_tokens is None):
+        return None
+    return Usage(prompt_tokens=usage.prompt_tokens or 0, completion_tokens=usage.completion_tokens or 0)
+
+
+def chat_logprobs(value: _ChatLogprobsOut | None) -> Logprobs | None:
+    if value is None or value.content is None:
+        return None
+    return Logprobs(
+        content=[
+            TokenLogprob(
+                token=t.token,
+                logprob=t.logprob,
+                top_logprobs=[TopLogprob(token=a.token, logprob=a.logprob) for a in t.top_logprobs or []],
+            )
+            for t in value.content
+        ]
+    )
+
+
+def completion_logprobs(value: _CompletionLogprobsOut | None) -> Logprobs | None:
+    """The legacy shape (parallel lists, alternatives as {token: logprob}), most likely alternative first."""
+    if value is None:
+        return None
+    tops = value.top_logprobs or []
+    content = []
+    for index, (token, logprob) in enumerate(zip(value.tokens, value.token_logprobs)):
+        if logprob is None:  # a prompt token echoed back has none
+            continue
+        alternatives = tops[index] if index < len(tops) and tops[index] else {}
+        ranked = sorted(alternatives.items(), key=lambda kv: -kv[1])
+        content.append(
+            TokenLogprob(token=token, logprob=logprob, top_logprobs=[TopLogprob(token=t, logprob=lp) for t, lp in ranked])
+        )
+    return Logprobs(content=content)
+
+
+@dataclass
+class _CallParts:
+    """A tool call as it arrives: its id, name and argument text (streamed in pieces)."""
+
+    id: str | None = None
+    name: str = ""
+    arguments: str = ""
+
+    def add(self, delta: _ToolCallOut) -> None:
+        self.id = self.id or delta.id
+        function = delta.function or _FunctionOut()
+        if function.name and not self.name:
+            self.name = function.name
+        if isinstance(function.arguments, dict):
+            self.arguments = json.dumps(function.arguments)
+        elif function.arguments:
+            self.arguments += function.arguments
+
+
+def tool_call_of(parts: _CallParts) -> ToolCall | str:
+    """The call, or (arguments that are not a JSON object) the call as text, so the answer is not lost."""
+    try:
+        arguments = json.loads(parts.arguments) if parts.arguments.strip() else {}
+    except json.JSONDecodeError:
+        arguments = None
+    if not isinstance(arguments, dict) or not parts.name:
+        return json.dumps({"name": parts.name, "arguments": parts.arguments}, ensure_ascii=False)
+    return ToolCall(tool_name=parts.name, arguments=arguments, call_id=parts.id)
+
+
+def _calls_and_text(calls: list[_CallParts]) -> tuple[list[ToolCall], list[str]]:
+    parsed = [tool_call_of(c) for c in calls]
+    return [c for c in parsed if isinstance(c, ToolCall)], [c for c in parsed if isinstance(c, str)]
+
+
+class _CallAccumulator:
+    """Streamed tool-call deltas, gathered by their index."""
+
+    def __init__(self) -> None:
+        self.calls: dict[int, _CallParts] = {}
+
+    def add(self, delta: _ToolCallOut) -> None:
+        index = delta.index
+        if index is None:  # servers that leave the index out: a new id starts a new call
+            known = {c.id for c in self.calls.values()}
+            last = max(self.calls, default=-1)
+            index = last + 1 if last < 0 or (delta.id and delta.id not in known) else last
+        self.calls.setdefault(index, _CallParts()).add(delta)
+
+    def in_order(self) -> list[_CallParts]:
+        return [self.calls[i] for i in sorted(self.calls)]
+
+
+# ------------------------------------------------------------------------------------------- provider
+
+
+class OpenAICompatInference:
+    """Satisfies ``llama_stack.apis.inference.Inference`` (rerank aside) on an OpenAI-compatible server."""
+
+    def __init__(self, config: OpenAICompatConfig, context: ProviderContext, service: OpenAICompatService):
+        self.config = config
+        self.provider_id = context.provider_id
+        self.service = service
+        self.models: dict[str, Model] = {}
+        self._served: list[_ModelOut] | None = None
+        self._listed = False
+        self._inliner = AttachmentInliner(config.attachments)
+        # Shared by every batch this provider runs: the server sees at most max_concurrency batch calls at once.
+        self._batch_slots = asyncio.Semaphore(config.max_concurrency)
+
+    # ------------------------------------------------------------------------------------- lifecycle
+    async def register_model(self, model: Model) -> None:
+        if model.model_type == "rerank":
+            raise ConfigError(
+                f"model '{model.model_id}': {self.service.name} cannot serve rerank models (OpenAI's API has no "
+                "rerank route); give it an llm or embedding model"
+            )
+        self.models[model.model_id] = model
+        if self.config.check_models:
+            await self._check_served(model)
+
+    async def shutdown(self) -> None:
+        await self.service.aclose()
+
+    async def _check_served(self, model: Model) -> None:
+        served = await self._served_models()
+        if served is None:
+            return
+        name = _vendor_name(model)
+        names = {n for m in served for n in (m.id, *m.aliases)}
+        if name in names or f"{name}:latest" in names:  # Ollama lists 'llama3' as 'llama3:latest'
+            return
+        listed = ", ".join(sorted(m.id for m in served)) or "none"
+        raise ConfigError(
+            f"model '{model.model_id}': {self.service.name} does not serve '{name}' (GET /models lists: {listed}); "
+            "fix the model's provider_model_id, or set check_models: false in the provider's config if the "
+            "server answers any model name (llama.cpp's server does)"
+        )
+
+    async def _served_models(self) -> list[_ModelOut] | None:
+        """The server's model list, read once; None when it cannot be read (the server may come up later)."""
+        if self._listed:
+            return self._served
+        self._listed = True
+        try:
+            answer = await self.service.json("GET", "/models")
+            self._served = self._parse(_ModelList, answer, "GET /models").data
+        except LlamaStackError as exc:
+            hint = " (does url end in /v1?)" if isinstance(exc, VendorStatusError) and exc.vendor_status == 404 else ""
+            log.warning("%s: not checking its models, the model list cannot be read%s: %s", self.service.name, hint, exc.message)
+        return self._served
+
+    # ------------------------------------------------------------------------------------- inference
+    async def chat_completion(
+        self, request: ChatCompletionRequest
+    ) -> ChatCompletionResponse | AsyncIterator[ChatCompletionResponseStreamChunk]:
+        model = self._model(request.model)
+        body = await self._chat_body(request, model)
+        if request.stream:
+            body.update(self._stream_fields())
+            with self._vendor_errors(model, "/chat/completions"):
+                events = await self.service.open_stream("POST", "/chat/completions", json_body=body)
+            return self._chat_chunks(events)
+        with self._vendor_errors(model, "/chat/completions"):
+            answer = await self.service.json("POST", "/chat/completions", json_body=body)
+        return self._chat_response(answer)
+
+    async def completion(
+        self, request: CompletionRequest
+    ) -> CompletionResponse | AsyncIterator[CompletionResponseStreamChunk]:
+        model = self._model(request.model)
+        body = await self._completion_body(request, model)
+        if request.stream:
+            body.update(self._stream_fields())
+            with self._vendor_errors(model, "/completions"):
+                events = await self.service.open_stream("POST", "/completions", json_body=body)
+            return self._completion_chunks(events)
+        with self._vendor_errors(model, "/completions"):
+            answer = await self.service.json("POST", "/completions", json_body=body)
+        return self._completion_response(answer)
+
+    async def batch_completion(self, request: BatchCompletionRequest) -> list[CompletionResponse]:
+        shared = request.model_dump(exclude={"content_batch"})
+        singles = [CompletionRequest(content=content, stream=False, **shared) for content in request.content_batch]
+        return await self._fan_out([lambda r=r: self.completion(r) for r in singles])  # type: ignore[misc]
+
+    async def batch_chat_completion(self, request: BatchChatCompletionRequest) -> list[ChatCompletionResponse]:
+        shared = request.model_dump(exclude={"batch_dialogs"})
+        singles = [ChatCompletionRequest(dialog=dialog, stream=False, **shared) for dialog in request.batch_dialogs]
+        return await self._fan_out([lambda r=r: self.chat_completion(r) for r in singles])  # type: ignore[misc]
+
+    async def embeddings(self, request: EmbeddingsRequest) -> EmbeddingsResponse:
+        model = self._model(request.model)
+        body = {"model": _vendor_name(model), "input": list(request.contents), "encoding_format": "float"}
+        with self._vendor_errors(model, "/embeddings"):
+            answer = await self.service.json("POST", "/embeddings", json_body=body)
+        data = sorted(self._parse(_EmbeddingsAnswer, answer, "POST /embeddings").data, key=lambda d: d.index)
+        if [d.index for d in data] != list(range(len(request.contents))):
+            raise ProviderError(
+                f"{self.service.name} answered {len(data)} embeddings (indices {[d.index for d in data]}) for "
+                f"{len(request.contents)} texts",
+                provider=self.provider_id,
+            )
+        return EmbeddingsResponse(embeddings=[d.embedding for d in data])
+
+    # ----------------------------------------------------------------------------- request bodies
+    def _model(self, model_id: str) -> Model:
+        model = self.models.get(model_id)
+        if model is None:
+            raise NotFoundError(
+                f"{self.service.name} has no model '{model_id}' registered", provider=self.provider_id, param="model"
+            )
+        return model
+
+    async def _inlined(self, pieces: list[_Piece], model: Model) -> InlinedAttachments:
+        return await self._inliner.fetch(_text_attachments(pieces, self.provider_id), model=model.model_id)
+
+    async def _chat_body(self, request: ChatCompletionRequest, model: Model) -> dict[str, Any]:
+        fields = self._generation_fields(request)  # refusals first, before any attachment is fetched
+        inlined = await self._inlined(_dialog_pieces(request.dialog), model)
+        body: dict[str, Any] = {
+            "model": _vendor_name(model),
+            "messages": openai_messages(request.dialog, inlined, self.provider_id),
+            **fields,
+        }
+        if request.max_tokens:
+            body["max_tokens"] = request.max_tokens
+        if request.logprobs:
+            body["logprobs"] = True
+            if request.top_logprobs:
+                body["top_logprobs"] = request.top_logprobs
+        if request.available_tools:
+            body["tools"] = openai_tools(request.available_tools)
+            body["tool_choice"] = openai_tool_choice(request.tool_choice)
+        return body
+
+    async def _completion_body(self, request: CompletionRequest, model: Model) -> dict[str, Any]:
+        fields = self._generation_fields(request)
+        inlined = await self._inlined([_Piece(request.content, "content", _TEXT_PROMPT_ONLY)], model)
+        return {
+            "model": _vendor_name(model),
+            "prompt": inlined.inline(request.content, "content"),
+            **fields,
+            "max_tokens": request.max_tokens or self.config.completion_max_tokens,
+            # The legacy route's logprobs is the number of alternatives per token.
+            **({"logprobs": request.top_logprobs} if request.logprobs else {}),
+        }
+
+    def _generation_fields(self, request: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
+        fields = sampling_fields(
+            request.sampling_params, self.config.sampling_extensions, self.service.name, self.provider_id
+        )
+        if request.stop:
+            fields["stop"] = list(request.stop)
+        response_format = openai_response_format(request.response_format)
+        if response_format is not None:
+            fields["response_format"] = response_format
+        return fields
+
+    def _stream_fields(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {"stream": True}
+        if self.config.stream_usage:
+            fields["stream_options"] = {"include_usage": True}
+        return fields
+
+    # ---------------------------------------------------------------------------------- answers
+    def _parse(self, shape: type[T], payload: Any, what: str) -> T:
+        try:
+            return shape.model_validate(payload)  # type: ignore[attr-defined,no-any-return]
+        except PydanticValidationError as exc:
+            error = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in error["loc"]) or "the body"
+            raise ProviderError(
+                f"{self.service.name} answered {what} in an unexpected shape ({where}: {error['msg']})",
+                provider=self.provider_id,
+            ) from None
+
+    def _first(self, choices: list[Any], what: str) -> Any:
+        choice = next((c for c in choices if c.index == 0), None)
+        if choice is None:
+            raise ProviderError(f"{self.service.name} answered {what} without a choice", provider=self.provider_id)
+        return choice
+
+    def _chat_response(self, payload: Any) -> ChatCompletionResponse:
+        answer = self._parse(_ChatAnswer, payload, "POST /chat/completions")
+        choice = self._first(answer.choices, "POST /chat/completions")
+        collected = _CallAccumulator()
+        for delta in choice.message.tool_calls or []:
+            collected.add(delta)
+        calls, unreadable = _calls_and_text(collected.in_order())
+        text = "\n".join(filter(None, [choice.message.content or "", *unreadable]))
+        return ChatCompletionResponse(
+            content=text,
+            tool_calls=calls,
+            stop_reason=stop_reason(choice.finish_reason or "stop"),
+            logprobs=chat_logprobs(choice.logprobs),
+            usage=usage_of(answer.usage),
+        )
+
+    def _completion_response(self, payload: Any) -> CompletionResponse:
+        answer = self._parse(_CompletionAnswer, payload, "POST /completions")
+        choice = self._first(answer.choices, "POST /completions")
+        return CompletionResponse(
+            content=choice.text or "",
+            stop_reason=stop_reason(choice.finish_reason or "stop"),
+            logprobs=completion_logprobs(choice.logprobs),
+            usage=usage_of(answer.usage),
+        )
+
+    async def _chat_chunks(self, events: AsyncIterator[Any]) -> AsyncIterator[ChatCompletionResponseStreamChunk]:
+        """Text as it comes; the tool calls, gathered from their deltas, in order at the end; then the stop."""
+        collected = _CallAccumulator()
+        finish: str | None = None
+        usage: Usage | None = None
+        try:
+            async for event in events:
+                chunk = self._parse(_ChatChunk, event, "a chat stream event")
+                usage = usage_of(chunk.usage) or usage
+                for choice in chunk.choices:
+                    if choice.index != 0:
+                        continue
+                    delta = choice.delta or _DeltaOut()
+                    for call in delta.tool_calls or []:
+                        collected.add(call)
+                    logprobs = chat_logprobs(choice.logprobs)
+                    if delta.content or logprobs:
+                        yield ChatCompletionResponseStreamChunk(text_delta=delta.content or "", logprobs=logprobs)
+                    finish = choice.finish_reason or finish
+        finally:
+            await _aclose(events)
+        calls, unreadable = _calls_and_text(collected.in_order())
+        for text in unreadable:
+            yield ChatCompletionResponseStreamChunk(text_delta=text)
+        for index, call in enumerate(calls):
+            yield ChatCompletionResponseStreamChunk(text_delta="", tool_call=call, tool_call_index=index)
+        yield ChatCompletionResponseStreamChunk(text_delta="", stop_reason=stop_reason(finish or "stop"), usage=usage)
+
+    async def _completion_chunks(self, events: AsyncIterator[Any]) -> AsyncIterator[CompletionResponseStreamChunk]:
+        finish: str | None = None
+        usage: Usage | None = None
+        try:
+            async for event in events:
+                chunk = self._parse(_CompletionAnswer, event, "a completion stream event")
+                usage = usage_of(chunk.usage) or usage
+                for choice in chunk.choices:
+                    if choice.index != 0:
+                        continue
+                    logprobs = completion_logprobs(choice.logprobs)
+                    if choice.text or (logprobs and logprobs.content):
+                        yield CompletionResponseStreamChunk(text_delta=choice.text or "", logprobs=logprobs)
+                    finish = choice.finish_reason or finish
+        finally:
+            await _aclose(events)
+        yield CompletionResponseStreamChunk(text_delta="", stop_reason=stop_reason(finish or "stop"), usage=usage)
+
+    # ------------------------------------------------------------------------------------ helpers
+    @contextmanager
+    def _vendor_errors(self, model: Model, path: str) -> Iterator[None]:
+        """The server's statuses that say something about the request, as the errors that say it."""
+        try:
+            yield
+        except VendorStatusError as exc:
+            raise self._mapped(exc, model, path) from None
+
+    def _mapped(self, exc: VendorStatusError, model: Model, path: str) -> LlamaStackError:
+        name = self.service.name
+        if exc.vendor_status == 404:
+            return NotFoundError(
+                f"{name} does not serve model '{_vendor_name(model)}' (the model '{model.model_id}' of this "
+                f"distribution) or the route {path} (404): {exc.vendor_message}. Check the model's "
+                "provider_model_id against the server's GET /models, and that the provider's url ends in /v1",
+                provider=self.provider_id,
+                code="model_not_found",
+            )
+        if exc.vendor_status == 501:
+            return NotSupportedError(f"{name} does not support this request (501 on {path}): {exc.vendor_message}", provider=self.provider_id)
+        if exc.vendor_status in (401, 403) and not self.service.api_key()[0]:
+            return ProviderError(
+                f"{name} wants an API key ({exc.vendor_status} on {path}) and none was given: set api_key in the "
+                f"provider's config or ${ENV_VAR}, or send {{\"{PROVIDER_DATA_KEY}\": \"...\"}} in the "
+                "X-LlamaStack-Provider-Data header (and api_key_required: true to refuse requests without one)",
+                provider=self.provider_id,
+                code="provider_auth_failed",
+            )
+        return exc
+
+    async def _fan_out(self, calls: list[Callable[[], Awaitable[T]]]) -> list[T]:
+        """Run the calls at most max_concurrency at once; answers in input order, or the first failure."""
+
+        async def run(call: Callable[[], Awaitable[T]]) -> T:
+            async with self._batch_slots:
+                return await call()
+
+        tasks = [asyncio.ensure_future(run(call)) for call in calls]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for task in tasks:
+                task.cancel()  # a no-op for the finished ones; the rest are moot once one failed
+            await asyncio.gather(*tasks, return_exceptions=True)
+        failed = next((t.exception() for t in tasks if not t.cancelled() and t.exception() is not None), None)
+        if failed is not None:
+            raise failed
+        return [task.result() for task in tasks]
+
+
+def _vendor_name(model: Model) -> str:
+    return model.provider_model_id or model.model_id
+
+
+async def _aclose(events: AsyncIterator[Any]) -> None:
+    aclose = getattr(events, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+async def build(
+    config: OpenAICompatConfig, context: ProviderContext, transport: httpx.AsyncBaseTransport | None = None
+) -> OpenAICompatInference:
+    return OpenAICompatInference(config, context, OpenAICompatService(config, context, transport))
