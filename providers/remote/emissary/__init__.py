@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Callable
 
 from llama_stack.plugins import ProviderSpec, hookimpl
+from llama_stack.providers.utils.remote import remote_provider_specs
 
 from .config import EmissaryInferenceConfig, EmissaryPostTrainingConfig, EmissaryRewardScoringConfig, EmissarySafetyConfig
 
@@ -16,24 +17,16 @@ PROVIDER_TYPE = "remote::emissary"
 _MODULE = "llama_stack.providers.remote.emissary"
 
 _APIS = (
-    ("inference", EmissaryInferenceConfig, "inference",
+    ("inference", EmissaryInferenceConfig,
      "Chat and text completion (streaming emulated), embeddings, and fine-tuned models through deployments."),
-    ("safety", EmissarySafetyConfig, "safety", "Shields through a classification deployment."),
-    ("reward_scoring", EmissaryRewardScoringConfig, "reward_scoring", "Scores generations with a classifier."),
-    ("post_training", EmissaryPostTrainingConfig, "post_training",
+    ("safety", EmissarySafetyConfig, "Shields through a classification deployment."),
+    ("reward_scoring", EmissaryRewardScoringConfig, "Scores generations with a classifier."),
+    ("post_training", EmissaryPostTrainingConfig,
      "Supervised fine-tuning jobs (and GRPO as an extension), their checkpoints and cancel."),
 )
 
 
 @hookimpl
 def register_providers(register: Callable[[ProviderSpec], None]) -> None:
-    for api, config_class, module, description in _APIS:
-        register(
-            ProviderSpec(
-                api=api,
-                provider_type=PROVIDER_TYPE,
-                config_class=config_class,
-                factory=f"{_MODULE}.{module}:build",
-                description=description,
-            )
-        )
+    for spec in remote_provider_specs(PROVIDER_TYPE, _MODULE, _APIS):
+        register(spec)

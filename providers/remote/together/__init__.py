@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 from llama_stack.plugins import ProviderSpec, hookimpl
+from llama_stack.providers.utils.remote import remote_provider_specs
 
 from .config import (
     TogetherInferenceConfig,
@@ -23,26 +24,18 @@ PROVIDER_TYPE = "remote::together"
 _MODULE = "llama_stack.providers.remote.together"
 
 _APIS = (
-    ("inference", TogetherInferenceConfig, "inference",
+    ("inference", TogetherInferenceConfig,
      "Chat and text completion (streaming, tools, logprobs), embeddings and rerank on Together's models."),
-    ("safety", TogetherSafetyConfig, "safety", "llama_guard shields through a Together moderation model."),
-    ("post_training", TogetherPostTrainingConfig, "post_training",
+    ("safety", TogetherSafetyConfig, "llama_guard shields through a Together moderation model."),
+    ("post_training", TogetherPostTrainingConfig,
      "Supervised fine-tuning (full, LoRA) and DPO as Together fine-tuning jobs, with file upload."),
-    ("reward_scoring", TogetherRewardScoringConfig, "reward_scoring", "Scores generations with a judge prompt."),
-    ("tool_runtime", TogetherToolRuntimeConfig, "tool_runtime",
+    ("reward_scoring", TogetherRewardScoringConfig, "Scores generations with a judge prompt."),
+    ("tool_runtime", TogetherToolRuntimeConfig,
      "image_gen through Together's image models, code_interpreter through its code execution sandbox."),
 )
 
 
 @hookimpl
 def register_providers(register: Callable[[ProviderSpec], None]) -> None:
-    for api, config_class, module, description in _APIS:
-        register(
-            ProviderSpec(
-                api=api,
-                provider_type=PROVIDER_TYPE,
-                config_class=config_class,
-                factory=f"{_MODULE}.{module}:build",
-                description=description,
-            )
-        )
+    for spec in remote_provider_specs(PROVIDER_TYPE, _MODULE, _APIS):
+        register(spec)

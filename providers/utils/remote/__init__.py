@@ -2,6 +2,7 @@
 timeouts, retries (exponential backoff with jitter) and errors that name the provider."""
 
 from .config import RemoteServiceConfig
-from .service import RemoteService, VendorStatusError
+from .registration import remote_provider_specs
+from .service import RemoteService, Vendor, VendorStatusError
 
-__all__ = ["RemoteService", "RemoteServiceConfig", "VendorStatusError"]
+__all__ = ["RemoteService", "RemoteServiceConfig", "Vendor", "VendorStatusError", "remote_provider_specs"]

@@ -16,7 +16,8 @@ import logging
 import os
 import random
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from httpx_sse import EventSource, SSEError
@@ -33,6 +34,9 @@ from llama_stack.request_context import provider_data
 
 from .config import RemoteServiceConfig
 
+if TYPE_CHECKING:
+    from llama_stack.plugins import ProviderContext
+
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({429, 503, 504})
@@ -40,6 +44,32 @@ MAX_BACKOFF = 8.0
 # Connection failures after which the request may have reached the vendor: retried only when repeating it
 # cannot do anything twice (every inference call; not creating a fine-tuning job).
 DROPPED = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
+
+@dataclass(frozen=True)
+class Vendor:
+    """How one vendor's API is reached: its name in messages, where its key comes from, how the key is sent."""
+
+    name: str
+    env_var: str
+    provider_data_key: str
+    auth_headers: Callable[[str], dict[str, str]]
+
+    def service(
+        self,
+        config: RemoteServiceConfig,
+        context: "ProviderContext",
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> "RemoteService":
+        return RemoteService(
+            provider_id=context.provider_id,
+            vendor=self.name,
+            config=config,
+            env_var=self.env_var,
+            provider_data_key=self.provider_data_key,
+            auth_headers=self.auth_headers,
+            transport=transport,
+        )
 
 
 class VendorStatusError(ProviderError):
