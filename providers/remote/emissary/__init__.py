@@ -1,7 +1,7 @@
 """remote::emissary: Emissary's API behind inference, safety, reward scoring and post-training.
 
 Only declarations here; each API's adapter is imported when a distribution selects it (httpx only: no
-torch, faiss or llama.cpp). See docs/providers/emissary.md.
+torch, faiss or llama.cpp). See docs/providers/README.md (emissary-*.md).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Only declarations here; each API's adapter is imported when a distribution selects it. The adapters need
 nothing beyond the runtime's core dependencies (httpx), so a remote-only install pulls in no torch, faiss
-or llama.cpp. See docs/providers/together.md.
+or llama.cpp. See docs/providers/README.md (together-*.md).
 """
 
 from __future__ import annotations
