@@ -7,10 +7,6 @@ The fake's jobs move only when a test calls ``emissary_training.advance``, so ev
 
 from __future__ import annotations
 
-import base64
-import json
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +19,9 @@ from fakes.vendor_server import Fault
 from llama_stack.apis.errors import BadRequestError, ConflictError, NotFoundError, NotSupportedError, ProviderError
 from llama_stack.apis.post_training import PostTrainingJobStatus
 from llama_stack.client import LlamaStackClient
-from remote.conftest import FAST_RETRIES, write_distribution
-from support import free_port, llama_stack_command, wait_for_health
+from remote.conftest import write_distribution
+from remote.serving import serving
+from remote.training_support import TrainingProvider, inline_dataset, jsonl, training_config, training_request
 
 BASE = "Llama-3.2-1B-Instruct"
 TRAIN_ROWS = [
@@ -35,65 +32,36 @@ TEST_ROWS = [{"prompt": "2 + 2?", "completion": "4"}]
 MAX_BYTES = 5 * 1024 * 1024
 
 
-def jsonl(rows: list[dict[str, Any]]) -> bytes:
-    return b"".join(json.dumps(row).encode() + b"\n" for row in rows)
-
-
 def dataset(content: bytes) -> dict[str, Any]:
-    return {"columns": {"prompt": "text", "completion": "text"}, "content_url": "data:application/jsonl;base64," + base64.b64encode(content).decode()}
+    return inline_dataset(content, {"prompt": "text", "completion": "text"})
 
 
-TRAINING_CONFIG = {
-    "n_epochs": 3, "batch_size": 2, "shuffle": True, "n_iters": 100, "enable_activation_checkpointing": False,
-    "memory_efficient_fsdp_wrap": False, "fsdp_cpu_offload": False,
-}
+TRAINING_CONFIG = training_config(batch_size=2)
 OPTIMIZER_CONFIG = {"optimizer_type": "adamw", "lr": 2e-4, "lr_min": 0.0, "weight_decay": 0.0}
 LORA = {"lora_attn_modules": ["q_proj", "v_proj"], "apply_lora_to_mlp": False, "apply_lora_to_output": False, "rank": 8, "alpha": 16}
 
 
-def sft(job_uuid: str, **overrides: Any) -> dict[str, Any]:
-    request = {
-        "job_uuid": job_uuid,
-        "model": BASE,
-        "dataset": dataset(jsonl(TRAIN_ROWS)),
-        "validation_dataset": dataset(jsonl(TEST_ROWS)),
-        "algorithm": "lora",
-        "algorithm_config": dict(LORA),
-        "optimizer_config": dict(OPTIMIZER_CONFIG),
-        "training_config": dict(TRAINING_CONFIG),
+def data_and_configs() -> dict[str, Any]:
+    return {
+        "dataset": dataset(jsonl(TRAIN_ROWS)), "validation_dataset": dataset(jsonl(TEST_ROWS)),
+        "optimizer_config": OPTIMIZER_CONFIG, "training_config": TRAINING_CONFIG,
     }
-    request.update(overrides)
-    return request
+
+
+def sft(job_uuid: str, **overrides: Any) -> dict[str, Any]:
+    fields = {"model": BASE, "algorithm": "lora", "algorithm_config": LORA, **data_and_configs()}
+    return training_request(job_uuid, fields, overrides)
 
 
 def grpo(job_uuid: str, finetuned_model: str, rewards: dict[str, float] | None = None, **overrides: Any) -> dict[str, Any]:
-    request = {
-        "job_uuid": job_uuid,
-        "finetuned_model": finetuned_model,
-        "dataset": dataset(jsonl(TRAIN_ROWS)),
-        "validation_dataset": dataset(jsonl(TEST_ROWS)),
-        "algorithm": "grpo",
-        "algorithm_config": {"reward_functions": rewards or {"similarity_score_shared": 1.0}, "num_generations": 6},
-        "optimizer_config": dict(OPTIMIZER_CONFIG),
-        "training_config": dict(TRAINING_CONFIG),
-    }
-    request.update(overrides)
-    return request
+    grpo_config = {"reward_functions": rewards or {"similarity_score_shared": 1.0}, "num_generations": 6}
+    fields = {"finetuned_model": finetuned_model, "algorithm": "grpo", "algorithm_config": grpo_config, **data_and_configs()}
+    return training_request(job_uuid, fields, overrides)
 
 
-def post_training(emissary: Any, **config: Any) -> dict[str, Any]:
-    settings = {"url": emissary.url, "api_key": API_KEY, **FAST_RETRIES, **config}
-    return {"post_training": [{"provider_id": "emissary-ft", "provider_type": "remote::emissary", "config": settings}]}
-
-
-@pytest.fixture(autouse=True)
-def fresh(emissary: Any) -> None:
-    training.reset(emissary)
-
-
-@pytest.fixture
-async def client(emissary, start_stack) -> LlamaStackClient:
-    return await start_stack(post_training(emissary))
+EMISSARY = TrainingProvider("emissary", "remote::emissary", "emissary-ft", API_KEY, training.reset)
+post_training = EMISSARY.providers
+fresh, client = EMISSARY.fixtures()
 
 
 def created(emissary: Any, route: str = "training-jobs") -> list[dict[str, Any]]:
@@ -449,20 +417,8 @@ async def test_jobs_survive_a_restart_on_the_same_storage(emissary, start_stack)
 # ---------------------------------------------------------------------------------------- real server
 @pytest.mark.slow
 async def test_grpo_through_a_server_process(emissary, tmp_path: Path):
-    config = {"url": emissary.url, "api_key": API_KEY, **FAST_RETRIES, "preference_model": BASE}
-    path = write_distribution(
-        tmp_path, {"post_training": [{"provider_id": "emissary-ft", "provider_type": "remote::emissary", "config": config}]}
-    )
-    port = free_port()
-    process = subprocess.Popen(
-        [*llama_stack_command(), "run", str(path), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=os.environ | {"PYTHONUNBUFFERED": "1"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_health(url, process, timeout=60)
+    path = write_distribution(tmp_path, post_training(emissary, preference_model=BASE))
+    with serving(path, health_timeout=60) as url:
         async with LlamaStackClient.http(url) as client:
             job = await client.post_training.preference_optimize(**grpo("served-grpo", "https://example.com/base"))
             training.advance(emissary, training.job_by_name(emissary, "served-grpo")["id"])
@@ -470,9 +426,6 @@ async def test_grpo_through_a_server_process(emissary, tmp_path: Path):
             with pytest.raises(BadRequestError, match="5 MiB"):
                 big = dataset(b"x" * (MAX_BYTES + 1))
                 await client.post_training.supervised_fine_tune(**sft("served-big", dataset=big))
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
     assert job.job_uuid == "served-grpo"
     assert status.status == PostTrainingJobStatus.running and [c.iters for c in status.checkpoints] == [1]
     assert created(emissary, "training-jobs/grpo")[0]["reward"] == {"similarity_score_shared": 1.0}

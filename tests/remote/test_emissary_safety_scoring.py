@@ -4,8 +4,6 @@ client against the fake Emissary API (and once through a server process)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 from typing import Any
 
 import pytest
@@ -15,7 +13,7 @@ from fakes.vendor_server import Fault
 from llama_stack.apis.errors import BadRequestError, NotFoundError, NotSupportedError, ProviderError, ServiceUnavailableError
 from llama_stack.client import LlamaStackClient
 from remote.conftest import FAST_RETRIES, write_distribution
-from support import free_port, llama_stack_command, wait_for_health
+from remote.serving import serving
 
 CLASSIFIER = "safety-classifier-deployment"
 REWARD = "reward-classifier-deployment"
@@ -229,21 +227,8 @@ def test_shields_and_scores_through_a_server_process(emissary, tmp_path):
         **emissary_api("safety", emissary, classifier=CLASSIFIER),
         **emissary_api("reward_scoring", emissary, provider_id="emissary-reward"),
     }
-    path = write_distribution(tmp_path, providers)
-    port = free_port()
-    process = subprocess.Popen(
-        [*llama_stack_command(), "run", str(path), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=os.environ | {"PYTHONUNBUFFERED": "1"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_health(url, process)
+    with serving(write_distribution(tmp_path, providers)) as url:
         asyncio.run(_drive_server(url))
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 async def _drive_server(url: str) -> None:

@@ -6,10 +6,6 @@ The fake's jobs move only when a test calls ``together_fine_tunes.advance``, so 
 
 from __future__ import annotations
 
-import base64
-import json
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +28,8 @@ from llama_stack.apis.post_training import PostTrainingJobStatus
 from llama_stack.client import LlamaStackClient
 from llama_stack.providers.utils.remote.datasets import DatasetReader, DatasetSourceConfig
 from remote.conftest import FAST_RETRIES, write_distribution
-from support import free_port, llama_stack_command, wait_for_health
+from remote.serving import serving
+from remote.training_support import TrainingProvider, data_url, inline_dataset, jsonl, training_config, training_request
 
 TRAIN_ROWS = [
     {"messages": [{"role": "user", "content": "What is 1 + 1?"}, {"role": "assistant", "content": "2"}]},
@@ -48,73 +45,37 @@ PREFERENCE_ROWS = [
 ]
 
 
-def jsonl(rows: list[dict[str, Any]]) -> bytes:
-    return b"".join(json.dumps(row).encode() + b"\n" for row in rows)
-
-
-def data_url(content: bytes) -> str:
-    return "data:application/jsonl;base64," + base64.b64encode(content).decode()
-
-
 def dataset(content: bytes) -> dict[str, Any]:
-    return {"columns": {"messages": "dialog"}, "content_url": data_url(content)}
+    return inline_dataset(content, {"messages": "dialog"})
 
 
-TRAINING_CONFIG = {
-    "n_epochs": 3, "batch_size": 8, "shuffle": True, "n_iters": 100, "enable_activation_checkpointing": False,
-    "memory_efficient_fsdp_wrap": False, "fsdp_cpu_offload": False,
-}
+TRAINING_CONFIG = training_config(batch_size=8)
 OPTIMIZER_CONFIG = {"optimizer_type": "adamw", "lr": 1e-4, "lr_min": 1e-5, "weight_decay": 0.01}
 LORA = {"lora_attn_modules": ["q_proj", "k_proj", "v_proj", "output_proj"], "apply_lora_to_mlp": True, "apply_lora_to_output": False, "rank": 16, "alpha": 32}
 
 
 def sft(job_uuid: str, **overrides: Any) -> dict[str, Any]:
-    request = {
-        "job_uuid": job_uuid,
-        "model": LLAMA_8B,
-        "dataset": dataset(jsonl(TRAIN_ROWS)),
-        "validation_dataset": dataset(jsonl(VALIDATION_ROWS)),
-        "algorithm": "lora",
-        "algorithm_config": dict(LORA),
-        "optimizer_config": dict(OPTIMIZER_CONFIG),
-        "training_config": dict(TRAINING_CONFIG),
+    """A LoRA SFT request; an override of a config changes only the keys it names."""
+    fields = {
+        "model": LLAMA_8B, "dataset": dataset(jsonl(TRAIN_ROWS)), "validation_dataset": dataset(jsonl(VALIDATION_ROWS)),
+        "algorithm": "lora", "algorithm_config": LORA, "optimizer_config": OPTIMIZER_CONFIG, "training_config": TRAINING_CONFIG,
     }
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(request.get(key), dict) and key not in ("dataset", "validation_dataset"):
-            request[key] = {**request[key], **value}
-        else:
-            request[key] = value
-    return request
+    return training_request(job_uuid, fields, overrides, merge=True)
 
 
 def dpo(job_uuid: str, finetuned_model: str, **overrides: Any) -> dict[str, Any]:
-    request = {
-        "job_uuid": job_uuid,
-        "finetuned_model": finetuned_model,
-        "dataset": dataset(jsonl(PREFERENCE_ROWS)),
-        "validation_dataset": dataset(jsonl(PREFERENCE_ROWS)),
-        "algorithm": "dpo",
+    preferences = dataset(jsonl(PREFERENCE_ROWS))
+    fields = {
+        "finetuned_model": finetuned_model, "dataset": preferences, "validation_dataset": preferences, "algorithm": "dpo",
         "algorithm_config": {"reward_scale": 1.0, "reward_clip": 5.0, "epsilon": 0.1, "gamma": 0.99},
-        "optimizer_config": dict(OPTIMIZER_CONFIG),
-        "training_config": dict(TRAINING_CONFIG),
+        "optimizer_config": OPTIMIZER_CONFIG, "training_config": TRAINING_CONFIG,
     }
-    request.update(overrides)
-    return request
+    return training_request(job_uuid, fields, overrides)
 
 
-def post_training(together: Any, **config: Any) -> dict[str, Any]:
-    settings = {"url": together.url, "api_key": API_KEY, **FAST_RETRIES, **config}
-    return {"post_training": [{"provider_id": "together-ft", "provider_type": "remote::together", "config": settings}]}
-
-
-@pytest.fixture(autouse=True)
-def fresh(together: Any) -> None:
-    fine_tunes.reset(together)
-
-
-@pytest.fixture
-async def client(together, start_stack) -> LlamaStackClient:
-    return await start_stack(post_training(together))
+TOGETHER = TrainingProvider("together", "remote::together", "together-ft", API_KEY, fine_tunes.reset)
+post_training = TOGETHER.providers
+fresh, client = TOGETHER.fixtures()
 
 
 def created(together: Any) -> list[dict[str, Any]]:
@@ -554,48 +515,25 @@ async def test_fine_tuning_through_a_server_process_and_after_its_restart(togeth
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     (data_dir / "train.jsonl").write_bytes(jsonl(TRAIN_ROWS))
-    config = {"url": together.url, "api_key": API_KEY, **FAST_RETRIES, "datasets": {"file_roots": [str(data_dir)]}}
-    path = write_distribution(
-        tmp_path, {"post_training": [{"provider_id": "together-ft", "provider_type": "remote::together", "config": config}]}
-    )
+    path = write_distribution(tmp_path, post_training(together, datasets={"file_roots": [str(data_dir)]}))
     file_dataset = {"columns": {"messages": "dialog"}, "content_url": (data_dir / "train.jsonl").as_uri()}
 
-    def serve() -> tuple[subprocess.Popen[bytes], str]:
-        port = free_port()
-        process = subprocess.Popen(
-            [*llama_stack_command(), "run", str(path), "--port", str(port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env=os.environ | {"PYTHONUNBUFFERED": "1"},
-        )
-        url = f"http://127.0.0.1:{port}"
-        wait_for_health(url, process, timeout=60)
-        return process, url
-
-    process, url = serve()
-    try:
+    with serving(path, health_timeout=60) as url:
         async with LlamaStackClient.http(url) as client:
             await client.post_training.supervised_fine_tune(**sft("served", dataset=file_dataset, validation_dataset=file_dataset))
             with pytest.raises(NotSupportedError):
                 await client.post_training.supervised_fine_tune(**sft("served-qlora", algorithm="qlora"))
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
     assert fine_tunes.file_content(together, created(together)[0]["training_file"]) == jsonl(TRAIN_ROWS)
     job_id = fine_tunes.job_by_suffix(together, "served")["id"]
     fine_tunes.advance(together, job_id)
     fine_tunes.advance(together, job_id)
 
-    process, url = serve()
-    try:
+    with serving(path, health_timeout=60) as url:
         async with LlamaStackClient.http(url) as client:
             status = await client.post_training.get_training_job_status(job_uuid="served")
             logs = await client.post_training.get_training_job_logs(job_uuid="served")
             with pytest.raises(NotFoundError):
                 await client.post_training.get_training_job_artifacts(job_uuid="never-started")
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
     assert status.status == PostTrainingJobStatus.running
     assert [c.iters for c in status.checkpoints] == [50]
     assert logs.log_lines[-1].endswith("checkpoint_save step=50/100: Checkpoint saved at step 50")

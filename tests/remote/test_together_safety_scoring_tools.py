@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
-import subprocess
 from typing import Any
 
 import pytest
@@ -22,10 +20,11 @@ from llama_stack.apis.errors import (
     ServiceUnavailableError,
 )
 from llama_stack.client import LlamaStackClient
-from llama_stack.providers.remote.together.reward_scoring import bounded_all, parse_score
-from support import free_port, llama_stack_command, wait_for_health
+from llama_stack.providers.remote.together.reward_scoring import parse_score
+from llama_stack.providers.utils.remote.fan_out import fan_out
 
 from remote.conftest import FAST_RETRIES, write_distribution
+from remote.serving import serving
 
 GUARD = "meta-llama/Meta-Llama-Guard-3-8B"
 JUDGE = "fake/judge-70b"
@@ -294,7 +293,7 @@ def test_judge_answers_are_parsed_tolerantly_but_only_within_0_to_10(answer, sco
     assert parse_score(answer) == score
 
 
-async def test_bounded_all_keeps_order_and_the_limit():
+async def test_the_judge_fan_out_keeps_order_and_the_limit():
     in_flight, peak = 0, 0
 
     def call(value: int):
@@ -309,7 +308,7 @@ async def test_bounded_all_keeps_order_and_the_limit():
 
         return run
 
-    assert await bounded_all([call(i) for i in range(7)], limit=2) == list(range(7))
+    assert await fan_out([call(i) for i in range(7)], lambda run: run(), limit=2) == list(range(7))
     assert peak == 2
 
 
@@ -469,21 +468,8 @@ def test_safety_and_tools_through_a_server_process(together, tmp_path):
         **together_api("tool_runtime", together, provider_id="together-tools"),
         **together_api("reward_scoring", together, provider_id="together-judge", judge_model=JUDGE),
     }
-    path = write_distribution(tmp_path, providers)
-    port = free_port()
-    process = subprocess.Popen(
-        [*llama_stack_command(), "run", str(path), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=os.environ | {"PYTHONUNBUFFERED": "1"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_health(url, process)
+    with serving(write_distribution(tmp_path, providers)) as url:
         asyncio.run(_drive_server(url))
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
     assert len(together.calls("POST", r"/v1/chat/completions")) == 2
     assert len(together.calls("POST", r"/v1/tci/execute")) == 1
 

@@ -11,40 +11,36 @@ cancel keep working across restarts. See docs/providers/together-post-training.m
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import re
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
 from llama_stack.apis.datasets import Dataset
-from llama_stack.apis.errors import BadRequestError, NotFoundError, NotSupportedError, ProviderError
+from llama_stack.apis.errors import BadRequestError, NotSupportedError, ProviderError
 from llama_stack.apis.post_training import (
-    CancelTrainingJobRequest,
     Checkpoint,
     FinetuningAlgorithm,
     OptimizerConfig,
     PostTrainingJob,
-    PostTrainingJobArtifactsResponse,
-    PostTrainingJobInfo,
-    PostTrainingJobLogStream,
     PostTrainingJobStatus,
-    PostTrainingJobStatusResponse,
     PostTrainingRLHFRequest,
     PostTrainingSFTRequest,
     RLHFAlgorithm,
     TrainingConfig,
 )
 from llama_stack.plugins import ProviderContext
-from llama_stack.providers.utils.remote import RemoteService, VendorStatusError
-from llama_stack.providers.utils.remote.datasets import DatasetReader, check_jsonl, file_extension
+from llama_stack.providers.utils.remote import VendorStatusError
+from llama_stack.providers.utils.remote.datasets import check_jsonl, file_extension, read_training_data, upload_name
+from llama_stack.providers.utils.remote.hugging_face import hugging_face_repo
 from llama_stack.providers.utils.remote.training_jobs import (
+    RemotePostTraining,
     TrainingJobRecord,
-    TrainingJobStore,
-    parse_timestamp,
-    refuse_unsupported_common,
+    TrainingRequest,
+    in_step_order,
+    step_number,
 )
+from llama_stack.providers.utils.remote.url_paths import segment
 
 from .config import TogetherPostTrainingConfig
 from .service import together_service
@@ -64,7 +60,6 @@ STATUSES: dict[str, PostTrainingJobStatus] = {
     "error": PostTrainingJobStatus.failed,
     "cancelled": PostTrainingJobStatus.failed,
 }
-TERMINAL = frozenset({"completed", "error", "cancelled"})
 
 # The job fields worth showing as resources_allocated, when Together reports them.
 RESOURCE_FIELDS = (
@@ -90,7 +85,6 @@ WANDB_FIELDS = {
 }
 WANDB_FIELDS.update({value: value for value in list(WANDB_FIELDS.values())})
 
-HF_HOSTS = frozenset({"huggingface.co", "www.huggingface.co", "hf.co"})
 TOGETHER_HOSTS = frozenset({"api.together.xyz", "api.together.ai"})
 
 
@@ -102,24 +96,15 @@ class StartingPoint:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
-class TogetherPostTraining:
-    def __init__(
-        self,
-        config: TogetherPostTrainingConfig,
-        service: RemoteService,
-        store: TrainingJobStore,
-        reader: DatasetReader,
-    ):
-        self.config = config
-        self.svc = service
-        self.store = store
-        self.reader = reader
-        self.provider_id = service.provider_id
+class TogetherPostTraining(RemotePostTraining[TogetherPostTrainingConfig]):
+    vendor = VENDOR
+    statuses = STATUSES
+    resource_fields = RESOURCE_FIELDS
 
     # ------------------------------------------------------------------------------------ training
     async def supervised_fine_tune(self, request: PostTrainingSFTRequest) -> PostTrainingJob:
         algorithm = self._algorithm(request.algorithm)
-        self._check_request(request.optimizer_config, request.training_config, request.hyperparam_search_config)
+        self._check_request(request)
         wandb = self._wandb_fields(request.logger_config)
         model = self.config.base_models.get(request.model, request.model)
         with self.store.creating(request.job_uuid):
@@ -152,12 +137,12 @@ class TogetherPostTraining:
     async def preference_optimize(self, request: PostTrainingRLHFRequest) -> PostTrainingJob:
         if request.algorithm != RLHFAlgorithm.dpo:
             raise NotSupportedError(
-                f"{VENDOR} has no {request.algorithm.value.upper()} fine-tuning (provider '{self.provider_id}' runs "
+                f"{VENDOR} has no {request.algorithm.value.upper()} fine-tuning (provider '{self._id}' runs "
                 "DPO); use algorithm 'dpo', or a remote::emissary post_training provider for GRPO",
-                provider=self.provider_id,
+                provider=self._id,
                 param="algorithm",
             )
-        self._check_request(request.optimizer_config, request.training_config, request.hyperparam_search_config)
+        self._check_request(request)
         wandb = self._wandb_fields(request.logger_config)
         with self.store.creating(request.job_uuid):
             start = await self._starting_point(request.finetuned_model)
@@ -176,76 +161,28 @@ class TogetherPostTraining:
             await self._create(request.job_uuid, "dpo", body)
         return PostTrainingJob(job_uuid=request.job_uuid)
 
-    # ---------------------------------------------------------------------------------------- jobs
-    async def get_training_job_status(self, job_uuid: str) -> PostTrainingJobStatusResponse:
-        record = self.store.get(job_uuid)
-        job, checkpoints = await asyncio.gather(self._job(record), self._checkpoints(record))
-        return self._status(record, job, checkpoints)
-
-    async def get_training_job_logs(self, job_uuid: str) -> PostTrainingJobLogStream:
-        record = self.store.get(job_uuid)
-        events = await self._events(record)
-        return PostTrainingJobLogStream(job_uuid=job_uuid, log_lines=[_log_line(event) for event in events])
-
-    async def get_training_job_artifacts(self, job_uuid: str) -> PostTrainingJobArtifactsResponse:
-        record = self.store.get(job_uuid)
-        return PostTrainingJobArtifactsResponse(job_uuid=job_uuid, checkpoints=await self._checkpoints(record))
-
-    async def list_training_jobs(self) -> list[PostTrainingJobInfo]:
-        records = self.store.all()
-        if not records:
-            return []
-        listed = await self.svc.json("GET", "/fine-tunes")
-        by_id = {job.get("id"): job for job in (listed or {}).get("data", []) if isinstance(job, dict)}
-        infos = []
-        for record in records:
-            job = by_id.get(record.vendor_job_id)
-            if job is None:
-                try:
-                    job = await self._job(record)
-                except NotFoundError:
-                    log.warning("%s: job %s (%s) is gone from Together; not listed", self.provider_id, record.job_uuid, record.vendor_job_id)
-                    continue
-            infos.append(PostTrainingJobInfo(job_uuid=record.job_uuid, status=self._map_status(record, job)))
-        return infos
-
-    async def cancel_training_job(self, request: CancelTrainingJobRequest) -> PostTrainingJobStatusResponse:
-        record = self.store.get(request.job_uuid)
-        job = await self._vendor(record, "POST", f"/fine-tunes/{_quote(record.vendor_job_id)}/cancel")
-        return self._status(record, job, await self._checkpoints(record))
-
-    async def shutdown(self) -> None:
-        await self.svc.aclose()
-        self.store.close()
-
     # ------------------------------------------------------------------------------ request checks
     def _algorithm(self, algorithm: FinetuningAlgorithm) -> FinetuningAlgorithm:
         if algorithm in (FinetuningAlgorithm.qlora, FinetuningAlgorithm.dora):
             if not self.config.lora_for_qlora_and_dora:
                 raise NotSupportedError(
                     f"{VENDOR} has no {algorithm.value.upper()} fine-tuning: use algorithm 'lora' (or 'full'), or set "
-                    f"lora_for_qlora_and_dora: true in provider '{self.provider_id}''s config to run such jobs as LoRA",
-                    provider=self.provider_id,
+                    f"lora_for_qlora_and_dora: true in provider '{self._id}''s config to run such jobs as LoRA",
+                    provider=self._id,
                     param="algorithm",
                 )
-            log.info("%s: running a %s job as LoRA (lora_for_qlora_and_dora)", self.provider_id, algorithm.value)
+            log.info("%s: running a %s job as LoRA (lora_for_qlora_and_dora)", self._id, algorithm.value)
             return FinetuningAlgorithm.lora
         return algorithm
 
-    def _check_request(self, optimizer: OptimizerConfig, training: TrainingConfig, search: dict[str, Any]) -> None:
-        refuse_unsupported_common(
-            vendor=VENDOR, provider=self.provider_id, optimizer_config=optimizer, hyperparam_search_config=search
-        )
+    def _check_vendor_request(self, request: TrainingRequest) -> None:
+        optimizer = request.optimizer_config
         if optimizer.lr_min < 0 or optimizer.lr_min > optimizer.lr:
             raise BadRequestError(
                 f"optimizer_config.lr_min ({optimizer.lr_min:g}) must be between 0 and lr ({optimizer.lr:g}): "
                 "it is where the learning rate decays to",
-                provider=self.provider_id,
+                provider=self._id,
                 param="optimizer_config.lr_min",
-            )
-        if training.n_epochs < 1 or training.batch_size < 1:
-            raise BadRequestError(
-                "training_config.n_epochs and batch_size must be at least 1", provider=self.provider_id, param="training_config"
             )
 
     def _wandb_fields(self, logger_config: dict[str, Any]) -> dict[str, Any]:
@@ -258,13 +195,13 @@ class TogetherPostTraining:
                     raise BadRequestError(
                         f"{VENDOR} reports training metrics to Weights & Biases only; logger_config.backend "
                         f"{value!r} is not available",
-                        provider=self.provider_id,
+                        provider=self._id,
                         param="logger_config.backend",
                     )
             elif key in WANDB_FIELDS:
                 if not isinstance(value, str):
                     raise BadRequestError(
-                        f"logger_config.{key} must be a string", provider=self.provider_id, param=f"logger_config.{key}"
+                        f"logger_config.{key} must be a string", provider=self._id, param=f"logger_config.{key}"
                     )
                 fields[WANDB_FIELDS[key]] = value
             else:
@@ -274,14 +211,14 @@ class TogetherPostTraining:
             raise BadRequestError(
                 f"logger_config has keys {VENDOR} cannot use: {', '.join(sorted(unknown))}; it takes Weights & Biases "
                 f"settings: {accepted} (or their wandb_ names)",
-                provider=self.provider_id,
+                provider=self._id,
                 param="logger_config",
             )
         return fields
 
     async def _limits(self, model: str, param: str) -> dict[str, Any]:
         try:
-            return await self.svc.json("GET", "/fine-tunes/models/limits", params={"model_name": model}) or {}
+            return await self.service.json("GET", "/fine-tunes/models/limits", params={"model_name": model}) or {}
         except VendorStatusError as exc:
             if exc.vendor_status != 404:
                 raise
@@ -289,15 +226,15 @@ class TogetherPostTraining:
             hint = f" Models it fine-tunes include: {', '.join(supported[:8])}." if supported else ""
             raise BadRequestError(
                 f"{VENDOR} cannot fine-tune model {model!r} ({exc.vendor_message}).{hint} Name one of them, or map "
-                f"the request's model to one with base_models in provider '{self.provider_id}''s config",
-                provider=self.provider_id,
+                f"the request's model to one with base_models in provider '{self._id}''s config",
+                provider=self._id,
                 param=param,
                 code="model_not_fine_tunable",
             ) from None
 
     async def _supported_models(self) -> list[str]:
         try:
-            answer = await self.svc.json("GET", "/fine-tunes/models/supported")
+            answer = await self.service.json("GET", "/fine-tunes/models/supported")
         except ProviderError:
             return []  # only a hint for an error message already on its way
         models = (answer or {}).get("models", [])
@@ -320,7 +257,7 @@ class TogetherPostTraining:
             raise BadRequestError(
                 f"{VENDOR} offers no {'full' if kind == 'full' else 'LoRA'} fine-tuning of {model!r}; "
                 f"use algorithm {other!r}",
-                provider=self.provider_id,
+                provider=self._id,
                 param="algorithm",
             )
         problems: list[tuple[str, str]] = []
@@ -349,7 +286,7 @@ class TogetherPostTraining:
             raise BadRequestError(
                 f"the request breaks {VENDOR}'s limits for {model!r}: " + "; ".join(text for _, text in problems),
                 details=[{"loc": loc, "in": "body", "message": text} for loc, text in problems],
-                provider=self.provider_id,
+                provider=self._id,
                 code="outside_model_limits",
             )
 
@@ -364,7 +301,7 @@ class TogetherPostTraining:
         if not wanted:
             raise BadRequestError(
                 "LoRA needs modules to adapt: set algorithm_config.lora_attn_modules or apply_lora_to_mlp",
-                provider=self.provider_id,
+                provider=self._id,
                 param="algorithm_config.lora_attn_modules",
             )
         section = limits.get("lora_training") or {}
@@ -374,7 +311,7 @@ class TogetherPostTraining:
             raise BadRequestError(
                 f"{VENDOR} cannot put LoRA adapters on {', '.join(unknown)} of {model!r}; its modules are "
                 f"{', '.join(targets)} (apply_lora_to_mlp adds {', '.join(MLP_MODULES)}, apply_lora_to_output {OUTPUT_MODULE})",
-                provider=self.provider_id,
+                provider=self._id,
                 param="algorithm_config.lora_attn_modules",
             )
         linear = [t for t in targets if t != OUTPUT_MODULE]
@@ -402,7 +339,7 @@ class TogetherPostTraining:
         reference = self._together_reference(url)
         if reference is not None:
             return await self._from_together_job(url, *reference)
-        repo = _hugging_face_repo(url)
+        repo = hugging_face_repo(url)
         if repo is not None:
             name, revision = repo
             if self.config.preference_model:
@@ -413,19 +350,19 @@ class TogetherPostTraining:
                 return StartingPoint(name)
             raise BadRequestError(
                 f"finetuned_model {url!r} is the Hugging Face repo {name!r}, which {VENDOR} does not fine-tune "
-                f"directly: set preference_model in provider '{self.provider_id}''s config to the Together base "
+                f"directly: set preference_model in provider '{self._id}''s config to the Together base "
                 "model it derives from, and the job starts from the repo's weights (from_hf_model)",
-                provider=self.provider_id,
+                provider=self._id,
                 param="finetuned_model",
             )
         if self.config.preference_model:
-            log.info("%s: finetuned_model %s names no Together job or Hugging Face repo; training %s", self.provider_id, url, self.config.preference_model)
+            log.info("%s: finetuned_model %s names no Together job or Hugging Face repo; training %s", self._id, url, self.config.preference_model)
             return StartingPoint(self.config.preference_model)
         raise BadRequestError(
             f"finetuned_model {url!r} names neither a Hugging Face repo (https://huggingface.co/<org>/<name>) nor a "
             f"{VENDOR} fine-tuning job ({self.config.url.rstrip('/')}/fine-tunes/<id>, or a checkpoint path from this "
-            f"provider's artifacts), and provider '{self.provider_id}' has no preference_model configured",
-            provider=self.provider_id,
+            f"provider's artifacts), and provider '{self._id}' has no preference_model configured",
+            provider=self._id,
             param="finetuned_model",
         )
 
@@ -453,33 +390,27 @@ class TogetherPostTraining:
 
     async def _from_together_job(self, url: str, name: str, step: int | None, is_model_name: bool) -> StartingPoint:
         if is_model_name:
-            listed = await self.svc.json("GET", "/fine-tunes")
+            listed = await self.service.json("GET", "/fine-tunes")
             jobs = [j for j in (listed or {}).get("data", []) if isinstance(j, dict) and j.get("model_output_name") == name]
             model = jobs[0].get("model") if jobs else self.config.preference_model
         else:
-            # A job_uuid of this provider stands for its Together job.
-            known = self.store.find_vendor_job(name)
-            if known is None:
-                try:
-                    name = self.store.get(name).vendor_job_id
-                except NotFoundError:
-                    pass
+            name = self.store.vendor_job_id(name)
             try:
-                job = await self.svc.json("GET", f"/fine-tunes/{_quote(name)}")
+                job = await self.service.json("GET", f"/fine-tunes/{segment(name)}")
             except VendorStatusError as exc:
                 if exc.vendor_status != 404:
                     raise
                 raise BadRequestError(
                     f"finetuned_model {url!r} names {VENDOR} job {name!r}, which {VENDOR} does not know ({exc.vendor_message})",
-                    provider=self.provider_id,
+                    provider=self._id,
                     param="finetuned_model",
                 ) from None
             model = (job or {}).get("model") or self.config.preference_model
         if not model:
             raise BadRequestError(
                 f"the base model of {name!r} (finetuned_model) is unknown: set preference_model in provider "
-                f"'{self.provider_id}''s config",
-                provider=self.provider_id,
+                f"'{self._id}''s config",
+                provider=self._id,
                 param="finetuned_model",
             )
         checkpoint = f"{name}:{step}" if step is not None else name
@@ -487,12 +418,10 @@ class TogetherPostTraining:
 
     # -------------------------------------------------------------------------------- uploads, create
     async def _upload_datasets(self, job_uuid: str, train: Dataset, validation: Dataset) -> dict[str, Any]:
-        # Both are read and checked before either is uploaded: a bad validation set leaves nothing behind.
         use_validation = self.config.n_evals > 0
-        train_data = await self._read(train, "dataset.content_url")
-        validation_data = None
-        if use_validation and validation.content_url != train.content_url:
-            validation_data = await self._read(validation, "validation_dataset.content_url")
+        train_data, validation_data = await read_training_data(
+            self._read, train.content_url, validation.content_url if use_validation else None
+        )
         files: dict[str, Any] = {"training_file": await self._upload(job_uuid, "train", train_data)}
         if use_validation:
             files["validation_file"] = (
@@ -501,62 +430,42 @@ class TogetherPostTraining:
             files["n_evals"] = self.config.n_evals
         return files
 
-    async def _read(self, dataset: Dataset, where: str) -> bytes:
-        data = await self.reader.read(dataset.content_url, where)
+    async def _read(self, url: str, where: str) -> bytes:
+        data = await self.reader.read(url, where)
         if file_extension(data) == ".jsonl":
-            check_jsonl(data, where, self.provider_id)
+            check_jsonl(data, where, self._id)
         return data
 
     async def _upload(self, job_uuid: str, role: str, data: bytes) -> str:
-        filename = f"{_safe_name(job_uuid)}-{role}{file_extension(data)}"
-        answer = await self.svc.json(
-            "POST",
-            "/files/upload",
-            files={"file": (filename, data, "application/octet-stream")},
-            data={"purpose": "fine-tune", "file_name": filename},
-        )
-        file_id = (answer or {}).get("id")
-        if not isinstance(file_id, str):
-            raise ProviderError(f"{self.svc.name} answered the upload of {filename} without a file id", provider=self.provider_id)
-        return file_id
+        filename = f"{upload_name(job_uuid, role)}{file_extension(data)}"
+        form = {"purpose": "fine-tune", "file_name": filename}
+        return await self._upload_file("/files/upload", filename, data, form, answered=f"the upload of {filename} without a file id")
 
     async def _create(self, job_uuid: str, kind: str, body: dict[str, Any]) -> None:
-        # Not retried after a dropped connection: the job may have been created, and a retry would start a second.
-        job = await self.svc.json("POST", "/fine-tunes", json_body=body, idempotent=False)
-        vendor_id = (job or {}).get("id")
-        if not isinstance(vendor_id, str):
-            raise ProviderError(f"{self.svc.name} answered POST /fine-tunes without a job id", provider=self.provider_id)
-        created = parse_timestamp(job.get("created_at"))
-        details = {"model": body["model"], "model_output_name": job.get("model_output_name")}
-        self.store.add(
-            TrainingJobRecord(job_uuid, vendor_id, kind, **({"created_at": created} if created else {}), details=details)
+        await self._start_job(
+            job_uuid,
+            kind,
+            "/fine-tunes",
+            body,
+            answered="POST /fine-tunes without a job id",
+            details={"model": body["model"]},
+            answer_details=("model_output_name",),
         )
-        log.info("%s: started %s job %s as Together job %s", self.provider_id, kind, job_uuid, vendor_id)
 
-    # ---------------------------------------------------------------------------------- vendor reads
-    async def _vendor(self, record: TrainingJobRecord, method: str, path: str) -> Any:
-        try:
-            return await self.svc.json(method, path)
-        except VendorStatusError as exc:
-            if exc.vendor_status == 404:
-                raise NotFoundError(
-                    f"post-training job {record.job_uuid!r} is {VENDOR} job {record.vendor_job_id}, which {VENDOR} no "
-                    f"longer knows ({exc.vendor_message}); it may have been deleted there",
-                    provider=self.provider_id,
-                    code="vendor_job_not_found",
-                ) from None
-            raise
-
-    async def _job(self, record: TrainingJobRecord) -> dict[str, Any]:
-        return await self._vendor(record, "GET", f"/fine-tunes/{_quote(record.vendor_job_id)}") or {}
+    # ---------------------------------------------------------------------------------- job hooks
+    def _job_path(self, record: TrainingJobRecord) -> str:
+        return f"/fine-tunes/{segment(record.vendor_job_id)}"
 
     async def _events(self, record: TrainingJobRecord) -> list[dict[str, Any]]:
-        answer = await self._vendor(record, "GET", f"/fine-tunes/{_quote(record.vendor_job_id)}/events")
+        answer = await self._vendor(record, "GET", f"{self._job_path(record)}/events")
         return [event for event in (answer or {}).get("data", []) if isinstance(event, dict)]
+
+    async def _log_lines(self, record: TrainingJobRecord) -> list[str]:
+        return [_log_line(event) for event in await self._events(record)]
 
     async def _checkpoints(self, record: TrainingJobRecord) -> list[Checkpoint]:
         try:
-            answer = await self.svc.json("GET", f"/fine-tunes/{_quote(record.vendor_job_id)}/checkpoints")
+            answer = await self.service.json("GET", f"{self._job_path(record)}/checkpoints")
             items = [(item.get("step"), item.get("checkpoint_type")) for item in (answer or {}).get("data", []) if isinstance(item, dict)]
         except VendorStatusError as exc:
             if exc.vendor_status != 404:
@@ -564,41 +473,24 @@ class TogetherPostTraining:
             # No checkpoint listing for this job: the checkpoint_save events say the same.
             events = await self._events(record)
             items = [(event.get("step"), "intermediate") for event in events if event.get("type") == "checkpoint_save"]
-        checkpoints: dict[int, Checkpoint] = {}
-        for step, kind in items:
-            if isinstance(step, int) and not isinstance(step, bool):
-                final = "final" in str(kind or "").lower()
-                checkpoints[step] = Checkpoint(iters=step, path=self._download_url(record.vendor_job_id, None if final else step))
-        return [checkpoints[step] for step in sorted(checkpoints)]
+        return in_step_order(
+            Checkpoint(iters=step, path=self._download_url(record.vendor_job_id, None if "final" in str(kind or "").lower() else step))
+            for step, kind in items
+            if step_number(step) is not None
+        )
 
     def _download_url(self, vendor_id: str, step: int | None) -> str:
         # Together's checkpoint paths (s3://...) are not URLs a client can use; its download route is.
         query = {"ft_id": vendor_id, **({"checkpoint_step": step} if step is not None else {})}
         return f"{self.config.url.rstrip('/')}/finetune/download?{urllib.parse.urlencode(query)}"
 
-    def _map_status(self, record: TrainingJobRecord, job: dict[str, Any]) -> PostTrainingJobStatus:
-        status = job.get("status")
-        if status not in STATUSES:
-            raise ProviderError(
-                f"{self.svc.name} reported status {status!r} for job {record.job_uuid} ({record.vendor_job_id}), "
-                "which this provider does not know",
-                provider=self.provider_id,
-            )
-        return STATUSES[status]
+    async def _listed_jobs(self, records: list[TrainingJobRecord]) -> dict[str, dict[str, Any]]:
+        listed = await self.service.json("GET", "/fine-tunes")
+        return {job.get("id"): job for job in (listed or {}).get("data", []) if isinstance(job, dict)}
 
-    def _status(self, record: TrainingJobRecord, job: dict[str, Any], checkpoints: list[Checkpoint]) -> PostTrainingJobStatusResponse:
-        status = self._map_status(record, job)
-        resources = {"vendor_job_id": record.vendor_job_id, "vendor_status": job.get("status")}
-        resources.update({key: job[key] for key in RESOURCE_FIELDS if job.get(key) is not None})
-        return PostTrainingJobStatusResponse(
-            job_uuid=record.job_uuid,
-            status=status,
-            scheduled_at=parse_timestamp(job.get("created_at")) or record.created_at,
-            started_at=parse_timestamp(job.get("started_at")),
-            completed_at=parse_timestamp(job.get("updated_at")) if job.get("status") in TERMINAL else None,
-            resources_allocated=resources,
-            checkpoints=checkpoints,
-        )
+    async def _cancel(self, record: TrainingJobRecord) -> dict[str, Any] | None:
+        # Together answers with the job (cancel_requested until it has stopped): no second read needed.
+        return await self._vendor(record, "POST", f"{self._job_path(record)}/cancel")
 
 
 def _log_line(event: dict[str, Any]) -> str:
@@ -609,30 +501,5 @@ def _log_line(event: dict[str, Any]) -> str:
     return f"{event.get('created_at', '-')} [{level}] {event.get('type', 'event')}{progress}: {event.get('message', '')}"
 
 
-def _hugging_face_repo(url: str) -> tuple[str, str | None] | None:
-    """(org/name, revision) for https://huggingface.co/<org>/<name>[/tree/<revision>]."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or parts.netloc.lower() not in HF_HOSTS:
-        return None
-    segments = [s for s in parts.path.split("/") if s]
-    if len(segments) < 2 or segments[0] in ("datasets", "spaces", "docs", "models"):
-        return None
-    revision = segments[3] if len(segments) >= 4 and segments[2] == "tree" else None
-    return f"{segments[0]}/{segments[1]}", revision
-
-
-def _safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:100] or "job"
-
-
-def _quote(vendor_id: str) -> str:
-    return urllib.parse.quote(vendor_id, safe="")
-
-
 async def build(config: TogetherPostTrainingConfig, context: ProviderContext) -> TogetherPostTraining:
-    return TogetherPostTraining(
-        config,
-        together_service(config, context),
-        TrainingJobStore(context.storage_dir, context.provider_id),
-        DatasetReader(config.datasets, provider=context.provider_id),
-    )
+    return TogetherPostTraining.for_context(config, together_service(config, context), context)

@@ -12,31 +12,23 @@ Schema cannot be sent; the instructions and a tolerant parser do the job instead
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TypeVar
 
-from llama_stack.apis.common import Message
 from llama_stack.apis.errors import ProviderError
-from llama_stack.apis.reward_scoring import (
-    KScoredPromptGenerations,
-    RewardScoringRequest,
-    RewardScoringResponse,
-    ScoredMessage,
-)
+from llama_stack.apis.reward_scoring import RewardScoringRequest, RewardScoringResponse
 from llama_stack.plugins import ProviderContext
-from llama_stack.providers.utils.inference.attachments import AttachmentInliner, InlinedAttachments
+from llama_stack.providers.utils.inference.attachments import AttachmentInliner
 from llama_stack.providers.utils.remote import RemoteService
+from llama_stack.providers.utils.remote.adapter import RemoteAdapter
+from llama_stack.providers.utils.remote.reward_scoring import score_generations
 
 from .config import TogetherRewardScoringConfig
-from .safety import answer_text, message_contents, message_text
+from .safety import answer_text
 from .service import together_service
 
 MIN_SCORE, MAX_SCORE = 0.0, 10.0
-T = TypeVar("T")
 
 INSTRUCTIONS = (
     "You are an impartial judge. You rate how well an AI assistant's response answers the conversation "
@@ -52,41 +44,21 @@ _LABELLED = re.compile(r"\bscore\b[^0-9\-]{0,12}(-?\d+(?:\.\d+)?)", re.IGNORECAS
 _BARE = re.compile(r"(-?\d+(?:\.\d+)?)(?:\s*/\s*10)?\.?")
 
 
-class TogetherRewardScoring:
+class TogetherRewardScoring(RemoteAdapter[TogetherRewardScoringConfig]):
     def __init__(self, config: TogetherRewardScoringConfig, service: RemoteService):
-        self.config = config
-        self.service = service
+        super().__init__(config, service)
         self._inliner = AttachmentInliner(config.attachments)
 
     async def reward_score(self, request: RewardScoringRequest) -> RewardScoringResponse:
         judge = self.config.judge_model or request.model
-        contents = []
-        for i, item in enumerate(request.prompt_generations):
-            at = f"prompt_generations[{i}]"
-            contents += message_contents([*item.dialog.message_history, item.dialog.message], f"{at}.dialog.messages")
-            contents += message_contents(item.k_generations, f"{at}.k_generations")
-        texts = await self._inliner.fetch(contents, model=judge)
-
-        calls: list[Callable[[], Awaitable[float]]] = []
-        for i, item in enumerate(request.prompt_generations):
-            at = f"prompt_generations[{i}]"
-            conversation = transcript([*item.dialog.message_history, item.dialog.message], f"{at}.dialog.messages", texts)
-            for j, generation in enumerate(item.k_generations):
-                response = message_text(generation, f"{at}.k_generations[{j}]", texts)
-                calls.append(partial(self._score, judge, conversation, response))
-        scores = iter(await bounded_all(calls, self.config.max_concurrency))
-        return RewardScoringResponse(
-            scored_generations=[
-                KScoredPromptGenerations(
-                    prompt=item.dialog.message,
-                    k_scored_generations=[ScoredMessage(message=g, score=next(scores)) for g in item.k_generations],
-                )
-                for item in request.prompt_generations
-            ]
+        return await score_generations(
+            request,
+            self._inliner,
+            partial(self._score, judge),
+            model=judge,
+            turn="[{role}]\n{text}",
+            limit=self.config.max_concurrency,
         )
-
-    async def shutdown(self) -> None:
-        await self.service.aclose()
 
     async def _score(self, judge: str, conversation: str, response: str) -> float:
         messages: list[dict[str, str]] = [
@@ -105,15 +77,8 @@ class TogetherRewardScoring:
             f"{self.service.name}'s judge model '{judge}' answered without a readable 0-10 score "
             f"{self.config.parse_retries + 1} time(s); last answer: {text[:200]!r}. Use a judge model that "
             "follows instructions (judge_model in the provider's config)",
-            provider=self.service.provider_id,
+            provider=self._id,
         )
-
-
-def transcript(messages: list[Message], where: str, texts: InlinedAttachments) -> str:
-    return "\n\n".join(
-        f"[{message.role.value}]\n{message_text(message, f'{where}[{index}]', texts)}"
-        for index, message in enumerate(messages)
-    )
 
 
 def judge_prompt(conversation: str, response: str) -> str:
@@ -153,24 +118,6 @@ def _number(text: str) -> float | None:
 
 def _in_range(score: float) -> float | None:
     return score if MIN_SCORE <= score <= MAX_SCORE else None
-
-
-async def bounded_all(calls: list[Callable[[], Awaitable[T]]], limit: int) -> list[T]:
-    """Every call's result in order, at most ``limit`` running at a time; the first failure is raised and
-    stops the calls still waiting or running (their answers would go nowhere)."""
-    gate = asyncio.Semaphore(limit)
-
-    async def one(call: Callable[[], Awaitable[T]]) -> T:
-        async with gate:
-            return await call()
-
-    tasks = [asyncio.ensure_future(one(call)) for call in calls]
-    try:
-        return list(await asyncio.gather(*tasks))
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def build(config: TogetherRewardScoringConfig, context: ProviderContext) -> TogetherRewardScoring:

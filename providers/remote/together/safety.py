@@ -12,12 +12,15 @@ import json
 import re
 from typing import Any
 
-from llama_stack.apis.common import Attachment, Content, Message, Role, SafetyViolation, ShieldType
+from llama_stack.apis.common import Message, Role, SafetyViolation, ShieldType
 from llama_stack.apis.errors import BadRequestError, NotSupportedError, ProviderError
 from llama_stack.apis.safety import RunShieldRequest, RunShieldResponse
 from llama_stack.plugins import ProviderContext
 from llama_stack.providers.utils.inference.attachments import AttachmentInliner, InlinedAttachments
 from llama_stack.providers.utils.remote import RemoteService, VendorStatusError
+from llama_stack.providers.utils.remote.adapter import RemoteAdapter
+from llama_stack.providers.utils.remote.messages import message_text
+from llama_stack.providers.utils.remote.shields import conversation_texts, violation
 
 from .config import TogetherSafetyConfig
 from .service import together_service
@@ -40,26 +43,22 @@ LLAMA_GUARD_CATEGORIES: dict[str, str] = {
     "S14": "Code Interpreter Abuse",
 }
 CATEGORY_CODE = re.compile(r"[SO]\d{1,2}")
-SUGGESTED_USER_RESPONSE = "I can't answer that. Can I help with something else?"
 PARAMS = ("excluded_categories",)
 # A verdict is one or two short lines; this leaves room for a model that adds a newline or two.
 VERDICT_MAX_TOKENS = 32
 
 
-class TogetherSafety:
+class TogetherSafety(RemoteAdapter[TogetherSafetyConfig]):
     def __init__(self, config: TogetherSafetyConfig, service: RemoteService):
-        self.config = config
-        self.service = service
+        super().__init__(config, service)
         self._inliner = AttachmentInliner(config.attachments)
 
     async def run_shield(self, request: RunShieldRequest) -> RunShieldResponse:
         self._check_shield_type(request.shield_type)
         excluded = {code.upper() for code in self.config.excluded_categories} | self._excluded_from_params(request.params)
-        if not request.messages:
-            raise BadRequestError(
-                "messages is empty: give the shield the conversation to check", param="messages", provider=self._id
-            )
-        texts = await self._inliner.fetch(message_contents(request.messages), model=self.config.moderation_model)
+        texts = await conversation_texts(
+            self._inliner, request.messages, model=self.config.moderation_model, provider=self._id
+        )
         messages = moderation_messages(request.messages, texts)
         if not messages:
             return RunShieldResponse()  # only system messages: nothing a user or the model said
@@ -88,14 +87,7 @@ class TogetherSafety:
             return RunShieldResponse()  # every category it named is one the caller does not count
         return RunShieldResponse(violation=self._violation(flagged))
 
-    async def shutdown(self) -> None:
-        await self.service.aclose()
-
     # ------------------------------------------------------------------------------------------ helpers
-    @property
-    def _id(self) -> str:
-        return self.service.provider_id
-
     def _check_shield_type(self, shield_type: ShieldType) -> None:
         if shield_type == ShieldType.llama_guard:
             return
@@ -129,14 +121,10 @@ class TogetherSafety:
     def _violation(self, codes: list[str]) -> SafetyViolation:
         if not codes:
             details = f"Llama Guard ({self.config.moderation_model}) found the conversation unsafe (it named no category)"
-            return SafetyViolation(
-                violation_type="unsafe", details=details, suggested_user_response=SUGGESTED_USER_RESPONSE
-            )
+            return violation(["unsafe"], details)
         named = ", ".join(f"{code} ({LLAMA_GUARD_CATEGORIES.get(code, 'unknown category')})" for code in codes)
         details = f"Llama Guard ({self.config.moderation_model}) found the conversation unsafe: {named}"
-        return SafetyViolation(
-            violation_type=",".join(codes), details=details, suggested_user_response=SUGGESTED_USER_RESPONSE
-        )
+        return violation(codes, details)
 
 
 def check_categories(codes: list[str], where: str, service: RemoteService) -> list[str]:
@@ -153,31 +141,6 @@ def check_categories(codes: list[str], where: str, service: RemoteService) -> li
 
 
 # --------------------------------------------------------------------------------------- conversation
-def message_contents(messages: list[Message], where: str = "messages") -> list[tuple[Content, str]]:
-    """Every content of the messages (tool responses included), with its field path, for the inliner."""
-    items: list[tuple[Content, str]] = []
-    for index, message in enumerate(messages):
-        items.append((message.content, f"{where}[{index}].content"))
-        for at, response in enumerate(message.tool_responses):
-            items.append((response.content, f"{where}[{index}].tool_responses[{at}].content"))
-    return items
-
-
-def message_text(message: Message, where: str, texts: InlinedAttachments) -> str:
-    """A message (at field path ``where``) as plain text: its content, then its tool calls and responses."""
-    parts = [texts(message.content, f"{where}.content")] if _has_content(message.content) else []
-    for call in message.tool_calls:
-        parts.append(f"[calls tool {call.tool_name} with {json.dumps(call.arguments, sort_keys=True)}]")
-    for at, response in enumerate(message.tool_responses):
-        output = texts(response.content, f"{where}.tool_responses[{at}].content")
-        parts.append(f"[tool {response.tool_name} returned]\n{output}")
-    return "\n".join(part for part in parts if part)
-
-
-def _has_content(content: Content) -> bool:
-    return isinstance(content, Attachment) or bool(content)
-
-
 def moderation_messages(messages: list[Message], texts: InlinedAttachments) -> list[dict[str, str]]:
     """The conversation as Llama Guard's chat template takes it: user and assistant turns, alternating.
 

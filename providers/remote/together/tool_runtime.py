@@ -26,7 +26,8 @@ from llama_stack.apis.common import Attachment, BuiltinTool, ToolDefinition
 from llama_stack.apis.errors import BadRequestError, NotFoundError, NotSupportedError, ProviderError
 from llama_stack.apis.tool_runtime import ToolInvocationRequest, ToolInvocationResult
 from llama_stack.plugins import ProviderContext
-from llama_stack.providers.utils.remote import RemoteService, VendorStatusError
+from llama_stack.providers.utils.remote import VendorStatusError
+from llama_stack.providers.utils.remote.adapter import RemoteAdapter
 
 from .config import TogetherToolRuntimeConfig
 from .service import together_service
@@ -82,11 +83,7 @@ def _without_titles(node: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ impl
-class TogetherToolRuntime:
-    def __init__(self, config: TogetherToolRuntimeConfig, service: RemoteService):
-        self.config = config
-        self.service = service
-
+class TogetherToolRuntime(RemoteAdapter[TogetherToolRuntimeConfig]):
     async def list_tools(self) -> list[ToolDefinition]:
         return [
             ToolDefinition(
@@ -123,13 +120,6 @@ class TogetherToolRuntime:
             param="tool_name",
             provider=self._id,
         )
-
-    async def shutdown(self) -> None:
-        await self.service.aclose()
-
-    @property
-    def _id(self) -> str:
-        return self.service.provider_id
 
     def _arguments(self, model: type[_Arguments], tool: str, arguments: dict[str, Any]) -> Any:
         try:

@@ -19,8 +19,10 @@ import asyncio
 import base64
 import binascii
 import json
+import re
 import urllib.parse
 import urllib.request
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -167,6 +169,30 @@ class DatasetReader:
             raise _bad(where, f"fetching {url} failed: {type(exc).__name__}: {exc}", self.provider) from None
         finally:
             await client.aclose()
+
+
+async def read_training_data(
+    read: Callable[[str, str], Awaitable[bytes]], train_url: str, validation_url: str | None
+) -> tuple[bytes, bytes | None]:
+    """A job's training data and its validation data, with ``read(url, where)``.
+
+    Both are read (and checked) before either is uploaded, so that a bad validation set leaves nothing
+    behind at the vendor. The validation data is None when it is the training data (the same URL: read and
+    uploaded once) or when ``validation_url`` is None (the job validates on nothing of its own).
+    """
+    train = await read(train_url, "dataset.content_url")
+    if validation_url is None or validation_url == train_url:
+        return train, None
+    return train, await read(validation_url, "validation_dataset.content_url")
+
+
+def upload_name(job_uuid: str, role: str) -> str:
+    """What the ``role`` ("train", "validation") dataset of ``job_uuid`` is called at the vendor.
+
+    job_uuid is the client's free text: characters file names at the vendors may not hold become ``_``.
+    """
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", job_uuid)[:100] or "job"
+    return f"{safe}-{role}"
 
 
 def file_extension(data: bytes) -> str:
