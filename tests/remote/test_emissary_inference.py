@@ -27,6 +27,7 @@ from llama_stack.config import load_distribution, validate_provider_configs
 from llama_stack.plugins import discover_providers
 from llama_stack.providers.remote.emissary.config import EmissaryInferenceConfig
 from llama_stack.providers.remote.emissary.inference import EmissaryInference
+from llama_stack.providers.utils.remote.fan_out import fan_out
 from remote.conftest import FAST_RETRIES
 from support import REPO, free_port, llama_stack_command, wait_for_health
 
@@ -318,7 +319,7 @@ async def test_batches_keep_at_most_max_concurrency_calls_in_flight():
         in_flight -= 1
         return f"answer {index}"
 
-    batch = asyncio.ensure_future(inference._bounded(list(range(5)), call))
+    batch = asyncio.ensure_future(fan_out(list(range(5)), call, inference._config.max_concurrency))
     for index in (1, 0, 3, 2, 4):  # finish out of order
         for _ in range(100):
             if index in started:
@@ -347,7 +348,7 @@ async def test_the_first_failure_in_a_batch_cancels_the_rest():
         return index
 
     with pytest.raises(ServiceUnavailableError):
-        await inference._bounded([0, 1, 2, 3], call)
+        await fan_out([0, 1, 2, 3], call, inference._config.max_concurrency)
     # Nothing is left running: every call that started besides the failed one was cancelled.
     assert started[0] == 0 and sorted(cancelled) == sorted(started[1:])
     assert 3 not in started  # it never got a slot

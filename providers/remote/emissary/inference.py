@@ -26,9 +26,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic import ValidationError as PydanticValidationError
@@ -61,14 +61,16 @@ from llama_stack.apis.inference import (
 from llama_stack.apis.inspect import Model
 from llama_stack.plugins import ProviderContext
 from llama_stack.providers.utils.remote import RemoteService, VendorStatusError
+from llama_stack.providers.utils.remote.content import plain_text
+from llama_stack.providers.utils.remote.fan_out import fan_out
+from llama_stack.providers.utils.remote.openai_answers import first_choice, stop_reason, usage_of
+from llama_stack.providers.utils.remote.openai_chat import sampling_fields
+from llama_stack.providers.utils.remote.registered_models import registered_model, vendor_model_name
 
 from .config import EmissaryInferenceConfig
 from .service import emissary_service
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-R = TypeVar("R")
 
 DEPLOYED = "Deployed"
 DEACTIVATED = "Deactivated"
@@ -77,8 +79,6 @@ STARTING = frozenset({"Pending", "Deploying"})
 # Statuses a deployment does not leave by itself.
 TERMINAL = frozenset({"Failed", "Cancelled", "Terminated", "TimedOut"})
 REACTIVATION_TIME = "about 8 to 20 minutes"
-
-FINISH_REASONS = {"stop": StopReason.finished_ok, "eos": StopReason.finished_ok, "length": StopReason.max_tokens}
 
 
 async def build(config: EmissaryInferenceConfig, context: ProviderContext) -> "EmissaryInference":
@@ -403,7 +403,7 @@ class EmissaryInference:
                 self._svc.name, model.model_id,
             )
             return
-        name = model.provider_model_id or model.model_id
+        name = vendor_model_name(model)
         raw = model.metadata.get("deployment")
         if raw is None:
             self._models[model.model_id] = ServedModel(name)
@@ -440,16 +440,16 @@ class EmissaryInference:
         # Every dialog is checked before the first call, so a refused one costs nothing upstream.
         bodies = [self._chat_body(request, d, f"batch_dialogs[{i}]") for i, d in enumerate(request.batch_dialogs)]
         await self._ready(request.model)
-        return await self._bounded(bodies, lambda body: self._chat(request.model, body))
+        return await fan_out(bodies, lambda body: self._chat(request.model, body), self._config.max_concurrency)
 
     async def batch_completion(self, request: BatchCompletionRequest) -> list[CompletionResponse]:
         bodies = [self._completion_body(request, c, f"content_batch[{i}]") for i, c in enumerate(request.content_batch)]
         await self._ready(request.model)
-        return await self._bounded(bodies, lambda body: self._complete(request.model, body))
+        return await fan_out(bodies, lambda body: self._complete(request.model, body), self._config.max_concurrency)
 
     async def embeddings(self, request: EmbeddingsRequest) -> EmbeddingsResponse:
         await self._ready(request.model)
-        vectors = await self._bounded(request.contents, lambda text: self._embed(request.model, text))
+        vectors = await fan_out(request.contents, lambda text: self._embed(request.model, text), self._config.max_concurrency)
         if len({len(v) for v in vectors}) > 1:
             raise ProviderError(
                 f"{self._svc.name} answered vectors of different sizes ({sorted({len(v) for v in vectors})}) "
@@ -462,19 +462,19 @@ class EmissaryInference:
 
     async def _chat(self, model_id: str, body: dict[str, Any]) -> ChatCompletionResponse:
         answer = await self._post(model_id, "/v1/chat/completions", body)
-        choice = self._first_choice(answer, model_id)
+        choice = first_choice(answer, self._svc, f"POST /v1/chat/completions for model '{model_id}'")
         message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
         content = message.get("content")
         if not content:
             # A refusal comes instead of content; it is what the model said.
             content = message.get("refusal") or choice.get("refusal") or ""
-        return ChatCompletionResponse(content=str(content), stop_reason=_stop_reason(choice), usage=_usage(answer))
+        return ChatCompletionResponse(content=str(content), stop_reason=_stop_reason(choice), usage=usage_of(answer.get("usage")))
 
     async def _complete(self, model_id: str, body: dict[str, Any]) -> CompletionResponse:
         answer = await self._post(model_id, "/v1/completions", body)
-        choice = self._first_choice(answer, model_id)
+        choice = first_choice(answer, self._svc, f"POST /v1/completions for model '{model_id}'")
         return CompletionResponse(
-            content=str(choice.get("text") or ""), stop_reason=_stop_reason(choice), usage=_usage(answer)
+            content=str(choice.get("text") or ""), stop_reason=_stop_reason(choice), usage=usage_of(answer.get("usage"))
         )
 
     async def _embed(self, model_id: str, text: str) -> list[float]:
@@ -514,35 +514,6 @@ class EmissaryInference:
         if served.deployment is not None:
             await self._deployments.ready(served.deployment)
 
-    def _first_choice(self, answer: Any, model_id: str) -> dict[str, Any]:
-        choices = answer.get("choices") if isinstance(answer, dict) else None
-        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-            raise ProviderError(
-                f"{self._svc.name} answered no choices for model '{model_id}': {str(answer)[:200]}",
-                provider=self._provider_id,
-            )
-        return choices[0]
-
-    async def _bounded(self, items: Sequence[T], call: Callable[[T], Awaitable[R]]) -> list[R]:
-        """``call`` on every item, at most max_concurrency at once; results in input order.
-
-        The first failure cancels the calls still running or waiting and is raised.
-        """
-        limit = asyncio.Semaphore(self._config.max_concurrency)
-
-        async def one(item: T) -> R:
-            async with limit:
-                return await call(item)
-
-        tasks = [asyncio.ensure_future(one(item)) for item in items]
-        try:
-            return list(await asyncio.gather(*tasks))
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
-
     # -- requests -> Emissary bodies (refusing what it cannot do) --
 
     def _chat_body(
@@ -558,7 +529,8 @@ class EmissaryInference:
         # tool_choice needs no check: any value but 'auto' and 'none' requires available_tools (validated).
         history = [(m, f"{where}.message_history[{i}]") for i, m in enumerate(dialog.message_history)]
         messages = [self._message(m, at) for m, at in [*history, (dialog.message, f"{where}.message")]]
-        body: dict[str, Any] = {"messages": messages, **_sampling(request.sampling_params)}
+        # seed and repetition_penalty were refused above: temperature, top_p and top_k are what is sent.
+        body: dict[str, Any] = {"messages": messages, **sampling_fields(request.sampling_params)}
         if request.max_tokens:
             body["max_tokens"] = request.max_tokens
         return body
@@ -568,7 +540,7 @@ class EmissaryInference:
     ) -> dict[str, Any]:
         self._served(request.model)
         self._refuse_common(request)
-        body: dict[str, Any] = {"prompt": self._text(content, where), **_sampling(request.sampling_params)}
+        body: dict[str, Any] = {"prompt": self._text(content, where), **sampling_fields(request.sampling_params)}
         if request.max_tokens:
             body["max_completion_tokens"] = request.max_tokens
         return body
@@ -614,14 +586,12 @@ class EmissaryInference:
         return {"role": message.role.value, "content": self._text(message.content, f"{where}.content")}
 
     def _text(self, content: Content, where: str) -> str:
-        parts = content if isinstance(content, list) else [content]
-        for index, part in enumerate(parts):
-            if isinstance(part, Attachment):
-                at = f"{where}[{index}]" if isinstance(content, list) else where
-                raise self._unsupported(
-                    at, "Emissary reads plain text only, not attachments", "put the attachment's text into the content"
-                )
-        return "".join(parts)  # type: ignore[arg-type]
+        return plain_text(content, where, self._no_attachments)
+
+    def _no_attachments(self, attachment: Attachment, where: str) -> BadRequestError:
+        return self._unsupported(
+            where, "Emissary reads plain text only, not attachments", "put the attachment's text into the content"
+        )
 
     def _unsupported(self, param: str, what: str, instead: str) -> BadRequestError:
         return BadRequestError(
@@ -634,13 +604,7 @@ class EmissaryInference:
     # -- models --
 
     def _served(self, model_id: str) -> ServedModel:
-        served = self._models.get(model_id)
-        if served is None:
-            known = ", ".join(sorted(self._models)) or "none"
-            raise NotFoundError(
-                f"{self._svc.name} does not serve model '{model_id}' (it serves: {known})", provider=self._provider_id
-            )
-        return served
+        return registered_model(self._models, model_id, self._svc)
 
     def _project_for(self, model: Model) -> str:
         if not self._config.project_id:
@@ -693,28 +657,9 @@ class EmissaryInference:
 
 
 # --------------------------------------------------------------------------------------------- mapping
-def _sampling(params: SamplingParams) -> dict[str, Any]:
-    if params.strategy == "greedy":
-        return {"temperature": 0.0}
-    body: dict[str, Any] = {"temperature": params.temperature, "top_p": params.top_p}
-    if params.top_k:
-        body["top_k"] = params.top_k
-    return body
-
-
 def _stop_reason(choice: dict[str, Any]) -> StopReason:
     # choices[].stop_reason is the matched stop string, not a reason: only finish_reason counts.
-    return FINISH_REASONS.get(choice.get("finish_reason") or "", StopReason.not_stopped)
-
-
-def _usage(answer: dict[str, Any]) -> Usage | None:
-    usage = answer.get("usage")
-    if not isinstance(usage, dict):
-        return None
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if not isinstance(prompt, (int, float)) or not isinstance(completion, (int, float)):
-        return None
-    return Usage(prompt_tokens=int(prompt), completion_tokens=int(completion))
+    return stop_reason(choice.get("finish_reason"))
 
 
 def _may_mean_not_serving(exc: LlamaStackError) -> bool:

@@ -11,19 +11,19 @@ See docs/providers/openai-compat.md.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from functools import partial
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict
 from pydantic import ValidationError as PydanticValidationError
 
-from llama_stack.apis.common import Attachment, Content, Dialog, Message, Role, StopReason, ToolCall, ToolDefinition
+from llama_stack.apis.common import Attachment, Content, Dialog, Role
 from llama_stack.apis.errors import (
     AuthenticationError,
     BadRequestError,
@@ -45,7 +45,6 @@ from llama_stack.apis.inference import (
     EmbeddingsResponse,
     Logprobs,
     ResponseFormat,
-    SamplingParams,
     TokenLogprob,
     TopLogprob,
     Usage,
@@ -54,8 +53,26 @@ from llama_stack.apis.inspect import Model
 from llama_stack.config import ConfigError
 from llama_stack.plugins import ProviderContext
 from llama_stack.providers.utils.inference.attachments import AttachmentInliner, InlinedAttachments
-from llama_stack.providers.utils.inference.tool_calls import BUILTIN_TOOLS, iter_messages, tool_name
+from llama_stack.providers.utils.inference.tool_calls import iter_messages
 from llama_stack.providers.utils.remote import RemoteService, VendorStatusError
+from llama_stack.providers.utils.inference.attachments import attachments_of
+from llama_stack.providers.utils.remote.fan_out import fan_out
+from llama_stack.providers.utils.remote.openai_answers import (
+    ToolCallAssembler,
+    choice_zero,
+    first_choice,
+    stop_reason,
+    tool_calls,
+    usage_of,
+)
+from llama_stack.providers.utils.remote.openai_chat import (
+    OPENAI_SAMPLING_FIELDS,
+    openai_messages,
+    openai_tool_choice,
+    openai_tools,
+    sampling_fields,
+)
+from llama_stack.providers.utils.remote.registered_models import registered_model, vendor_model_name
 
 from .config import ENV_VAR, PROVIDER_DATA_KEY, OpenAICompatConfig
 
@@ -63,11 +80,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# OpenAI's finish reasons that mean the model ran out of room; every other one (stop, tool_calls, eos,
-# content_filter, ...) is a normal end.
-_LENGTH_FINISH = frozenset({"length", "max_tokens"})
 # The function name of a json_schema response_format; OpenAI requires one, servers ignore it.
 _SCHEMA_NAME = "response"
+# Where choice 0 is in an answer, for the errors about its fields.
+_CHOICE_0 = ("choices", "0")
 _USER_IMAGES_ONLY = "images can only be sent in user messages (OpenAI's API takes image_url parts there alone)"
 _TEXT_PROMPT_ONLY = "a text completion's prompt is text; send images in a chat_completion user message"
 
@@ -139,25 +155,10 @@ class _ChatLogprobsOut(_Loose):
     content: list[_TokenLogprobOut] | None = None
 
 
-class _FunctionOut(_Loose):
-    name: str | None = None
-    arguments: str | dict[str, Any] | None = None
-
-
-class _ToolCallOut(_Loose):
-    index: int | None = None
-    id: str | None = None
-    function: _FunctionOut | None = None
-
-
+# Tool calls and usage stay JSON objects here: the shared readers of OpenAI-style answers read them.
 class _MessageOut(_Loose):
     content: str | None = None
-    tool_calls: list[_ToolCallOut] | None = None
-
-
-class _UsageOut(_Loose):
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class _ChatChoiceOut(_Loose):
@@ -167,14 +168,15 @@ class _ChatChoiceOut(_Loose):
     logprobs: _ChatLogprobsOut | None = None
 
 
+# An answer's (or stream event's) choices are checked one by one: only choice 0 is read (first_choice).
 class _ChatAnswer(_Loose):
-    choices: list[_ChatChoiceOut]
-    usage: _UsageOut | None = None
+    choices: list[dict[str, Any]]
+    usage: dict[str, Any] | None = None
 
 
 class _DeltaOut(_Loose):
     content: str | None = None
-    tool_calls: list[_ToolCallOut] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class _ChatChunkChoiceOut(_Loose):
@@ -185,8 +187,8 @@ class _ChatChunkChoiceOut(_Loose):
 
 
 class _ChatChunk(_Loose):
-    choices: list[_ChatChunkChoiceOut] = []
-    usage: _UsageOut | None = None
+    choices: list[dict[str, Any]] = []
+    usage: dict[str, Any] | None = None
 
 
 class _CompletionLogprobsOut(_Loose):
@@ -203,8 +205,8 @@ class _CompletionChoiceOut(_Loose):
 
 
 class _CompletionAnswer(_Loose):
-    choices: list[_CompletionChoiceOut] = []
-    usage: _UsageOut | None = None
+    choices: list[dict[str, Any]] = []
+    usage: dict[str, Any] | None = None
 
 
 class _EmbeddingOut(_Loose):
@@ -236,15 +238,6 @@ def _bad(where: str, message: str, provider: str) -> BadRequestError:
 
 def _is_image(attachment: Attachment) -> bool:
     return attachment.mime_type.split(";", 1)[0].strip().lower().startswith("image/")
-
-
-def _attachments_of(content: Content, where: str) -> Iterator[tuple[Attachment, str]]:
-    if isinstance(content, Attachment):
-        yield content, where
-    elif isinstance(content, list):
-        for index, part in enumerate(content):
-            if isinstance(part, Attachment):
-                yield part, f"{where}[{index}]"
 
 
 @dataclass(frozen=True)
@@ -280,7 +273,7 @@ def _text_attachments(pieces: list[_Piece], provider: str) -> list[tuple[Attachm
     """The text attachments to fetch and inline; images are checked (they travel as image_url parts)."""
     wanted = []
     for piece in pieces:
-        for attachment, at in _attachments_of(piece.content, piece.where):
+        for attachment, at in attachments_of(piece.content, piece.where):
             if not _is_image(attachment):
                 wanted.append((attachment, at))
             elif piece.no_images is not None:
@@ -308,105 +301,9 @@ def _user_content(content: Content, where: str, inlined: InlinedAttachments) -> 
     return parts
 
 
-class _PendingCalls:
-    """The tool calls of the latest assistant message that no tool result has answered yet.
-
-    OpenAI's API links each result to its call by id; results here may omit the call_id, so they are matched
-    to the calls in order (by tool name when they give one).
-    """
-
-    def __init__(self, provider: str):
-        self.provider = provider
-        self.calls: list[tuple[str, str]] = []  # (call id, tool name)
-
-    def replace(self, calls: list[tuple[str, str]]) -> None:
-        self.calls = list(calls)
-
-    def answer(self, call_id: str | None, name: str | None, where: str) -> str:
-        if call_id:
-            self.calls = [c for c in self.calls if c[0] != call_id]
-            return call_id
-        match = next((c for c in self.calls if name is None or c[1] == name), None)
-        if match is None:
-            open_calls = ", ".join(f"{n} ({i})" for i, n in self.calls) or "none"
-            raise _bad(
-                where,
-                f"this tool result answers no tool call of the assistant message before it (unanswered calls: "
-                f"{open_calls}); an OpenAI-compatible server needs each result linked to its call: give call_id",
-                self.provider,
-            )
-        self.calls.remove(match)
-        return match[0]
-
-
-def _assistant_calls(calls: list[ToolCall], position: int) -> list[dict[str, Any]]:
-    # Calls without an id get one derived from their place, so the results that follow can name it.
-    return [
-        {
-            "id": call.call_id or f"call_{position}_{index}",
-            "type": "function",
-            "function": {"name": call.tool_name, "arguments": json.dumps(call.arguments, ensure_ascii=False)},
-        }
-        for index, call in enumerate(calls)
-    ]
-
-
-def openai_messages(dialog: Dialog, inlined: InlinedAttachments, provider: str) -> list[dict[str, Any]]:
-    """The dialog as OpenAI messages: tool results become one ``tool`` message per result, linked by id."""
-    out: list[dict[str, Any]] = []
-    pending = _PendingCalls(provider)
-    for position, (at, message) in enumerate(iter_messages(dialog)):
-        for index, response in enumerate(message.tool_responses):
-            where = f"{at}.tool_responses[{index}]"
-            call_id = pending.answer(response.call_id, response.tool_name, f"{where}.call_id")
-            out.append({"role": "tool", "tool_call_id": call_id, "content": inlined.inline(response.content, f"{where}.content")})
-        out.extend(_message(message, at, position, inlined, pending))
-    return out
-
-
-def _message(
-    message: Message, at: str, position: int, inlined: InlinedAttachments, pending: _PendingCalls
-) -> list[dict[str, Any]]:
-    where = f"{at}.content"
-    if message.role == Role.tool:
-        if message.tool_responses:
-            return []  # the results went out above; the message's own content repeats them
-        call_id = pending.answer(None, None, at)
-        return [{"role": "tool", "tool_call_id": call_id, "content": inlined.inline(message.content, where)}]
-    if message.role == Role.assistant:
-        text = inlined.inline(message.content, where)
-        entry: dict[str, Any] = {"role": "assistant", "content": text}
-        if message.tool_calls:
-            calls = _assistant_calls(message.tool_calls, position)
-            pending.replace([(c["id"], c["function"]["name"]) for c in calls])
-            entry = {"role": "assistant", "content": text or None, "tool_calls": calls}
-        return [entry]
-    if message.tool_responses and message.content in ("", []):
-        return []  # it only carried tool results
-    if message.role == Role.user:
-        return [{"role": "user", "content": _user_content(message.content, where, inlined)}]
-    return [{"role": message.role.value, "content": inlined.inline(message.content, where)}]
-
-
-def openai_tools(tools: list[ToolDefinition]) -> list[dict[str, Any]]:
-    """Function definitions; the built-in tools get their description and argument schema when they have none."""
-    out = []
-    for tool in tools:
-        name = tool_name(tool)
-        builtin = BUILTIN_TOOLS.get(name)
-        description = tool.description or (builtin.description if builtin else None)
-        parameters = tool.parameters or (builtin.parameters if builtin else {"type": "object", "properties": {}})
-        function: dict[str, Any] = {"name": name, "parameters": parameters}
-        if description:
-            function["description"] = description
-        out.append({"type": "function", "function": function})
-    return out
-
-
-def openai_tool_choice(choice: str) -> str | dict[str, Any]:
-    if choice in ("auto", "none", "required"):
-        return choice
-    return {"type": "function", "function": {"name": choice}}
+def _content(inlined: InlinedAttachments, content: Content, where: str, role: Role) -> str | list[dict[str, Any]]:
+    """A message's content for openai_messages: images travel in user messages only (checked up front)."""
+    return _user_content(content, where, inlined) if role == Role.user else inlined.inline(content, where)
 
 
 def openai_response_format(value: ResponseFormat | None) -> dict[str, Any] | None:
@@ -417,47 +314,23 @@ def openai_response_format(value: ResponseFormat | None) -> dict[str, Any] | Non
     return {"type": "json_schema", "json_schema": {"name": _SCHEMA_NAME, "schema": value.json_schema}}
 
 
-def sampling_fields(params: SamplingParams, extensions: str, provider_name: str, provider: str) -> dict[str, Any]:
-    """OpenAI's sampling fields; top_k and the repetition penalty only as the server's extension fields."""
-    fields: dict[str, Any]
-    if params.strategy == "greedy":
-        fields = {"temperature": 0.0}
-    else:
-        fields = {"temperature": params.temperature, "top_p": params.top_p}
-    if params.seed is not None:
-        fields["seed"] = params.seed
-    # Ours, by our names; only what changes sampling (greedy ignores top_k).
-    extra: dict[str, Any] = {}
-    if params.strategy != "greedy" and params.top_k > 0:
-        extra["top_k"] = params.top_k
-    if params.repetition_penalty != 1.0:
-        extra["repetition_penalty"] = params.repetition_penalty
+def _with_extensions(fields: dict[str, Any], extensions: str, provider_name: str, provider: str) -> dict[str, Any]:
+    """The sampling fields as this server takes them: those beyond OpenAI's only as its extension fields."""
+    extra = [name for name in fields if name not in OPENAI_SAMPLING_FIELDS]  # top_k, repetition_penalty
     if extra and extensions == "none":
         raise _bad(
-            f"sampling_params.{next(iter(extra))}",
+            f"sampling_params.{extra[0]}",
             f"{provider_name} sends no {' and '.join(extra)}: OpenAI's API has no such field and this provider is "
             "configured with sampling_extensions: none. Leave them at their defaults (top_k 0, repetition_penalty "
             "1.0), or set sampling_extensions to 'vllm' or 'llama.cpp' if the server takes them",
             provider,
         )
-    if extensions == "llama.cpp" and "repetition_penalty" in extra:
-        extra["repeat_penalty"] = extra.pop("repetition_penalty")
-    return fields | extra
+    if extensions == "llama.cpp" and "repetition_penalty" in fields:
+        fields["repeat_penalty"] = fields.pop("repetition_penalty")
+    return fields
 
 
 # ----------------------------------------------------------------------------------- response mapping
-
-
-def stop_reason(finish: str | None) -> StopReason:
-    if finish is None:
-        return StopReason.not_stopped
-    return StopReason.max_tokens if finish in _LENGTH_FINISH else StopReason.finished_ok
-
-
-def usage_of(usage: _UsageOut | None) -> Usage | None:
-    if usage is None or (usage.prompt_tokens is None and usage.completion_tokens is None):
-        return None
-    return Usage(prompt_tokens=usage.prompt_tokens or 0, completion_tokens=usage.completion_tokens or 0)
 
 
 def chat_logprobs(value: _ChatLogprobsOut | None) -> Logprobs | None:
@@ -490,59 +363,6 @@ def completion_logprobs(value: _CompletionLogprobsOut | None) -> Logprobs | None
             TokenLogprob(token=token, logprob=logprob, top_logprobs=[TopLogprob(token=t, logprob=lp) for t, lp in ranked])
         )
     return Logprobs(content=content)
-
-
-@dataclass
-class _CallParts:
-    """A tool call as it arrives: its id, name and argument text (streamed in pieces)."""
-
-    id: str | None = None
-    name: str = ""
-    arguments: str = ""
-
-    def add(self, delta: _ToolCallOut) -> None:
-        self.id = self.id or delta.id
-        function = delta.function or _FunctionOut()
-        if function.name and not self.name:
-            self.name = function.name
-        if isinstance(function.arguments, dict):
-            self.arguments = json.dumps(function.arguments)
-        elif function.arguments:
-            self.arguments += function.arguments
-
-
-def tool_call_of(parts: _CallParts) -> ToolCall | str:
-    """The call, or (arguments that are not a JSON object) the call as text, so the answer is not lost."""
-    try:
-        arguments = json.loads(parts.arguments) if parts.arguments.strip() else {}
-    except json.JSONDecodeError:
-        arguments = None
-    if not isinstance(arguments, dict) or not parts.name:
-        return json.dumps({"name": parts.name, "arguments": parts.arguments}, ensure_ascii=False)
-    return ToolCall(tool_name=parts.name, arguments=arguments, call_id=parts.id)
-
-
-def _calls_and_text(calls: list[_CallParts]) -> tuple[list[ToolCall], list[str]]:
-    parsed = [tool_call_of(c) for c in calls]
-    return [c for c in parsed if isinstance(c, ToolCall)], [c for c in parsed if isinstance(c, str)]
-
-
-class _CallAccumulator:
-    """Streamed tool-call deltas, gathered by their index."""
-
-    def __init__(self) -> None:
-        self.calls: dict[int, _CallParts] = {}
-
-    def add(self, delta: _ToolCallOut) -> None:
-        index = delta.index
-        if index is None:  # servers that leave the index out: a new id starts a new call
-            known = {c.id for c in self.calls.values()}
-            last = max(self.calls, default=-1)
-            index = last + 1 if last < 0 or (delta.id and delta.id not in known) else last
-        self.calls.setdefault(index, _CallParts()).add(delta)
-
-    def in_order(self) -> list[_CallParts]:
-        return [self.calls[i] for i in sorted(self.calls)]
 
 
 # ------------------------------------------------------------------------------------------- provider
@@ -580,7 +400,7 @@ class OpenAICompatInference:
         served = await self._served_models()
         if served is None:
             return
-        name = _vendor_name(model)
+        name = vendor_model_name(model)
         names = {n for m in served for n in (m.id, *m.aliases)}
         if name in names or f"{name}:latest" in names:  # Ollama lists 'llama3' as 'llama3:latest'
             return
@@ -636,16 +456,17 @@ class OpenAICompatInference:
     async def batch_completion(self, request: BatchCompletionRequest) -> list[CompletionResponse]:
         shared = request.model_dump(exclude={"content_batch"})
         singles = [CompletionRequest(content=content, stream=False, **shared) for content in request.content_batch]
-        return await self._fan_out([lambda r=r: self.completion(r) for r in singles])  # type: ignore[misc]
+        # Not streamed, so each answer is a whole CompletionResponse.
+        return cast(list[CompletionResponse], await fan_out(singles, self.completion, self._batch_slots))
 
     async def batch_chat_completion(self, request: BatchChatCompletionRequest) -> list[ChatCompletionResponse]:
         shared = request.model_dump(exclude={"batch_dialogs"})
         singles = [ChatCompletionRequest(dialog=dialog, stream=False, **shared) for dialog in request.batch_dialogs]
-        return await self._fan_out([lambda r=r: self.chat_completion(r) for r in singles])  # type: ignore[misc]
+        return cast(list[ChatCompletionResponse], await fan_out(singles, self.chat_completion, self._batch_slots))
 
     async def embeddings(self, request: EmbeddingsRequest) -> EmbeddingsResponse:
         model = self._model(request.model)
-        body = {"model": _vendor_name(model), "input": list(request.contents), "encoding_format": "float"}
+        body = {"model": vendor_model_name(model), "input": list(request.contents), "encoding_format": "float"}
         with self._vendor_errors(model, "/embeddings"):
             answer = await self.service.json("POST", "/embeddings", json_body=body)
         data = sorted(self._parse(_EmbeddingsAnswer, answer, "POST /embeddings").data, key=lambda d: d.index)
@@ -659,12 +480,7 @@ class OpenAICompatInference:
 
     # ----------------------------------------------------------------------------- request bodies
     def _model(self, model_id: str) -> Model:
-        model = self.models.get(model_id)
-        if model is None:
-            raise NotFoundError(
-                f"{self.service.name} has no model '{model_id}' registered", provider=self.provider_id, param="model"
-            )
-        return model
+        return registered_model(self.models, model_id, self.service)
 
     async def _inlined(self, pieces: list[_Piece], model: Model) -> InlinedAttachments:
         return await self._inliner.fetch(_text_attachments(pieces, self.provider_id), model=model.model_id)
@@ -673,8 +489,8 @@ class OpenAICompatInference:
         fields = self._generation_fields(request)  # refusals first, before any attachment is fetched
         inlined = await self._inlined(_dialog_pieces(request.dialog), model)
         body: dict[str, Any] = {
-            "model": _vendor_name(model),
-            "messages": openai_messages(request.dialog, inlined, self.provider_id),
+            "model": vendor_model_name(model),
+            "messages": openai_messages(request.dialog, partial(_content, inlined), self.service),
             **fields,
         }
         if request.max_tokens:
@@ -692,7 +508,7 @@ class OpenAICompatInference:
         fields = self._generation_fields(request)
         inlined = await self._inlined([_Piece(request.content, "content", _TEXT_PROMPT_ONLY)], model)
         return {
-            "model": _vendor_name(model),
+            "model": vendor_model_name(model),
             "prompt": inlined.inline(request.content, "content"),
             **fields,
             "max_tokens": request.max_tokens or self.config.completion_max_tokens,
@@ -701,8 +517,8 @@ class OpenAICompatInference:
         }
 
     def _generation_fields(self, request: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
-        fields = sampling_fields(
-            request.sampling_params, self.config.sampling_extensions, self.service.name, self.provider_id
+        fields = _with_extensions(
+            sampling_fields(request.sampling_params), self.config.sampling_extensions, self.service.name, self.provider_id
         )
         if request.stop:
             fields["stop"] = list(request.stop)
@@ -718,93 +534,84 @@ class OpenAICompatInference:
         return fields
 
     # ---------------------------------------------------------------------------------- answers
-    def _parse(self, shape: type[T], payload: Any, what: str) -> T:
+    def _parse(self, shape: type[T], payload: Any, what: str, at: tuple[str, ...] = ()) -> T:
+        """``payload`` (at path ``at`` in the answer) as ``shape``; a 502 naming the field that is off."""
         try:
             return shape.model_validate(payload)  # type: ignore[attr-defined,no-any-return]
         except PydanticValidationError as exc:
             error = exc.errors(include_url=False)[0]
-            where = ".".join(str(p) for p in error["loc"]) or "the body"
+            where = ".".join(str(p) for p in (*at, *error["loc"])) or "the body"
             raise ProviderError(
                 f"{self.service.name} answered {what} in an unexpected shape ({where}: {error['msg']})",
                 provider=self.provider_id,
             ) from None
 
-    def _first(self, choices: list[Any], what: str) -> Any:
-        choice = next((c for c in choices if c.index == 0), None)
-        if choice is None:
-            raise ProviderError(f"{self.service.name} answered {what} without a choice", provider=self.provider_id)
-        return choice
+    # The answer's (or event's) shape is checked first, so that a missing part is named; then only choice 0
+    # is read: one choice is all ever asked for.
+    def _answer_choice(self, envelope: type[_Loose], shape: type[T], payload: Any, what: str) -> T:
+        self._parse(envelope, payload, what)
+        return self._parse(shape, first_choice(payload, self.service, what), what, _CHOICE_0)
 
+    def _event_choice(self, envelope: type[_Loose], shape: type[T], event: Any, what: str) -> T | None:
+        self._parse(envelope, event, what)
+        choice = choice_zero(event)
+        return None if choice is None else self._parse(shape, choice, what, _CHOICE_0)
+
+    # A server that leaves finish_reason out (some do in their last stream event) still finished the answer,
+    # so its absence reads as "stop" here.
     def _chat_response(self, payload: Any) -> ChatCompletionResponse:
-        answer = self._parse(_ChatAnswer, payload, "POST /chat/completions")
-        choice = self._first(answer.choices, "POST /chat/completions")
-        collected = _CallAccumulator()
-        for delta in choice.message.tool_calls or []:
-            collected.add(delta)
-        calls, unreadable = _calls_and_text(collected.in_order())
-        text = "\n".join(filter(None, [choice.message.content or "", *unreadable]))
+        choice = self._answer_choice(_ChatAnswer, _ChatChoiceOut, payload, "POST /chat/completions")
         return ChatCompletionResponse(
-            content=text,
-            tool_calls=calls,
+            content=choice.message.content or "",
+            tool_calls=tool_calls(choice.message.tool_calls),
             stop_reason=stop_reason(choice.finish_reason or "stop"),
             logprobs=chat_logprobs(choice.logprobs),
-            usage=usage_of(answer.usage),
+            usage=usage_of(payload.get("usage")),
         )
 
     def _completion_response(self, payload: Any) -> CompletionResponse:
-        answer = self._parse(_CompletionAnswer, payload, "POST /completions")
-        choice = self._first(answer.choices, "POST /completions")
+        choice = self._answer_choice(_CompletionAnswer, _CompletionChoiceOut, payload, "POST /completions")
         return CompletionResponse(
             content=choice.text or "",
             stop_reason=stop_reason(choice.finish_reason or "stop"),
             logprobs=completion_logprobs(choice.logprobs),
-            usage=usage_of(answer.usage),
+            usage=usage_of(payload.get("usage")),
         )
 
     async def _chat_chunks(self, events: AsyncIterator[Any]) -> AsyncIterator[ChatCompletionResponseStreamChunk]:
         """Text as it comes; the tool calls, gathered from their deltas, in order at the end; then the stop."""
-        collected = _CallAccumulator()
+        collected = ToolCallAssembler()
         finish: str | None = None
         usage: Usage | None = None
-        try:
+        async with aclosing(events):  # type: ignore[type-var]
             async for event in events:
-                chunk = self._parse(_ChatChunk, event, "a chat stream event")
-                usage = usage_of(chunk.usage) or usage
-                for choice in chunk.choices:
-                    if choice.index != 0:
-                        continue
-                    delta = choice.delta or _DeltaOut()
-                    for call in delta.tool_calls or []:
-                        collected.add(call)
-                    logprobs = chat_logprobs(choice.logprobs)
-                    if delta.content or logprobs:
-                        yield ChatCompletionResponseStreamChunk(text_delta=delta.content or "", logprobs=logprobs)
-                    finish = choice.finish_reason or finish
-        finally:
-            await _aclose(events)
-        calls, unreadable = _calls_and_text(collected.in_order())
-        for text in unreadable:
-            yield ChatCompletionResponseStreamChunk(text_delta=text)
-        for index, call in enumerate(calls):
+                choice = self._event_choice(_ChatChunk, _ChatChunkChoiceOut, event, "a chat stream event")
+                usage = usage_of(event.get("usage")) or usage
+                if choice is None:
+                    continue
+                delta = choice.delta or _DeltaOut()
+                collected.add(delta.tool_calls)
+                logprobs = chat_logprobs(choice.logprobs)
+                if delta.content or logprobs:
+                    yield ChatCompletionResponseStreamChunk(text_delta=delta.content or "", logprobs=logprobs)
+                finish = choice.finish_reason or finish
+        for index, call in enumerate(collected.calls()):
             yield ChatCompletionResponseStreamChunk(text_delta="", tool_call=call, tool_call_index=index)
         yield ChatCompletionResponseStreamChunk(text_delta="", stop_reason=stop_reason(finish or "stop"), usage=usage)
 
     async def _completion_chunks(self, events: AsyncIterator[Any]) -> AsyncIterator[CompletionResponseStreamChunk]:
         finish: str | None = None
         usage: Usage | None = None
-        try:
+        async with aclosing(events):  # type: ignore[type-var]
             async for event in events:
-                chunk = self._parse(_CompletionAnswer, event, "a completion stream event")
-                usage = usage_of(chunk.usage) or usage
-                for choice in chunk.choices:
-                    if choice.index != 0:
-                        continue
-                    logprobs = completion_logprobs(choice.logprobs)
-                    if choice.text or (logprobs and logprobs.content):
-                        yield CompletionResponseStreamChunk(text_delta=choice.text or "", logprobs=logprobs)
-                    finish = choice.finish_reason or finish
-        finally:
-            await _aclose(events)
+                choice = self._event_choice(_CompletionAnswer, _CompletionChoiceOut, event, "a completion stream event")
+                usage = usage_of(event.get("usage")) or usage
+                if choice is None:
+                    continue
+                logprobs = completion_logprobs(choice.logprobs)
+                if choice.text or (logprobs and logprobs.content):
+                    yield CompletionResponseStreamChunk(text_delta=choice.text or "", logprobs=logprobs)
+                finish = choice.finish_reason or finish
         yield CompletionResponseStreamChunk(text_delta="", stop_reason=stop_reason(finish or "stop"), usage=usage)
 
     # ------------------------------------------------------------------------------------ helpers
@@ -820,7 +627,7 @@ class OpenAICompatInference:
         name = self.service.name
         if exc.vendor_status == 404:
             return NotFoundError(
-                f"{name} does not serve model '{_vendor_name(model)}' (the model '{model.model_id}' of this "
+                f"{name} does not serve model '{vendor_model_name(model)}' (the model '{model.model_id}' of this "
                 f"distribution) or the route {path} (404): {exc.vendor_message}. Check the model's "
                 "provider_model_id against the server's GET /models, and that the provider's url ends in /v1",
                 provider=self.provider_id,
@@ -837,35 +644,6 @@ class OpenAICompatInference:
                 code="provider_auth_failed",
             )
         return exc
-
-    async def _fan_out(self, calls: list[Callable[[], Awaitable[T]]]) -> list[T]:
-        """Run the calls at most max_concurrency at once; answers in input order, or the first failure."""
-
-        async def run(call: Callable[[], Awaitable[T]]) -> T:
-            async with self._batch_slots:
-                return await call()
-
-        tasks = [asyncio.ensure_future(run(call)) for call in calls]
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        finally:
-            for task in tasks:
-                task.cancel()  # a no-op for the finished ones; the rest are moot once one failed
-            await asyncio.gather(*tasks, return_exceptions=True)
-        failed = next((t.exception() for t in tasks if not t.cancelled() and t.exception() is not None), None)
-        if failed is not None:
-            raise failed
-        return [task.result() for task in tasks]
-
-
-def _vendor_name(model: Model) -> str:
-    return model.provider_model_id or model.model_id
-
-
-async def _aclose(events: AsyncIterator[Any]) -> None:
-    aclose = getattr(events, "aclose", None)
-    if aclose is not None:
-        await aclose()
 
 
 async def build(

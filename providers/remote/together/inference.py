@@ -9,15 +9,12 @@ See docs/providers/together-inference.md.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-from llama_stack.apis.common import Attachment, BuiltinTool, Content, Message, Role, StopReason, ToolCall, ToolDefinition
+from llama_stack.apis.common import Attachment, Content, Role, StopReason
 from llama_stack.apis.errors import BadRequestError, NotFoundError, ProviderError
 from llama_stack.apis.inference import (
     BatchChatCompletionRequest,
@@ -35,7 +32,6 @@ from llama_stack.apis.inference import (
     RerankResponse,
     RerankResult,
     ResponseFormat,
-    SamplingParams,
     TokenLogprob,
     TopLogprob,
     Usage,
@@ -43,46 +39,24 @@ from llama_stack.apis.inference import (
 from llama_stack.apis.inspect import Model
 from llama_stack.plugins import ProviderContext
 from llama_stack.providers.utils.remote import RemoteService, VendorStatusError
+from llama_stack.providers.utils.remote.content import plain_text
+from llama_stack.providers.utils.remote.fan_out import fan_out
+from llama_stack.providers.utils.remote.openai_answers import (
+    ToolCallAssembler,
+    choice_zero,
+    first_choice,
+    stop_reason,
+    tool_calls,
+    usage_of,
+)
+from llama_stack.providers.utils.remote.openai_chat import openai_messages, openai_tools, sampling_fields
+from llama_stack.providers.utils.remote.registered_models import registered_model, vendor_model_name
 
 from .config import TogetherInferenceConfig
 from .service import together_service
 
 # Together's YAML caps `logprobs` at 1: one logprob per generated token, no further alternatives.
 MAX_TOGETHER_LOGPROBS = 1
-
-# Invalid JSON in a tool call's arguments is kept under this key, so a caller sees what the model wrote.
-RAW_ARGUMENTS_KEY = "raw_arguments"
-
-
-def _one_argument(name: str, description: str) -> dict[str, Any]:
-    return {"type": "object", "properties": {name: {"type": "string", "description": description}}, "required": [name]}
-
-
-# The built-in tools have no parameters in the contract; Together needs a JSON Schema for each function.
-BUILTIN_FUNCTIONS: dict[str, tuple[str, dict[str, Any]]] = {
-    BuiltinTool.web_search.value: ("Search the web.", _one_argument("query", "What to search for.")),
-    BuiltinTool.code_interpreter.value: (
-        "Run Python code and return its output.",
-        _one_argument("code", "The Python code to run."),
-    ),
-    BuiltinTool.image_gen.value: ("Generate an image.", _one_argument("prompt", "A description of the image.")),
-    BuiltinTool.math.value: (
-        "Evaluate a mathematical expression.",
-        _one_argument("expression", "The expression to evaluate."),
-    ),
-}
-
-# Together's finish_reason -> ours. The contract has no tool-call stop reason: a call is a normal finish.
-FINISH_REASONS: dict[str, StopReason] = {
-    "stop": StopReason.finished_ok,
-    "eos": StopReason.finished_ok,
-    "tool_calls": StopReason.finished_ok,
-    "function_call": StopReason.finished_ok,
-    "length": StopReason.max_tokens,
-}
-
-T = TypeVar("T")
-R = TypeVar("R")
 
 
 async def build(config: TogetherInferenceConfig, context: ProviderContext) -> "TogetherInference":
@@ -140,7 +114,7 @@ class TogetherInference:
             answer = await self._post("/completions", body, vendor_model)
             return self._completion_response(answer, _alternatives(request))
 
-        return await self._fan_out(bodies, one)
+        return await fan_out(bodies, one, self.config.max_concurrency)
 
     async def batch_chat_completion(self, request: BatchChatCompletionRequest) -> list[ChatCompletionResponse]:
         vendor_model = self._vendor_model(request.model)
@@ -155,7 +129,7 @@ class TogetherInference:
             answer = await self._post("/chat/completions", body, vendor_model)
             return self._chat_response(answer, _alternatives(request))
 
-        return await self._fan_out(bodies, one)
+        return await fan_out(bodies, one, self.config.max_concurrency)
 
     # ---------------------------------------------------------------------------- embeddings, rerank
     async def embeddings(self, request: EmbeddingsRequest) -> EmbeddingsResponse:
@@ -203,14 +177,7 @@ class TogetherInference:
 
     # -------------------------------------------------------------------------------- request bodies
     def _vendor_model(self, model_id: str) -> str:
-        model = self.models.get(model_id)
-        if model is None:
-            served = ", ".join(sorted(self.models)) or "none"
-            raise NotFoundError(
-                f"{self.service.name} does not serve model '{model_id}' (it serves: {served})",
-                provider=self.service.provider_id,
-            )
-        return model.provider_model_id or model.model_id
+        return vendor_model_name(registered_model(self.models, model_id, self.service))
 
     def _completion_body(self, request: CompletionRequest, vendor_model: str) -> dict[str, Any]:
         if request.response_format is not None and request.response_format.type != "text":
@@ -225,10 +192,13 @@ class TogetherInference:
         return body
 
     def _chat_body(self, request: ChatCompletionRequest, vendor_model: str, where: str = "dialog") -> dict[str, Any]:
-        body: dict[str, Any] = {"model": vendor_model, "messages": self._messages(request, where)}
+        # Together's spec requires an index on each call of an assistant message, and content as a string.
+        messages = openai_messages(request.dialog, self._text, self.service, where=where, numbered_calls=True, no_text="")
+        body: dict[str, Any] = {"model": vendor_model, "messages": messages}
         if request.available_tools:
-            body["tools"] = [_tool(tool) for tool in request.available_tools]
-            # Together's tool_choice is a string: "auto", "none", "required" or a function's name.
+            body["tools"] = openai_tools(request.available_tools)
+            # Together takes a function's name as a plain string ("auto", "none", "required" or the name); its
+            # object form is not OpenAI's named choice, so openai_tool_choice's is not sent.
             body["tool_choice"] = request.tool_choice
         body.update(self._generation_options(request))
         if request.response_format is not None and request.response_format.type != "text":
@@ -236,7 +206,8 @@ class TogetherInference:
         return body
 
     def _generation_options(self, request: CompletionRequest | ChatCompletionRequest) -> dict[str, Any]:
-        options = _sampling(request.sampling_params)
+        # Together takes top_k and repetition_penalty as they are, beside OpenAI's fields.
+        options = sampling_fields(request.sampling_params)
         if request.max_tokens:
             options["max_tokens"] = request.max_tokens
         if request.stop:
@@ -255,51 +226,17 @@ class TogetherInference:
             options["stream"] = True
         return options
 
-    def _messages(self, request: ChatCompletionRequest, where: str) -> list[dict[str, Any]]:
-        dialog = request.dialog
-        ids = _CallIds()
-        out: list[dict[str, Any]] = []
-        messages = [*dialog.message_history, dialog.message]
-        for turn, message in enumerate(messages):
-            at = f"{where}.message_history[{turn}]" if turn < len(dialog.message_history) else f"{where}.message"
-            out.extend(self._tool_results(message, at, ids))
-            text = self._text(message.content, f"{at}.content")
-            if message.role == Role.tool:
-                continue  # its content, if any, was sent as a tool result above
-            entry: dict[str, Any] = {"role": message.role.value, "content": text}
-            if message.role == Role.assistant and message.tool_calls:
-                entry["tool_calls"] = ids.calls(turn, message.tool_calls)
-            out.append(entry)
-        return out
+    def _text(self, content: Content, where: str, role: Role | None = None) -> str:
+        # Text whatever the message's role (the RenderContent of openai_messages): Together reads no images.
+        return plain_text(content, where, self._no_attachments)
 
-    def _tool_results(self, message: Message, at: str, ids: "_CallIds") -> list[dict[str, Any]]:
-        """One Together tool message per tool response (and for a tool message's own content)."""
-        results: list[dict[str, Any]] = []
-        for index, response in enumerate(message.tool_responses):
-            where = f"{at}.tool_responses[{index}]"
-            call_id = ids.answer(response.call_id, response.tool_name, where, self.service)
-            results.append({"role": "tool", "content": self._text(response.content, f"{where}.content"), "tool_call_id": call_id})
-        if message.role == Role.tool:
-            text = self._text(message.content, f"{at}.content")
-            if text or not message.tool_responses:
-                call_id = ids.answer(None, None, at, self.service)
-                results.append({"role": "tool", "content": text, "tool_call_id": call_id})
-        return results
-
-    def _text(self, content: Content, where: str) -> str:
-        if isinstance(content, str):
-            return content
-        parts = [content] if isinstance(content, Attachment) else content
-        for index, part in enumerate(parts):
-            if isinstance(part, Attachment):
-                at = where if isinstance(content, Attachment) else f"{where}[{index}]"
-                raise BadRequestError(
-                    f"{self.service.name} cannot take attachments: Together's chat and completion APIs read text "
-                    f"only, and {at} is an attachment ({part.mime_type}); put its text into the message instead",
-                    provider=self.service.provider_id,
-                    param=at,
-                )
-        return "".join(part for part in parts if isinstance(part, str))
+    def _no_attachments(self, attachment: Attachment, where: str) -> BadRequestError:
+        return BadRequestError(
+            f"{self.service.name} cannot take attachments: Together's chat and completion APIs read text "
+            f"only, and {where} is an attachment ({attachment.mime_type}); put its text into the message instead",
+            provider=self.service.provider_id,
+            param=where,
+        )
 
     # ------------------------------------------------------------------------------------- the calls
     async def _post(self, path: str, body: dict[str, Any], vendor_model: str) -> Any:
@@ -323,88 +260,56 @@ class TogetherInference:
             provider=self.service.provider_id,
         )
 
-    async def _fan_out(self, items: list[T], one: Callable[[T], Awaitable[R]]) -> list[R]:
-        """``one(item)`` for every item, ``max_concurrency`` at a time; results in input order.
-
-        The first failure cancels the calls still running and is raised: a batch is answered whole or not.
-        """
-        gate = asyncio.Semaphore(self.config.max_concurrency)
-
-        async def gated(item: T) -> R:
-            async with gate:
-                return await one(item)
-
-        tasks = [asyncio.ensure_future(gated(item)) for item in items]
-        try:
-            return list(await asyncio.gather(*tasks))
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
-
     # ------------------------------------------------------------------------------------ the answers
     def _bad_answer(self, what: str) -> ProviderError:
         return ProviderError(f"{self.service.name} answered with {what}", provider=self.service.provider_id)
 
-    def _first_choice(self, answer: Any, path: str) -> dict[str, Any]:
-        choices = answer.get("choices") if isinstance(answer, dict) else None
-        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-            raise self._bad_answer(f"no choices from POST {path}")
-        return choices[0]
-
     def _chat_response(self, answer: Any, top_logprobs: int | None) -> ChatCompletionResponse:
-        choice = self._first_choice(answer, "/chat/completions")
+        choice = first_choice(answer, self.service, "POST /chat/completions")
         message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
-        calls = [_tool_call(call) for call in message.get("tool_calls") or [] if isinstance(call, dict)]
         return ChatCompletionResponse(
             content=message.get("content") or "",
-            tool_calls=calls,
-            stop_reason=_stop_reason(choice.get("finish_reason")),
+            tool_calls=tool_calls(message.get("tool_calls")),
+            stop_reason=stop_reason(choice.get("finish_reason")),
             logprobs=_logprobs(choice.get("logprobs"), top_logprobs),
-            usage=_usage(answer.get("usage")),
+            usage=usage_of(answer.get("usage")),
         )
 
     def _completion_response(self, answer: Any, top_logprobs: int | None) -> CompletionResponse:
-        choice = self._first_choice(answer, "/completions")
+        choice = first_choice(answer, self.service, "POST /completions")
         return CompletionResponse(
             content=str(choice.get("text") or ""),
-            stop_reason=_stop_reason(choice.get("finish_reason")),
+            stop_reason=stop_reason(choice.get("finish_reason")),
             logprobs=_logprobs(choice.get("logprobs"), top_logprobs),
-            usage=_usage(answer.get("usage")),
+            usage=usage_of(answer.get("usage")),
         )
 
     async def _chat_chunks(
         self, events: AsyncIterator[Any], top_logprobs: int | None
     ) -> AsyncIterator[ChatCompletionResponseStreamChunk]:
-        calls: dict[int, _PartialCall] = {}
+        calls = ToolCallAssembler()
         finish: Any = None
         usage: Usage | None = None
         async with aclosing(events):  # type: ignore[type-var]
             async for event in events:
                 if not isinstance(event, dict):
                     raise self._bad_answer(f"a stream event that is not an object: {str(event)[:200]!r}")
-                usage = _usage(event.get("usage")) or usage
-                for choice in event.get("choices") or []:
-                    if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                        continue
-                    delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
-                    for position, fragment in enumerate(delta.get("tool_calls") or []):
-                        if isinstance(fragment, dict):
-                            index = _int(fragment.get("index"), default=position)
-                            calls.setdefault(index, _PartialCall()).add(fragment)
-                    finish = choice.get("finish_reason") or finish
-                    text = delta.get("content") or ""
-                    logprobs = _chunk_logprobs(text, choice.get("logprobs"), top_logprobs)
-                    if text or logprobs:
-                        yield ChatCompletionResponseStreamChunk(
-                            text_delta=text, stop_reason=StopReason.not_stopped, logprobs=logprobs
-                        )
-        for position, index in enumerate(sorted(calls)):
+                usage = usage_of(event.get("usage")) or usage
+                choice = choice_zero(event)
+                if choice is None:
+                    continue
+                delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+                calls.add(delta.get("tool_calls"))
+                finish = choice.get("finish_reason") or finish
+                text = delta.get("content") or ""
+                logprobs = _chunk_logprobs(text, choice.get("logprobs"), top_logprobs)
+                if text or logprobs:
+                    yield ChatCompletionResponseStreamChunk(text_delta=text, stop_reason=StopReason.not_stopped, logprobs=logprobs)
+        for position, call in enumerate(calls.calls()):
             yield ChatCompletionResponseStreamChunk(
-                text_delta="", tool_call=calls[index].finish(), tool_call_index=position, stop_reason=StopReason.not_stopped
+                text_delta="", tool_call=call, tool_call_index=position, stop_reason=StopReason.not_stopped
             )
-        yield ChatCompletionResponseStreamChunk(text_delta="", stop_reason=_stop_reason(finish), usage=usage)
+        yield ChatCompletionResponseStreamChunk(text_delta="", stop_reason=stop_reason(finish), usage=usage)
 
     async def _completion_chunks(
         self, events: AsyncIterator[Any], top_logprobs: int | None
@@ -415,11 +320,10 @@ class TogetherInference:
             async for event in events:
                 if not isinstance(event, dict):
                     raise self._bad_answer(f"a stream event that is not an object: {str(event)[:200]!r}")
-                usage = _usage(event.get("usage")) or usage
+                usage = usage_of(event.get("usage")) or usage
                 finish = event.get("finish_reason") or finish
                 token = event.get("token") if isinstance(event.get("token"), dict) else {}
-                choices = event.get("choices") or []
-                first = choices[0] if choices and isinstance(choices[0], dict) else {}
+                first = choice_zero(event) or {}
                 finish = first.get("finish_reason") or finish
                 # choices[0].text is the visible text; token.text also has special tokens (</s>) it leaves out.
                 if "text" in first:
@@ -431,40 +335,10 @@ class TogetherInference:
                 logprobs = _chunk_logprobs(str(token.get("text", text)), logprob, top_logprobs)
                 if text or logprobs:
                     yield CompletionResponseStreamChunk(text_delta=text, stop_reason=StopReason.not_stopped, logprobs=logprobs)
-        yield CompletionResponseStreamChunk(text_delta="", stop_reason=_stop_reason(finish), usage=usage)
+        yield CompletionResponseStreamChunk(text_delta="", stop_reason=stop_reason(finish), usage=usage)
 
 
 # ---------------------------------------------------------------------------------- request pieces
-def _sampling(params: SamplingParams) -> dict[str, Any]:
-    if params.strategy == "greedy":
-        return {"temperature": 0.0, **_penalty_and_seed(params)}
-    options: dict[str, Any] = {"temperature": params.temperature, "top_p": params.top_p}
-    if params.top_k > 0:
-        options["top_k"] = params.top_k
-    return {**options, **_penalty_and_seed(params)}
-
-
-def _penalty_and_seed(params: SamplingParams) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    if params.repetition_penalty != 1.0:
-        options["repetition_penalty"] = params.repetition_penalty
-    if params.seed is not None:
-        options["seed"] = params.seed
-    return options
-
-
-def _tool(tool: ToolDefinition) -> dict[str, Any]:
-    name = tool.tool_name.value if isinstance(tool.tool_name, BuiltinTool) else tool.tool_name
-    builtin = BUILTIN_FUNCTIONS.get(name)
-    description = tool.description or (builtin[0] if builtin else None)
-    parameters = tool.parameters or (builtin[1] if builtin else {"type": "object", "properties": {}})
-    function: dict[str, Any] = {"name": name, "parameters": parameters}
-    if description:
-        function["description"] = description
-    # Shields are the stack's business; they are never sent to Together.
-    return {"type": "function", "function": function}
-
-
 def _response_format(response_format: ResponseFormat) -> dict[str, Any]:
     if response_format.type == "json_object":
         return {"type": "json_object"}
@@ -474,103 +348,7 @@ def _response_format(response_format: ResponseFormat) -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}
 
 
-@dataclass
-class _CallIds:
-    """Ids for the dialog's tool calls, and which calls are still waiting for their results.
-
-    The contract's ToolCall may carry no id, but Together links each tool message to a call by id: calls
-    without one get ``call_<turn>_<i>`` (deterministic, so a request sent twice is the same), and results
-    without one answer the call they follow, by tool name, else in order.
-    """
-
-    pending: list[tuple[str, str]] = field(default_factory=list)  # (id, tool name), unanswered
-
-    def calls(self, turn: int, calls: list[ToolCall]) -> list[dict[str, Any]]:
-        sent = []
-        self.pending = []
-        for index, call in enumerate(calls):
-            call_id = call.call_id or f"call_{turn}_{index}"
-            self.pending.append((call_id, call.tool_name))
-            sent.append(
-                {
-                    "id": call_id,
-                    "type": "function",
-                    "index": index,
-                    "function": {"name": call.tool_name, "arguments": json.dumps(call.arguments)},
-                }
-            )
-        return sent
-
-    def answer(self, call_id: str | None, tool_name: str | None, where: str, service: RemoteService) -> str:
-        if call_id:
-            self.pending = [p for p in self.pending if p[0] != call_id]
-            return call_id
-        if not self.pending:
-            raise BadRequestError(
-                f"{service.name} needs every tool result to answer a tool call: {where} follows no assistant "
-                "message with tool_calls left unanswered; give the result a call_id, or put the assistant "
-                "message with its tool_calls before it",
-                provider=service.provider_id,
-                param=where,
-            )
-        position = next((i for i, (_, name) in enumerate(self.pending) if name == tool_name), 0)
-        return self.pending.pop(position)[0]
-
-
 # ---------------------------------------------------------------------------------- answer pieces
-@dataclass
-class _PartialCall:
-    """A streamed tool call, assembled from its fragments (arguments arrive in pieces)."""
-
-    call_id: str | None = None
-    name: str = ""
-    arguments: str = ""
-
-    def add(self, fragment: dict[str, Any]) -> None:
-        function = fragment.get("function") if isinstance(fragment.get("function"), dict) else {}
-        self.call_id = self.call_id or fragment.get("id") or None
-        self.name = self.name or str(function.get("name") or "")
-        self.arguments += str(function.get("arguments") or "")
-
-    def finish(self) -> ToolCall:
-        return ToolCall(tool_name=self.name, arguments=_arguments(self.arguments), call_id=self.call_id)
-
-
-def _tool_call(call: dict[str, Any]) -> ToolCall:
-    function = call.get("function") if isinstance(call.get("function"), dict) else {}
-    return ToolCall(
-        tool_name=str(function.get("name") or ""),
-        arguments=_arguments(function.get("arguments")),
-        call_id=call.get("id") or None,
-    )
-
-
-def _arguments(raw: Any) -> dict[str, Any]:
-    """A call's arguments as an object; text that is not a JSON object is kept under ``raw_arguments``."""
-    if isinstance(raw, dict):
-        return raw
-    if raw is None or (isinstance(raw, str) and not raw.strip()):
-        return {}
-    try:
-        value = json.loads(raw)
-    except (TypeError, ValueError):
-        return {RAW_ARGUMENTS_KEY: str(raw)}
-    return value if isinstance(value, dict) else {RAW_ARGUMENTS_KEY: str(raw)}
-
-
-def _stop_reason(finish_reason: Any) -> StopReason:
-    return FINISH_REASONS.get(str(finish_reason), StopReason.not_stopped) if finish_reason else StopReason.not_stopped
-
-
-def _usage(usage: Any) -> Usage | None:
-    if not isinstance(usage, dict):
-        return None
-    try:
-        return Usage(prompt_tokens=int(usage["prompt_tokens"]), completion_tokens=int(usage["completion_tokens"]))
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
 def _alternatives(request: Any) -> int | None:
     """How many alternatives each token's logprob entry lists; None when no logprobs were asked for."""
     return request.top_logprobs if request.logprobs else None
@@ -601,9 +379,3 @@ def _chunk_logprobs(token: str, value: Any, top_logprobs: int | None) -> Logprob
         return None
     return Logprobs(content=[_token_logprob(token, float(value), top_logprobs)])
 
-
-def _int(value: Any, default: int) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return default

@@ -125,7 +125,8 @@ def dialog_contents(dialog: Dialog, where: str = "dialog") -> list[tuple[Content
     return items
 
 
-def _attachments(content: Content, where: str) -> Iterable[tuple[Attachment, str]]:
+def attachments_of(content: Content, where: str) -> Iterable[tuple[Attachment, str]]:
+    """Each attachment of the content with its field path (``where``, and the part's index in a list)."""
     if isinstance(content, Attachment):
         yield content, where
     elif isinstance(content, list):
@@ -204,7 +205,7 @@ class AttachmentInliner:
         """
         wanted: dict[str, tuple[Attachment, str]] = {}
         for content, where in contents:
-            for attachment, at in _attachments(content, where):
+            for attachment, at in attachments_of(content, where):
                 _check_kind(attachment, at, model)
                 wanted.setdefault(attachment.url, (attachment, at))
         if not wanted:

@@ -1,0 +1,129 @@
+"""The OpenAI-style mapping every remote inference adapter shares (providers.utils.remote.openai_chat and
+.openai_answers): the choices made where the adapters used to differ."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from llama_stack.apis.common import Dialog, Message, Role, StopReason, ToolCall, ToolResponse
+from llama_stack.apis.errors import BadRequestError, ProviderError
+from llama_stack.apis.inference import SamplingParams, Usage
+from llama_stack.providers.utils.remote.openai_answers import (
+    ToolCallAssembler,
+    first_choice,
+    stop_reason,
+    tool_calls,
+    usage_of,
+)
+from llama_stack.providers.utils.remote.openai_chat import openai_messages, sampling_fields
+
+SERVICE: Any = SimpleNamespace(name="provider 'p' (Vendor)", provider_id="p")
+
+
+def text(content: Any, where: str, role: Role) -> str:
+    return str(content)
+
+
+def dialog(*messages: Message) -> Dialog:
+    return Dialog(message_history=list(messages[:-1]), message=messages[-1])
+
+
+ASKED = Message(
+    role=Role.assistant,
+    content="",
+    tool_calls=[ToolCall(tool_name="get_weather", arguments={"city": "Zürich"}), ToolCall(tool_name="get_time", arguments={})],
+)
+
+
+def test_finish_reasons():
+    assert [stop_reason(r) for r in (None, "", "length", "max_tokens", "stop", "eos", "tool_calls", "content_filter")] == [
+        StopReason.not_stopped,
+        StopReason.not_stopped,
+        StopReason.max_tokens,
+        StopReason.max_tokens,
+        *[StopReason.finished_ok] * 4,
+    ]
+
+
+def test_usage_needs_both_counts():
+    assert usage_of({"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}) == Usage(prompt_tokens=3, completion_tokens=4)
+    assert usage_of({"prompt_tokens": 3}) is None and usage_of(None) is None and usage_of({"prompt_tokens": True, "completion_tokens": 1}) is None
+
+
+def test_the_first_choice_is_choice_zero_and_none_is_a_502():
+    answer = {"choices": [{"index": 1, "text": "b"}, {"index": 0, "text": "a"}]}
+    assert first_choice(answer, SERVICE, "POST /x")["text"] == "a"
+    with pytest.raises(ProviderError) as caught:
+        first_choice({"choices": []}, SERVICE, "POST /x")
+    assert "provider 'p' (Vendor) answered POST /x without a choice" in caught.value.message
+
+
+def test_arguments_that_are_not_a_json_object_are_kept_raw():
+    raw = [
+        {"id": "a", "function": {"name": "f", "arguments": "{bad"}},
+        {"id": "b", "function": {"name": "g", "arguments": "[1]"}},
+        {"id": "c", "function": {"name": "h", "arguments": {"x": 1}}},
+        {"id": "d", "function": {"name": "i", "arguments": ""}},
+        "not a call",
+    ]
+    assert [(c.tool_name, c.arguments, c.call_id) for c in tool_calls(raw)] == [
+        ("f", {"raw_arguments": "{bad"}, "a"),
+        ("g", {"raw_arguments": "[1]"}, "b"),
+        ("h", {"x": 1}, "c"),
+        ("i", {}, "d"),
+    ]
+
+
+def test_streamed_fragments_are_gathered_by_index_or_else_by_id():
+    by_index = ToolCallAssembler()
+    by_index.add([{"index": 1, "id": "b", "function": {"name": "g", "arguments": '{"y"'}}])
+    by_index.add([{"index": 0, "id": "a", "function": {"name": "f", "arguments": "{}"}}])
+    by_index.add([{"index": 1, "function": {"arguments": ": 2}"}}])
+    assert by_index.calls() == [ToolCall(tool_name="f", arguments={}, call_id="a"), ToolCall(tool_name="g", arguments={"y": 2}, call_id="b")]
+
+    no_index = ToolCallAssembler()
+    for fragment in ({"id": "a", "function": {"name": "f", "arguments": '{"x"'}}, {"function": {"arguments": ": 1}"}},
+                     {"id": "b", "function": {"name": "g", "arguments": {"z": 3}}}):
+        no_index.add([fragment])
+    assert no_index.calls() == [ToolCall(tool_name="f", arguments={"x": 1}, call_id="a"), ToolCall(tool_name="g", arguments={"z": 3}, call_id="b")]
+
+
+def test_sampling_fields_send_only_what_changes_sampling():
+    assert sampling_fields(SamplingParams(top_k=40, seed=1)) == {"temperature": 0.0, "seed": 1}
+    sampled = SamplingParams(strategy="top_k", temperature=0.7, top_p=0.9, top_k=40, repetition_penalty=1.1)
+    assert sampling_fields(sampled) == {"temperature": 0.7, "top_p": 0.9, "top_k": 40, "repetition_penalty": 1.1}
+
+
+def test_results_are_linked_to_their_calls_by_id_else_by_name():
+    results = Message(
+        role=Role.tool,
+        content="ignored: it repeats the responses",
+        tool_responses=[ToolResponse(tool_name="get_time", content="12:00"), ToolResponse(tool_name="get_weather", content="sun")],
+    )
+    messages = openai_messages(dialog(Message(role=Role.user, content="?"), ASKED, results), text, SERVICE)
+    assert [c["id"] for c in messages[1]["tool_calls"]] == ["call_1_0", "call_1_1"]
+    assert messages[1]["content"] is None and "index" not in messages[1]["tool_calls"][0]
+    assert messages[1]["tool_calls"][0]["function"]["arguments"] == '{"city": "Zürich"}'
+    assert messages[2:] == [
+        {"role": "tool", "tool_call_id": "call_1_1", "content": "12:00"},
+        {"role": "tool", "tool_call_id": "call_1_0", "content": "sun"},
+    ]
+
+
+def test_vendor_options_number_the_calls_and_send_empty_text_as_a_string():
+    own = Message(role=Role.tool, content="sun")
+    messages = openai_messages(dialog(ASKED, own), text, SERVICE, numbered_calls=True, no_text="")
+    assert messages[0]["content"] == "" and [c["index"] for c in messages[0]["tool_calls"]] == [0, 1]
+    assert messages[1] == {"role": "tool", "tool_call_id": "call_0_0", "content": "sun"}
+
+
+def test_a_result_naming_no_unanswered_call_is_refused():
+    wrong = Message(role=Role.tool, content="", tool_responses=[ToolResponse(tool_name="get_news", content="x")])
+    with pytest.raises(BadRequestError) as caught:
+        openai_messages(dialog(ASKED, wrong), text, SERVICE)
+    assert caught.value.param == "dialog.message.tool_responses[0]" and caught.value.provider == "p"
+    assert "dialog.message.tool_responses[0].call_id" in caught.value.message
+    assert "get_weather (call_0_0), get_time (call_0_1)" in caught.value.message
