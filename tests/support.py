@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +36,7 @@ from llama_stack.apis.inference import (
     Usage,
 )
 from llama_stack.apis.inspect import Model
-from llama_stack.plugins import ProviderSpec, discover_providers, hookimpl
+from llama_stack.plugins import ProviderSpec, hookimpl
 from llama_stack.request_context import provider_data
 
 REPO = Path(__file__).resolve().parent.parent
@@ -287,3 +290,44 @@ def wait_for_health(base_url: str, process: subprocess.Popen[bytes], timeout: fl
 
 def llama_stack_command() -> list[str]:
     return [str(Path(sys.executable).with_name("llama-stack"))]
+
+
+@dataclass
+class Served:
+    url: str
+    process: subprocess.Popen[bytes]
+
+
+@contextmanager
+def serving(
+    distribution: str | Path,
+    *,
+    args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    log: Path | None = None,
+    health_timeout: float = 120.0,
+) -> Iterator[Served]:
+    """``llama-stack run <distribution>`` on a free port, until the block ends; ready once /health answers.
+
+    ``env`` replaces the environment (default: this one); ``log`` collects the server's output (default: its
+    stderr is kept, so that a server dying at start-up fails the test with its own message).
+    """
+    port = free_port()
+    sink = log.open("wb") if log is not None else subprocess.PIPE
+    try:
+        process = subprocess.Popen(
+            [*llama_stack_command(), "run", str(distribution), "--port", str(port), *args],
+            stdout=subprocess.DEVNULL if log is None else sink,
+            stderr=sink if log is None else subprocess.STDOUT,
+            env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
+        )
+    finally:
+        if log is not None:
+            sink.close()  # type: ignore[union-attr]
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_health(url, process, timeout=health_timeout)
+        yield Served(url, process)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -9,7 +9,6 @@ fields than the newer LAP, also takes the LAP's fields (typed as the LAP types t
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import yaml

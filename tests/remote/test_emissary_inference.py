@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import subprocess
 from typing import Any
 
 import httpx
@@ -29,7 +28,7 @@ from llama_stack.providers.remote.emissary.config import EmissaryInferenceConfig
 from llama_stack.providers.remote.emissary.inference import EmissaryInference
 from llama_stack.providers.utils.remote.fan_out import fan_out
 from remote.conftest import FAST_RETRIES
-from support import REPO, free_port, llama_stack_command, wait_for_health
+from support import REPO, serving
 
 BASE = "Llama-3.2-1B-Instruct"
 PROJECT = "ms-12345"
@@ -581,26 +580,13 @@ def test_the_distribution_loads_without_a_key():
 @pytest.fixture
 def emissary_server_process(emissary, tmp_path):
     """`llama-stack run distributions/emissary.yaml` pointed at the fake; its base URL."""
-    port = free_port()
     env = os.environ | {
-        "PYTHONUNBUFFERED": "1",
         "EMISSARY_URL": emissary.url,
         "EMISSARY_API_KEY": API_KEY,
         "LLAMA_STACK_STORAGE": str(tmp_path / "state"),
     }
-    process = subprocess.Popen(
-        [*llama_stack_command(), "run", str(REPO / "distributions" / "emissary.yaml"), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_health(url, process)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with serving(REPO / "distributions" / "emissary.yaml", env=env) as served:
+        yield served.url
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ from llama_stack.apis.errors import BadRequestError, ConflictError, NotFoundErro
 from llama_stack.apis.post_training import PostTrainingJobStatus
 from llama_stack.client import LlamaStackClient
 from remote.conftest import write_distribution
-from remote.serving import serving
+from support import serving
 from remote.training_support import TrainingProvider, inline_dataset, jsonl, training_config, training_request
 
 BASE = "Llama-3.2-1B-Instruct"
@@ -418,7 +418,8 @@ async def test_jobs_survive_a_restart_on_the_same_storage(emissary, start_stack)
 @pytest.mark.slow
 async def test_grpo_through_a_server_process(emissary, tmp_path: Path):
     path = write_distribution(tmp_path, post_training(emissary, preference_model=BASE))
-    with serving(path, health_timeout=60) as url:
+    with serving(path, health_timeout=60) as served:
+        url = served.url
         async with LlamaStackClient.http(url) as client:
             job = await client.post_training.preference_optimize(**grpo("served-grpo", "https://example.com/base"))
             training.advance(emissary, training.job_by_name(emissary, "served-grpo")["id"])

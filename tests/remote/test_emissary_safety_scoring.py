@@ -13,7 +13,7 @@ from fakes.vendor_server import Fault
 from llama_stack.apis.errors import BadRequestError, NotFoundError, NotSupportedError, ProviderError, ServiceUnavailableError
 from llama_stack.client import LlamaStackClient
 from remote.conftest import FAST_RETRIES, write_distribution
-from remote.serving import serving
+from support import serving
 
 CLASSIFIER = "safety-classifier-deployment"
 REWARD = "reward-classifier-deployment"
@@ -227,7 +227,8 @@ def test_shields_and_scores_through_a_server_process(emissary, tmp_path):
         **emissary_api("safety", emissary, classifier=CLASSIFIER),
         **emissary_api("reward_scoring", emissary, provider_id="emissary-reward"),
     }
-    with serving(write_distribution(tmp_path, providers)) as url:
+    with serving(write_distribution(tmp_path, providers)) as served:
+        url = served.url
         asyncio.run(_drive_server(url))
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import httpx
 
-from fakes import emissary as emissary_fake
 from fakes import together as together_fake
 
 

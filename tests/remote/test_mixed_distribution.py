@@ -6,8 +6,6 @@ each request must reach the provider of its model, and only the Together model's
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -17,7 +15,7 @@ from fakes.vendor_server import FakeVendor
 from llama_stack.apis.common import StopReason
 from llama_stack.client import LlamaStackClient
 from remote.conftest import FAST_RETRIES, write_distribution
-from support import free_port, llama_stack_command, wait_for_health
+from support import serving
 
 pytestmark = pytest.mark.slow
 
@@ -51,20 +49,8 @@ def mixed_server(together_server: FakeVendor, tmp_path_factory: pytest.TempPathF
         ],
         name="mixed",
     )
-    port = free_port()
-    process = subprocess.Popen(
-        [*llama_stack_command(), "run", str(path), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=os.environ | {"PYTHONUNBUFFERED": "1"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_health(url, process)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with serving(path) as served:
+        yield served.url
 
 
 def dialog(text: str) -> dict:

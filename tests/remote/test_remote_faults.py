@@ -8,7 +8,6 @@ and a normal request. The server runs with 2 retries a millisecond apart, a 1 s 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from llama_stack.apis.common import StopReason
 from llama_stack.apis.errors import ProviderError, ProviderTimeoutError, ServiceUnavailableError
 from llama_stack.client import LlamaStackClient
 from remote.conftest import write_distribution
-from support import free_port, llama_stack_command, wait_for_health
+from support import serving
 
 pytestmark = pytest.mark.slow
 
@@ -52,21 +51,8 @@ def server(together_server: FakeVendor, tmp_path_factory: pytest.TempPathFactory
         [{"model_id": "chat", "provider_id": "together", "provider_model_id": MODEL}],
     )
     log = directory / "server.log"
-    port = free_port()
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [*llama_stack_command(), "run", str(path), "--port", str(port), "--log-level", "debug"],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            env=os.environ | {"PYTHONUNBUFFERED": "1"},
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_health(url, process, timeout=60)
-        yield Server(url, process, log)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with serving(path, args=["--log-level", "debug"], log=log, health_timeout=60) as served:
+        yield Server(served.url, served.process, log)
 
 
 def dialog(text: str) -> dict[str, Any]:

@@ -12,7 +12,6 @@ import importlib.util
 import json
 import logging
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from llama_stack.providers.remote.together.inference import TogetherInference
 from llama_stack.providers.remote.together.service import together_service
 from llama_stack.request_context import PROVIDER_DATA_HEADER
 from remote.conftest import FAST_RETRIES
-from support import REPO, free_port, llama_stack_command, wait_for_health
+from support import REPO, serving
 
 CHAT_MODEL = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
 EMBEDDING_MODEL = "togethercomputer/m2-bert-80M-8k-retrieval"
@@ -578,24 +577,10 @@ def _runnable_distribution(directory: Path) -> Path:
 def together_stack(together_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`llama-stack run` of the together distribution, pointed at the fake, started with no key."""
     directory = tmp_path_factory.mktemp("together-distribution")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "TOGETHER_API_KEY"} | {"PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
-        [
-            *llama_stack_command(), "run", str(_runnable_distribution(directory)), "--port", str(port),
-            "--env", f"TOGETHER_URL={together_server.url}", "--env", f"LLAMA_STACK_STORAGE={directory / 'state'}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_health(url, process, timeout=60)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    env = {k: v for k, v in os.environ.items() if k != "TOGETHER_API_KEY"}
+    args = ["--env", f"TOGETHER_URL={together_server.url}", "--env", f"LLAMA_STACK_STORAGE={directory / 'state'}"]
+    with serving(_runnable_distribution(directory), args=args, env=env, health_timeout=60) as served:
+        yield served.url
 
 
 @pytest.mark.slow

@@ -28,7 +28,7 @@ from llama_stack.apis.post_training import PostTrainingJobStatus
 from llama_stack.client import LlamaStackClient
 from llama_stack.providers.utils.remote.datasets import DatasetReader, DatasetSourceConfig
 from remote.conftest import FAST_RETRIES, write_distribution
-from remote.serving import serving
+from support import serving
 from remote.training_support import TrainingProvider, data_url, inline_dataset, jsonl, training_config, training_request
 
 TRAIN_ROWS = [
@@ -518,7 +518,8 @@ async def test_fine_tuning_through_a_server_process_and_after_its_restart(togeth
     path = write_distribution(tmp_path, post_training(together, datasets={"file_roots": [str(data_dir)]}))
     file_dataset = {"columns": {"messages": "dialog"}, "content_url": (data_dir / "train.jsonl").as_uri()}
 
-    with serving(path, health_timeout=60) as url:
+    with serving(path, health_timeout=60) as served:
+        url = served.url
         async with LlamaStackClient.http(url) as client:
             await client.post_training.supervised_fine_tune(**sft("served", dataset=file_dataset, validation_dataset=file_dataset))
             with pytest.raises(NotSupportedError):
@@ -528,7 +529,8 @@ async def test_fine_tuning_through_a_server_process_and_after_its_restart(togeth
     fine_tunes.advance(together, job_id)
     fine_tunes.advance(together, job_id)
 
-    with serving(path, health_timeout=60) as url:
+    with serving(path, health_timeout=60) as served:
+        url = served.url
         async with LlamaStackClient.http(url) as client:
             status = await client.post_training.get_training_job_status(job_uuid="served")
             logs = await client.post_training.get_training_job_logs(job_uuid="served")

@@ -24,7 +24,7 @@ from llama_stack.providers.remote.together.reward_scoring import parse_score
 from llama_stack.providers.utils.remote.fan_out import fan_out
 
 from remote.conftest import FAST_RETRIES, write_distribution
-from remote.serving import serving
+from support import serving
 
 GUARD = "meta-llama/Meta-Llama-Guard-3-8B"
 JUDGE = "fake/judge-70b"
@@ -468,7 +468,8 @@ def test_safety_and_tools_through_a_server_process(together, tmp_path):
         **together_api("tool_runtime", together, provider_id="together-tools"),
         **together_api("reward_scoring", together, provider_id="together-judge", judge_model=JUDGE),
     }
-    with serving(write_distribution(tmp_path, providers)) as url:
+    with serving(write_distribution(tmp_path, providers)) as served:
+        url = served.url
         asyncio.run(_drive_server(url))
     assert len(together.calls("POST", r"/v1/chat/completions")) == 2
     assert len(together.calls("POST", r"/v1/tci/execute")) == 1
