@@ -10,12 +10,13 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import uvicorn
 from pydantic import BaseModel, ConfigDict
 
 from llama_stack.apis.errors import ERRORS_BY_STATUS, NotFoundError, ServiceUnavailableError
@@ -331,3 +332,20 @@ def serving(
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@asynccontextmanager
+async def uvicorn_serving(app: Any) -> AsyncIterator[str]:
+    """Serve an ASGI app with uvicorn in this event loop until the block ends; yields its base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()  # the server failed to start: raise its error
+        await asyncio.sleep(0.01)  # yields to the server task until it has bound its socket
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task

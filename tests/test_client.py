@@ -6,14 +6,13 @@ import asyncio
 
 import httpx
 import pytest
-import uvicorn
 
 from llama_stack.apis.errors import NotFoundError, ProviderError, ValidationError
 from llama_stack.apis.inference import ChatCompletionRequest, ChatCompletionResponse
 from llama_stack.client import LlamaStackClient, SyncLlamaStackClient
 from llama_stack.resolver import Stack
 from llama_stack.server import create_app
-from support import free_port, write_replay_distribution
+from support import uvicorn_serving, write_replay_distribution
 
 DIALOG = {"message": {"role": "user", "content": "What is the capital of France?"}}
 
@@ -23,15 +22,8 @@ async def server(tmp_path, replay_registry):
     """A real uvicorn server in this event loop, serving the replay distribution."""
     stack = Stack.from_distribution(write_replay_distribution(tmp_path), registry=replay_registry)
     await stack.start()
-    port = free_port()
-    config = uvicorn.Config(create_app(stack), port=port, log_level="warning", lifespan="off")
-    uv = uvicorn.Server(config)
-    task = asyncio.create_task(uv.serve())
-    while not uv.started:
-        await asyncio.sleep(0.01)  # yields to the server task until it has bound its socket
-    yield stack, f"http://127.0.0.1:{port}"
-    uv.should_exit = True
-    await task
+    async with uvicorn_serving(create_app(stack)) as url:
+        yield stack, url
     await stack.shutdown()
 
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 
 import httpx
 import openai
 import pytest
-import uvicorn
 
 from llama_stack.apis.errors import NotSupportedError
 from llama_stack.apis.inference import EmbeddingsRequest
@@ -15,21 +13,15 @@ from llama_stack.apis.inspect import Model
 from llama_stack.resolver import Stack
 from llama_stack.routing import InferenceRouter
 from llama_stack.server import create_app
-from support import free_port, write_replay_distribution
+from support import uvicorn_serving, write_replay_distribution
 
 
 @pytest.fixture(scope="module")
 async def server(tmp_path_factory, replay_registry):
     stack = Stack.from_distribution(write_replay_distribution(tmp_path_factory.mktemp("embed")), registry=replay_registry)
     await stack.start()
-    port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(create_app(stack), port=port, log_level="warning", lifespan="off"))
-    task = asyncio.create_task(uv.serve())
-    while not uv.started:
-        await asyncio.sleep(0.01)  # yields to the server task until it has bound its socket
-    yield stack, f"http://127.0.0.1:{port}"
-    uv.should_exit = True
-    await task
+    async with uvicorn_serving(create_app(stack)) as url:
+        yield stack, url
     await stack.shutdown()
 
 

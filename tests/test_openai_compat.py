@@ -13,13 +13,12 @@ import json
 import httpx
 import openai
 import pytest
-import uvicorn
 
 from llama_stack.apis.openai import OpenAIChatCompletion
 from llama_stack.client import LlamaStackClient
 from llama_stack.resolver import Stack
 from llama_stack.server import create_app
-from support import TOOL_CALLS, free_port, write_replay_distribution
+from support import TOOL_CALLS, uvicorn_serving, write_replay_distribution
 
 REPLY = "The capital of France is Paris."
 ASK = [{"role": "user", "content": "What is the capital of France?"}]
@@ -45,14 +44,8 @@ async def server(tmp_path_factory, replay_registry):
     """A real uvicorn server in the tests' event loop, serving the replay distribution."""
     stack = Stack.from_distribution(write_replay_distribution(tmp_path_factory.mktemp("openai")), registry=replay_registry)
     await stack.start()
-    port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(create_app(stack), port=port, log_level="warning", lifespan="off"))
-    task = asyncio.create_task(uv.serve())
-    while not uv.started:
-        await asyncio.sleep(0.01)  # yields to the server task until it has bound its socket
-    yield stack, f"http://127.0.0.1:{port}"
-    uv.should_exit = True
-    await task
+    async with uvicorn_serving(create_app(stack)) as url:
+        yield stack, url
     await stack.shutdown()
 
 

@@ -14,7 +14,7 @@ The slow tests at the end go through ``llama-stack run local`` and the real Smol
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import base64
 import json
 from collections.abc import AsyncIterator
@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -44,7 +43,7 @@ from llama_stack.config import ConfigError
 from llama_stack.resolver import Stack
 from llama_stack.server import create_app
 from remote.conftest import FAST_RETRIES
-from support import TOOL_CALLS, free_port, write_replay_distribution
+from support import TOOL_CALLS, free_port, uvicorn_serving, write_replay_distribution
 
 REPLY = "The capital of France is Paris."
 WORDS = ["The", " capital", " of", " France", " is", " Paris."]
@@ -139,17 +138,9 @@ def recording(app: Any, upstream: Upstream) -> Any:
 
 async def serve(app: Any) -> tuple[str, Any]:
     """Serve an ASGI app with uvicorn in this event loop; (base URL, a coroutine function that stops it)."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning", lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)  # yields to the server task until it has bound its socket
-
-    async def stop() -> None:
-        server.should_exit = True
-        await task
-
-    return f"http://127.0.0.1:{port}", stop
+    running = contextlib.AsyncExitStack()
+    url = await running.enter_async_context(uvicorn_serving(app))
+    return url, running.aclose
 
 
 async def start_upstream(directory: Path, registry: Any, api_keys: list[str] | None = None) -> tuple[Upstream, Any]:

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -28,7 +27,7 @@ from packaging.utils import canonicalize_name
 from llama_stack.resolver import Stack
 from llama_stack.server import create_app
 from remote.conftest import FAST_RETRIES
-from support import free_port, write_replay_distribution
+from support import uvicorn_serving, write_replay_distribution
 
 PACKAGE = "llama-stack-runtime"
 # The distributions the local providers need (the llama-cpp and torch extras), and a vector index.
@@ -200,14 +199,8 @@ async def upstream(tmp_path_factory, replay_registry) -> AsyncIterator[str]:
     """An OpenAI-compatible server for remote::openai-compat to call: this project's, serving the replay."""
     stack = Stack.from_distribution(write_replay_distribution(tmp_path_factory.mktemp("upstream")), registry=replay_registry)
     await stack.start()
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(stack), port=port, log_level="warning", lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)  # yields to the server task until it has bound its socket
-    yield f"http://127.0.0.1:{port}/v1"
-    server.should_exit = True
-    await task
+    async with uvicorn_serving(create_app(stack)) as url:
+        yield f"{url}/v1"
     await stack.shutdown()
 
 
