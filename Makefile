@@ -13,11 +13,11 @@ $(BIN)/python:
 
 # Stamp files: reinstall only when the project's metadata changes.
 $(VENV)/.installed-run: pyproject.toml setup.py | $(BIN)/python
-	$(PIP_INSTALL) -e ".[llama-cpp]"
+	$(PIP_INSTALL) -e ".[llama-cpp,embeddings,faiss]"
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml setup.py | $(BIN)/python
-	$(PIP_INSTALL) -e ".[llama-cpp,torch,test]"
+	$(PIP_INSTALL) -e ".[llama-cpp,torch,embeddings,faiss,pgvector,test]"
 	touch $@
 
 install: $(VENV)/.installed-run
