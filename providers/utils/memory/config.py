@@ -14,7 +14,9 @@ class MemoryBankDefaults(BaseModel):
         default="all-minilm-l6-v2",
         description="The embedding model (a model id of this distribution, model_type embedding) new banks use.",
     )
-    chunk_size_tokens: int = Field(default=256, ge=16, le=8192, description="Tokens per chunk.")
+    chunk_size_tokens: int = Field(
+        default=200, ge=16, le=8192, description="Tokens per chunk (200 fits MiniLM's 256 word-piece window)."
+    )
     overlap_tokens: int = Field(default=32, ge=0, description="Tokens each chunk repeats from the one before.")
     index: Literal["flat", "hnsw"] = Field(default="flat", description="flat: exact search; hnsw: approximate.")
     hybrid: bool = Field(default=False, description="Merge keyword matches with vector matches by rank.")

