@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 
 import pytest
 
 
 @pytest.fixture(scope="session")
-def postgres_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A PostgreSQL server (pgserver's binaries, which include pgvector) for this session; its URI."""
+def postgres_uri() -> Iterator[str]:
+    """A PostgreSQL server (pgserver's binaries, which include pgvector) for this session; its URI.
+
+    Its data lives in a directory of its own, not under pytest's basetemp, which a concurrent pytest run may
+    prune while this server still uses it.
+    """
     import pgserver
 
-    server = pgserver.get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="stop")
-    server.psql("CREATE EXTENSION IF NOT EXISTS vector;")
-    yield server.get_uri()
-    server.cleanup()
+    data = tempfile.mkdtemp(prefix="llama-stack-pg-")
+    server = pgserver.get_server(data, cleanup_mode="stop")
+    try:
+        server.psql("CREATE EXTENSION IF NOT EXISTS vector;")
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+        shutil.rmtree(data, ignore_errors=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from llama_stack.providers.utils.memory.config import MemoryBankDefaults
 
@@ -16,5 +16,52 @@ class PGVectorConfig(MemoryBankDefaults):
     dsn: SecretStr | None = Field(
         default=None, description="A full connection URI (postgresql://...); when set, it wins over the fields above."
     )
-    table_prefix: str = Field(default="llama_stack_", pattern=r"^[a-z_][a-z0-9_]*$", description="Prefix of the tables.")
+    # PostgreSQL names are at most 63 bytes; a bank's tables add up to 31 characters to the prefix.
+    table_prefix: str = Field(
+        default="llama_stack_", pattern=r"^[a-z_][a-z0-9_]*$", max_length=32, description="Prefix of the tables."
+    )
     pool_size: int = Field(default=4, ge=1, description="Connections kept open.")
+    connect_timeout_s: int = Field(
+        default=10, ge=1, le=600, description="Seconds to wait for a connection before answering 503."
+    )
+    text_search_config: str = Field(
+        default="english",
+        pattern=r"^[a-z_][a-z0-9_]*$",
+        description=(
+            "The PostgreSQL text search configuration of keyword search (hybrid banks): english stems words and "
+            "drops stop words, simple keeps words as written. A bank keeps the one in force when it was created."
+        ),
+    )
+    hnsw_m: int = Field(
+        default=16,
+        ge=2,
+        le=100,
+        description="HNSW banks: graph neighbours per vector (more: better recall, more memory, slower inserts).",
+    )
+    hnsw_ef_construction: int = Field(
+        default=64,
+        ge=4,
+        le=1000,
+        description=(
+            "HNSW banks: candidates considered while inserting (more: better graph, slower inserts); "
+            "at least 2 * hnsw_m."
+        ),
+    )
+    hnsw_ef_search: int = Field(
+        default=100,
+        ge=1,
+        le=1000,
+        description=(
+            "HNSW banks: candidates considered per query, raised to k when k is larger (more: better recall, slower "
+            "queries). Filtered queries consider 1000 and fall back to an exact scan when fewer than k chunks match."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _ef_construction_fits(self) -> "PGVectorConfig":
+        # pgvector refuses CREATE INDEX otherwise; better to say so when the distribution starts.
+        if self.hnsw_ef_construction < 2 * self.hnsw_m:
+            raise ValueError(
+                f"hnsw_ef_construction ({self.hnsw_ef_construction}) must be at least 2 * hnsw_m ({2 * self.hnsw_m})"
+            )
+        return self
