@@ -35,6 +35,7 @@ test-quick: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/llama_cpp_server.py
 	$(BIN)/python bench/torch_batch.py
+	$(BIN)/python bench/memory.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

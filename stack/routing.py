@@ -32,6 +32,10 @@ class InferenceRouter:
         self._system_prompt_of = {model.model_id: model.system_prompt for model in models if model.system_prompt}
         self._model_id_of = {name: model.model_id for model in models for name in (model.model_id, *model.aliases)}
 
+    def models(self, model_type: str | None = None) -> list[Model]:
+        """The served models (only those of ``model_type`` when given): for callers that check a model up front."""
+        return [model for model in self._model_of.values() if model_type is None or model.model_type == model_type]
+
     def _resolve(self, request: Any, model_type: str = "llm", method: str = "") -> tuple[Any, Any]:
         """The provider serving the request's model, and the request naming the model by its model_id."""
         model_id = self._model_id_of.get(request.model)

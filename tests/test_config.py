@@ -116,9 +116,9 @@ def test_missing_file_is_named(tmp_path):
 
 def test_the_built_in_local_distribution_is_valid(tmp_path):
     config = load_distribution("local", {"LLAMA_STACK_STORAGE": str(tmp_path)})
-    assert config.apis == ["inference"]
+    assert config.apis == ["inference", "memory_banks"]
     assert config.server.port == 8321
-    assert [m.model_id for m in config.models] == ["smollm2-135m-instruct"]
+    assert [m.model_id for m in config.models] == ["smollm2-135m-instruct", "all-minilm-l6-v2"]
 
 
 def test_cli_run_reports_config_errors_and_env_overrides(tmp_path):
