@@ -81,7 +81,7 @@ def test_a_missing_distribution_says_what_to_install():
 
 
 def test_a_distribution_without_gguf():
-    with pytest.raises(NotFoundError, match=r"pluggy .* contains no \.gguf file"):
+    with pytest.raises(NotFoundError, match=r"pluggy .* contains no GGUF file"):
         resolve_gguf("pypi:pluggy")
     with pytest.raises(BadRequestError, match="expected pypi:<distribution>"):
         resolve_gguf("pypi:")

