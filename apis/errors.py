@@ -26,11 +26,14 @@ class LlamaStackError(Exception):
         provider: str | None = None,
         param: str | None = None,
         code: str | None = None,
+        retry_after: float | None = None,
     ):
         super().__init__(message)
         self.message = message
         self.details = details or []
         self.provider = provider
+        # Seconds after which a retry may succeed; the server sends it as the Retry-After header.
+        self.retry_after = retry_after
         # The request parameter at fault; defaults to the first invalid field of `details`.
         self.param = param if param is not None else next((d.get("loc") or None for d in self.details), None)
         self.code = code

@@ -91,7 +91,11 @@ class HttpTransport:
         if response.status_code >= 400:
             await response.aread()
             await response.aclose()
-            raise error_from_body(response.status_code, _json_or_text(response))
+            error = error_from_body(response.status_code, _json_or_text(response))
+            retry_after = response.headers.get("retry-after")
+            if retry_after is not None and retry_after.isdigit():
+                error.retry_after = float(retry_after)
+            raise error
         if streaming:
             return _read_sse(endpoint, response)
         return _decode(endpoint, response.content)

@@ -39,7 +39,9 @@ RETRYABLE_STATUSES = frozenset({500, 502, 503, 504})
 
 
 def error_response(error: LlamaStackError) -> JSONResponse:
-    headers = None if error.status in RETRYABLE_STATUSES else {"x-should-retry": "false"}
+    headers = {} if error.status in RETRYABLE_STATUSES else {"x-should-retry": "false"}
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(error.retry_after)))
     return JSONResponse(error.to_body(), status_code=error.status, headers=headers)
 
 

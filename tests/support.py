@@ -80,7 +80,7 @@ class ReplayInference:
         if fail == "crash":
             raise RuntimeError("secret internal detail /etc/passwd")
         if fail == "busy":
-            raise ServiceUnavailableError("model is busy", provider="replay")
+            raise ServiceUnavailableError("model is busy", provider="replay", retry_after=5)
         if isinstance(fail, int):
             raise ERRORS_BY_STATUS[fail](f"replayed a {fail}", provider="replay")
 

@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import pytest
 
-from llama_stack.apis.errors import NotFoundError, ProviderError, ValidationError
+from llama_stack.apis.errors import NotFoundError, ProviderError, ValidationError, ServiceUnavailableError
 from llama_stack.apis.inference import ChatCompletionRequest, ChatCompletionResponse
 from llama_stack.client import LlamaStackClient, SyncLlamaStackClient
 from llama_stack.resolver import Stack
@@ -98,3 +98,15 @@ async def test_the_sync_client_wraps_everything(server):
     # Blocking code runs in a thread: the server shares this test's event loop.
     content, streamed = await asyncio.to_thread(use)
     assert content == streamed == "The capital of France is Paris."
+
+
+async def test_a_busy_provider_says_when_to_retry_over_http(server):
+    _, url = server
+    async with httpx.AsyncClient(base_url=url) as http:
+        response = await http.post("/inference/chat_completion", json={"model": "busy-model", "dialog": DIALOG})
+    assert response.status_code == 503 and response.headers["retry-after"] == "5"
+    client = LlamaStackClient.http(url)
+    with pytest.raises(ServiceUnavailableError) as busy:
+        await client.inference.chat_completion(model="busy-model", dialog=DIALOG)
+    await client.aclose()
+    assert busy.value.retry_after == 5.0 and busy.value.provider == "replay"

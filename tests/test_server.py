@@ -269,3 +269,12 @@ async def test_several_providers_serve_one_api_routed_by_model(tmp_path, replay_
         await stack.shutdown()
     assert (a.json()["content"], b.json()["content"]) == ("from the first", "from the second")
     assert {m["model_id"]: m["provider_id"] for m in models} == {"model-a": "first", "model-b": "second"}
+
+
+def test_an_error_with_retry_after_is_answered_with_the_header():
+    from llama_stack.apis.errors import ServiceUnavailableError
+    from llama_stack.server import error_response
+
+    response = error_response(ServiceUnavailableError("deployment waking up", retry_after=59.6))
+    assert response.status_code == 503 and response.headers["retry-after"] == "60"
+    assert "retry-after" not in error_response(ServiceUnavailableError("busy")).headers

@@ -422,6 +422,7 @@ async def test_a_deactivated_deployment_is_reactivated_once_with_retriable_503s(
             await client.inference.chat_completion(model="tuned", dialog={"message": USER})
         assert sleeping.value.code == "deployment_reactivating"
         assert "8 to 20 minutes" in sleeping.value.message and "retry" in sleeping.value.message
+        assert sleeping.value.retry_after == 60  # the server answers it as Retry-After
     assert len(emissary.calls("POST", rf"{DEPLOYMENTS}/{record['id']}/reactivate")) == 1
     assert record["status"] == "Reactivating"
     # Only the first request reached the sleeping model (and told us); the second was answered from the status.

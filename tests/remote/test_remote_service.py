@@ -214,3 +214,14 @@ async def test_keys_never_reach_the_log_or_the_errors(caplog):
     assert "retry 1 of 2" in caplog.text
     assert SECRET not in caplog.text and SECRET not in failure.value.message
     assert SECRET not in repr(svc.config)
+
+
+async def test_the_vendors_retry_after_reaches_the_caller_when_the_retries_are_spent(monkeypatch):
+    async def no_wait(delay: float) -> None:
+        return None
+
+    monkeypatch.setattr("llama_stack.providers.utils.remote.service.asyncio.sleep", no_wait)
+    svc, _ = service(scripted(error(429, headers={"Retry-After": "120"})))
+    with pytest.raises(ServiceUnavailableError) as failure:
+        await svc.json("GET", "/models")
+    assert failure.value.retry_after == 120.0

@@ -79,6 +79,8 @@ STARTING = frozenset({"Pending", "Deploying"})
 # Statuses a deployment does not leave by itself.
 TERMINAL = frozenset({"Failed", "Cancelled", "Terminated", "TimedOut"})
 REACTIVATION_TIME = "about 8 to 20 minutes"
+# What a caller is told to wait before retrying a deployment that is coming up (Retry-After, in seconds).
+REACTIVATION_RETRY_AFTER = 60.0
 
 
 async def build(config: EmissaryInferenceConfig, context: ProviderContext) -> "EmissaryInference":
@@ -334,6 +336,7 @@ class Deployments:
                 f"{self._svc.name}: {deployment.label} was deactivated after being idle and is being reactivated, "
                 f"which takes {REACTIVATION_TIME}; retry later",
                 code="deployment_reactivating",
+                retry_after=REACTIVATION_RETRY_AFTER,
                 **common,
             )
         if status in TERMINAL:
@@ -346,6 +349,7 @@ class Deployments:
         return ServiceUnavailableError(
             f"{self._svc.name}: {deployment.label} is not serving yet (status {status}); retry in a few minutes",
             code="deployment_starting",
+            retry_after=REACTIVATION_RETRY_AFTER,
             **common,
         )
 

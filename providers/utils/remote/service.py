@@ -192,7 +192,10 @@ class RemoteService:
                     attempt, method, path, f"status {response.status_code}", _retry_after(response)
                 )
                 continue
-            raise self._status_error(response, from_request)
+            error = self._status_error(response, from_request)
+            if response.status_code in RETRY_STATUSES:
+                error.retry_after = _retry_after(response)  # the vendor's own hint, passed on to the caller
+            raise error
 
     async def json(self, method: str, path: str, **options: Any) -> Any:
         response = await self.request(method, path, **options)
@@ -265,7 +268,7 @@ class RemoteService:
         self, attempt: int, method: str, path: str, why: str, retry_after: float | None = None
     ) -> int:
         delay = min(MAX_BACKOFF, self.config.retry_backoff * 2**attempt)
-        delay = retry_after if retry_after is not None else random.uniform(0, delay)
+        delay = min(MAX_BACKOFF, retry_after) if retry_after is not None else random.uniform(0, delay)
         log.warning(
             "%s: %s %s failed (%s); retry %d of %d in %.2f s",
             self.name, method, path, why, attempt + 1, self.config.max_retries, delay,
@@ -327,6 +330,6 @@ def _loads(text: str) -> Any:
 def _retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("retry-after")
     try:
-        return min(MAX_BACKOFF, max(0.0, float(value))) if value is not None else None
+        return max(0.0, float(value)) if value is not None else None
     except ValueError:
         return None
