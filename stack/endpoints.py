@@ -56,12 +56,10 @@ class Facade:
     name: str  # the OpenAPI tag and the client attribute
     protocol: type
     api: Api
-    build: Callable[[Any, "Stack"], Any]  # (the API's implementation, the stack) -> the protocol's implementation
+    build: Callable[[Any], Any]  # the API's implementation -> the protocol's implementation
 
 
-FACADES: tuple[Facade, ...] = (
-    Facade("openai", OpenAI, Api.inference, lambda inference, stack: OpenAICompat(inference, stack.config.models)),
-)
+FACADES: tuple[Facade, ...] = (Facade("openai", OpenAI, Api.inference, OpenAICompat),)
 
 
 @dataclass(frozen=True)
@@ -98,7 +96,13 @@ class Endpoint:
         if self.api is None:
             return stack
         impl = stack.impl(self.api)
-        return impl if self.facade is None else self.facade.build(impl, stack)
+        if self.facade is None:
+            return impl
+        # Built once per started stack, not per request.
+        facade = stack.facade_impls.get(self.facade.name)
+        if facade is None:
+            facade = stack.facade_impls[self.facade.name] = self.facade.build(impl)
+        return facade
 
     @property
     def param_names(self) -> list[str]:

@@ -32,7 +32,7 @@ from llama_stack.apis.common import (
     ToolDefinition,
     ToolResponse,
 )
-from llama_stack.apis.errors import BadRequestError, NotFoundError
+from llama_stack.apis.errors import BadRequestError
 from llama_stack.apis.inference import (
     BatchCompletionRequest,
     ChatCompletionRequest,
@@ -47,7 +47,6 @@ from llama_stack.apis.inference import (
     SamplingParams,
     Usage,
 )
-from llama_stack.apis.inspect import Model
 from llama_stack.apis.openai import (
     OpenAIAssistantMessage,
     OpenAIChatChoice,
@@ -95,23 +94,14 @@ def _invalid(param: str, message: str) -> BadRequestError:
 
 
 class OpenAICompat:
-    """Satisfies the ``OpenAI`` protocol on top of an ``Inference`` implementation serving ``models``."""
+    """Satisfies the ``OpenAI`` protocol on top of the stack's ``InferenceRouter``."""
 
-    def __init__(self, inference: Any, models: list[Model]):
+    def __init__(self, inference: Any):
+        # The stack's InferenceRouter: it resolves model ids and aliases, and lists the served models.
         self.inference = inference
-        self.models = models
-        self._model_id_of = {name: model.model_id for model in models for name in (model.model_id, *model.aliases)}
 
     def _model_id(self, name: str) -> str:
-        model_id = self._model_id_of.get(name)
-        if model_id is None:
-            served = ", ".join(sorted(self._model_id_of)) or "none"
-            raise NotFoundError(
-                f"The model '{name}' is not served by this distribution (served models: {served})",
-                param="model",
-                code="model_not_found",
-            )
-        return model_id
+        return self.inference.model_id(name)
 
     async def list_models(self) -> OpenAIModelList:
         return OpenAIModelList(
@@ -119,7 +109,7 @@ class OpenAICompat:
                 OpenAIModel(
                     id=m.model_id, created=STARTED, owned_by=m.provider_id, aliases=m.aliases, context_length=m.context_length
                 )
-                for m in self.models
+                for m in self.inference.models()
             ]
         )
 

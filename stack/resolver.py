@@ -39,6 +39,8 @@ class Stack:
     source: str = "<distribution>"
     providers: dict[str, BuiltProvider] = field(default_factory=dict)
     impls: dict[Api, Any] = field(default_factory=dict)
+    # The protocols the stack serves by translating onto an API (the OpenAI routes), by facade name.
+    facade_impls: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_distribution(
@@ -118,6 +120,7 @@ class Stack:
                 log.exception("provider %s failed to shut down", built.provider_id)
         self.providers.clear()
         self.impls.clear()
+        self.facade_impls.clear()
 
     # The stack's own inspection routes (llama_stack.apis.inspect.Inspect).
     async def health(self) -> HealthInfo:

@@ -36,12 +36,21 @@ class InferenceRouter:
         """The served models (only those of ``model_type`` when given): for callers that check a model up front."""
         return [model for model in self._model_of.values() if model_type is None or model.model_type == model_type]
 
-    def _resolve(self, request: Any, model_type: str = "llm", method: str = "") -> tuple[Any, Any]:
-        """The provider serving the request's model, and the request naming the model by its model_id."""
-        model_id = self._model_id_of.get(request.model)
+    def model_id(self, name: str) -> str:
+        """The model_id a request's ``model`` names (its id or an alias); a 404 listing the served ones."""
+        model_id = self._model_id_of.get(name)
         if model_id is None:
             served = ", ".join(sorted(self._model_id_of)) or "none"
-            raise NotFoundError(f"Model '{request.model}' is not served by this distribution (served models: {served})")
+            raise NotFoundError(
+                f"The model '{name}' is not served by this distribution (served models: {served})",
+                param="model",
+                code="model_not_found",
+            )
+        return model_id
+
+    def _resolve(self, request: Any, model_type: str = "llm", method: str = "") -> tuple[Any, Any]:
+        """The provider serving the request's model, and the request naming the model by its model_id."""
+        model_id = self.model_id(request.model)
         model = self._model_of[model_id]
         if model.model_type != model_type:
             fitting = ", ".join(sorted(m for m, v in self._model_of.items() if v.model_type == model_type)) or "none"
