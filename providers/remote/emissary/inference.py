@@ -495,9 +495,7 @@ class EmissaryInference:
         return [float(x) for x in vector]
 
     async def _post(self, model_id: str, path: str, body: dict[str, Any]) -> Any:
-        served = self._served(model_id)
-        if served.deployment is not None:
-            await self._deployments.ready(served.deployment)
+        served = await self._ready(model_id)
         try:
             return await self._svc.json("POST", path, json_body={"model": served.name, **body})
         except (VendorStatusError, BadRequestError, ProviderTimeoutError) as exc:
@@ -513,10 +511,12 @@ class EmissaryInference:
                 ) from None
             raise
 
-    async def _ready(self, model_id: str) -> None:
+    async def _ready(self, model_id: str) -> ServedModel:
+        """The model as served, once its deployment (if it has one) serves; otherwise what the request answers."""
         served = self._served(model_id)
         if served.deployment is not None:
             await self._deployments.ready(served.deployment)
+        return served
 
     # -- requests -> Emissary bodies (refusing what it cannot do) --
 

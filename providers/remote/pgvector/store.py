@@ -426,27 +426,28 @@ class PGVectorStore:
                 )
             )
 
-    _BANK_COLUMNS = """b.uuid, b.name, b.embedding_model, b.embedding_dimension, b.chunk_size_tokens,
-        b.overlap_tokens, b.index, b.hybrid, b.rerank_model, count(d.id), coalesce(sum(d.chunk_count), 0)"""
+    _BANK_SETTINGS = """b.uuid, b.name, b.embedding_model, b.embedding_dimension, b.chunk_size_tokens,
+        b.overlap_tokens, b.index, b.hybrid, b.rerank_model"""
 
-    async def get_bank(self, bank_uuid: str) -> BankRecord | None:
+    async def get_bank(self, bank_uuid: str, counts: bool = True) -> BankRecord | None:
         if "\x00" in bank_uuid:
             return None
-        banks = await self._bank_records(sql.SQL("WHERE b.uuid = %s"), (bank_uuid,))
+        banks = await self._bank_records(sql.SQL("WHERE b.uuid = %s"), (bank_uuid,), counts)
         return banks[0] if banks else None
 
     async def list_banks(self) -> list[BankRecord]:
         return await self._bank_records(sql.SQL(""), ())
 
-    async def _bank_records(self, where: sql.Composable, params: Sequence[Any]) -> list[BankRecord]:
-        query = sql.SQL(
-            "SELECT {columns} FROM {banks} b LEFT JOIN {documents} d ON d.bank_id = b.id {where} "
-            "GROUP BY b.id ORDER BY b.id"
-        ).format(
-            columns=sql.SQL(self._BANK_COLUMNS),
-            banks=self._t("banks"),
-            documents=self._t("documents"),
-            where=where,
+    async def _bank_records(self, where: sql.Composable, params: Sequence[Any], counts: bool = True) -> list[BankRecord]:
+        if counts:  # reads every document row of the banks: only when asked for
+            query = sql.SQL(
+                "SELECT {settings}, count(d.id), coalesce(sum(d.chunk_count), 0) "
+                "FROM {banks} b LEFT JOIN {documents} d ON d.bank_id = b.id {where} GROUP BY b.id ORDER BY b.id"
+            )
+        else:
+            query = sql.SQL("SELECT {settings}, 0, 0 FROM {banks} b {where} ORDER BY b.id")
+        query = query.format(
+            settings=sql.SQL(self._BANK_SETTINGS), banks=self._t("banks"), documents=self._t("documents"), where=where
         )
 
         async def work(conn: psycopg.AsyncConnection[Any]) -> list[BankRecord]:

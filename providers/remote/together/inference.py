@@ -10,9 +10,9 @@ See docs/providers/together-inference.md.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
-from contextlib import aclosing
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import aclosing, contextmanager
+from typing import Any, TypeVar
 
 from llama_stack.apis.common import Attachment, Content, Role, StopReason
 from llama_stack.apis.errors import BadRequestError, NotFoundError, ProviderError
@@ -57,6 +57,8 @@ from .service import together_service
 
 # Together's YAML caps `logprobs` at 1: one logprob per generated token, no further alternatives.
 MAX_TOGETHER_LOGPROBS = 1
+
+R = TypeVar("R")
 
 
 async def build(config: TogetherInferenceConfig, context: ProviderContext) -> "TogetherInference":
@@ -109,12 +111,7 @@ class TogetherInference:
         singles = [CompletionRequest(content=content, **options) for content in request.content_batch]
         # Every prompt is checked before the first call, so a bad one costs no vendor calls.
         bodies = [self._completion_body(single, vendor_model) for single in singles]
-
-        async def one(body: dict[str, Any]) -> CompletionResponse:
-            answer = await self._post("/completions", body, vendor_model)
-            return self._completion_response(answer, _alternatives(request))
-
-        return await fan_out(bodies, one, self.config.max_concurrency)
+        return await self._batch("/completions", bodies, vendor_model, self._completion_response, _alternatives(request))
 
     async def batch_chat_completion(self, request: BatchChatCompletionRequest) -> list[ChatCompletionResponse]:
         vendor_model = self._vendor_model(request.model)
@@ -124,12 +121,7 @@ class TogetherInference:
             self._chat_body(single, vendor_model, where=f"batch_dialogs[{index}]")
             for index, single in enumerate(singles)
         ]
-
-        async def one(body: dict[str, Any]) -> ChatCompletionResponse:
-            answer = await self._post("/chat/completions", body, vendor_model)
-            return self._chat_response(answer, _alternatives(request))
-
-        return await fan_out(bodies, one, self.config.max_concurrency)
+        return await self._batch("/chat/completions", bodies, vendor_model, self._chat_response, _alternatives(request))
 
     # ---------------------------------------------------------------------------- embeddings, rerank
     async def embeddings(self, request: EmbeddingsRequest) -> EmbeddingsResponse:
@@ -240,25 +232,41 @@ class TogetherInference:
 
     # ------------------------------------------------------------------------------------- the calls
     async def _post(self, path: str, body: dict[str, Any], vendor_model: str) -> Any:
-        try:
+        with self._unknown_model(vendor_model):
             return await self.service.json("POST", path, json_body=body)
-        except VendorStatusError as exc:
-            raise self._unknown_model(exc, vendor_model) from None
 
     async def _open_stream(self, path: str, body: dict[str, Any], vendor_model: str) -> AsyncIterator[Any]:
-        try:
+        with self._unknown_model(vendor_model):
             return await self.service.open_stream("POST", path, json_body=body)
-        except VendorStatusError as exc:
-            raise self._unknown_model(exc, vendor_model) from None
 
-    def _unknown_model(self, exc: VendorStatusError, vendor_model: str) -> Exception:
-        if exc.vendor_status != 404:
-            return exc
-        return NotFoundError(
-            f"{self.service.name} does not know the model '{vendor_model}' (404): {exc.vendor_message}; check the "
-            "model's provider_model_id against Together's model list",
-            provider=self.service.provider_id,
-        )
+    async def _batch(
+        self,
+        path: str,
+        bodies: list[dict[str, Any]],
+        vendor_model: str,
+        respond: Callable[[Any, int | None], R],
+        top_logprobs: int | None,
+    ) -> list[R]:
+        """One call per body, ``max_concurrency`` at a time; ``respond(answer, top_logprobs)`` each, in order."""
+
+        async def one(body: dict[str, Any]) -> R:
+            return respond(await self._post(path, body, vendor_model), top_logprobs)
+
+        return await fan_out(bodies, one, self.config.max_concurrency)
+
+    @contextmanager
+    def _unknown_model(self, vendor_model: str) -> Iterator[None]:
+        """Together's 404 for a request as the NotFoundError naming the model; other statuses as they are."""
+        try:
+            yield
+        except VendorStatusError as exc:
+            if exc.vendor_status != 404:
+                raise
+            raise NotFoundError(
+                f"{self.service.name} does not know the model '{vendor_model}' (404): {exc.vendor_message}; check "
+                "the model's provider_model_id against Together's model list",
+                provider=self.service.provider_id,
+            ) from None
 
     # ------------------------------------------------------------------------------------ the answers
     def _bad_answer(self, what: str) -> ProviderError:
