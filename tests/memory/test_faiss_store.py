@@ -108,6 +108,9 @@ async def test_banks_are_created_listed_counted_and_dropped(store):
         ("b", "Bee", "hnsw", 8, 0),
     ]
     assert await store.get_bank("nope") is None
+    # Without counts (every request but a listing): the same settings, nothing counted.
+    assert await store.get_bank("a", counts=False) == BankRecord(**{**vars(a), "document_count": 0, "chunk_count": 0})
+    assert await store.get_bank("nope", counts=False) is None
 
     with pytest.raises(ConflictError) as conflict:
         await store.create_bank(bank("a"))

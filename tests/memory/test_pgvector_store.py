@@ -167,6 +167,9 @@ async def test_documents_are_stored_counted_and_committed_on_return(
     record = await store.get_bank("bank")
     assert (record.document_count, record.chunk_count) == (2, 3)
     assert [(b.document_count, b.chunk_count) for b in await store.list_banks()] == [(2, 3)]
+    # Without counts (every request but a listing): the same settings, nothing counted.
+    assert await store.get_bank("bank", counts=False) == bank()
+    assert await store.get_bank("nope", counts=False) is None
 
 
 async def test_put_replaces_a_document_with_its_chunks_and_vectors(store: PGVectorStore):

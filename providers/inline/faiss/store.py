@@ -237,8 +237,8 @@ class FaissStore:
     async def create_bank(self, bank: BankRecord) -> None:
         await self._run(self._create_bank, bank)
 
-    async def get_bank(self, bank_uuid: str) -> BankRecord | None:
-        return await self._run(self._get_bank, bank_uuid)
+    async def get_bank(self, bank_uuid: str, counts: bool = True) -> BankRecord | None:
+        return await self._run(self._get_bank, bank_uuid, counts)
 
     async def list_banks(self) -> list[BankRecord]:
         return await self._run(self._list_banks)
@@ -367,14 +367,19 @@ class FaissStore:
             build=self._hnsw_build(),
         )
 
-    _BANK_COLUMNS = (
+    _BANK_SETTINGS = (
         "b.uuid, b.name, b.embedding_model, b.embedding_dimension, b.chunk_size_tokens, b.overlap_tokens, "
-        "b.index_kind, b.hybrid, b.rerank_model, "
+        "b.index_kind, b.hybrid, b.rerank_model"
+    )
+    # Counting scans the bank's rows: only when asked for.
+    _BANK_COLUMNS = (
+        f"{_BANK_SETTINGS}, "
         "(SELECT count(*) FROM documents WHERE bank_id = b.id), (SELECT count(*) FROM chunks WHERE bank_id = b.id)"
     )
 
-    def _get_bank(self, bank_uuid: str) -> BankRecord | None:
-        row = self._sql.execute(f"SELECT {self._BANK_COLUMNS} FROM banks b WHERE b.uuid = ?", (bank_uuid,)).fetchone()
+    def _get_bank(self, bank_uuid: str, counts: bool = True) -> BankRecord | None:
+        columns = self._BANK_COLUMNS if counts else f"{self._BANK_SETTINGS}, 0, 0"
+        row = self._sql.execute(f"SELECT {columns} FROM banks b WHERE b.uuid = ?", (bank_uuid,)).fetchone()
         return _bank_record(row) if row else None
 
     def _list_banks(self) -> list[BankRecord]:

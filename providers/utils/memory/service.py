@@ -197,7 +197,7 @@ class MemoryBanksService:
 
     async def _new_bank(self, bank_uuid: str, name: str, config: MemoryBankConfig, where: str) -> BankRecord:
         """The bank a registration describes (defaults filled in, models checked, dimension learnt); 409 if taken."""
-        if await self.store.get_bank(bank_uuid) is not None:
+        if await self.store.get_bank(bank_uuid, counts=False) is not None:
             raise ConflictError(
                 f"Memory bank '{bank_uuid}' already exists; drop it first or choose another uuid", param="bank_uuid"
             )
@@ -224,18 +224,19 @@ class MemoryBanksService:
 
     def _served_model(self, name: str, model_type: str, param: str) -> str:
         """The model_id of ``name`` (an id or an alias), a served model of ``model_type``; a 400 otherwise."""
-        fitting = self._served(model_type)
+        # On every insert and query: the list of served models is only worked out for a message.
         for model in self._inference.models():
             if name == model.model_id or name in model.aliases:
                 if model.model_type != model_type:
                     raise BadRequestError(
                         f"{param}: model '{name}' has model_type '{model.model_type}'; it must be of type "
-                        f"'{model_type}' (served {model_type} models: {fitting})",
+                        f"'{model_type}' (served {model_type} models: {self._served(model_type)})",
                         param=param,
                     )
                 return model.model_id
         raise BadRequestError(
-            f"{param}: model '{name}' is not served by this distribution (served {model_type} models: {fitting})",
+            f"{param}: model '{name}' is not served by this distribution "
+            f"(served {model_type} models: {self._served(model_type)})",
             param=param,
         )
 
@@ -248,7 +249,8 @@ class MemoryBanksService:
         return self._dimensions[model_id]
 
     async def _bank(self, bank_uuid: str) -> BankRecord:
-        bank = await self.store.get_bank(bank_uuid)
+        """The bank's settings (no counts: this runs on every request, queries included); a 404 when missing."""
+        bank = await self.store.get_bank(bank_uuid, counts=False)
         if bank is None:
             raise await self._no_bank(bank_uuid)
         return bank

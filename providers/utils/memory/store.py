@@ -68,8 +68,12 @@ class MemoryStore(Protocol):
     async def create_bank(self, bank: BankRecord) -> None:
         """Add a bank; raises ConflictError when the uuid exists."""
 
-    async def get_bank(self, bank_uuid: str) -> BankRecord | None:
-        """The bank with current document_count and chunk_count, or None."""
+    async def get_bank(self, bank_uuid: str, counts: bool = True) -> BankRecord | None:
+        """The bank with current document_count and chunk_count, or None.
+
+        ``counts=False``: the settings alone (both counts 0), without counting the bank's rows; what every
+        request but a listing needs, queries included.
+        """
 
     async def list_banks(self) -> list[BankRecord]: ...
 
