@@ -8,11 +8,16 @@ at most ``max_queue`` wait behind the running one, and one more is refused with 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from functools import partial
+from typing import Any, Protocol, TypeVar
 
-from llama_stack.apis.errors import ServiceUnavailableError
+from llama_stack.apis.errors import NotFoundError, ServiceUnavailableError
+from llama_stack.apis.inspect import Model
+
+log = logging.getLogger(__name__)
 
 
 class Job:
@@ -69,6 +74,15 @@ class ModelWorker:
         future.add_done_callback(finished)
         return job, future
 
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Queue ``fn(job, *args)`` and wait for its result; cancelling the wait stops the job."""
+        job, future = self.submit(fn, *args)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            job.cancelled = True  # wrap_future cancels it too if it is still waiting
+            raise
+
     def cancel_all(self) -> None:
         """Every running and waiting job stops at its next token (event loop)."""
         for job in self.jobs:
@@ -77,3 +91,98 @@ class ModelWorker:
     def close(self) -> None:
         """Wait for the worker thread to finish (blocking: call off the event loop)."""
         self._executor.shutdown(wait=True)
+
+
+class WorkerStream:
+    """The items of one streamed job: ``fn(job, *args, emit)`` runs on the model's worker, and each
+    ``emit(item)`` (from the worker thread) wakes the event loop with it; the job's future comes last.
+
+    Subclasses turn items into chunks in ``__anext__`` (reading them with ``_next_item``). ``aclose()``
+    (or dropping the stream, or cancelling the task awaiting the next chunk) stops the job; ``aclose()``
+    also waits until the worker has let go of the model, at most a token away.
+    """
+
+    __slots__ = ("_queue", "_job", "_future", "_released", "_done", "__weakref__")
+
+    def __init__(self, worker: ModelWorker, fn: Callable[..., Any], *args: Any):
+        loop = asyncio.get_running_loop()
+        # The worker holds the queue and ``released``, never the stream: a dropped stream is collected (and stops its job).
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        released: asyncio.Future[None] = loop.create_future()
+
+        def on_done(done: Future[Any]) -> None:
+            queue.put_nowait(done)
+            if not released.done():
+                released.set_result(None)
+
+        self._done = True  # until submitted (a refused job leaves nothing to stop)
+        emit = partial(loop.call_soon_threadsafe, queue.put_nowait)
+        self._job, self._future = worker.submit(fn, *args, emit, on_done=on_done)
+        self._queue = queue
+        self._released = released
+        self._done = False
+
+    def __aiter__(self) -> "WorkerStream":
+        return self
+
+    async def _next_item(self) -> Any:
+        try:
+            return await self._queue.get()
+        except BaseException:  # cancelled: the client went away
+            self._stop()
+            raise
+
+    def _stop(self) -> None:
+        self._done = True
+        self._job.cancelled = True
+        self._future.cancel()  # still waiting for the model: leave the queue now
+
+    async def aclose(self) -> None:
+        self._stop()
+        await asyncio.shield(self._released)
+
+    def __del__(self) -> None:
+        if not getattr(self, "_done", True):
+            self._stop()
+
+
+class ModelSlot(Protocol):
+    model: Model
+    worker: ModelWorker
+
+    def close(self) -> None: ...
+
+
+Slot = TypeVar("Slot")
+
+
+def served_slot(slots: dict[str, Slot], model_id: str, provider_id: str, provider_type: str) -> Slot:
+    """The slot of a model the provider serves, or 404 listing the ones it does."""
+    slot = slots.get(model_id)
+    if slot is None:
+        served = ", ".join(repr(m) for m in sorted(slots)) or "none"
+        raise NotFoundError(
+            f"model {model_id!r} is not served by {provider_id} ({provider_type}); its models: {served}",
+            provider=provider_id,
+        )
+    return slot
+
+
+async def close_slots(slots: dict[str, Any]) -> None:
+    """Empty ``slots`` (``ModelSlot``s): stop every job (running and waiting: each ends with 503 at once),
+    wait for the workers, then free the models."""
+    closing: list[ModelSlot] = list(slots.values())
+    slots.clear()
+    for slot in closing:
+        slot.worker.cancel_all()
+    if closing:
+        await asyncio.to_thread(_close_all, closing)
+
+
+def _close_all(slots: list[ModelSlot]) -> None:
+    for slot in slots:
+        slot.worker.close()  # the running generation stops at its next token
+        try:
+            slot.close()
+        except Exception:  # freeing is best effort at exit
+            log.exception("closing model %s failed", slot.model.model_id)

@@ -44,7 +44,6 @@ import json
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Future
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -60,7 +59,6 @@ from llama_stack.apis.errors import (
     BadRequestError,
     ConflictError,
     LlamaStackError,
-    NotFoundError,
     ProviderError,
     ServiceUnavailableError,
 )
@@ -82,7 +80,7 @@ from llama_stack.apis.inference import (
 )
 from llama_stack.apis.inspect import Model
 from llama_stack.plugins import ProviderContext
-from llama_stack.providers.utils.model_worker import Job, ModelWorker
+from llama_stack.providers.utils.model_worker import Job, ModelWorker, WorkerStream, close_slots, served_slot
 from llama_stack.providers.utils.gguf import resolve_gguf
 from llama_stack.providers.utils.inference.attachments import AttachmentInliner, InlinedAttachments, dialog_contents
 from llama_stack.providers.utils.inference.structured import json_schema_for
@@ -395,6 +393,9 @@ class _ModelSlot:
         # Llama 3.1+ templates write the "Cutting Knowledge Date" header themselves.
         self.template_writes_llama3_header = "Cutting Knowledge Date" in self.chat_template
 
+    def close(self) -> None:
+        self.llm.close()
+
     def render(self, dialog: Dialog, request: Any, inlined: InlinedAttachments, where: str) -> str:
         tools = offered_tools(request.available_tools, request.tool_choice)
         extra: dict[str, Any] = {}
@@ -415,35 +416,23 @@ class _ModelSlot:
             ) from exc
 
 
-class _ChunkStream:
-    """The chunks of one streamed generation, fed by the model's worker thread.
+class _ChunkStream(WorkerStream):
+    """The chunks of one streamed generation: the worker's text pieces (through the tool-call parser when
+    tools are offered), then a last chunk with the stop reason and usage."""
 
-    ``aclose()`` (or dropping the stream, or cancelling the task awaiting the next chunk) stops the
-    generation; ``aclose()`` also waits until the worker has let go of the model, at most a token away.
-    """
-
-    __slots__ = ("_queue", "_job", "_future", "_released", "_chunk", "_tools", "_ready", "_done", "__weakref__")
+    __slots__ = ("_chunk", "_tools", "_ready")
 
     def __init__(
         self,
-        queue: asyncio.Queue[Any],
-        job: Job,
-        future: Future[Any],
-        released: asyncio.Future[None],
+        slot: _ModelSlot,
+        gen: _Gen,
         chunk: type[ChatCompletionResponseStreamChunk] | type[CompletionResponseStreamChunk],
         tools: ToolCallStream | None,
     ):
-        self._queue = queue
-        self._job = job
-        self._future = future
-        self._released = released
         self._chunk = chunk
         self._tools = tools
         self._ready: deque[Any] = deque()
-        self._done = False
-
-    def __aiter__(self) -> "_ChunkStream":
-        return self
+        super().__init__(slot.worker, _pump, slot.tokens, gen)
 
     async def __anext__(self) -> Any:
         while True:
@@ -451,11 +440,7 @@ class _ChunkStream:
                 return self._ready.popleft()
             if self._done:
                 raise StopAsyncIteration
-            try:
-                item = await self._queue.get()
-            except BaseException:  # cancelled: the client went away
-                self._stop()
-                raise
+            item = await self._next_item()
             kind = item.__class__
             if kind is str:
                 if self._tools is None:
@@ -482,18 +467,8 @@ class _ChunkStream:
                     )
 
     def _stop(self) -> None:
-        self._done = True
+        super()._stop()
         self._ready.clear()
-        self._job.cancelled = True
-        self._future.cancel()  # still waiting for the model: leave the queue now
-
-    async def aclose(self) -> None:
-        self._stop()
-        await asyncio.shield(self._released)
-
-    def __del__(self) -> None:
-        if not self._done:
-            self._stop()
 
 
 class LlamaCppInference:
@@ -554,46 +529,12 @@ class LlamaCppInference:
 
     async def shutdown(self) -> None:
         """Stop every generation and free the models. Called by the runtime at exit."""
-        slots = list(self._slots.values())
-        self._slots.clear()
-        for slot in slots:
-            slot.worker.cancel_all()  # running and waiting: each ends with 503 at once
-        if slots:
-            await asyncio.to_thread(_close_slots, slots)
+        await close_slots(self._slots)
 
     # -- admission ----------------------------------------------------------------------------------
 
     def _slot(self, model_id: str) -> _ModelSlot:
-        slot = self._slots.get(model_id)
-        if slot is None:
-            served = ", ".join(repr(m) for m in sorted(self._slots)) or "none"
-            raise NotFoundError(
-                f"model {model_id!r} is not served by {self.provider_id} ({PROVIDER_TYPE}); its models: {served}",
-                provider=self.provider_id,
-            )
-        return slot
-
-    async def _collect(self, slot: _ModelSlot, gens: list[_Gen]) -> list[tuple[str, list[TokenLogprob], _Outcome]]:
-        job, future = slot.worker.submit(_collect_job, slot.tokens, gens)
-        try:
-            return await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            job.cancelled = True  # wrap_future cancels it too if it is still waiting
-            raise
-
-    def _open_stream(self, slot: _ModelSlot, gen: _Gen, chunk: type[Any], tools: ToolCallStream | None = None) -> AsyncIterator[Any]:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        released: asyncio.Future[None] = loop.create_future()
-
-        def on_done(done: Future[Any]) -> None:
-            queue.put_nowait(done)
-            if not released.done():
-                released.set_result(None)
-
-        emit = partial(loop.call_soon_threadsafe, queue.put_nowait)
-        job, future = slot.worker.submit(_pump, slot.tokens, gen, emit, on_done=on_done)
-        return _ChunkStream(queue, job, future, released, chunk, tools)
+        return served_slot(self._slots, model_id, self.provider_id, PROVIDER_TYPE)
 
     # -- preparing requests -------------------------------------------------------------------------
 
@@ -656,8 +597,8 @@ class LlamaCppInference:
         inlined = await self._attachments.fetch([(request.content, "content")], model=request.model)
         gen = self._gen(inlined(request.content, "content"), False, request, grammar)
         if request.stream:
-            return self._open_stream(slot, gen, CompletionResponseStreamChunk)
-        ((text, entries, outcome),) = await self._collect(slot, [gen])
+            return _ChunkStream(slot, gen, CompletionResponseStreamChunk, None)
+        ((text, entries, outcome),) = await slot.worker.run(_collect_job, slot.tokens, [gen])
         return CompletionResponse(
             content=text, stop_reason=outcome.stop_reason, logprobs=_logprobs(request.logprobs, entries), usage=outcome.usage
         )
@@ -672,8 +613,8 @@ class LlamaCppInference:
         tools = offered_tools(request.available_tools, request.tool_choice)
         if request.stream:
             stream = ToolCallStream(slot.tool_format, tools) if tools else None
-            return self._open_stream(slot, gen, ChatCompletionResponseStreamChunk, stream)
-        ((text, entries, outcome),) = await self._collect(slot, [gen])
+            return _ChunkStream(slot, gen, ChatCompletionResponseStreamChunk, stream)
+        ((text, entries, outcome),) = await slot.worker.run(_collect_job, slot.tokens, [gen])
         return _chat_response(text, entries, outcome, slot.tool_format, tools, request.logprobs)
 
     async def batch_completion(self, request: BatchCompletionRequest) -> list[CompletionResponse]:
@@ -685,7 +626,7 @@ class LlamaCppInference:
         gens = [self._gen(inlined(c, where), False, request, grammar) for c, where in contents]
         if not gens:
             return []
-        results = await self._collect(slot, gens)
+        results = await slot.worker.run(_collect_job, slot.tokens, gens)
         return [
             CompletionResponse(
                 content=text, stop_reason=outcome.stop_reason, logprobs=_logprobs(request.logprobs, entries), usage=outcome.usage
@@ -706,7 +647,7 @@ class LlamaCppInference:
         if not gens:
             return []
         tools = offered_tools(request.available_tools, request.tool_choice)
-        results = await self._collect(slot, gens)
+        results = await slot.worker.run(_collect_job, slot.tokens, gens)
         return [_chat_response(text, entries, outcome, slot.tool_format, tools, request.logprobs) for text, entries, outcome in results]
 
 
@@ -721,12 +662,3 @@ def _chat_response(
     return ChatCompletionResponse(
         content=content, tool_calls=calls, stop_reason=outcome.stop_reason, logprobs=_logprobs(logprobs, entries), usage=outcome.usage
     )
-
-
-def _close_slots(slots: list[_ModelSlot]) -> None:
-    for slot in slots:
-        slot.worker.close()  # the running generation stops at its next token
-        try:
-            slot.llm.close()
-        except Exception:  # freeing is best effort at exit
-            log.exception("closing model %s failed", slot.model.model_id)

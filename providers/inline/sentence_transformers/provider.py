@@ -35,6 +35,7 @@ from llama_stack.apis.errors import (
 from llama_stack.apis.inference import EmbeddingsRequest, EmbeddingsResponse
 from llama_stack.apis.inspect import Model
 from llama_stack.plugins import ProviderContext
+from llama_stack.providers.utils.model_worker import served_slot
 from llama_stack.providers.utils.packaged import PYPI_PREFIX, files, locate, open_reference, pick_one
 
 from . import PROVIDER_TYPE
@@ -274,11 +275,4 @@ class SentenceTransformersInference:
         return array.tolist()
 
     def _slot(self, model_id: str) -> _Slot:
-        slot = self._slots.get(model_id)
-        if slot is None:
-            served = ", ".join(repr(m) for m in sorted(self._slots)) or "none"
-            raise NotFoundError(
-                f"model {model_id!r} is not served by {self.provider_id} ({PROVIDER_TYPE}); its models: {served}",
-                provider=self.provider_id,
-            )
-        return slot
+        return served_slot(self._slots, model_id, self.provider_id, PROVIDER_TYPE)

@@ -38,7 +38,6 @@ from llama_stack.apis.errors import (
     BadRequestError,
     ConflictError,
     LlamaStackError,
-    NotFoundError,
     NotSupportedError,
     ProviderError,
     ServiceUnavailableError,
@@ -60,7 +59,7 @@ from llama_stack.apis.inference import (
 )
 from llama_stack.apis.inspect import Model
 from llama_stack.plugins import ProviderContext
-from llama_stack.providers.utils.model_worker import Job, ModelWorker
+from llama_stack.providers.utils.model_worker import Job, ModelWorker, WorkerStream, close_slots, served_slot
 from llama_stack.providers.utils.inference.attachments import AttachmentInliner, InlinedAttachments, dialog_contents
 from llama_stack.providers.utils.inference.structured import json_schema_for
 from llama_stack.providers.utils.inference.tool_calls import (
@@ -210,6 +209,24 @@ def _generate_job(
     return rows
 
 
+# Given the worker's emit, a stream sink's (on_text, finish) (see the stream sinks below).
+_MakeSink = Callable[[Callable[[Any], Any]], tuple[Callable[[str, list[TokenLogprob] | None], Any], Callable[[Row], None]]]
+
+
+def _stream_job(
+    job: Job,
+    lm: LoadedModel,
+    prepared: _Prepared,
+    options: _Options,
+    model_id: str,
+    max_batch_size: int,
+    make_sink: _MakeSink,
+    emit: Callable[[Any], Any],
+) -> list[Row]:
+    on_text, finish = make_sink(emit)
+    return _generate_job(job, lm, [options.row(prepared, on_text)], options, model_id, max_batch_size, finish)
+
+
 def _run_job(model_id: str, provider_id: str, job: Job, fn: Callable[..., Any], *args: Any) -> Any:
     try:
         if not job.cancelled:  # else given up while it waited
@@ -244,53 +261,25 @@ class _ModelSlot:
             model.model_id, provider_id, "torch", max_queue, partial(_run_job, model.model_id, provider_id)
         )
 
+    def close(self) -> None:
+        self.lm.close()
 
-class _ChunkStream:
-    """The chunks of one streamed generation, built by the model's worker thread.
 
-    ``aclose()`` (or dropping the stream, or cancelling the task awaiting the next chunk) stops the
-    generation; ``aclose()`` also waits until the worker has let go of the model, at most a token away.
-    """
+class _ChunkStream(WorkerStream):
+    """The chunks of one streamed generation, built by the model's worker thread (see the stream sinks)."""
 
-    __slots__ = ("_queue", "_job", "_future", "_released", "_done", "__weakref__")
-
-    def __init__(self, queue: asyncio.Queue[Any], job: Job, future: Future[Any], released: asyncio.Future[None]):
-        self._queue = queue
-        self._job = job
-        self._future = future
-        self._released = released
-        self._done = False
-
-    def __aiter__(self) -> "_ChunkStream":
-        return self
+    __slots__ = ()
 
     async def __anext__(self) -> Any:
         if self._done:
             raise StopAsyncIteration
-        try:
-            item = await self._queue.get()
-        except BaseException:  # cancelled: the client went away
-            self._stop()
-            raise
+        item = await self._next_item()
         if item.__class__ is not Future:
             return item
         # The job's future: the generation is over (its last chunk came before), or it failed.
         self._done = True
         item.result()
         raise StopAsyncIteration
-
-    def _stop(self) -> None:
-        self._done = True
-        self._job.cancelled = True
-        self._future.cancel()  # still waiting for the model: leave the queue now
-
-    async def aclose(self) -> None:
-        self._stop()
-        await asyncio.shield(self._released)
-
-    def __del__(self) -> None:
-        if not self._done:
-            self._stop()
 
 
 class TorchInference:
@@ -350,65 +339,26 @@ class TorchInference:
 
     async def shutdown(self) -> None:
         """Stop every generation and free the models. Called by the runtime at exit."""
-        slots = list(self._slots.values())
-        self._slots.clear()
-        for slot in slots:
-            slot.worker.cancel_all()  # running and waiting: each ends with 503 at once
-        if slots:
-            await asyncio.to_thread(_close_slots, slots)
+        await close_slots(self._slots)
 
     # -- admission ----------------------------------------------------------------------------------
 
     def _slot(self, model_id: str) -> _ModelSlot:
-        slot = self._slots.get(model_id)
-        if slot is None:
-            served = ", ".join(repr(m) for m in sorted(self._slots)) or "none"
-            raise NotFoundError(
-                f"model {model_id!r} is not served by {self.provider_id} ({PROVIDER_TYPE}); its models: {served}",
-                provider=self.provider_id,
-            )
-        return slot
+        return served_slot(self._slots, model_id, self.provider_id, PROVIDER_TYPE)
 
     async def _collect(self, slot: _ModelSlot, rows: list[Row], options: _Options) -> list[Row]:
-        job, future = slot.worker.submit(
-            _generate_job, slot.lm, rows, options, slot.model.model_id, self.config.max_batch_size
-        )
-        try:
-            return await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            job.cancelled = True  # wrap_future cancels it too if it is still waiting
-            raise
+        return await slot.worker.run(_generate_job, slot.lm, rows, options, slot.model.model_id, self.config.max_batch_size)
 
     def _open_stream(
         self,
         slot: _ModelSlot,
         prepared: _Prepared,
         options: _Options,
-        make_sink: Callable[[Callable[[Any], Any]], tuple[Callable[[str, list[TokenLogprob] | None], Any], Callable[[Row], None]]],
+        make_sink: _MakeSink,
     ) -> AsyncIterator[Any]:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        released: asyncio.Future[None] = loop.create_future()
-
-        def on_done(done: Future[Any]) -> None:
-            queue.put_nowait(done)
-            if not released.done():
-                released.set_result(None)
-
-        emit = partial(loop.call_soon_threadsafe, queue.put_nowait)
-        on_text, finish = make_sink(emit)
-        row = options.row(prepared, on_text)
-        job, future = slot.worker.submit(
-            _generate_job,
-            slot.lm,
-            [row],
-            options,
-            slot.model.model_id,
-            self.config.max_batch_size,
-            finish,
-            on_done=on_done,
+        return _ChunkStream(
+            slot.worker, _stream_job, slot.lm, prepared, options, slot.model.model_id, self.config.max_batch_size, make_sink
         )
-        return _ChunkStream(queue, job, future, released)
 
     # -- checking and tokenizing (event loop) --------------------------------------------------------
 
@@ -592,12 +542,3 @@ def _tool_sink(options: _Options, emit: Callable[[Any], Any]) -> tuple[Callable[
             emit(chunk)
 
     return on_text, finish
-
-
-def _close_slots(slots: list[_ModelSlot]) -> None:
-    for slot in slots:
-        slot.worker.close()  # the running generation stops at its next token
-        try:
-            slot.lm.close()
-        except Exception:  # freeing is best effort at exit
-            log.exception("closing model %s failed", slot.model.model_id)
