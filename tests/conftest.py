@@ -3,7 +3,14 @@
 import pytest
 
 from llama_stack.plugins import discover_providers
+from local_model_requests import TORCH_CUDA
 from support import ReplayPlugin, serving
+
+
+def pytest_report_header(config):
+    if TORCH_CUDA:
+        return "inline::torch: a CUDA GPU is here; its tests run on it too (the torch-cuda variants)"
+    return "inline::torch: no CUDA GPU here (torch.cuda.is_available() is False): its CUDA variants are not run"
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,18 @@ ENDLESS = "The capital of France is"
 PROMPTLY_S = 10.0
 
 
+def _torch_sees_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+# Whether inline::torch's tests also run on a CUDA GPU here.
+TORCH_CUDA = _torch_sees_cuda()
+
+
 def dialog(question: str = QUESTION, **extra: Any) -> dict[str, Any]:
     return {"message": {"role": "user", "content": question}, "message_history": [{"role": "system", "content": SYSTEM}], **extra}
 

@@ -27,7 +27,7 @@ from llama_stack.apis.inference import (
     CompletionResponseStreamChunk,
 )
 from llama_stack.apis.inspect import Model
-from local_model_requests import ENDLESS, GERMANY, MODEL, PROMPTLY_S, QUESTION, SMOLLM2, chat, collect, dialog, endless
+from local_model_requests import ENDLESS, GERMANY, MODEL, PROMPTLY_S, QUESTION, SMOLLM2, TORCH_CUDA, chat, collect, dialog, endless
 from llama_stack.plugins import ProviderContext
 from llama_stack.providers.inline.torch import TorchConfig
 
@@ -156,9 +156,20 @@ def streamed_text(chunks: list[Any]) -> str:
     return "".join(c.text_delta for c in chunks)
 
 
-async def new_provider(tmp_path_factory: pytest.TempPathFactory, *models: Model, **config: Any) -> TorchInference:
+# The devices these tests run on. float32 on CUDA too: answers are compared across batch shapes, and the
+# tiny random models' next tokens are too close to call in a 16-bit dtype (the behaviour suite runs
+# SmolLM2 in bfloat16 on the CPU and in CUDA's default dtype).
+DEVICES = ["cpu", *(["cuda"] if TORCH_CUDA else [])]
+
+
+@pytest.fixture(scope="module", params=DEVICES)
+def device(request) -> str:
+    return request.param
+
+
+async def new_provider(tmp_path_factory: pytest.TempPathFactory, *models: Model, device: str = "cpu", **config: Any) -> TorchInference:
     context = ProviderContext(provider_id="torch", storage_dir=tmp_path_factory.mktemp("torch"))
-    impl = await build(TorchConfig(device="cpu", **config), context)
+    impl = await build(TorchConfig(device=device, dtype="float32", **config), context)
     for model in models:
         await impl.register_model(model)
     return impl
@@ -211,14 +222,16 @@ def lora_adapter(tiny_checkpoint, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-async def provider(tmp_path_factory):
-    impl = await new_provider(tmp_path_factory, Model(model_id=MODEL, provider_id="torch", provider_model_id=SMOLLM2, context_length=2048))
+async def provider(tmp_path_factory, device):
+    impl = await new_provider(
+        tmp_path_factory, Model(model_id=MODEL, provider_id="torch", provider_model_id=SMOLLM2, context_length=2048), device=device
+    )
     yield impl
     await impl.shutdown()
 
 
 @pytest.fixture(scope="module")
-async def tiny(tmp_path_factory, tiny_checkpoint, lora_adapter):
+async def tiny(tmp_path_factory, tiny_checkpoint, lora_adapter, device):
     """The tiny model (context 64), the same with the LoRA adapter, and one with a long context; batches of 3."""
     impl = await new_provider(
         tmp_path_factory,
@@ -226,6 +239,7 @@ async def tiny(tmp_path_factory, tiny_checkpoint, lora_adapter):
         Model(model_id="tiny-lora", provider_id="torch", provider_model_id=str(tiny_checkpoint), context_length=64, metadata={"lora_adapter": str(lora_adapter)}),
         max_batch_size=3,
         max_queue=1,
+        device=device,
     )
     yield impl
     await impl.shutdown()
