@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# torch is not needed yet; when it is, pin a range that torch==2.13.0 satisfies (see the README).
+# torch comes with the torch/embeddings extras, pinned in pyproject.toml to a range torch==2.13.0 satisfies.
 PIP_INSTALL := $(BIN)/python -m pip install --disable-pip-version-check -q
 
 .PHONY: run test test-quick bench install clean
