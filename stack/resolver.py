@@ -41,6 +41,8 @@ class Stack:
     impls: dict[Api, Any] = field(default_factory=dict)
     # The protocols the stack serves by translating onto an API (the OpenAI routes), by facade name.
     facade_impls: dict[str, Any] = field(default_factory=dict)
+    # The distribution's models as their providers serve them (see _register_models).
+    models: list[Model] = field(default_factory=list)
 
     @classmethod
     def from_distribution(
@@ -102,12 +104,28 @@ class Stack:
     async def _serve(self, api: Api) -> None:
         built = {p.provider_id: p.impl for p in self.providers.values() if p.api == api}
         if api == Api.inference:
-            for model in self.config.models:
-                log.info("loading model %s on %s", model.model_id, model.provider_id)
-                await built[model.provider_id].register_model(model)
-            self.impls[api] = InferenceRouter(self.config.models, built)
+            self.models = await self._register_models(built)
+            self.impls[api] = InferenceRouter(self.models, built)
         else:
             (self.impls[api],) = built.values()
+
+    async def _register_models(self, built: dict[str, Any]) -> list[Model]:
+        """Hand each model entry to its provider. A provider may answer with the entry completed by what only
+        it knows (the context window it loaded, say); it may not rename the model or move it elsewhere."""
+        served = []
+        for model in self.config.models:
+            log.info("loading model %s on %s", model.model_id, model.provider_id)
+            answer = await built[model.provider_id].register_model(model)
+            if answer is None:
+                answer = model
+            elif not isinstance(answer, Model) or (answer.model_id, answer.provider_id) != (model.model_id, model.provider_id):
+                package = self.providers[model.provider_id].package
+                raise ValueError(
+                    f"provider {model.provider_id!r} ({package}): register_model({model.model_id!r}) must return None "
+                    f"or that Model (same model_id and provider_id), got {answer!r}"
+                )
+            served.append(answer)
+        return served
 
     async def shutdown(self) -> None:
         for built in reversed(list(self.providers.values())):
@@ -121,13 +139,14 @@ class Stack:
         self.providers.clear()
         self.impls.clear()
         self.facade_impls.clear()
+        self.models = []
 
     # The stack's own inspection routes (llama_stack.apis.inspect.Inspect).
     async def health(self) -> HealthInfo:
         return HealthInfo()
 
     async def list_models(self) -> list[Model]:
-        return list(self.config.models)
+        return list(self.models)
 
     async def list_providers(self) -> list[ProviderInfo]:
         return [

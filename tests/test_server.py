@@ -271,6 +271,41 @@ async def test_several_providers_serve_one_api_routed_by_model(tmp_path, replay_
     assert {m["model_id"]: m["provider_id"] for m in models} == {"model-a": "first", "model-b": "second"}
 
 
+async def test_a_provider_completes_its_models_and_the_listings_show_it(tmp_path, replay_registry, monkeypatch):
+    from support import ReplayInference
+
+    async def served_with_its_window(self, model):
+        self.models[model.model_id] = model
+        return model.model_copy(update={"context_length": 512})
+
+    monkeypatch.setattr(ReplayInference, "register_model", served_with_its_window)
+    stack = Stack.from_distribution(write_replay_distribution(tmp_path), registry=replay_registry)
+    await stack.start()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(stack)), base_url="http://test") as client:
+            listed = (await client.get("/models/list")).json()
+            openai = (await client.get("/v1/models")).json()["data"]
+            by_alias = await client.post("/inference/chat_completion", json=CHAT | {"model": "replay-alias"})
+    finally:
+        await stack.shutdown()
+    assert {m["context_length"] for m in listed} == {m["context_length"] for m in openai} == {512}
+    assert next(m for m in listed if m["model_id"] == "replay-model")["aliases"] == ["replay-alias"]  # the rest as written
+    assert by_alias.status_code == 200
+
+
+async def test_a_provider_that_renames_a_model_fails_the_start_naming_itself(tmp_path, replay_registry, monkeypatch):
+    from support import ReplayInference
+
+    async def renamed(self, model):
+        return model.model_copy(update={"model_id": "something-else"})
+
+    monkeypatch.setattr(ReplayInference, "register_model", renamed)
+    stack = Stack.from_distribution(write_replay_distribution(tmp_path), registry=replay_registry)
+    with pytest.raises(ValueError, match=r"provider 'replay' \(.*\): register_model\('replay-model'\) must return None or that Model"):
+        await stack.start()
+    assert stack.providers == {} and stack.models == []  # what was built is shut down again
+
+
 def test_an_error_with_retry_after_is_answered_with_the_header():
     from llama_stack.apis.errors import ServiceUnavailableError
     from llama_stack.server import error_response

@@ -53,10 +53,16 @@ pytestmark = pytest.mark.slow
 
 
 
-async def new_provider(tmp_path_factory: pytest.TempPathFactory, reference: str = SMOLLM2, **config: Any) -> LlamaCppInference:
+async def new_provider(
+    tmp_path_factory: pytest.TempPathFactory, reference: str = SMOLLM2, context_length: int | None = None, **config: Any
+) -> LlamaCppInference:
     context = ProviderContext(provider_id="llama-cpp", storage_dir=tmp_path_factory.mktemp("llama-cpp"))
     impl = await build(LlamaCppConfig(**config), context)
-    await impl.register_model(Model(model_id=MODEL, provider_id="llama-cpp", provider_model_id=reference))
+    model = Model(model_id=MODEL, provider_id="llama-cpp", provider_model_id=reference, context_length=context_length)
+    served = await impl.register_model(model)
+    # The model comes back with the window llama.cpp gave it: a multiple of 256, at least what was asked.
+    asked = context_length or impl.config.n_ctx
+    assert served.context_length % 256 == 0 and asked <= served.context_length < asked + 256
     return impl
 
 
@@ -77,7 +83,8 @@ async def tight(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 async def small_context(tmp_path_factory):
-    impl = await new_provider(tmp_path_factory, n_ctx=100)  # llama.cpp makes it 256
+    # The model entry's context_length wins over the provider's n_ctx (2048); llama.cpp makes it 256.
+    impl = await new_provider(tmp_path_factory, context_length=100)
     yield impl
     await impl.shutdown()
 

@@ -171,7 +171,8 @@ async def new_provider(tmp_path_factory: pytest.TempPathFactory, *models: Model,
     context = ProviderContext(provider_id="torch", storage_dir=tmp_path_factory.mktemp("torch"))
     impl = await build(TorchConfig(device=device, dtype="float32", **config), context)
     for model in models:
-        await impl.register_model(model)
+        served = await impl.register_model(model)
+        assert served.context_length == (model.context_length or impl.config.context_length)  # what it is served with
     return impl
 
 

@@ -483,13 +483,17 @@ class LlamaCppInference:
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
-    async def register_model(self, model: Model) -> None:
-        """Load the model's GGUF (off the event loop). Called by the runtime before serving."""
+    async def register_model(self, model: Model) -> Model:
+        """Load the model's GGUF (off the event loop). Called by the runtime before serving.
+
+        The context window is the entry's ``context_length``, else the provider's ``n_ctx``; the model comes
+        back with the window llama.cpp gave it (rounded up to a multiple of 256).
+        """
         reference = model.provider_model_id or model.model_id
         existing = self._slots.get(model.model_id)
         if existing is not None:
             if existing.reference == reference:
-                return
+                return existing.model
             raise ConflictError(
                 f"model {model.model_id!r} is already registered with {existing.reference!r}",
                 provider=self.provider_id,
@@ -498,11 +502,13 @@ class LlamaCppInference:
             path = resolve_gguf(reference)
         except LlamaStackError as exc:
             raise type(exc)(f"model {model.model_id!r}: {exc.message}", provider=self.provider_id) from None
-        llm = await asyncio.to_thread(self._load, model.model_id, path)
+        llm = await asyncio.to_thread(self._load, model.model_id, path, model.context_length or self.config.n_ctx)
+        model = model.model_copy(update={"context_length": llm.n_ctx()})
         self._slots[model.model_id] = _ModelSlot(model, self.provider_id, reference, path, llm, self.config.max_queue)
         log.info("%s: model %s loaded from %s (n_ctx %d)", self.provider_id, model.model_id, path, llm.n_ctx())
+        return model
 
-    def _load(self, model_id: str, path: Path) -> Llama:
+    def _load(self, model_id: str, path: Path, n_ctx: int) -> Llama:
         def load(n_ctx: int) -> Llama:
             return Llama(
                 model_path=str(path),
@@ -513,7 +519,7 @@ class LlamaCppInference:
             )
 
         try:
-            llm = load(self.config.n_ctx)
+            llm = load(n_ctx)
             if llm.n_ctx() != len(llm.input_ids):
                 # llama.cpp pads the context (to a multiple of 256) while llama-cpp-python sizes its token
                 # buffer by the n_ctx asked for; past that size it fails or drops tokens. Ask for the padded size.

@@ -173,8 +173,9 @@ class SentenceTransformersInference:
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
-    async def register_model(self, model: Model) -> None:
-        """Load the model (off the event loop). Called by the runtime before serving."""
+    async def register_model(self, model: Model) -> Model:
+        """Load the model (off the event loop). Called by the runtime before serving; the model comes back
+        with its input limit (``max_seq_length``: longer texts are truncated) as its context length."""
         if model.model_type != "embedding":
             raise BadRequestError(
                 f"model {model.model_id!r}: {self.provider_id} ({PROVIDER_TYPE}) serves embedding models only; "
@@ -186,7 +187,7 @@ class SentenceTransformersInference:
         existing = self._slots.get(model.model_id)
         if existing is not None:
             if existing.reference == reference:
-                return
+                return existing.model
             raise ConflictError(
                 f"model {model.model_id!r} is already registered with {existing.reference!r}", provider=self.provider_id
             )
@@ -202,7 +203,9 @@ class SentenceTransformersInference:
                 "%s: model %s loaded from %s on %s (%d dimensions)",
                 self.provider_id, model.model_id, path, self.device, encoder.dimension,
             )  # fmt: skip
+        model = model.model_copy(update={"context_length": encoder.model.max_seq_length})
         self._slots[model.model_id] = _Slot(model, reference, encoder)
+        return model
 
     def _load(self, model_id: str, path: Path) -> _Encoder:
         try:

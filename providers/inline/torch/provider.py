@@ -295,8 +295,9 @@ class TorchInference:
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
-    async def register_model(self, model: Model) -> None:
-        """Load the model (off the event loop). Called by the runtime before serving."""
+    async def register_model(self, model: Model) -> Model:
+        """Load the model (off the event loop). Called by the runtime before serving; the model comes back
+        with the context window it is served with."""
         reference = model.provider_model_id or model.model_id
         adapter = model.metadata.get("lora_adapter")
         if adapter is not None and not isinstance(adapter, str):
@@ -308,7 +309,7 @@ class TorchInference:
         existing = self._slots.get(model.model_id)
         if existing is not None:
             if existing.key == key:
-                return
+                return existing.model
             raise ConflictError(
                 f"model {model.model_id!r} is already registered with {existing.key[0]!r}"
                 + (f" and lora_adapter {existing.key[1]!r}" if existing.key[1] else ""),
@@ -325,6 +326,7 @@ class TorchInference:
             )
         except LlamaStackError as exc:
             raise type(exc)(f"model {model.model_id!r}: {exc.message}", provider=self.provider_id) from None
+        model = model.model_copy(update={"context_length": lm.context_length})
         self._slots[model.model_id] = _ModelSlot(model, self.provider_id, key, lm, self.config.max_queue)
         log.info(
             "%s: model %s loaded from %s%s on %s (%s, context %d)",
@@ -336,6 +338,7 @@ class TorchInference:
             self.dtype,
             lm.context_length,
         )
+        return model
 
     async def shutdown(self) -> None:
         """Stop every generation and free the models. Called by the runtime at exit."""
