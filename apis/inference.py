@@ -25,6 +25,18 @@ class SamplingParams(Schema):
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
     top_k: int = Field(default=0, ge=0, description="0 means no top-k restriction.")
     repetition_penalty: float = Field(default=1.0, gt=0.0, description="Extension: 1.0 means no penalty.")
+    frequency_penalty: float = Field(
+        default=0.0,
+        ge=-2.0,
+        le=2.0,
+        description="Extension: subtracted from a token's logit once for each time the answer already holds it (OpenAI's).",
+    )
+    presence_penalty: float = Field(
+        default=0.0,
+        ge=-2.0,
+        le=2.0,
+        description="Extension: subtracted from a token's logit once the answer holds it (OpenAI's).",
+    )
     seed: int | None = Field(default=None, description="Extension: makes sampling repeatable.")
 
     @model_validator(mode="after")

@@ -207,10 +207,6 @@ def _translated(build: Callable[[], Any]) -> Any:
 def _refuse_unsupported(request: OpenAIChatCompletionRequest | OpenAICompletionRequest) -> None:
     if request.n not in (None, 1):
         raise _unsupported("n", f"n={request.n}: this server answers one choice per request (n: 1)", value=True)
-    for name in ("presence_penalty", "frequency_penalty"):
-        value = getattr(request, name)
-        if value not in (None, 0):
-            raise _unsupported(name, f"{name} is not supported (only 0); repetition_penalty is this server's extension", value=True)
     if request.logit_bias:
         raise _unsupported("logit_bias", "logit_bias is not supported")
     if request.stream_options is not None and not request.stream:
@@ -221,7 +217,12 @@ def _sampling(request: OpenAIChatCompletionRequest | OpenAICompletionRequest) ->
     """OpenAI samples by default (temperature 1, top_p 1); temperature 0 or top_p 0 is greedy decoding."""
     temperature = 1.0 if request.temperature is None else request.temperature
     top_p = 1.0 if request.top_p is None else request.top_p
-    common = {"seed": request.seed, "repetition_penalty": request.repetition_penalty or 1.0}
+    common = {
+        "seed": request.seed,
+        "repetition_penalty": request.repetition_penalty or 1.0,
+        "frequency_penalty": request.frequency_penalty or 0.0,
+        "presence_penalty": request.presence_penalty or 0.0,
+    }
     if temperature == 0 or top_p == 0:
         return SamplingParams(strategy="greedy", **common)
     top_k = request.top_k or 0

@@ -256,6 +256,9 @@ async def test_sampling_parameters(client, sent):
     )
     params = sent[-1].sampling_params
     assert (params.strategy, params.top_k, params.repetition_penalty) == ("top_k", 40, 1.1)
+    await client.chat.completions.create(model="replay-model", messages=ASK, frequency_penalty=0.5, presence_penalty=-0.25)
+    params = sent[-1].sampling_params
+    assert (params.frequency_penalty, params.presence_penalty) == (0.5, -0.25)
 
 
 async def test_stop_and_max_tokens(client, sent):
@@ -403,7 +406,6 @@ async def test_a_missing_field_is_named(client):
     ("arguments", "param", "fragment"),
     [
         ({"n": 2}, "n", "one choice"),
-        ({"presence_penalty": 0.5}, "presence_penalty", "not supported"),
         ({"logit_bias": {"42": 1.0}}, "logit_bias", "not supported"),
         ({"stream_options": {"include_usage": True}}, "stream_options", "stream: true"),
         ({"top_logprobs": 2}, "top_logprobs", "logprobs: true"),

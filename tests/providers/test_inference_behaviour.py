@@ -176,6 +176,22 @@ async def test_repetition_penalty_changes_a_repetitive_answer(local_provider):
     assert penalized.content != plain.content
 
 
+async def test_frequency_and_presence_penalties_count_the_answer(local_provider):
+    async def answer(**sampling: float) -> str:
+        return (await local_provider.completion(completion("1, 2, 1, 2, 1, 2, 1, 2,", max_tokens=16, sampling_params=sampling))).content
+
+    plain = await answer()
+    assert plain.startswith(" 1, 2, 1, 2")
+    # The prompt's tokens do not count: the answer starts as before, then leaves the pattern.
+    discouraged = await answer(frequency_penalty=2.0)
+    assert discouraged.startswith(" 1, 2") and not discouraged.startswith(plain)
+    # A negative penalty rewards what the answer already holds.
+    encouraged = await answer(frequency_penalty=-1.0)
+    assert encouraged.count("1") > plain.count("1") and "2" not in encouraged
+    both = await answer(frequency_penalty=1.0, presence_penalty=1.0)
+    assert both != plain
+
+
 # -- logprobs ------------------------------------------------------------------------------------------------
 
 

@@ -418,6 +418,23 @@ async def test_batches_larger_than_max_batch_size_keep_their_order(tiny):
 
 
 @pytest.mark.slow
+async def test_penalties_count_each_rows_own_answer_in_a_batch(tiny):
+    # max_tokens 0: each row runs until the context (64) is full, so rows of unequal length leave at
+    # different steps and the batch shrinks under the penalty counts.
+    prompts = ["apples" + " and pears" * n for n in (1, 6, 12)]
+    penalized = {"frequency_penalty": 1.5, "presence_penalty": 0.5}
+
+    def request(content: str, sampling: dict[str, float]) -> CompletionRequest:
+        return CompletionRequest(model=TINY, content=content, max_tokens=0, sampling_params=sampling)
+
+    batch = await tiny.batch_completion(BatchCompletionRequest(model=TINY, content_batch=prompts, max_tokens=0, sampling_params=penalized))
+    assert [r.content for r in batch] == [(await tiny.completion(request(p, penalized))).content for p in prompts]
+    assert len({r.usage.completion_tokens for r in batch}) == 3
+    plain = [(await tiny.completion(request(p, {}))).content for p in prompts]
+    assert all(r.content != p for r, p in zip(batch, plain))
+
+
+@pytest.mark.slow
 async def test_a_lora_adapter_changes_the_answers(tiny, tiny_checkpoint, tmp_path):
     request = dict(content="Hello there", max_tokens=4, logprobs=True)
     base = await tiny.completion(CompletionRequest(model=TINY, **request))

@@ -202,6 +202,7 @@ CHAT_REFUSALS = [
     ({"response_format": {"type": "json_object"}}, "response_format", "JSON"),
     ({"sampling_params": {"strategy": "top_p", "temperature": 0.7, "seed": 42}}, "sampling_params.seed", "seed"),
     ({"sampling_params": {"repetition_penalty": 1.2}}, "sampling_params.repetition_penalty", "repetition penalty"),
+    ({"sampling_params": {"presence_penalty": 0.5}}, "sampling_params.presence_penalty", "no presence_penalty"),
     (
         {"dialog": {"message": {"role": "tool", "content": "18C", "tool_responses": [{"tool_name": "w", "content": "18C"}]}}},
         "dialog.message.role",

@@ -396,14 +396,20 @@ async def test_a_tool_result_that_answers_no_call_is_refused_before_sending(conn
 
 async def test_sampling_fields_and_extensions_reach_the_upstream(connect, upstream):
     client = await connect()
-    sampling = {"strategy": "top_k", "temperature": 0.7, "top_p": 0.9, "top_k": 40, "repetition_penalty": 1.1, "seed": 42}
+    sampling = {
+        "strategy": "top_k", "temperature": 0.7, "top_p": 0.9, "top_k": 40, "repetition_penalty": 1.1, "seed": 42,
+        "frequency_penalty": 0.4, "presence_penalty": -0.2,
+    }
     await client.inference.chat_completion(model="remote-replay", dialog=ASK, sampling_params=sampling, max_tokens=50)
     (body,) = chat_bodies(upstream)
-    assert {k: body[k] for k in ("temperature", "top_p", "top_k", "repetition_penalty", "seed", "max_tokens")} == {
-        "temperature": 0.7, "top_p": 0.9, "top_k": 40, "repetition_penalty": 1.1, "seed": 42, "max_tokens": 50,
+    fields = ("temperature", "top_p", "top_k", "repetition_penalty", "seed", "frequency_penalty", "presence_penalty", "max_tokens")
+    assert {k: body[k] for k in fields} == {
+        "temperature": 0.7, "top_p": 0.9, "top_k": 40, "repetition_penalty": 1.1, "seed": 42,
+        "frequency_penalty": 0.4, "presence_penalty": -0.2, "max_tokens": 50,
     }
     received = upstream.replay.requests[0].sampling_params
     assert (received.strategy, received.top_k, received.repetition_penalty, received.seed) == ("top_k", 40, 1.1, 42)
+    assert (received.frequency_penalty, received.presence_penalty) == (0.4, -0.2)  # through our own /v1 route
 
 
 async def test_without_sampling_extensions_top_k_is_refused_before_sending(connect, upstream):

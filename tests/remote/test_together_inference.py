@@ -115,6 +115,10 @@ async def test_chat_sends_the_dialog_and_maps_the_answer_back(client, together):
     [
         ({"strategy": "greedy", "repetition_penalty": 1.2, "seed": 3}, {"temperature": 0.0, "repetition_penalty": 1.2, "seed": 3}),
         (
+            {"strategy": "greedy", "frequency_penalty": 0.5, "presence_penalty": 0.25},
+            {"temperature": 0.0, "frequency_penalty": 0.5, "presence_penalty": 0.25},
+        ),
+        (
             {"strategy": "top_p", "temperature": 0.7, "top_p": 0.9, "seed": 42},
             {"temperature": 0.7, "top_p": 0.9, "seed": 42},
         ),
@@ -123,7 +127,7 @@ async def test_chat_sends_the_dialog_and_maps_the_answer_back(client, together):
             {"temperature": 0.5, "top_p": 0.8, "top_k": 40},
         ),
     ],
-    ids=["greedy", "top_p", "top_k"],
+    ids=["greedy", "penalties", "top_p", "top_k"],
 )
 async def test_sampling_fields_are_sent_exactly_as_mapped(client, together, sampling, expected):
     await client.inference.chat_completion(

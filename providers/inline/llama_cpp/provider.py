@@ -137,6 +137,9 @@ def _sampler_options(sampling: SamplingParams) -> dict[str, Any]:
         "min_p": 0.0,
         "typical_p": 1.0,
         "repeat_penalty": sampling.repetition_penalty,
+        # llama.cpp counts the last 64 tokens of the answer (Llama's last_n_tokens_size).
+        "frequency_penalty": sampling.frequency_penalty,
+        "presence_penalty": sampling.presence_penalty,
     }
 
 

@@ -294,6 +294,8 @@ class Sampling:
     top_p: float
     top_k: int
     repetition_penalty: float
+    frequency_penalty: float
+    presence_penalty: float
     seed: int | None
 
     @classmethod
@@ -305,6 +307,8 @@ class Sampling:
             top_p=params.top_p,
             top_k=params.top_k,
             repetition_penalty=params.repetition_penalty,
+            frequency_penalty=params.frequency_penalty,
+            presence_penalty=params.presence_penalty,
             seed=params.seed,
         )
 
@@ -313,6 +317,12 @@ def _penalize(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch
     """CTRL's repetition penalty (as transformers applies it): tokens already in the prompt or the answer
     get their logit divided by ``penalty`` when positive, multiplied when negative."""
     return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+
+
+def _penalize_counts(logits: torch.Tensor, counts: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+    """OpenAI's frequency and presence penalties: ``counts`` (rows, vocab) holds how often each token is in
+    each row's answer so far (the prompt does not count)."""
+    return logits - counts * sampling.frequency_penalty - (counts > 0).to(logits.dtype) * sampling.presence_penalty
 
 
 def _sample(logits: torch.Tensor, sampling: Sampling, generators: list[torch.Generator] | None) -> torch.Tensor:
@@ -521,6 +531,9 @@ def _generate_batch(lm: LoadedModel, rows: list[Row], sampling: Sampling, cancel
         seen = torch.zeros((len(rows), lm.vocab_size), dtype=torch.bool, device=device)
         for i, row in enumerate(rows):
             seen[i, torch.tensor(row.prompt_ids, dtype=torch.long, device=device)] = True
+    counts = None
+    if sampling.frequency_penalty or sampling.presence_penalty:
+        counts = torch.zeros((len(rows), lm.vocab_size), dtype=torch.float32, device=device)
     generators = None
     if not sampling.greedy and sampling.seed is not None:
         generators = [torch.Generator(device=device).manual_seed(sampling.seed) for _ in rows]
@@ -537,6 +550,8 @@ def _generate_batch(lm: LoadedModel, rows: list[Row], sampling: Sampling, cancel
         chosen_logits = logits
         if seen is not None:
             chosen_logits = _penalize(chosen_logits, seen, sampling.repetition_penalty)
+        if counts is not None:
+            chosen_logits = _penalize_counts(chosen_logits, counts, sampling)
         if constrained:
             chosen_logits = _constrain(lm, active, chosen_logits)
         if sampling.greedy:
@@ -562,12 +577,16 @@ def _generate_batch(lm: LoadedModel, rows: list[Row], sampling: Sampling, cancel
             tokens, mask, next_position = tokens[index], mask[index], next_position[index]
             if seen is not None:
                 seen = seen[index]
+            if counts is not None:
+                counts = counts[index]
             if generators is not None:
                 generators = [generators[i] for i in keep]
             active = [active[i] for i in keep]
             padded = True  # rows of unequal length may remain: keep the mask from here on
         if seen is not None:
             seen[torch.arange(len(active), device=device), tokens] = True
+        if counts is not None:
+            counts[torch.arange(len(active), device=device), tokens] += 1
         step_ids = tokens.unsqueeze(-1)
         if padded or len(active) > 1:
             mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=-1)

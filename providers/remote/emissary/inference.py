@@ -10,7 +10,7 @@ What maps (VENDOR-MAPPING.md §1, §2, §4; docs/providers/emissary-inference.md
 - Batches fan out single calls, at most ``max_concurrency`` at once, answers in input order.
 - embeddings -> ``POST /v1/embeddings`` once per text. It takes one ``input`` and a required ``target``; the
   target is the text itself (always an input Emissary accepts) and ``input_embedding`` is the vector.
-- What Emissary cannot do (tools, logprobs, stop, seed, response_format, repetition_penalty, attachments,
+- What Emissary cannot do (tools, logprobs, stop, seed, response_format, repetition/frequency/presence penalties, attachments,
   tool messages) is refused with a 400 naming the field, before any call. Rerank is not implemented, so
   the router answers 501.
 
@@ -576,6 +576,9 @@ class EmissaryInference:
             raise self._unsupported(
                 "sampling_params.repetition_penalty", "Emissary has no repetition penalty", "leave it at 1.0"
             )
+        for name in ("frequency_penalty", "presence_penalty"):
+            if getattr(sampling, name):
+                raise self._unsupported(f"sampling_params.{name}", f"Emissary has no {name}", "leave it at 0")
 
     def _message(self, message: Message, where: str) -> dict[str, str]:
         if message.role == Role.tool or message.tool_responses:

@@ -27,7 +27,7 @@ RenderContent = Callable[[Content, str, Role], str | list[dict[str, Any]]]
 
 # OpenAI's own sampling fields. sampling_fields() adds top_k and repetition_penalty beyond them, by the
 # names vLLM and Together take; an adapter whose server may not take them checks for fields outside this set.
-OPENAI_SAMPLING_FIELDS = frozenset({"temperature", "top_p", "seed"})
+OPENAI_SAMPLING_FIELDS = frozenset({"temperature", "top_p", "seed", "frequency_penalty", "presence_penalty"})
 
 
 def openai_tools(tools: list[ToolDefinition]) -> list[dict[str, Any]]:
@@ -65,6 +65,10 @@ def sampling_fields(params: SamplingParams) -> dict[str, Any]:
         fields["top_k"] = params.top_k
     if params.repetition_penalty != 1.0:
         fields["repetition_penalty"] = params.repetition_penalty
+    if params.frequency_penalty:
+        fields["frequency_penalty"] = params.frequency_penalty
+    if params.presence_penalty:
+        fields["presence_penalty"] = params.presence_penalty
     if params.seed is not None:
         fields["seed"] = params.seed
     return fields
