@@ -88,6 +88,26 @@ class Logprobs(Schema):
     content: list[TokenLogprob]
 
 
+class PromptTokenLogprob(Schema):
+    """Extension: one token of the prompt, with its log-probability given the tokens before it. The first
+    token has none when nothing precedes it (a model that adds a beginning-of-text token gives it one)."""
+
+    token: str
+    logprob: float | None = None
+    top_logprobs: list[TopLogprob] = Field(default_factory=list, description="The most likely tokens at its place.")
+
+
+PromptLogprobs = Field(
+    default=None,
+    ge=0,
+    le=20,
+    description=(
+        "Extension: also score the prompt: each of its tokens with its log-probability and this many "
+        "alternatives (0: none). The tokens join to the prompt's text. Not with stream."
+    ),
+)
+
+
 class Usage(Schema):
     """Extension: token counts of a request."""
 
@@ -105,6 +125,13 @@ class CompletionRequest(Schema):
     top_logprobs: int = TopLogprobs
     stop: list[str] = Stop
     response_format: ResponseFormat | None = None
+    prompt_logprobs: int | None = PromptLogprobs
+
+    @model_validator(mode="after")
+    def _prompt_logprobs_not_streamed(self) -> "CompletionRequest":
+        if self.stream and self.prompt_logprobs is not None:
+            raise ValueError("prompt_logprobs cannot be streamed: ask without stream")
+        return self
 
 
 class CompletionResponse(Schema):
@@ -114,6 +141,7 @@ class CompletionResponse(Schema):
     stop_reason: StopReason | None = None
     logprobs: Logprobs | None = None
     usage: Usage | None = None
+    prompt_logprobs: list[PromptTokenLogprob] | None = Field(default=None, description="Extension: when asked for.")
 
 
 class CompletionResponseStreamChunk(Schema):
@@ -193,6 +221,7 @@ class BatchCompletionRequest(Schema):
     top_logprobs: int = TopLogprobs
     stop: list[str] = Stop
     response_format: ResponseFormat | None = None
+    prompt_logprobs: int | None = PromptLogprobs
 
 
 class BatchChatCompletionRequest(Schema):

@@ -224,7 +224,9 @@ class OpenAICompletionRequest(Schema):
     prompt: str | list[str] | list[int] | list[list[int]] = Field(
         description="A prompt, or several (not when streaming); token ids are refused."
     )
-    max_tokens: int | None = Field(default=None, ge=1, description="Default 16, as OpenAI's.")
+    max_tokens: int | None = Field(
+        default=None, ge=0, description="Default 16, as OpenAI's; 0 (with echo) scores the prompt and generates nothing."
+    )
     temperature: float | None = Temperature
     top_p: float | None = TopP
     stop: str | StopList | None = Stop
@@ -232,7 +234,10 @@ class OpenAICompletionRequest(Schema):
     stream: bool | None = None
     stream_options: OpenAIStreamOptions | None = Field(default=None, description="Only with stream: true.")
     logprobs: int | None = Field(default=None, ge=0, le=20, description="Log probabilities, with this many alternatives.")
-    echo: bool | None = Field(default=None, description="Prepend the prompt to the text (not with logprobs).")
+    echo: bool | None = Field(
+        default=None,
+        description="Prepend the prompt to the text; with logprobs, its tokens lead the logprobs too (the first one's is null).",
+    )
     n: int | None = N
     best_of: int | None = Field(default=None, ge=1, description="Only 1.")
     suffix: str | None = Field(default=None, description="Refused unless null.")
@@ -353,8 +358,8 @@ class OpenAIChatCompletionChunk(Schema):
 
 class OpenAICompletionLogprobs(Schema):
     tokens: list[str]
-    token_logprobs: list[float]
-    top_logprobs: list[dict[str, float]]
+    token_logprobs: list[float | None] = Field(description="null for an echoed prompt's first token, which nothing precedes.")
+    top_logprobs: list[dict[str, float] | None]
     text_offset: list[int] = Field(description="Where each token starts in the completion's text (counted across chunks when streaming).")
 
 

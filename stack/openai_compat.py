@@ -43,8 +43,10 @@ from llama_stack.apis.inference import (
     CompletionResponseStreamChunk,
     EmbeddingsRequest,
     Logprobs,
+    PromptTokenLogprob,
     ResponseFormat,
     SamplingParams,
+    TokenLogprob,
     Usage,
 )
 from llama_stack.apis.openai import (
@@ -135,7 +137,7 @@ class OpenAICompat:
         meta = _Meta("cmpl", model_id)
         if len(prompts) > 1:
             batch = _translated(lambda: BatchCompletionRequest(content_batch=prompts, **_completion_fields(request, model_id)))
-            results = await self.inference.batch_completion(batch)
+            results = [_as_asked(request, r) for r in await self.inference.batch_completion(batch)]
             return meta.completion([_completion_choice(i, r, echo) for i, r in enumerate(results)], _total_usage(results))
         single = _translated(
             lambda: CompletionRequest(content=prompts[0], stream=bool(request.stream), **_completion_fields(request, model_id))
@@ -144,6 +146,7 @@ class OpenAICompat:
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
             return _completion_chunks(result, meta, include_usage, prompts[0] if request.echo else None)
+        result = _as_asked(request, result)
         return meta.completion([_completion_choice(0, result, echo)], _usage(result.usage))
 
 
@@ -371,8 +374,10 @@ def _prompts(request: OpenAICompletionRequest) -> list[str]:
         raise _unsupported("best_of", f"best_of={request.best_of}: only 1 is supported", value=True)
     if request.suffix is not None:
         raise _unsupported("suffix", "suffix (insertion) is not supported")
-    if request.echo and request.logprobs is not None:
-        raise _unsupported("echo", "echo with logprobs is not supported: the prompt's tokens have no logprobs here")
+    if request.echo and request.logprobs is not None and request.stream:
+        raise _unsupported("echo", "echo with logprobs is not streamed: ask without stream")
+    if request.max_tokens == 0 and not request.echo:
+        raise _invalid("max_tokens", "max_tokens 0 generates nothing: it is only valid with echo (to score the prompt)")
     prompt = request.prompt
     prompts = [prompt] if isinstance(prompt, str) else prompt
     if not prompts or not all(isinstance(p, str) for p in prompts):
@@ -383,15 +388,27 @@ def _prompts(request: OpenAICompletionRequest) -> list[str]:
 
 
 def _completion_fields(request: OpenAICompletionRequest, model_id: str) -> dict[str, Any]:
+    max_tokens = COMPLETION_MAX_TOKENS if request.max_tokens is None else request.max_tokens
     return {
         "model": model_id,
         "sampling_params": _sampling(request),
-        "max_tokens": request.max_tokens or COMPLETION_MAX_TOKENS,
+        # max_tokens 0 (echo): one token is generated and dropped (_as_asked); 0 means "no limit" to the API.
+        "max_tokens": max_tokens or 1,
         "logprobs": request.logprobs is not None,
         "top_logprobs": request.logprobs or 0,
         "stop": _stop(request.stop),
         "response_format": _response_format(request.response_format),
+        "prompt_logprobs": request.logprobs if request.echo else None,
     }
+
+
+def _as_asked(request: OpenAICompletionRequest, result: CompletionResponse) -> CompletionResponse:
+    """The result as the request asked for it: with max_tokens 0 (echo), the generated token dropped."""
+    if request.max_tokens != 0:
+        return result
+    usage = result.usage.model_copy(update={"completion_tokens": 0}) if result.usage else None
+    logprobs = result.logprobs.model_copy(update={"content": []}) if result.logprobs else None
+    return result.model_copy(update={"content": "", "logprobs": logprobs, "usage": usage, "stop_reason": StopReason.max_tokens})
 
 
 # ------------------------------------------------------------------------------------ response mapping
@@ -449,17 +466,21 @@ def _chat_logprobs(logprobs: Logprobs | None) -> OpenAIChoiceLogprobs | None:
     )
 
 
-def _completion_logprobs(logprobs: Logprobs | None, offset: int = 0) -> OpenAICompletionLogprobs | None:
+def _completion_logprobs(
+    logprobs: Logprobs | None, offset: int = 0, prompt: list[PromptTokenLogprob] | None = None
+) -> OpenAICompletionLogprobs | None:
+    """OpenAI's legacy logprobs; an echoed prompt's tokens first (the first one's logprob null, as OpenAI's)."""
     if logprobs is None:
         return None
+    entries: list[PromptTokenLogprob | TokenLogprob] = [*(prompt or []), *logprobs.content]
     offsets = []
-    for t in logprobs.content:
+    for t in entries:
         offsets.append(offset)
         offset += len(t.token)
     return OpenAICompletionLogprobs(
-        tokens=[t.token for t in logprobs.content],
-        token_logprobs=[t.logprob for t in logprobs.content],
-        top_logprobs=[{a.token: a.logprob for a in t.top_logprobs} for t in logprobs.content],
+        tokens=[t.token for t in entries],
+        token_logprobs=[t.logprob for t in entries],
+        top_logprobs=[None if t.logprob is None else {a.token: a.logprob for a in t.top_logprobs} for t in entries],
         text_offset=offsets,
     )
 
@@ -547,7 +568,7 @@ def _completion_choice(index: int, result: CompletionResponse, echo: list[str] |
     return OpenAICompletionChoice(
         index=index,
         text=(echo[index] + text) if echo else text,
-        logprobs=_completion_logprobs(result.logprobs),
+        logprobs=_completion_logprobs(result.logprobs, prompt=result.prompt_logprobs),
         finish_reason=_finish_reason(result.stop_reason, False),  # type: ignore[arg-type]
     )
 

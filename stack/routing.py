@@ -77,10 +77,22 @@ class InferenceRouter:
         system = Message(role=Role.system, content=prompt)
         return dialog.model_copy(update={"message_history": [system, *dialog.message_history]})
 
+    def _check_prompt_scoring(self, provider: Any, request: CompletionRequest | BatchCompletionRequest) -> None:
+        """prompt_logprobs only reaches providers that say they score prompts (``scores_prompts = True``)."""
+        if request.prompt_logprobs is not None and not getattr(provider, "scores_prompts", False):
+            provider_id = self._model_of[request.model].provider_id
+            raise NotSupportedError(
+                f"Provider '{provider_id}' serving model '{request.model}' cannot score prompts (prompt_logprobs); "
+                "inline::llama-cpp and inline::torch can",
+                provider=provider_id,
+                param="prompt_logprobs",
+            )
+
     async def completion(
         self, request: CompletionRequest
     ) -> CompletionResponse | AsyncIterator[CompletionResponseStreamChunk]:
         provider, request = self._resolve(request)
+        self._check_prompt_scoring(provider, request)
         return await provider.completion(request)
 
     async def chat_completion(
@@ -92,6 +104,7 @@ class InferenceRouter:
 
     async def batch_completion(self, request: BatchCompletionRequest) -> list[CompletionResponse]:
         provider, request = self._resolve(request)
+        self._check_prompt_scoring(provider, request)
         return await provider.batch_completion(request)
 
     async def batch_chat_completion(self, request: BatchChatCompletionRequest) -> list[ChatCompletionResponse]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import httpx
 import openai
@@ -431,12 +432,22 @@ async def test_what_cannot_be_honoured_is_a_400_naming_the_parameter(client, arg
 @pytest.mark.parametrize(
     ("arguments", "param"),
     [({"n": 3}, "n"), ({"best_of": 2}, "best_of"), ({"suffix": "end"}, "suffix"), ({"prompt": [1, 2, 3]}, "prompt"),
-     ({"echo": True, "logprobs": 1}, "echo"), ({"prompt": ["a", "b"], "stream": True}, "prompt")],
+     ({"echo": True, "logprobs": 1, "stream": True}, "echo"), ({"prompt": ["a", "b"], "stream": True}, "prompt"),
+     ({"max_tokens": 0}, "max_tokens")],
 )
 async def test_completions_refuse_what_they_cannot_honour(client, arguments, param):
     with pytest.raises(openai.BadRequestError) as info:
         await client.completions.create(**({"model": "replay-model", "prompt": "x"} | arguments))
     assert info.value.param == param
+
+
+async def test_echoed_prompt_logprobs_need_a_provider_that_scores_prompts(client):
+    # The replay provider does not say it scores prompts: a 501 naming it, before it is asked anything.
+    with pytest.raises(openai.APIStatusError) as info:
+        await client.completions.create(model="replay-model", prompt="x", echo=True, logprobs=1, max_tokens=1)
+    assert info.value.status_code == 501
+    assert "'replay'" in info.value.message and "cannot score prompts" in info.value.message
+    assert info.value.body["param"] == "prompt_logprobs"
 
 
 async def test_provider_errors_keep_their_status_and_are_not_retried(server):
@@ -540,3 +551,31 @@ def test_the_sdk_against_the_local_distribution(local_server):
         assert completion.choices[0].text and streamed == completion.choices[0].text
         with pytest.raises(openai.NotFoundError, match=LOCAL_MODEL):
             client.chat.completions.create(model="gpt-4o", messages=ASK)
+
+
+@pytest.mark.slow
+def test_scoring_continuations_as_evaluation_harnesses_do(local_server):
+    """lm-evaluation-harness's loglikelihood requests: the context and a continuation as one prompt, echo,
+    logprobs 1 and max_tokens 1 (or 0); the continuation's tokens are read off the echoed prompt."""
+    context = "Question: What is the capital of France?\nAnswer:"
+    with openai.OpenAI(base_url=f"{local_server}/v1", api_key="unused", max_retries=0, timeout=120) as client:
+        def score(continuation: str, max_tokens: int = 1) -> tuple[float, Any]:
+            answer = client.completions.create(
+                model=LOCAL_MODEL, prompt=context + continuation, echo=True, logprobs=1, max_tokens=max_tokens, temperature=0
+            )
+            logprobs = answer.choices[0].logprobs
+            first = next(i for i, at in enumerate(logprobs.text_offset) if at >= len(context))
+            last = len(logprobs.tokens) - max_tokens  # the prompt's tokens end there
+            assert "".join(logprobs.tokens[first:last]) == continuation
+            for token_logprob, top in zip(logprobs.token_logprobs[first:last], logprobs.top_logprobs[first:last]):
+                assert len(top) == 1 and max(top.values()) >= token_logprob  # the most likely token at that place
+            return sum(logprobs.token_logprobs[first:last]), answer
+
+        paris, answer = score(" Paris")
+        choice = answer.choices[0]
+        assert choice.text.startswith(context + " Paris") and choice.logprobs.token_logprobs[0] is None
+        assert answer.usage.completion_tokens == 1 and len(choice.logprobs.tokens) == answer.usage.prompt_tokens + 1
+        london, _ = score(" London")
+        banana, scored_only = score(" Banana bread", max_tokens=0)
+        assert paris > london > banana
+        assert scored_only.choices[0].text == context + " Banana bread" and scored_only.usage.completion_tokens == 0

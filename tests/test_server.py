@@ -151,6 +151,15 @@ async def test_sampling_temperature_with_greedy_is_explained(client):
     assert "strategy 'top_p' or 'top_k'" in error_of(response)["message"]
 
 
+async def test_prompt_logprobs_are_not_streamed(client):
+    body = {"model": "replay-model", "content": "Hi", "stream": True, "prompt_logprobs": 1}
+    response = await client.post("/inference/completion", json=body)
+    assert response.status_code == 422
+    assert "prompt_logprobs cannot be streamed" in error_of(response)["message"]
+    response = await client.post("/inference/completion", json=body | {"stream": False})
+    assert response.status_code == 501 and error_of(response)["param"] == "prompt_logprobs"  # replay scores no prompts
+
+
 async def test_unknown_model_names_the_served_models(client):
     response = await client.post("/inference/chat_completion", json=CHAT | {"model": "llama3_8b_chat"})
     assert response.status_code == 404

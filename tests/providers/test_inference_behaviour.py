@@ -242,6 +242,36 @@ async def test_logprobs_without_alternatives_and_for_completions(local_provider)
     check_entries(streamed_logprobs(chunks), 2)
 
 
+async def test_prompt_logprobs_score_the_prompt(local_provider):
+    """Each prompt token with its logprob given the ones before it: the same numbers generation gives."""
+    generated = await local_provider.completion(completion(STORY, max_tokens=1, logprobs=True, top_logprobs=3))
+    (next_token,) = generated.logprobs.content
+    prompt = STORY + next_token.token
+    scored = await local_provider.completion(completion(prompt, max_tokens=1, prompt_logprobs=3))
+    entries = scored.prompt_logprobs
+    assert "".join(e.token for e in entries) == prompt and len(entries) == scored.usage.prompt_tokens
+    assert entries[0].logprob is None and entries[0].top_logprobs == []  # nothing precedes it (SmolLM2 adds no BOS)
+    check_entries(entries[1:], 3, greedy=False)
+    # The prompt's last token, scored, is the token greedy decoding chose there, as generation scored it
+    # (a rounding apart: llama.cpp evaluates the two prompts in batches of different sizes).
+    last = entries[-1]
+    assert last.token == next_token.token and last.top_logprobs[0].token == next_token.token
+    assert math.isclose(last.logprob, next_token.logprob, abs_tol=0.05)
+    assert [a.token for a in last.top_logprobs] == [a.token for a in next_token.top_logprobs]
+    assert scored.content == (await local_provider.completion(completion(prompt, max_tokens=1))).content  # generation as before
+
+    # What the model expects scores higher than what it does not; each prompt of a batch is scored.
+    sensible, odd = STORY + " Paris.", STORY + " a banana."
+    batch = await local_provider.batch_completion(
+        BatchCompletionRequest(model=MODEL, content_batch=[sensible, odd], max_tokens=1, prompt_logprobs=0)
+    )
+    assert ["".join(e.token for e in r.prompt_logprobs) for r in batch] == [sensible, odd]
+    tails = [sum(e.logprob for e in r.prompt_logprobs[len(entries) - 1 :]) for r in batch]
+    assert tails[0] > tails[1] + 5
+    assert all(e.top_logprobs == [] for r in batch for e in r.prompt_logprobs)
+    assert (await local_provider.completion(completion(prompt, max_tokens=1))).prompt_logprobs is None  # only when asked
+
+
 # -- batches -------------------------------------------------------------------------------------------------
 
 

@@ -435,6 +435,20 @@ async def test_penalties_count_each_rows_own_answer_in_a_batch(tiny):
 
 
 @pytest.mark.slow
+async def test_a_long_prompt_is_scored_in_chunks_with_the_same_numbers(tiny, monkeypatch):
+    from llama_stack.providers.inline.torch import engine
+
+    request = CompletionRequest(model=TINY, content="one two three four five six seven eight nine ten", max_tokens=1, prompt_logprobs=2)
+    whole = (await tiny.completion(request)).prompt_logprobs
+    monkeypatch.setattr(engine, "_SCORE_CHUNK", 3)  # 3 tokens per forward pass, the KV cache carried between them
+    chunked = (await tiny.completion(request)).prompt_logprobs
+    assert len(whole) == len(chunked) > 9
+    assert [e.token for e in chunked] == [e.token for e in whole]
+    assert [e.logprob for e in chunked[1:]] == pytest.approx([e.logprob for e in whole[1:]], abs=1e-4)
+    assert [[a.token for a in e.top_logprobs] for e in chunked] == [[a.token for a in e.top_logprobs] for e in whole]
+
+
+@pytest.mark.slow
 async def test_a_lora_adapter_changes_the_answers(tiny, tiny_checkpoint, tmp_path):
     request = dict(content="Hello there", max_tokens=4, logprobs=True)
     base = await tiny.completion(CompletionRequest(model=TINY, **request))

@@ -72,6 +72,7 @@ from llama_stack.apis.inference import (
     CompletionResponse,
     CompletionResponseStreamChunk,
     Logprobs,
+    PromptTokenLogprob,
     ResponseFormat,
     SamplingParams,
     TokenLogprob,
@@ -146,7 +147,7 @@ def _sampler_options(sampling: SamplingParams) -> dict[str, Any]:
 class _Gen:
     """One generation: a prompt (a rendered chat, or raw completion text) and how to continue it."""
 
-    __slots__ = ("prompt", "chat", "max_tokens", "options", "seed", "stop", "grammar", "top_logprobs")
+    __slots__ = ("prompt", "chat", "max_tokens", "options", "seed", "stop", "grammar", "top_logprobs", "prompt_logprobs")
 
     def __init__(
         self,
@@ -159,6 +160,7 @@ class _Gen:
         logprobs: bool,
         top_logprobs: int,
         grammar: LlamaGrammar | None,
+        prompt_logprobs: int | None = None,
     ):
         self.prompt = prompt
         self.chat = chat
@@ -169,18 +171,27 @@ class _Gen:
         self.grammar = grammar
         # None: no logprobs; otherwise how many alternatives per token.
         self.top_logprobs = top_logprobs if logprobs else None
+        self.prompt_logprobs = prompt_logprobs  # the same, for the prompt's tokens
 
 
 class _Outcome:
     """What a finished generation reports besides its text."""
 
-    __slots__ = ("finish", "prompt_tokens", "completion_tokens", "logprobs")
+    __slots__ = ("finish", "prompt_tokens", "completion_tokens", "logprobs", "prompt_logprobs")
 
-    def __init__(self, finish: str | None, prompt_tokens: int, completion_tokens: int, logprobs: list[TokenLogprob]):
+    def __init__(
+        self,
+        finish: str | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+        logprobs: list[TokenLogprob],
+        prompt_logprobs: list[PromptTokenLogprob] | None = None,
+    ):
         self.finish = finish
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = completion_tokens
         self.logprobs = logprobs  # entries not sent with a text piece (after the last one)
+        self.prompt_logprobs = prompt_logprobs
 
     @property
     def stop_reason(self) -> StopReason:
@@ -232,6 +243,11 @@ class _Tokens:
         """The sampled token's logprob and the ``top`` most likely alternatives, from this step's logits."""
         pointer = llama_cpp.llama_get_logits_ith(self.llm._ctx.ctx, -1)
         logits = np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))  # float32, llama.cpp's buffer: no copy
+        logprob, alternatives = self.scored(logits, token, top)
+        return TokenLogprob(token=self.text(token), logprob=logprob, top_logprobs=alternatives)
+
+    def scored(self, logits: np.ndarray, token: int, top: int) -> tuple[float, list[TopLogprob]]:
+        """``token``'s log-probability under one position's logits, and the ``top`` most likely tokens there."""
         peak = float(logits.max())
         normalizer = peak + float(np.log(np.exp(logits - peak).sum(dtype=np.float64)))
         alternatives: list[TopLogprob] = []
@@ -239,7 +255,37 @@ class _Tokens:
             best = np.argpartition(logits, -top)[-top:] if top < self.n_vocab else np.arange(self.n_vocab)
             best = best[np.argsort(-logits[best], kind="stable")]
             alternatives = [TopLogprob(token=self.text(int(t)), logprob=float(logits[t]) - normalizer) for t in best]
-        return TokenLogprob(token=self.text(token), logprob=float(logits[token]) - normalizer, top_logprobs=alternatives)
+        return float(logits[token]) - normalizer, alternatives
+
+
+def _prompt_logprobs(tokens: _Tokens, prompt: list[int], added: int, top: int) -> list[PromptTokenLogprob]:
+    """Score the prompt: each token after the first ``added`` (a beginning-of-text token the tokenizer put
+    there) with its logprob under the logits of the position before it, and ``top`` alternatives.
+
+    The model is loaded without logits_all, so llama-cpp-python keeps one row of logits; this evaluates the
+    prompt itself, asking llama.cpp for every position's logits, a batch at a time. It leaves the KV cache
+    to the next generation, which evaluates the prompt afresh.
+    """
+    llm = tokens.llm
+    llm.reset()
+    llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+    decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
+    texts = [decode(llm.detokenize([t], special=True)) for t in prompt[added:]]
+    texts[-1] += decode(b"", True)
+    entries = [PromptTokenLogprob(token=texts[0])] if not added else []
+    for start in range(0, len(prompt), llm.n_batch):
+        chunk = prompt[start : start + llm.n_batch]
+        llm._batch.set_batch(batch=chunk, n_past=start, logits_all=True)
+        llm._ctx.decode(llm._batch)
+        rows = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(len(chunk), tokens.n_vocab))
+        for offset in range(len(chunk)):
+            target = start + offset + 1  # the token this position's logits predict
+            if target < added or target >= len(prompt):
+                continue
+            logprob, alternatives = tokens.scored(rows[offset], prompt[target], top)
+            entries.append(PromptTokenLogprob(token=texts[target - added], logprob=logprob, top_logprobs=alternatives))
+    llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+    return entries
 
 
 def _stop_prefix_length(text: str, stops: list[str]) -> int:
@@ -263,6 +309,10 @@ def _pump(job: Job, tokens: _Tokens, gen: _Gen, emit: Callable[[Any], Any]) -> _
     n_ctx = llm.n_ctx()
     if len(prompt) >= n_ctx:
         raise ValueError(f"Requested tokens ({len(prompt)}) exceed context window of {n_ctx}")
+    scored_prompt = None
+    if gen.prompt_logprobs is not None:
+        added = len(prompt) - len(llm.tokenize(gen.prompt.encode("utf-8"), add_bos=False, special=True))
+        scored_prompt = _prompt_logprobs(tokens, prompt, added, gen.prompt_logprobs) if len(prompt) > added else []
     room = n_ctx - len(prompt)
     limit = min(gen.max_tokens, room) if gen.max_tokens > 0 else room
     # llama.cpp draws a random seed for LLAMA_DEFAULT_SEED.
@@ -308,7 +358,7 @@ def _pump(job: Job, tokens: _Tokens, gen: _Gen, emit: Callable[[Any], Any]) -> _
             if job.cancelled:
                 return None
             if finish == "stop":  # a stop sequence: nothing after it is sent
-                return _Outcome(finish, len(prompt), count, entries)
+                return _Outcome(finish, len(prompt), count, entries, scored_prompt)
             if count >= limit:
                 break
     finally:
@@ -320,7 +370,7 @@ def _pump(job: Job, tokens: _Tokens, gen: _Gen, emit: Callable[[Any], Any]) -> _
         else:
             emit((rest, entries))
             entries = []
-    return _Outcome(finish, len(prompt), count, entries)
+    return _Outcome(finish, len(prompt), count, entries, scored_prompt)
 
 
 def _collect_job(job: Job, tokens: _Tokens, gens: list[_Gen]) -> list[tuple[str, list[TokenLogprob], _Outcome]]:
@@ -477,6 +527,9 @@ class _ChunkStream(WorkerStream):
 class LlamaCppInference:
     """The Inference API over llama-cpp-python; models come in through ``register_model``."""
 
+    # The router hands this provider completions with prompt_logprobs (see docs/plugins.md).
+    scores_prompts = True
+
     def __init__(self, config: LlamaCppConfig, context: ProviderContext):
         self.config = config
         self.provider_id = context.provider_id
@@ -590,6 +643,7 @@ class LlamaCppInference:
             logprobs=request.logprobs,
             top_logprobs=request.top_logprobs,
             grammar=grammar,
+            prompt_logprobs=getattr(request, "prompt_logprobs", None),
         )
 
     def _chat_grammar(self, slot: _ModelSlot, request: Any) -> LlamaGrammar | None:
@@ -608,9 +662,7 @@ class LlamaCppInference:
         if request.stream:
             return _ChunkStream(slot, gen, CompletionResponseStreamChunk, None)
         ((text, entries, outcome),) = await slot.worker.run(_collect_job, slot.tokens, [gen])
-        return CompletionResponse(
-            content=text, stop_reason=outcome.stop_reason, logprobs=_logprobs(request.logprobs, entries), usage=outcome.usage
-        )
+        return _completion_response(text, entries, outcome, request.logprobs)
 
     async def chat_completion(
         self, request: ChatCompletionRequest
@@ -636,12 +688,7 @@ class LlamaCppInference:
         if not gens:
             return []
         results = await slot.worker.run(_collect_job, slot.tokens, gens)
-        return [
-            CompletionResponse(
-                content=text, stop_reason=outcome.stop_reason, logprobs=_logprobs(request.logprobs, entries), usage=outcome.usage
-            )
-            for text, entries, outcome in results
-        ]
+        return [_completion_response(text, entries, outcome, request.logprobs) for text, entries, outcome in results]
 
     async def batch_chat_completion(self, request: BatchChatCompletionRequest) -> list[ChatCompletionResponse]:
         """One queue place for the whole batch; the dialogs run one after another, in input order."""
@@ -662,6 +709,16 @@ class LlamaCppInference:
 
 def _logprobs(wanted: bool, entries: list[TokenLogprob]) -> Logprobs | None:
     return Logprobs(content=entries) if wanted else None
+
+
+def _completion_response(text: str, entries: list[TokenLogprob], outcome: _Outcome, logprobs: bool) -> CompletionResponse:
+    return CompletionResponse(
+        content=text,
+        stop_reason=outcome.stop_reason,
+        logprobs=_logprobs(logprobs, entries),
+        usage=outcome.usage,
+        prompt_logprobs=outcome.prompt_logprobs,
+    )
 
 
 def _chat_response(

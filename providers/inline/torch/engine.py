@@ -30,7 +30,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from llama_stack.apis.common import StopReason
 from llama_stack.apis.errors import BadRequestError, NotFoundError
-from llama_stack.apis.inference import SamplingParams, TokenLogprob, TopLogprob
+from llama_stack.apis.inference import PromptTokenLogprob, SamplingParams, TokenLogprob, TopLogprob
 from llama_stack.providers.utils.gguf import PYPI_PREFIX, resolve_gguf
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,8 @@ _DETOKENIZE_CONTEXT = 4
 _DEFAULT_CONTEXT = 2048
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Prompt tokens scored per forward pass (prompt logprobs): bounds the logits held at once to this many rows.
+_SCORE_CHUNK = 512
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -152,15 +154,23 @@ class LoadedModel:
         except TypeError:  # transformers before 4.56
             return DynamicCache()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor, cache: Any) -> torch.Tensor:
-        """The logits of each row's last position, (rows, vocab), in float32."""
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor,
+        cache: Any,
+        every_position: bool = False,
+    ) -> torch.Tensor:
+        """The logits of each row's last position, (rows, vocab), in float32; with ``every_position``, of
+        every position, (rows, positions, vocab)."""
         kwargs: dict[str, Any] = {self._cache_argument: cache, "use_cache": True, "position_ids": position_ids}
         if attention_mask is not None:
             kwargs["attention_mask"] = attention_mask
         if self._keep_argument is not None:
-            kwargs[self._keep_argument] = 1
+            kwargs[self._keep_argument] = 0 if every_position else 1
         logits = self.model(input_ids=input_ids, **kwargs).logits
-        return logits[:, -1, :].float()
+        return logits.float() if every_position else logits[:, -1, :].float()
 
     def grammar_tokenizer(self) -> Any:
         """llguidance's view of the tokenizer, made once per weights (a fraction of a second)."""
@@ -173,6 +183,12 @@ class LoadedModel:
 
     def encode(self, text: str, add_special_tokens: bool) -> list[int]:
         return self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
+
+    def special_prefix(self) -> int:
+        """How many special tokens (a beginning-of-text token) ``encode(text, True)`` puts before the text."""
+        plain, special = self.encode("a", False), self.encode("a", True)
+        end = len(special) - len(plain)
+        return end if end > 0 and special[end:] == plain else 0
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
@@ -371,6 +387,7 @@ class Row:
         "logprobs",
         "completion_tokens",
         "stop_reason",
+        "prompt_logprobs",
         "_longest_stop",
     )
 
@@ -401,6 +418,7 @@ class Row:
         self.logprobs: list[TokenLogprob] | None = [] if top_logprobs is not None else None
         self.completion_tokens = 0
         self.stop_reason: StopReason | None = None
+        self.prompt_logprobs: list[PromptTokenLogprob] | None = None  # set by the provider when asked for
 
     # -- detokenizing (incremental, as TGI and vLLM do it: text is released only once it is whole UTF-8)
 
@@ -495,6 +513,53 @@ class Row:
 
 # ----------------------------------------------------------------------------------------------------
 # The decode loop
+
+
+def _token_texts(decode: Callable[[list[int]], str], ids: list[int]) -> list[str]:
+    """Each token's share of the text ``ids`` decode to (a character split over tokens goes to its last)."""
+    texts: list[str] = []
+    prefix = read = 0
+    for end in range(1, len(ids) + 1):
+        before, after = decode(ids[prefix:read]), decode(ids[prefix:end])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            texts.append(after[len(before) :])
+            prefix, read = read, end
+        else:
+            texts.append("")
+    if read < len(ids):  # bytes that never became a whole character
+        texts[-1] += decode(ids[prefix:])[len(decode(ids[prefix:read])) :]
+    return texts
+
+
+def score_prompt(lm: LoadedModel, ids: list[int], top: int) -> list[PromptTokenLogprob]:
+    """Each token of a completion prompt (``encode(text, True)``; not the special tokens it puts in front)
+    with its log-probability given the tokens before it, and the ``top`` most likely tokens at its place."""
+    added = lm.special_prefix()
+    texts = _token_texts(lm.decode, ids[added:])
+    entries = [] if added or not texts else [PromptTokenLogprob(token=texts[0])]
+    cache = lm.new_cache()
+    with torch.inference_mode():
+        for start in range(0, len(ids), _SCORE_CHUNK):
+            chunk = ids[start : start + _SCORE_CHUNK]
+            positions = torch.arange(start, start + len(chunk), device=lm.device).unsqueeze(0)
+            logits = lm.forward(torch.tensor([chunk], device=lm.device), None, positions, cache, every_position=True)[0]
+            # Position p's logits predict token p + 1: score the targets this chunk's positions predict.
+            first, last = max(start + 1, added), min(start + len(chunk), len(ids) - 1)
+            if first > last:
+                continue
+            rows = torch.log_softmax(logits[first - 1 - start : last - start], dim=-1)
+            targets = torch.tensor(ids[first : last + 1], device=lm.device)
+            chosen = rows.gather(-1, targets.unsqueeze(-1)).squeeze(-1).tolist()
+            top_values = top_ids = None
+            if top:
+                values, indices = torch.topk(rows, top, dim=-1)
+                top_values, top_ids = values.tolist(), indices.tolist()
+            for i, target in enumerate(range(first, last + 1)):
+                alternatives = []
+                if top_values is not None and top_ids is not None:
+                    alternatives = [TopLogprob(token=lm.decode([t]), logprob=_finite(v)) for t, v in zip(top_ids[i], top_values[i])]
+                entries.append(PromptTokenLogprob(token=texts[target - added], logprob=_finite(chosen[i]), top_logprobs=alternatives))
+    return entries
 
 
 class Cancelled(Exception):

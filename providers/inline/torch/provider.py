@@ -74,7 +74,7 @@ from llama_stack.providers.utils.inference.tool_calls import (
 
 from . import PROVIDER_TYPE
 from .config import TorchConfig
-from .engine import Cancelled, LoadedModel, Row, Sampling, generate, load_model, resolve_device, resolve_dtype
+from .engine import Cancelled, LoadedModel, Row, Sampling, generate, load_model, resolve_device, resolve_dtype, score_prompt
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class _Prepared:
 class _Options:
     """What a request asks of every row: sampling, stops, logprobs, a grammar, tools."""
 
-    __slots__ = ("sampling", "stops", "top_logprobs", "grammar", "tools", "tool_format")
+    __slots__ = ("sampling", "stops", "top_logprobs", "grammar", "tools", "tool_format", "prompt_logprobs")
 
     def __init__(
         self,
@@ -143,6 +143,7 @@ class _Options:
         grammar: str | None = None,
         tools: list[ToolDefinition] | None = None,
         tool_format: ToolFormat | None = None,
+        prompt_logprobs: int | None = None,
     ):
         self.sampling = Sampling.of(sampling)
         self.stops = stops
@@ -150,6 +151,7 @@ class _Options:
         self.grammar = grammar
         self.tools = tools or []
         self.tool_format = tool_format
+        self.prompt_logprobs = prompt_logprobs  # completions only: alternatives per prompt token
 
     def row(self, prepared: _Prepared, on_text: Callable[[str, list[TokenLogprob] | None], Any] | None = None) -> Row:
         return Row(prepared.prompt_ids, prepared.limit, stops=self.stops, top_logprobs=self.top_logprobs, on_text=on_text)
@@ -164,7 +166,9 @@ def _logprobs(row: Row) -> Logprobs | None:
 
 
 def _completion_response(row: Row) -> CompletionResponse:
-    return CompletionResponse(content=row.text, stop_reason=row.stop_reason, logprobs=_logprobs(row), usage=_usage(row))
+    return CompletionResponse(
+        content=row.text, stop_reason=row.stop_reason, logprobs=_logprobs(row), usage=_usage(row), prompt_logprobs=row.prompt_logprobs
+    )
 
 
 def _chat_response(row: Row, options: _Options) -> ChatCompletionResponse:
@@ -203,6 +207,9 @@ def _generate_job(
     finish: Callable[[Row], None] | None = None,
 ) -> list[Row]:
     _attach_grammar(lm, rows, options.grammar, model_id)
+    if options.prompt_logprobs is not None:
+        for row in rows:
+            row.prompt_logprobs = score_prompt(lm, row.prompt_ids, options.prompt_logprobs)
     generate(lm, rows, options.sampling, lambda: job.cancelled, max_batch_size)
     if finish is not None:
         finish(rows[0])
@@ -284,6 +291,9 @@ class _ChunkStream(WorkerStream):
 
 class TorchInference:
     """The Inference API over transformers + torch; models come in through ``register_model``."""
+
+    # The router hands this provider completions with prompt_logprobs (see docs/plugins.md).
+    scores_prompts = True
 
     def __init__(self, config: TorchConfig, context: ProviderContext):
         self.config = config
@@ -466,6 +476,7 @@ class TorchInference:
             request.logprobs,
             request.top_logprobs,
             grammar=self._grammar(slot, request.response_format, None),
+            prompt_logprobs=request.prompt_logprobs,
         )
 
     # -- the Inference API --------------------------------------------------------------------------
