@@ -8,13 +8,14 @@ refuses with a 400 naming the parameter, before any provider is called.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import mimetypes
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Callable
 
 from pydantic import ValidationError as PydanticValidationError
@@ -34,6 +35,7 @@ from llama_stack.apis.common import (
 )
 from llama_stack.apis.errors import BadRequestError
 from llama_stack.apis.inference import (
+    BatchChatCompletionRequest,
     BatchCompletionRequest,
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -120,13 +122,23 @@ class OpenAICompat:
     ) -> OpenAIChatCompletion | AsyncIterator[OpenAIChatCompletionChunk]:
         model_id = self._model_id(request.model)
         ours = _translated(lambda: _chat_request(request, model_id))
-        result = await self.inference.chat_completion(ours)
         meta = _Meta("chatcmpl", model_id)
         keep = _tool_call_limit(request)
+        n = request.n or 1
+        if n > 1:
+            shared = {name: getattr(ours, name) for name in BatchChatCompletionRequest.model_fields if name != "batch_dialogs"}
+
+            async def chats(dialogs: list[Any], sampling: SamplingParams) -> list[ChatCompletionResponse]:
+                batch = BatchChatCompletionRequest(batch_dialogs=dialogs, **{**shared, "sampling_params": sampling})
+                return await self.inference.batch_chat_completion(batch)
+
+            results = await _several(chats, [ours.dialog], n, ours.sampling_params)
+            return _chat_completion(results, meta, keep, n)
+        result = await self.inference.chat_completion(ours)
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
             return _chat_chunks(result, meta, include_usage, keep)
-        return _chat_completion(result, meta, keep)
+        return _chat_completion([result], meta, keep, 1)
 
     async def create_completion(
         self, request: OpenAICompletionRequest
@@ -135,10 +147,17 @@ class OpenAICompat:
         prompts = _prompts(request)
         echo = prompts if request.echo else None
         meta = _Meta("cmpl", model_id)
-        if len(prompts) > 1:
-            batch = _translated(lambda: BatchCompletionRequest(content_batch=prompts, **_completion_fields(request, model_id)))
-            results = [_as_asked(request, r) for r in await self.inference.batch_completion(batch)]
-            return meta.completion([_completion_choice(i, r, echo) for i, r in enumerate(results)], _total_usage(results))
+        n = request.n or 1
+        if len(prompts) > 1 or n > 1:
+            fields = _translated(lambda: BatchCompletionRequest(content_batch=[], **_completion_fields(request, model_id)))
+
+            async def completions(contents: list[Any], sampling: SamplingParams) -> list[CompletionResponse]:
+                batch = fields.model_copy(update={"content_batch": contents, "sampling_params": sampling})
+                return await self.inference.batch_completion(batch)
+
+            results = [_as_asked(request, r) for r in await _several(completions, prompts, n, fields.sampling_params)]
+            choices = [_completion_choice(i, r, echo[i // n] if echo else None) for i, r in enumerate(results)]
+            return meta.completion(choices, _total_usage(results, n))
         single = _translated(
             lambda: CompletionRequest(content=prompts[0], stream=bool(request.stream), **_completion_fields(request, model_id))
         )
@@ -147,7 +166,7 @@ class OpenAICompat:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
             return _completion_chunks(result, meta, include_usage, prompts[0] if request.echo else None)
         result = _as_asked(request, result)
-        return meta.completion([_completion_choice(0, result, echo)], _usage(result.usage))
+        return meta.completion([_completion_choice(0, result, prompts[0] if echo else None)], _usage(result.usage))
 
 
     async def create_embeddings(self, request: OpenAIEmbeddingsRequest) -> OpenAIEmbeddingList:
@@ -208,8 +227,8 @@ def _translated(build: Callable[[], Any]) -> Any:
 
 
 def _refuse_unsupported(request: OpenAIChatCompletionRequest | OpenAICompletionRequest) -> None:
-    if request.n not in (None, 1):
-        raise _unsupported("n", f"n={request.n}: this server answers one choice per request (n: 1)", value=True)
+    if request.n not in (None, 1) and request.stream:
+        raise _unsupported("n", f"n={request.n}: a stream carries one choice here (n: 1), ask without stream for more", value=True)
     if request.logit_bias:
         raise _unsupported("logit_bias", "logit_bias is not supported")
     if request.stream_options is not None and not request.stream:
@@ -433,15 +452,35 @@ def _usage(usage: Usage | None) -> OpenAIUsage | None:
     )
 
 
-def _total_usage(results: list[CompletionResponse]) -> OpenAIUsage | None:
+def _total_usage(results: list[Any], n: int) -> OpenAIUsage | None:
+    """Every choice's completion tokens; each prompt's tokens once (results hold n choices per prompt)."""
     if not results or any(r.usage is None for r in results):
         return None
     return _usage(
         Usage(
-            prompt_tokens=sum(r.usage.prompt_tokens for r in results),  # type: ignore[union-attr]
-            completion_tokens=sum(r.usage.completion_tokens for r in results),  # type: ignore[union-attr]
+            prompt_tokens=sum(r.usage.prompt_tokens for r in results[::n]),
+            completion_tokens=sum(r.usage.completion_tokens for r in results),
         )
     )
+
+
+async def _several(
+    run: Callable[[list[Any], SamplingParams], Awaitable[list[Any]]], items: list[Any], n: int, sampling: SamplingParams
+) -> list[Any]:
+    """``n`` answers to each item through one batch route, item by item (item i's are at i*n ... i*n+n-1).
+
+    Greedy decoding gives one answer n times (it would give the same each time). Sampling without a seed
+    asks for every copy in one batch: rows sample apart. With a seed, copy j samples with seed + j, so the
+    choices differ and the first is what the request gives with n: 1.
+    """
+    if n == 1:
+        return await run(items, sampling)
+    if sampling.strategy == "greedy":
+        return [answer for answer in await run(items, sampling) for _ in range(n)]
+    if sampling.seed is None:
+        return await run([item for item in items for _ in range(n)], sampling)
+    rounds = await asyncio.gather(*(run(items, sampling.model_copy(update={"seed": sampling.seed + j})) for j in range(n)))
+    return [rounds[j][i] for i in range(len(items)) for j in range(n)]
 
 
 def _finish_reason(stop: StopReason | None, tool_calls: bool) -> str:
@@ -493,7 +532,18 @@ def _call_id(call: ToolCall) -> str:
     return call.call_id or f"call_{uuid.uuid4().hex[:24]}"
 
 
-def _chat_completion(result: ChatCompletionResponse, meta: _Meta, keep: int | None) -> OpenAIChatCompletion:
+def _chat_completion(results: list[ChatCompletionResponse], meta: _Meta, keep: int | None, n: int) -> OpenAIChatCompletion:
+    return OpenAIChatCompletion(
+        id=meta.id,
+        created=meta.created,
+        model=meta.model,
+        system_fingerprint=SYSTEM_FINGERPRINT,
+        choices=[_chat_choice(i, result, keep) for i, result in enumerate(results)],
+        usage=_total_usage(results, n),
+    )
+
+
+def _chat_choice(index: int, result: ChatCompletionResponse, keep: int | None) -> OpenAIChatChoice:
     calls = result.tool_calls[:keep]
     tool_calls = [
         OpenAIToolCall(id=_call_id(c), function=OpenAIFunctionCall(name=_tool_name(c), arguments=json.dumps(c.arguments)))
@@ -501,19 +551,11 @@ def _chat_completion(result: ChatCompletionResponse, meta: _Meta, keep: int | No
     ]
     text = _text(result.content)
     message = OpenAIAssistantMessage(content=text if text or not tool_calls else None, tool_calls=tool_calls or None)
-    choice = OpenAIChatChoice(
-        index=0,
+    return OpenAIChatChoice(
+        index=index,
         message=message,
         logprobs=_chat_logprobs(result.logprobs),
         finish_reason=_finish_reason(result.stop_reason, bool(tool_calls)),  # type: ignore[arg-type]
-    )
-    return OpenAIChatCompletion(
-        id=meta.id,
-        created=meta.created,
-        model=meta.model,
-        system_fingerprint=SYSTEM_FINGERPRINT,
-        choices=[choice],
-        usage=_usage(result.usage),
     )
 
 
@@ -563,11 +605,11 @@ async def _chat_chunks(
         await _aclose(chunks)
 
 
-def _completion_choice(index: int, result: CompletionResponse, echo: list[str] | None) -> OpenAICompletionChoice:
+def _completion_choice(index: int, result: CompletionResponse, echo: str | None) -> OpenAICompletionChoice:
     text = _text(result.content)
     return OpenAICompletionChoice(
         index=index,
-        text=(echo[index] + text) if echo else text,
+        text=(echo + text) if echo else text,
         logprobs=_completion_logprobs(result.logprobs, prompt=result.prompt_logprobs),
         finish_reason=_finish_reason(result.stop_reason, False),  # type: ignore[arg-type]
     )

@@ -178,6 +178,7 @@ class ReplayInference:
 
     async def batch_chat_completion(self, request: Any) -> list[ChatCompletionResponse]:
         self._check(request.model)
+        self.requests.append(request)
         return [ChatCompletionResponse(content=f"{self.reply} #{i}", stop_reason="finished_ok") for i, _ in enumerate(request.batch_dialogs)]
 
     async def embeddings(self, request: EmbeddingsRequest) -> EmbeddingsResponse:

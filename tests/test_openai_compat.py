@@ -85,6 +85,30 @@ async def test_chat(client, sent):
     assert request.tool_choice == "auto" and request.response_format is None
 
 
+async def test_several_choices(client, sent):
+    # Sampling without a seed: one batch of n copies of the dialog (replay answers row i with "#i").
+    answer = await client.chat.completions.create(model="replay-model", messages=ASK, n=3)
+    assert [(c.index, c.message.content) for c in answer.choices] == [(i, f"{REPLY} #{i}") for i in range(3)]
+    assert len(sent[-1].batch_dialogs) == 3 and sent[-1].batch_dialogs[0].message.content == ASK[0]["content"]
+    # With a seed: copy j samples with seed + j (each a batch of one), so the choices differ and repeat.
+    before = len(sent)
+    answer = await client.chat.completions.create(model="replay-model", messages=ASK, n=2, seed=5, max_tokens=4)
+    assert sorted(r.sampling_params.seed for r in sent[before:]) == [5, 6]
+    assert all(len(r.batch_dialogs) == 1 and r.max_tokens == 4 for r in sent[before:])
+    assert [c.index for c in answer.choices] == [0, 1]
+    # Greedy: one answer, n times.
+    answer = await client.chat.completions.create(model="replay-model", messages=ASK, n=3, temperature=0)
+    assert len(sent[-1].batch_dialogs) == 1 and [c.message.content for c in answer.choices] == [f"{REPLY} #0"] * 3
+
+
+async def test_several_choices_of_several_prompts(client, sent):
+    answer = await client.completions.create(model="replay-model", prompt=["one", "two"], n=2, echo=True, max_tokens=3)
+    assert sent[-1].content_batch == ["one", "one", "two", "two"] and sent[-1].max_tokens == 3
+    assert [(c.index, c.text) for c in answer.choices] == [
+        (0, f"one{REPLY} #0"), (1, f"one{REPLY} #1"), (2, f"two{REPLY} #2"), (3, f"two{REPLY} #3")
+    ]
+
+
 async def test_an_alias_answers_under_the_model_id(client, sent):
     answer = await client.chat.completions.create(model="replay-alias", messages=ASK)
     assert answer.model == "replay-model" and sent[-1].model == "replay-model"
@@ -406,7 +430,7 @@ async def test_a_missing_field_is_named(client):
 @pytest.mark.parametrize(
     ("arguments", "param", "fragment"),
     [
-        ({"n": 2}, "n", "one choice"),
+        ({"n": 2, "stream": True}, "n", "one choice"),
         ({"logit_bias": {"42": 1.0}}, "logit_bias", "not supported"),
         ({"stream_options": {"include_usage": True}}, "stream_options", "stream: true"),
         ({"top_logprobs": 2}, "top_logprobs", "logprobs: true"),
@@ -431,7 +455,7 @@ async def test_what_cannot_be_honoured_is_a_400_naming_the_parameter(client, arg
 
 @pytest.mark.parametrize(
     ("arguments", "param"),
-    [({"n": 3}, "n"), ({"best_of": 2}, "best_of"), ({"suffix": "end"}, "suffix"), ({"prompt": [1, 2, 3]}, "prompt"),
+    [({"n": 3, "stream": True}, "n"), ({"best_of": 2}, "best_of"), ({"suffix": "end"}, "suffix"), ({"prompt": [1, 2, 3]}, "prompt"),
      ({"echo": True, "logprobs": 1, "stream": True}, "echo"), ({"prompt": ["a", "b"], "stream": True}, "prompt"),
      ({"max_tokens": 0}, "max_tokens")],
 )
@@ -579,3 +603,19 @@ def test_scoring_continuations_as_evaluation_harnesses_do(local_server):
         banana, scored_only = score(" Banana bread", max_tokens=0)
         assert paris > london > banana
         assert scored_only.choices[0].text == context + " Banana bread" and scored_only.usage.completion_tokens == 0
+
+
+@pytest.mark.slow
+def test_several_choices_from_the_local_model(local_server):
+    story = [{"role": "user", "content": "Tell me a story about a dragon."}]
+    with openai.OpenAI(base_url=f"{local_server}/v1", api_key="unused", max_retries=0, timeout=120) as client:
+        one = client.chat.completions.create(model=LOCAL_MODEL, messages=story, max_tokens=12, seed=11)
+        three = client.chat.completions.create(model=LOCAL_MODEL, messages=story, max_tokens=12, seed=11, n=3)
+        texts = [c.message.content for c in three.choices]
+        assert texts[0] == one.choices[0].message.content  # choice 0 samples with the seed itself
+        assert len(set(texts)) == 3
+        assert three.usage.prompt_tokens == one.usage.prompt_tokens  # the prompt counts once
+        assert three.usage.completion_tokens == sum(len(c.logprobs.content) for c in client.chat.completions.create(
+            model=LOCAL_MODEL, messages=story, max_tokens=12, seed=11, n=3, logprobs=True).choices)
+        unseeded = client.completions.create(model=LOCAL_MODEL, prompt="Once upon a time", max_tokens=10, n=3)
+        assert [c.index for c in unseeded.choices] == [0, 1, 2] and len({c.text for c in unseeded.choices}) > 1
