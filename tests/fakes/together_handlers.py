@@ -16,7 +16,8 @@ Every answer is in the spec's shape (the fake validates its own JSON answers) an
   (text only in ``token``, not in ``choices``) carries the finish reason.
 - ``stop`` cuts the answer before the first stop string (finish ``stop``); ``max_tokens`` keeps that many
   words (finish ``length``); otherwise finish ``eos`` (``tool_calls`` for tool calls).
-- ``logprobs``: word i (from 0) has logprob ``-(i+1)/10`` and token id i.
+- ``logprobs``: word i (from 0) has logprob ``-(i+1)/10`` and token id i; with ``echo`` the prompt's words
+  too, in ``prompt[0].logprobs``.
 - Streams send one word per event (each with the leading space), tool-call arguments in two fragments,
   then a last event with the finish reason and the usage (words of the prompt, words of the answer).
 - Model names starting with ``missing/`` get Together's 404.
@@ -197,10 +198,13 @@ def _completion(fake: FakeVendor, body: dict[str, Any]) -> Any:
                        "choices": [{"index": 0, "text": ""}], "usage": usage, "finish_reason": finish})
         return SSE(events)
     choice: dict[str, Any] = {"text": text, "finish_reason": finish}
+    prompt: dict[str, Any] = {"text": body["prompt"]}
     if body.get("logprobs"):
         choice["logprobs"] = _logprobs_part(words)
+        if body.get("echo"):
+            prompt["logprobs"] = _logprobs_part(pieces(body["prompt"]))
     return {"id": ident, "object": "text_completion", "created": CREATED, "model": body["model"],
-            "prompt": [{"text": body["prompt"]}], "choices": [choice], "usage": usage}
+            "prompt": [prompt], "choices": [choice], "usage": usage}
 
 
 def _tool_calls(fake: FakeVendor, body: dict[str, Any]) -> list[dict[str, Any]]:

@@ -361,6 +361,28 @@ async def test_logprobs_are_asked_as_one_and_mapped_per_token(client, together):
     assert streamed == [("You", -0.1, []), (" said:", -0.2, []), (" hi", -0.3, [])]
 
 
+async def test_prompt_logprobs_come_from_an_echoed_completion(client, together):
+    answer = await client.inference.completion(model="chat", content="Once upon a time", max_tokens=2, prompt_logprobs=0)
+    assert sent(together, "/completions") == [
+        {"model": CHAT_MODEL, "prompt": "Once upon a time", "temperature": 0.0, "max_tokens": 2, "echo": True, "logprobs": 1}
+    ]
+    assert [(e.token, e.logprob, e.top_logprobs) for e in answer.prompt_logprobs] == [
+        ("Once", -0.1, []), (" upon", -0.2, []), (" a", -0.3, []), (" time", -0.4, [])
+    ]
+    assert answer.logprobs is None and answer.content == "Continuing 'Once"  # the completion's own: not asked for
+    batch = await client.inference.batch_completion(model="chat", content_batch=["a b", "c"], prompt_logprobs=1)
+    assert [[e.token for e in r.prompt_logprobs] for r in batch] == [["a", " b"], ["c"]]
+
+    # An echoed answer that lacks them is the vendor's failure, named, not a silently missing result.
+    bare = {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": CHAT_MODEL,
+            "prompt": [{"text": "x"}], "choices": [{"text": "y", "finish_reason": "eos"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+    together.fail("POST", "/completions", Fault("status", status=200, body=bare))
+    with pytest.raises(ProviderError) as failed:
+        await client.inference.completion(model="chat", content="x", prompt_logprobs=0)
+    assert failed.value.status == 502 and "prompt[0].logprobs" in failed.value.message and failed.value.provider == "together"
+
+
 async def test_more_than_one_alternative_per_token_is_refused_naming_togethers_limit(client, together):
     with pytest.raises(BadRequestError) as refused:
         await client.inference.chat_completion(model="chat", dialog=user("hi"), logprobs=True, top_logprobs=5)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import aclosing, contextmanager
+from functools import partial
 from typing import Any, TypeVar
 
 from llama_stack.apis.common import Attachment, Content, Role, StopReason
@@ -28,6 +29,7 @@ from llama_stack.apis.inference import (
     EmbeddingsRequest,
     EmbeddingsResponse,
     Logprobs,
+    PromptTokenLogprob,
     RerankRequest,
     RerankResponse,
     RerankResult,
@@ -68,6 +70,9 @@ async def build(config: TogetherInferenceConfig, context: ProviderContext) -> "T
 class TogetherInference:
     """Satisfies :class:`llama_stack.apis.inference.Inference` with Together's API."""
 
+    # Completions' prompt_logprobs go through Together's echo (see docs/plugins.md).
+    scores_prompts = True
+
     def __init__(self, config: TogetherInferenceConfig, service: RemoteService):
         self.config = config
         self.service = service
@@ -92,7 +97,7 @@ class TogetherInference:
             events = await self._open_stream("/completions", body, vendor_model)
             return self._completion_chunks(events, _alternatives(request))
         answer = await self._post("/completions", body, vendor_model)
-        return self._completion_response(answer, _alternatives(request))
+        return self._completion_response(answer, _alternatives(request), request.prompt_logprobs is not None)
 
     async def chat_completion(
         self, request: ChatCompletionRequest
@@ -111,7 +116,8 @@ class TogetherInference:
         singles = [CompletionRequest(content=content, **options) for content in request.content_batch]
         # Every prompt is checked before the first call, so a bad one costs no vendor calls.
         bodies = [self._completion_body(single, vendor_model) for single in singles]
-        return await self._batch("/completions", bodies, vendor_model, self._completion_response, _alternatives(request))
+        respond = partial(self._completion_response, scored=request.prompt_logprobs is not None)
+        return await self._batch("/completions", bodies, vendor_model, respond, _alternatives(request))
 
     async def batch_chat_completion(self, request: BatchChatCompletionRequest) -> list[ChatCompletionResponse]:
         vendor_model = self._vendor_model(request.model)
@@ -181,6 +187,10 @@ class TogetherInference:
             )
         body: dict[str, Any] = {"model": vendor_model, "prompt": self._text(request.content, "content")}
         body.update(self._generation_options(request))
+        if request.prompt_logprobs is not None:
+            # Together scores the prompt when echo and logprobs are both asked (one logprob per token, no
+            # alternatives: those it does not give).
+            body.update(echo=True, logprobs=MAX_TOGETHER_LOGPROBS)
         return body
 
     def _chat_body(self, request: ChatCompletionRequest, vendor_model: str, where: str = "dialog") -> dict[str, Any]:
@@ -283,14 +293,27 @@ class TogetherInference:
             usage=usage_of(answer.get("usage")),
         )
 
-    def _completion_response(self, answer: Any, top_logprobs: int | None) -> CompletionResponse:
+    def _completion_response(self, answer: Any, top_logprobs: int | None, scored: bool = False) -> CompletionResponse:
         choice = first_choice(answer, self.service, "POST /completions")
         return CompletionResponse(
             content=str(choice.get("text") or ""),
             stop_reason=stop_reason(choice.get("finish_reason")),
             logprobs=_logprobs(choice.get("logprobs"), top_logprobs),
             usage=usage_of(answer.get("usage")),
+            prompt_logprobs=self._prompt_logprobs(answer) if scored else None,
         )
+
+    def _prompt_logprobs(self, answer: Any) -> list[PromptTokenLogprob]:
+        """``prompt[0].logprobs`` of an echoed completion: each prompt token and its logprob (null: none)."""
+        prompt = answer.get("prompt")
+        part = prompt[0].get("logprobs") if isinstance(prompt, list) and prompt and isinstance(prompt[0], dict) else None
+        if not isinstance(part, dict) or not isinstance(part.get("tokens"), list):
+            raise self._bad_answer("an echoed completion without the prompt's logprobs (prompt[0].logprobs)")
+        tokens, values = part["tokens"], part.get("token_logprobs") or []
+        return [
+            PromptTokenLogprob(token=str(token), logprob=float(value) if isinstance(value, (int, float)) else None)
+            for token, value in zip(tokens, [*values, *[None] * (len(tokens) - len(values))])
+        ]
 
     async def _chat_chunks(
         self, events: AsyncIterator[Any], top_logprobs: int | None
