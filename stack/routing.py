@@ -83,7 +83,7 @@ class InferenceRouter:
             provider_id = self._model_of[request.model].provider_id
             raise NotSupportedError(
                 f"Provider '{provider_id}' serving model '{request.model}' cannot score prompts (prompt_logprobs); "
-                "inline::llama-cpp, inline::torch and remote::together can",
+                "inline::llama-cpp, inline::torch, remote::together and remote::openai-compat can",
                 provider=provider_id,
                 param="prompt_logprobs",
             )

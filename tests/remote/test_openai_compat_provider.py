@@ -902,3 +902,31 @@ async def test_smollm2_completion_through_openai_compat(through_local):
     chunks = await collect(await through_local.inference.completion(model="smol", content="The capital of France is", max_tokens=8, stream=True))
     assert "".join(c.text_delta for c in chunks) == answer.content
     assert chunks[-1].stop_reason == answer.stop_reason
+
+
+@pytest.mark.slow
+async def test_smollm2_scores_a_prompt_through_openai_compat(through_local):
+    """prompt_logprobs travel as echo with logprobs, as vLLM (and this runtime's /v1) take them."""
+    prompt = "The capital of France is Paris"
+    plain = await through_local.inference.completion(model="smol", content=prompt, max_tokens=3)
+    scored = await through_local.inference.completion(
+        model="smol", content=prompt, max_tokens=3, prompt_logprobs=2, logprobs=True, top_logprobs=1
+    )
+    assert scored.content == plain.content  # the echoed prompt is not part of the answer
+    assert "".join(e.token for e in scored.prompt_logprobs) == prompt
+    assert scored.prompt_logprobs[0].logprob is None and scored.prompt_logprobs[0].top_logprobs == []
+    assert all(e.logprob < 0 and len(e.top_logprobs) == 2 for e in scored.prompt_logprobs[1:])
+    assert "".join(e.token for e in scored.logprobs.content) == scored.content
+    assert all(len(e.top_logprobs) == 1 for e in scored.logprobs.content)  # the answer's own alternatives: 1
+
+
+async def test_an_echo_that_is_not_the_prompt_is_a_502(scripted):
+    server, client = await scripted()
+    server.answers["/v1/completions"] = {
+        "id": "x", "object": "text_completion", "choices": [{"index": 0, "text": "something else", "finish_reason": "stop",
+        "logprobs": {"tokens": ["something", " else"], "token_logprobs": [None, -1.0], "top_logprobs": [None, {" else": -1.0}]}}],
+    }
+    with pytest.raises(ProviderError) as caught:
+        await client.inference.completion(model="m", content="Hello there", prompt_logprobs=0)
+    assert caught.value.status == 502 and "cannot score prompts" in caught.value.message
+    assert server.bodies[-1]["echo"] is True and server.bodies[-1]["logprobs"] == 0

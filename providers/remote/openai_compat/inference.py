@@ -44,6 +44,7 @@ from llama_stack.apis.inference import (
     EmbeddingsRequest,
     EmbeddingsResponse,
     Logprobs,
+    PromptTokenLogprob,
     ResponseFormat,
     TokenLogprob,
     TopLogprob,
@@ -352,17 +353,49 @@ def completion_logprobs(value: _CompletionLogprobsOut | None) -> Logprobs | None
     """The legacy shape (parallel lists, alternatives as {token: logprob}), most likely alternative first."""
     if value is None:
         return None
-    tops = value.top_logprobs or []
-    content = []
-    for index, (token, logprob) in enumerate(zip(value.tokens, value.token_logprobs)):
-        if logprob is None:  # a prompt token echoed back has none
-            continue
-        alternatives = tops[index] if index < len(tops) and tops[index] else {}
-        ranked = sorted(alternatives.items(), key=lambda kv: -kv[1])
-        content.append(
-            TokenLogprob(token=token, logprob=logprob, top_logprobs=[TopLogprob(token=t, logprob=lp) for t, lp in ranked])
-        )
+    content = [
+        TokenLogprob(token=token, logprob=logprob, top_logprobs=alternatives)
+        for token, logprob, alternatives in _legacy_entries(value)
+        if logprob is not None  # a prompt token echoed back has none
+    ]
     return Logprobs(content=content)
+
+
+def _legacy_entries(value: _CompletionLogprobsOut, top: int | None = None) -> list[tuple[str, float | None, list[TopLogprob]]]:
+    """(token, logprob, alternatives most likely first, at most ``top`` of them) per position."""
+    tops = value.top_logprobs or []
+    entries = []
+    for index, (token, logprob) in enumerate(zip(value.tokens, value.token_logprobs)):
+        alternatives = tops[index] if index < len(tops) and tops[index] else {}
+        ranked = sorted(alternatives.items(), key=lambda kv: -kv[1])[:top]
+        entries.append((token, logprob, [TopLogprob(token=t, logprob=lp) for t, lp in ranked]))
+    return entries
+
+
+def _echoed(
+    value: _CompletionLogprobsOut | None, text: str, prompt: str, prompt_top: int, answer_top: int | None
+) -> tuple[str, list[PromptTokenLogprob], Logprobs | None] | None:
+    """An echoed completion (``echo`` with ``logprobs``) split at the prompt's end: the answer's text, the
+    prompt's tokens, the answer's logprobs (when asked). None when the answer does not start with the
+    prompt and its tokens."""
+    if value is None or not text.startswith(prompt):
+        return None
+    entries, length, split = _legacy_entries(value), 0, 0
+    while split < len(entries) and length < len(prompt):
+        length += len(entries[split][0])
+        split += 1
+    if length != len(prompt):
+        return None
+    scored = [
+        PromptTokenLogprob(token=token, logprob=logprob, top_logprobs=alternatives[:prompt_top] if logprob is not None else [])
+        for token, logprob, alternatives in entries[:split]
+    ]
+    answer = None
+    if answer_top is not None:
+        answer = Logprobs(
+            content=[TokenLogprob(token=t, logprob=lp, top_logprobs=alts[:answer_top]) for t, lp, alts in entries[split:] if lp is not None]
+        )
+    return text[len(prompt) :], scored, answer
 
 
 # ------------------------------------------------------------------------------------------- provider
@@ -370,6 +403,9 @@ def completion_logprobs(value: _CompletionLogprobsOut | None) -> Logprobs | None
 
 class OpenAICompatInference:
     """Satisfies ``llama_stack.apis.inference.Inference`` (rerank aside) on an OpenAI-compatible server."""
+
+    # Completions' prompt_logprobs go to the server as echo with logprobs (vLLM's and this runtime's /v1 do it).
+    scores_prompts = True
 
     def __init__(self, config: OpenAICompatConfig, context: ProviderContext, service: OpenAICompatService):
         self.config = config
@@ -451,6 +487,8 @@ class OpenAICompatInference:
             return self._completion_chunks(events)
         with self._vendor_errors(model, "/completions"):
             answer = await self.service.json("POST", "/completions", json_body=body)
+        if request.prompt_logprobs is not None:
+            return self._scored_completion_response(answer, request, body["prompt"])
         return self._completion_response(answer)
 
     async def batch_completion(self, request: BatchCompletionRequest) -> list[CompletionResponse]:
@@ -514,6 +552,12 @@ class OpenAICompatInference:
             "max_tokens": request.max_tokens or self.config.completion_max_tokens,
             # The legacy route's logprobs is the number of alternatives per token.
             **({"logprobs": request.top_logprobs} if request.logprobs else {}),
+            # Scoring the prompt: echo it, with the most alternatives either part asks for.
+            **(
+                {"echo": True, "logprobs": max(request.prompt_logprobs, request.top_logprobs if request.logprobs else 0)}
+                if request.prompt_logprobs is not None
+                else {}
+            ),
         }
 
     def _generation_fields(self, request: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
@@ -576,6 +620,25 @@ class OpenAICompatInference:
             stop_reason=stop_reason(choice.finish_reason or "stop"),
             logprobs=completion_logprobs(choice.logprobs),
             usage=usage_of(payload.get("usage")),
+        )
+
+    def _scored_completion_response(self, payload: Any, request: CompletionRequest, prompt: str) -> CompletionResponse:
+        choice = self._answer_choice(_CompletionAnswer, _CompletionChoiceOut, payload, "POST /completions")
+        answer_top = request.top_logprobs if request.logprobs else None
+        split = _echoed(choice.logprobs, choice.text or "", prompt, request.prompt_logprobs or 0, answer_top)
+        if split is None:
+            raise ProviderError(
+                f"{self.service.name} answered an echoed completion (echo with logprobs) without the prompt and its "
+                "tokens' logprobs at the start: it cannot score prompts",
+                provider=self.provider_id,
+            )
+        text, scored, logprobs = split
+        return CompletionResponse(
+            content=text,
+            stop_reason=stop_reason(choice.finish_reason or "stop"),
+            logprobs=logprobs,
+            usage=usage_of(payload.get("usage")),
+            prompt_logprobs=scored,
         )
 
     async def _chat_chunks(self, events: AsyncIterator[Any]) -> AsyncIterator[ChatCompletionResponseStreamChunk]:
