@@ -258,7 +258,13 @@ async def test_prompt_logprobs_score_the_prompt(local_provider):
     assert last.token == next_token.token and last.top_logprobs[0].token == next_token.token
     assert math.isclose(last.logprob, next_token.logprob, abs_tol=0.05)
     assert [a.token for a in last.top_logprobs] == [a.token for a in next_token.top_logprobs]
-    assert scored.content == (await local_provider.completion(completion(prompt, max_tokens=1))).content  # generation as before
+    # Generation after scoring is the generation without it (llama-cpp starts it from the scored prompt's cache).
+    asked = dict(max_tokens=4, logprobs=True, top_logprobs=2)
+    plain = await local_provider.completion(completion(prompt, **asked))
+    both = await local_provider.completion(completion(prompt, prompt_logprobs=0, **asked))
+    assert both.content == plain.content and both.usage == plain.usage
+    assert [e.logprob for e in both.logprobs.content] == pytest.approx([e.logprob for e in plain.logprobs.content], abs=1e-4)
+    assert [[a.token for a in e.top_logprobs] for e in both.logprobs.content] == [[a.token for a in e.top_logprobs] for e in plain.logprobs.content]
 
     # What the model expects scores higher than what it does not; each prompt of a batch is scored.
     sensible, odd = STORY + " Paris.", STORY + " a banana."

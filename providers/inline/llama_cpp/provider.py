@@ -263,8 +263,9 @@ def _prompt_logprobs(tokens: _Tokens, prompt: list[int], added: int, top: int) -
     there) with its logprob under the logits of the position before it, and ``top`` alternatives.
 
     The model is loaded without logits_all, so llama-cpp-python keeps one row of logits; this evaluates the
-    prompt itself, asking llama.cpp for every position's logits, a batch at a time. It leaves the KV cache
-    to the next generation, which evaluates the prompt afresh.
+    prompt itself, asking llama.cpp for every position's logits, a batch at a time. The prompt stays in the
+    KV cache, recorded as llama-cpp-python records what it evaluated, so the generation that follows starts
+    from it instead of evaluating the prompt again.
     """
     llm = tokens.llm
     llm.reset()
@@ -284,7 +285,11 @@ def _prompt_logprobs(tokens: _Tokens, prompt: list[int], added: int, top: int) -
                 continue
             logprob, alternatives = tokens.scored(rows[offset], prompt[target], top)
             entries.append(PromptTokenLogprob(token=texts[target - added], logprob=logprob, top_logprobs=alternatives))
-    llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+    # Llama.generate samples at once from a prompt it finds wholly evaluated (the last row of logits is the
+    # prompt's last position, as after its own evaluation).
+    llm.input_ids[: len(prompt)] = prompt
+    llm.n_tokens = len(prompt)
+    llm._requires_eval = False
     return entries
 
 
@@ -310,14 +315,17 @@ def _pump(job: Job, tokens: _Tokens, gen: _Gen, emit: Callable[[Any], Any]) -> _
     if len(prompt) >= n_ctx:
         raise ValueError(f"Requested tokens ({len(prompt)}) exceed context window of {n_ctx}")
     scored_prompt = None
+    evaluated = False  # the prompt was just evaluated afresh (by the scoring), and is in the KV cache
     if gen.prompt_logprobs is not None:
         added = len(prompt) - len(llm.tokenize(gen.prompt.encode("utf-8"), add_bos=False, special=True))
-        scored_prompt = _prompt_logprobs(tokens, prompt, added, gen.prompt_logprobs) if len(prompt) > added else []
+        scored_prompt = []
+        if len(prompt) > added:
+            scored_prompt, evaluated = _prompt_logprobs(tokens, prompt, added, gen.prompt_logprobs), True
     room = n_ctx - len(prompt)
     limit = min(gen.max_tokens, room) if gen.max_tokens > 0 else room
     # llama.cpp draws a random seed for LLAMA_DEFAULT_SEED.
     llm.set_seed(gen.seed if gen.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED)
-    if gen.seed is not None or gen.top_logprobs is not None:
+    if (gen.seed is not None or gen.top_logprobs is not None) and not evaluated:
         # Repeatable whatever ran before: a prompt evaluated partly from the KV cache of an earlier request
         # gets logits a rounding error away from a fresh evaluation (quantized kernels round differently
         # for one token than for a batch), enough to tip a sampled token and to move logprobs by ~0.1.
