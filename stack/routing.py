@@ -103,12 +103,12 @@ class InferenceRouter:
         return await provider.chat_completion(request.model_copy(update={"dialog": dialog}))
 
     async def batch_completion(self, request: BatchCompletionRequest) -> list[CompletionResponse]:
-        provider, request = self._resolve(request)
+        provider, request = self._resolve(request, method="batch_completion")
         self._check_prompt_scoring(provider, request)
         return await provider.batch_completion(request)
 
     async def batch_chat_completion(self, request: BatchChatCompletionRequest) -> list[ChatCompletionResponse]:
-        provider, request = self._resolve(request)
+        provider, request = self._resolve(request, method="batch_chat_completion")
         dialogs = [self._with_system_prompt(request.model, dialog) for dialog in request.batch_dialogs]
         return await provider.batch_chat_completion(request.model_copy(update={"batch_dialogs": dialogs}))
 

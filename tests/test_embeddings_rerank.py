@@ -98,3 +98,21 @@ async def test_a_provider_without_embeddings_is_a_501_naming_it():
     with pytest.raises(NotSupportedError) as error:
         await router.embeddings(EmbeddingsRequest(model="emb", contents=["x"]))
     assert error.value.provider == "chat-only" and "embeddings" in error.value.message
+
+
+async def test_a_provider_without_batches_is_a_501_naming_it():
+    """Batches (and the OpenAI routes' n, which use them) are optional for a provider."""
+    from llama_stack.apis.inference import BatchChatCompletionRequest, BatchCompletionRequest
+
+    class SinglesOnly:
+        async def chat_completion(self, request):  # pragma: no cover - never called
+            raise AssertionError
+
+    router = InferenceRouter([Model(model_id="m", provider_id="singles")], {"singles": SinglesOnly()})
+    for call, request in [
+        (router.batch_completion, BatchCompletionRequest(model="m", content_batch=["x"])),
+        (router.batch_chat_completion, BatchChatCompletionRequest(model="m", batch_dialogs=[{"message": {"role": "user", "content": "x"}}])),
+    ]:
+        with pytest.raises(NotSupportedError) as error:
+            await call(request)
+        assert error.value.provider == "singles" and error.value.status == 501
