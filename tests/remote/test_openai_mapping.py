@@ -95,8 +95,10 @@ def test_sampling_fields_send_only_what_changes_sampling():
     assert sampling_fields(SamplingParams(top_k=40, seed=1)) == {"temperature": 0.0, "seed": 1}
     sampled = SamplingParams(strategy="top_k", temperature=0.7, top_p=0.9, top_k=40, repetition_penalty=1.1)
     assert sampling_fields(sampled) == {"temperature": 0.7, "top_p": 0.9, "top_k": 40, "repetition_penalty": 1.1}
-    penalized = SamplingParams(frequency_penalty=0.5, presence_penalty=-1)
-    assert sampling_fields(penalized) == {"temperature": 0.0, "frequency_penalty": 0.5, "presence_penalty": -1}
+    penalized = SamplingParams(frequency_penalty=0.5, presence_penalty=-1, logit_bias={42: -100})
+    assert sampling_fields(penalized) == {
+        "temperature": 0.0, "frequency_penalty": 0.5, "presence_penalty": -1, "logit_bias": {"42": -100}
+    }
 
 
 def test_results_are_linked_to_their_calls_by_id_else_by_name():

@@ -115,8 +115,8 @@ async def test_chat_sends_the_dialog_and_maps_the_answer_back(client, together):
     [
         ({"strategy": "greedy", "repetition_penalty": 1.2, "seed": 3}, {"temperature": 0.0, "repetition_penalty": 1.2, "seed": 3}),
         (
-            {"strategy": "greedy", "frequency_penalty": 0.5, "presence_penalty": 0.25},
-            {"temperature": 0.0, "frequency_penalty": 0.5, "presence_penalty": 0.25},
+            {"strategy": "greedy", "frequency_penalty": 0.5, "presence_penalty": 0.25, "logit_bias": {"13": -100}},
+            {"temperature": 0.0, "frequency_penalty": 0.5, "presence_penalty": 0.25, "logit_bias": {"13": -100}},
         ),
         (
             {"strategy": "top_p", "temperature": 0.7, "top_p": 0.9, "seed": 42},

@@ -51,7 +51,7 @@ from typing import Any
 import jinja2
 import llama_cpp
 import numpy as np
-from llama_cpp import Llama, LlamaGrammar
+from llama_cpp import Llama, LlamaGrammar, LogitsProcessorList
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from llama_stack.apis.common import Dialog, StopReason, ToolDefinition
@@ -131,7 +131,9 @@ def _sampler_options(sampling: SamplingParams) -> dict[str, Any]:
         temperature, top_p, top_k = 0.0, 1.0, 0  # llama.cpp samples greedily at temperature 0
     else:
         temperature, top_p, top_k = sampling.temperature, sampling.top_p, sampling.top_k  # top_k 0: no limit
+    biased = {"logits_processor": _logit_bias(sampling.logit_bias)} if sampling.logit_bias else {}
     return {
+        **biased,
         "temp": temperature,
         "top_p": top_p,
         "top_k": top_k,
@@ -142,6 +144,19 @@ def _sampler_options(sampling: SamplingParams) -> dict[str, Any]:
         "frequency_penalty": sampling.frequency_penalty,
         "presence_penalty": sampling.presence_penalty,
     }
+
+
+def _logit_bias(bias: dict[int, float]) -> LogitsProcessorList:
+    """A processor adding each token's bias to its logit (llama-cpp-python runs it first in the sampler
+    chain, where the candidates are still in token id order)."""
+    ids = np.fromiter(bias.keys(), dtype=np.intc, count=len(bias))
+    values = np.fromiter(bias.values(), dtype=np.single, count=len(bias))
+
+    def add(input_ids: Any, scores: np.ndarray) -> np.ndarray:
+        scores[ids] += values
+        return scores
+
+    return LogitsProcessorList([add])
 
 
 class _Gen:
@@ -641,7 +656,15 @@ class LlamaCppInference:
         self._grammars[key] = grammar
         return grammar
 
-    def _gen(self, prompt: str, chat: bool, request: Any, grammar: LlamaGrammar | None) -> _Gen:
+    def _gen(self, slot: _ModelSlot, prompt: str, chat: bool, request: Any, grammar: LlamaGrammar | None) -> _Gen:
+        outside = [token for token in request.sampling_params.logit_bias if token >= slot.tokens.n_vocab]
+        if outside:
+            raise BadRequestError(
+                f"sampling_params.logit_bias: token ids {outside[:5]} are outside model {slot.model.model_id!r}'s "
+                f"vocabulary of {slot.tokens.n_vocab} tokens",
+                provider=self.provider_id,
+                param="sampling_params.logit_bias",
+            )
         return _Gen(
             prompt,
             chat,
@@ -666,7 +689,7 @@ class LlamaCppInference:
         slot = self._slot(request.model)
         grammar = self._grammar(slot, request.response_format, None)
         inlined = await self._attachments.fetch([(request.content, "content")], model=request.model)
-        gen = self._gen(inlined(request.content, "content"), False, request, grammar)
+        gen = self._gen(slot, inlined(request.content, "content"), False, request, grammar)
         if request.stream:
             return _ChunkStream(slot, gen, CompletionResponseStreamChunk, None)
         ((text, entries, outcome),) = await slot.worker.run(_collect_job, slot.tokens, [gen])
@@ -678,7 +701,7 @@ class LlamaCppInference:
         slot = self._slot(request.model)
         grammar = self._chat_grammar(slot, request)
         inlined = await self._attachments.fetch(dialog_contents(request.dialog), model=request.model)
-        gen = self._gen(slot.render(request.dialog, request, inlined, "dialog"), True, request, grammar)
+        gen = self._gen(slot, slot.render(request.dialog, request, inlined, "dialog"), True, request, grammar)
         tools = offered_tools(request.available_tools, request.tool_choice)
         if request.stream:
             stream = ToolCallStream(slot.tool_format, tools) if tools else None
@@ -692,7 +715,7 @@ class LlamaCppInference:
         grammar = self._grammar(slot, request.response_format, None)
         contents = [(c, f"content_batch[{i}]") for i, c in enumerate(request.content_batch)]
         inlined = await self._attachments.fetch(contents, model=request.model)
-        gens = [self._gen(inlined(c, where), False, request, grammar) for c, where in contents]
+        gens = [self._gen(slot, inlined(c, where), False, request, grammar) for c, where in contents]
         if not gens:
             return []
         results = await slot.worker.run(_collect_job, slot.tokens, gens)
@@ -705,7 +728,7 @@ class LlamaCppInference:
         contents = [item for i, d in enumerate(request.batch_dialogs) for item in dialog_contents(d, f"batch_dialogs[{i}]")]
         inlined = await self._attachments.fetch(contents, model=request.model)
         gens = [
-            self._gen(slot.render(d, request, inlined, f"batch_dialogs[{i}]"), True, request, grammar)
+            self._gen(slot, slot.render(d, request, inlined, f"batch_dialogs[{i}]"), True, request, grammar)
             for i, d in enumerate(request.batch_dialogs)
         ]
         if not gens:

@@ -313,6 +313,7 @@ class Sampling:
     frequency_penalty: float
     presence_penalty: float
     seed: int | None
+    logit_bias: dict[int, float]
 
     @classmethod
     def of(cls, params: SamplingParams) -> "Sampling":
@@ -326,6 +327,7 @@ class Sampling:
             frequency_penalty=params.frequency_penalty,
             presence_penalty=params.presence_penalty,
             seed=params.seed,
+            logit_bias=params.logit_bias,
         )
 
 
@@ -596,6 +598,10 @@ def _generate_batch(lm: LoadedModel, rows: list[Row], sampling: Sampling, cancel
         seen = torch.zeros((len(rows), lm.vocab_size), dtype=torch.bool, device=device)
         for i, row in enumerate(rows):
             seen[i, torch.tensor(row.prompt_ids, dtype=torch.long, device=device)] = True
+    bias = None
+    if sampling.logit_bias:
+        bias = torch.zeros(lm.vocab_size, dtype=torch.float32, device=device)
+        bias[torch.tensor(list(sampling.logit_bias), device=device)] = torch.tensor(list(sampling.logit_bias.values()), device=device)
     counts = None
     if sampling.frequency_penalty or sampling.presence_penalty:
         counts = torch.zeros((len(rows), lm.vocab_size), dtype=torch.float32, device=device)
@@ -617,6 +623,8 @@ def _generate_batch(lm: LoadedModel, rows: list[Row], sampling: Sampling, cancel
             chosen_logits = _penalize(chosen_logits, seen, sampling.repetition_penalty)
         if counts is not None:
             chosen_logits = _penalize_counts(chosen_logits, counts, sampling)
+        if bias is not None:
+            chosen_logits = chosen_logits + bias
         if constrained:
             chosen_logits = _constrain(lm, active, chosen_logits)
         if sampling.greedy:

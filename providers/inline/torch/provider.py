@@ -456,7 +456,17 @@ class TorchInference:
             for content, where in contents
         ]
 
+    def _check_logit_bias(self, slot: _ModelSlot, sampling: SamplingParams) -> None:
+        outside = [token for token in sampling.logit_bias if token >= slot.lm.vocab_size]
+        if outside:
+            raise self._bad(
+                f"sampling_params.logit_bias: token ids {outside[:5]} are outside model {slot.model.model_id!r}'s "
+                f"vocabulary of {slot.lm.vocab_size} tokens",
+                param="sampling_params.logit_bias",
+            )
+
     def _chat_options(self, slot: _ModelSlot, request: ChatCompletionRequest | BatchChatCompletionRequest) -> _Options:
+        self._check_logit_bias(slot, request.sampling_params)
         tools = offered_tools(request.available_tools, request.tool_choice)
         forced = tool_call_schema(tools, request.tool_choice, slot.tool_format) if tools else None
         return _Options(
@@ -470,6 +480,7 @@ class TorchInference:
         )
 
     def _completion_options(self, slot: _ModelSlot, request: CompletionRequest | BatchCompletionRequest) -> _Options:
+        self._check_logit_bias(slot, request.sampling_params)
         return _Options(
             request.sampling_params,
             request.stop,

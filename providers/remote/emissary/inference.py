@@ -10,7 +10,7 @@ What maps (VENDOR-MAPPING.md §1, §2, §4; docs/providers/emissary-inference.md
 - Batches fan out single calls, at most ``max_concurrency`` at once, answers in input order.
 - embeddings -> ``POST /v1/embeddings`` once per text. It takes one ``input`` and a required ``target``; the
   target is the text itself (always an input Emissary accepts) and ``input_embedding`` is the vector.
-- What Emissary cannot do (tools, logprobs, stop, seed, response_format, repetition/frequency/presence penalties, attachments,
+- What Emissary cannot do (tools, logprobs, stop, seed, response_format, repetition/frequency/presence penalties, logit_bias, attachments,
   tool messages) is refused with a 400 naming the field, before any call. Rerank is not implemented, so
   the router answers 501.
 
@@ -579,6 +579,8 @@ class EmissaryInference:
         for name in ("frequency_penalty", "presence_penalty"):
             if getattr(sampling, name):
                 raise self._unsupported(f"sampling_params.{name}", f"Emissary has no {name}", "leave it at 0")
+        if sampling.logit_bias:
+            raise self._unsupported("sampling_params.logit_bias", "Emissary has no logit bias", "leave logit_bias empty")
 
     def _message(self, message: Message, where: str) -> dict[str, str]:
         if message.role == Role.tool or message.tool_responses:

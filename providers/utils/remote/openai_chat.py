@@ -27,7 +27,7 @@ RenderContent = Callable[[Content, str, Role], str | list[dict[str, Any]]]
 
 # OpenAI's own sampling fields. sampling_fields() adds top_k and repetition_penalty beyond them, by the
 # names vLLM and Together take; an adapter whose server may not take them checks for fields outside this set.
-OPENAI_SAMPLING_FIELDS = frozenset({"temperature", "top_p", "seed", "frequency_penalty", "presence_penalty"})
+OPENAI_SAMPLING_FIELDS = frozenset({"temperature", "top_p", "seed", "frequency_penalty", "presence_penalty", "logit_bias"})
 
 
 def openai_tools(tools: list[ToolDefinition]) -> list[dict[str, Any]]:
@@ -69,6 +69,8 @@ def sampling_fields(params: SamplingParams) -> dict[str, Any]:
         fields["frequency_penalty"] = params.frequency_penalty
     if params.presence_penalty:
         fields["presence_penalty"] = params.presence_penalty
+    if params.logit_bias:
+        fields["logit_bias"] = {str(token): bias for token, bias in params.logit_bias.items()}  # JSON keys: strings
     if params.seed is not None:
         fields["seed"] = params.seed
     return fields
