@@ -9,7 +9,7 @@ honours, so the OpenAPI document says exactly what is accepted:
   ``service_tier``, ``prompt_cache_key``, ``safety_identifier``, a message's ``name``, a tool's ``strict``,
   ``stream_options.include_obfuscation``, ``parallel_tool_calls: true``) is accepted and ignored;
 * a field OpenAI defines that we cannot honour is declared only where a client may send its default
-  (``n: 1`` when streaming, ...); any other value is refused with a 400 naming the
+  (``best_of: 1``, ...); any other value is refused with a 400 naming the
   parameter (``code: unsupported_parameter`` / ``unsupported_value``);
 * anything else is an unknown field (422 naming it), like every other route of this server.
 
@@ -168,7 +168,7 @@ TopP = Field(default=None, ge=0, le=1, description="Default 1; 0 is greedy decod
 StopList = Annotated[list[str], Field(max_length=8)]
 Stop = Field(default=None, description="Up to 8 strings; generation stops before any of them.")
 Seed = Field(default=None, description="Makes sampling repeatable, where the provider supports it.")
-N = Field(default=None, ge=1, le=128, description="Choices per prompt; only 1 when streaming.")
+N = Field(default=None, ge=1, le=128, description="Choices per prompt (streamed one after another).")
 Penalty = Field(default=None, ge=-2, le=2, description="As OpenAI defines it; 0 (the default) is no penalty.")
 LogitBias = Field(default=None, description="Token id (the model's own, as digits) -> bias in [-100, 100] added to its logit.")
 Ignored = Field(default=None, description="Accepted and ignored.")

@@ -16,6 +16,7 @@ import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
+from contextlib import aclosing
 from typing import Any, Callable
 
 from pydantic import ValidationError as PydanticValidationError
@@ -125,7 +126,7 @@ class OpenAICompat:
         meta = _Meta("chatcmpl", model_id)
         keep = _tool_call_limit(request)
         n = request.n or 1
-        if n > 1:
+        if n > 1 and not request.stream:
             shared = {name: getattr(ours, name) for name in BatchChatCompletionRequest.model_fields if name != "batch_dialogs"}
 
             async def chats(dialogs: list[Any], sampling: SamplingParams) -> list[ChatCompletionResponse]:
@@ -137,7 +138,16 @@ class OpenAICompat:
         result = await self.inference.chat_completion(ours)
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            return _chat_chunks(result, meta, include_usage, keep)
+            if n == 1:
+                return _chat_chunks(result, meta, include_usage, keep)
+
+            async def open_chat(sampling: SamplingParams) -> Any:
+                return await self.inference.chat_completion(ours.model_copy(update={"sampling_params": sampling}))
+
+            return _streamed_choices(
+                result, open_chat, n, ours.sampling_params, include_usage, meta.chat_chunk,
+                lambda stream, index: _chat_chunks(stream, meta, True, keep, index),
+            )  # fmt: skip
         return _chat_completion([result], meta, keep, 1)
 
     async def create_completion(
@@ -148,7 +158,7 @@ class OpenAICompat:
         echo = prompts if request.echo else None
         meta = _Meta("cmpl", model_id)
         n = request.n or 1
-        if len(prompts) > 1 or n > 1:
+        if len(prompts) > 1 or (n > 1 and not request.stream):
             fields = _translated(lambda: BatchCompletionRequest(content_batch=[], **_completion_fields(request, model_id)))
 
             async def completions(contents: list[Any], sampling: SamplingParams) -> list[CompletionResponse]:
@@ -164,7 +174,17 @@ class OpenAICompat:
         result = await self.inference.completion(single)
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            return _completion_chunks(result, meta, include_usage, prompts[0] if request.echo else None)
+            echoed = prompts[0] if request.echo else None
+            if n == 1:
+                return _completion_chunks(result, meta, include_usage, echoed)
+
+            async def open_completion(sampling: SamplingParams) -> Any:
+                return await self.inference.completion(single.model_copy(update={"sampling_params": sampling}))
+
+            return _streamed_choices(
+                result, open_completion, n, single.sampling_params, include_usage, meta.completion,
+                lambda stream, index: _completion_chunks(stream, meta, True, echoed, index),
+            )  # fmt: skip
         result = _as_asked(request, result)
         return meta.completion([_completion_choice(0, result, prompts[0] if echo else None)], _usage(result.usage))
 
@@ -227,8 +247,6 @@ def _translated(build: Callable[[], Any]) -> Any:
 
 
 def _refuse_unsupported(request: OpenAIChatCompletionRequest | OpenAICompletionRequest) -> None:
-    if request.n not in (None, 1) and request.stream:
-        raise _unsupported("n", f"n={request.n}: a stream carries one choice here (n: 1), ask without stream for more", value=True)
     if request.stream_options is not None and not request.stream:
         raise _invalid("stream_options", "stream_options is only allowed with stream: true")
 
@@ -490,8 +508,55 @@ async def _several(
         return [answer for answer in await run(items, sampling) for _ in range(n)]
     if sampling.seed is None:
         return await run([item for item in items for _ in range(n)], sampling)
-    rounds = await asyncio.gather(*(run(items, sampling.model_copy(update={"seed": sampling.seed + j})) for j in range(n)))
+    rounds = await asyncio.gather(*(run(items, _copy_sampling(sampling, j)) for j in range(n)))
     return [rounds[j][i] for i in range(len(items)) for j in range(n)]
+
+
+def _copy_sampling(sampling: SamplingParams, copy: int) -> SamplingParams:
+    """How choice ``copy`` of n samples: with seed + copy when there is a seed, else as asked."""
+    return sampling if sampling.seed is None else sampling.model_copy(update={"seed": sampling.seed + copy})
+
+
+async def _streamed_choices(
+    first: Any,
+    open_stream: Callable[[SamplingParams], Awaitable[Any]],
+    n: int,
+    sampling: SamplingParams,
+    include_usage: bool,
+    usage_chunk: Callable[..., Any],
+    translate: Callable[[Any, int], AsyncIterator[Any]],
+) -> AsyncIterator[Any]:
+    """n choices in one stream, one after another: choice j's chunks carry index j. ``first`` is choice 0's
+    stream, opened already (so that a refused request is a plain error answer); the others are opened in
+    turn, sampling as _several's copies do (greedy decoding streams once and repeats the chunks). The usage
+    chunk comes last: the prompt counted once, every choice's tokens."""
+    prompt_tokens, completion_tokens, counted = 0, 0, True
+    replay: list[Any] = []  # greedy: choice 0's chunks
+    replayed_tokens = 0
+    stream = first
+    for index in range(n):
+        if index and sampling.strategy == "greedy":
+            for chunk in replay:
+                yield chunk.model_copy(update={"choices": [c.model_copy(update={"index": index}) for c in chunk.choices]})
+            completion_tokens += replayed_tokens
+            continue
+        if index:
+            stream = await open_stream(_copy_sampling(sampling, index))
+        async with aclosing(translate(stream, index)) as chunks:
+            async for chunk in chunks:
+                if not chunk.choices:  # its usage chunk
+                    if chunk.usage is None:
+                        counted = False
+                    else:
+                        prompt_tokens, completion_tokens = chunk.usage.prompt_tokens, completion_tokens + chunk.usage.completion_tokens
+                        replayed_tokens = chunk.usage.completion_tokens
+                    continue
+                if sampling.strategy == "greedy":
+                    replay.append(chunk)
+                yield chunk
+    if include_usage:
+        usage = OpenAIUsage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens)
+        yield usage_chunk([], usage=usage if counted else None)
 
 
 def _finish_reason(stop: StopReason | None, tool_calls: bool) -> str:
@@ -577,11 +642,16 @@ async def _aclose(chunks: Any) -> None:
 
 
 async def _chat_chunks(
-    chunks: AsyncIterator[ChatCompletionResponseStreamChunk], meta: _Meta, include_usage: bool, keep: int | None
+    chunks: AsyncIterator[ChatCompletionResponseStreamChunk],
+    meta: _Meta,
+    include_usage: bool,
+    keep: int | None,
+    choice_index: int = 0,
 ) -> AsyncIterator[OpenAIChatCompletionChunk]:
-    """Our chunks as OpenAI's: a first chunk with the role, deltas, the finish_reason, then the usage if asked."""
+    """Our chunks as OpenAI's (choice ``choice_index``): a first chunk with the role, deltas, the finish_reason,
+    then the usage if asked."""
     try:
-        yield meta.chat_chunk([OpenAIChatChunkChoice(index=0, delta=OpenAIChoiceDelta(role="assistant", content=""))])
+        yield meta.chat_chunk([OpenAIChatChunkChoice(index=choice_index, delta=OpenAIChoiceDelta(role="assistant", content=""))])
         indices: dict[int, int] = {}  # our tool_call_index -> OpenAI's index
         usage: Usage | None = None
         finish: str | None = None
@@ -606,10 +676,10 @@ async def _chat_chunks(
                 finish = _finish_reason(chunk.stop_reason, bool(indices))
             logprobs = _chat_logprobs(chunk.logprobs)
             if delta.content or delta.tool_calls or logprobs or chunk.stop_reason is not None:
-                choice = OpenAIChatChunkChoice(index=0, delta=delta, logprobs=logprobs, finish_reason=finish)  # type: ignore[arg-type]
+                choice = OpenAIChatChunkChoice(index=choice_index, delta=delta, logprobs=logprobs, finish_reason=finish)  # type: ignore[arg-type]
                 yield meta.chat_chunk([choice])
         if finish is None:  # the provider ended without a stop reason
-            yield meta.chat_chunk([OpenAIChatChunkChoice(index=0, delta=OpenAIChoiceDelta(), finish_reason=_finish_reason(None, bool(indices)))])  # type: ignore[arg-type]
+            yield meta.chat_chunk([OpenAIChatChunkChoice(index=choice_index, delta=OpenAIChoiceDelta(), finish_reason=_finish_reason(None, bool(indices)))])  # type: ignore[arg-type]
         if include_usage:
             yield meta.chat_chunk([], usage=_usage(usage))
     finally:
@@ -627,11 +697,11 @@ def _completion_choice(index: int, result: CompletionResponse, echo: str | None)
 
 
 async def _completion_chunks(
-    chunks: AsyncIterator[CompletionResponseStreamChunk], meta: _Meta, include_usage: bool, echo: str | None
+    chunks: AsyncIterator[CompletionResponseStreamChunk], meta: _Meta, include_usage: bool, echo: str | None, index: int = 0
 ) -> AsyncIterator[OpenAICompletion]:
     try:
         if echo:
-            yield meta.completion([OpenAICompletionChoice(index=0, text=echo)])
+            yield meta.completion([OpenAICompletionChoice(index=index, text=echo)])
         usage: Usage | None = None
         finished = False
         offset = 0
@@ -644,9 +714,9 @@ async def _completion_chunks(
             if chunk.text_delta or chunk.logprobs or chunk.stop_reason is not None:
                 logprobs = _completion_logprobs(chunk.logprobs, offset)
                 offset += len(chunk.text_delta)
-                yield meta.completion([OpenAICompletionChoice(index=0, text=chunk.text_delta, logprobs=logprobs, finish_reason=finish)])  # type: ignore[arg-type]
+                yield meta.completion([OpenAICompletionChoice(index=index, text=chunk.text_delta, logprobs=logprobs, finish_reason=finish)])  # type: ignore[arg-type]
         if not finished:
-            yield meta.completion([OpenAICompletionChoice(index=0, text="", finish_reason="stop")])
+            yield meta.completion([OpenAICompletionChoice(index=index, text="", finish_reason="stop")])
         if include_usage:
             yield meta.completion([], usage=_usage(usage))
     finally:

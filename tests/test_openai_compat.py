@@ -101,6 +101,36 @@ async def test_several_choices(client, sent):
     assert len(sent[-1].batch_dialogs) == 1 and [c.message.content for c in answer.choices] == [f"{REPLY} #0"] * 3
 
 
+def by_choice(chunks: list[Any]) -> dict[int, list[Any]]:
+    out: dict[int, list[Any]] = {}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            out.setdefault(choice.index, []).append(choice)
+    return out
+
+
+async def test_several_choices_streamed_one_after_another(client, sent):
+    before = len(sent)
+    stream = await client.chat.completions.create(
+        model="counting-model", messages=ASK, n=2, seed=3, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = [chunk async for chunk in stream]
+    choices = by_choice(chunks)
+    assert sorted(choices) == [0, 1]
+    assert all("".join(c.delta.content or "" for c in choices[i]) == REPLY for i in (0, 1))
+    assert all(choices[i][-1].finish_reason == "stop" and choices[i][0].delta.role == "assistant" for i in (0, 1))
+    indices = [c.choices[0].index for c in chunks if c.choices]
+    assert indices == sorted(indices)  # choice 1 after choice 0
+    assert [r.sampling_params.seed for r in sent[before:]] == [3, 4] and all(r.stream for r in sent[before:])
+    assert chunks[-1].choices == [] and (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (6, 12)
+    # Greedy: streamed once, its chunks repeated for the other choices.
+    before = len(sent)
+    stream = await client.completions.create(model="counting-model", prompt="Hi", n=3, temperature=0, stream=True)
+    choices = by_choice([chunk async for chunk in stream])
+    assert len(sent) == before + 1
+    assert ["".join(c.text for c in choices[i]) for i in range(3)] == [REPLY] * 3
+
+
 async def test_several_choices_of_several_prompts(client, sent):
     answer = await client.completions.create(model="replay-model", prompt=["one", "two"], n=2, echo=True, max_tokens=3)
     assert sent[-1].content_batch == ["one", "one", "two", "two"] and sent[-1].max_tokens == 3
@@ -432,7 +462,6 @@ async def test_a_missing_field_is_named(client):
 @pytest.mark.parametrize(
     ("arguments", "param", "fragment"),
     [
-        ({"n": 2, "stream": True}, "n", "one choice"),
         ({"logit_bias": {"x": 1.0}}, "logit_bias", "token ids"),
         ({"logit_bias": {"42": 101.0}}, "logit_bias", "[-100, 100]"),
         ({"stream_options": {"include_usage": True}}, "stream_options", "stream: true"),
@@ -458,7 +487,7 @@ async def test_what_cannot_be_honoured_is_a_400_naming_the_parameter(client, arg
 
 @pytest.mark.parametrize(
     ("arguments", "param"),
-    [({"n": 3, "stream": True}, "n"), ({"best_of": 2}, "best_of"), ({"suffix": "end"}, "suffix"), ({"prompt": [1, 2, 3]}, "prompt"),
+    [({"best_of": 2}, "best_of"), ({"suffix": "end"}, "suffix"), ({"prompt": [1, 2, 3]}, "prompt"),
      ({"echo": True, "logprobs": 1, "stream": True}, "echo"), ({"prompt": ["a", "b"], "stream": True}, "prompt"),
      ({"max_tokens": 0}, "max_tokens")],
 )
@@ -620,5 +649,7 @@ def test_several_choices_from_the_local_model(local_server):
         assert three.usage.prompt_tokens == one.usage.prompt_tokens  # the prompt counts once
         assert three.usage.completion_tokens == sum(len(c.logprobs.content) for c in client.chat.completions.create(
             model=LOCAL_MODEL, messages=story, max_tokens=12, seed=11, n=3, logprobs=True).choices)
+        streamed = by_choice(list(client.chat.completions.create(model=LOCAL_MODEL, messages=story, max_tokens=12, seed=11, n=3, stream=True)))
+        assert ["".join(c.delta.content or "" for c in streamed[i]) for i in range(3)] == texts  # the same choices
         unseeded = client.completions.create(model=LOCAL_MODEL, prompt="Once upon a time", max_tokens=10, n=3)
         assert [c.index for c in unseeded.choices] == [0, 1, 2] and len({c.text for c in unseeded.choices}) > 1
