@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import aclosing
+from functools import partial
 from typing import Any, Callable
 
 from pydantic import ValidationError as PydanticValidationError
@@ -140,14 +141,8 @@ class OpenAICompat:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
             if n == 1:
                 return _chat_chunks(result, meta, include_usage, keep)
-
-            async def open_chat(sampling: SamplingParams) -> Any:
-                return await self.inference.chat_completion(ours.model_copy(update={"sampling_params": sampling}))
-
-            return _streamed_choices(
-                result, open_chat, n, ours.sampling_params, include_usage, meta.chat_chunk,
-                lambda stream, index: _chat_chunks(stream, meta, True, keep, index),
-            )  # fmt: skip
+            translate = partial(_chat_chunks, meta=meta, include_usage=True, keep=keep)
+            return _streamed_choices(result, self.inference.chat_completion, ours, n, include_usage, meta.chat_chunk, translate)
         return _chat_completion([result], meta, keep, 1)
 
     async def create_completion(
@@ -177,14 +172,8 @@ class OpenAICompat:
             echoed = prompts[0] if request.echo else None
             if n == 1:
                 return _completion_chunks(result, meta, include_usage, echoed)
-
-            async def open_completion(sampling: SamplingParams) -> Any:
-                return await self.inference.completion(single.model_copy(update={"sampling_params": sampling}))
-
-            return _streamed_choices(
-                result, open_completion, n, single.sampling_params, include_usage, meta.completion,
-                lambda stream, index: _completion_chunks(stream, meta, True, echoed, index),
-            )  # fmt: skip
+            translate = partial(_completion_chunks, meta=meta, include_usage=True, echo=echoed)
+            return _streamed_choices(result, self.inference.completion, single, n, include_usage, meta.completion, translate)
         result = _as_asked(request, result)
         return meta.completion([_completion_choice(0, result, prompts[0] if echo else None)], _usage(result.usage))
 
@@ -519,17 +508,18 @@ def _copy_sampling(sampling: SamplingParams, copy: int) -> SamplingParams:
 
 async def _streamed_choices(
     first: Any,
-    open_stream: Callable[[SamplingParams], Awaitable[Any]],
+    open_stream: Callable[[Any], Awaitable[Any]],
+    request: ChatCompletionRequest | CompletionRequest,
     n: int,
-    sampling: SamplingParams,
     include_usage: bool,
     usage_chunk: Callable[..., Any],
-    translate: Callable[[Any, int], AsyncIterator[Any]],
+    translate: Callable[..., AsyncIterator[Any]],
 ) -> AsyncIterator[Any]:
-    """n choices in one stream, one after another: choice j's chunks carry index j. ``first`` is choice 0's
-    stream, opened already (so that a refused request is a plain error answer); the others are opened in
-    turn, sampling as _several's copies do (greedy decoding streams once and repeats the chunks). The usage
-    chunk comes last: the prompt counted once, every choice's tokens."""
+    """n choices of a streamed ``request`` one after another: choice j's chunks carry index j. ``first`` is
+    choice 0's stream, opened already (so that a refused request is a plain error answer); the others are
+    opened in turn, sampling as _several's copies do (greedy decoding streams once and repeats the chunks).
+    The usage chunk comes last: the prompt counted once, every choice's tokens."""
+    sampling = request.sampling_params
     prompt_tokens, completion_tokens, counted = 0, 0, True
     replay: list[Any] = []  # greedy: choice 0's chunks
     replayed_tokens = 0
@@ -541,8 +531,8 @@ async def _streamed_choices(
             completion_tokens += replayed_tokens
             continue
         if index:
-            stream = await open_stream(_copy_sampling(sampling, index))
-        async with aclosing(translate(stream, index)) as chunks:
+            stream = await open_stream(request.model_copy(update={"sampling_params": _copy_sampling(sampling, index)}))
+        async with aclosing(translate(stream, choice_index=index)) as chunks:
             async for chunk in chunks:
                 if not chunk.choices:  # its usage chunk
                     if chunk.usage is None:
@@ -697,11 +687,15 @@ def _completion_choice(index: int, result: CompletionResponse, echo: str | None)
 
 
 async def _completion_chunks(
-    chunks: AsyncIterator[CompletionResponseStreamChunk], meta: _Meta, include_usage: bool, echo: str | None, index: int = 0
+    chunks: AsyncIterator[CompletionResponseStreamChunk],
+    meta: _Meta,
+    include_usage: bool,
+    echo: str | None,
+    choice_index: int = 0,
 ) -> AsyncIterator[OpenAICompletion]:
     try:
         if echo:
-            yield meta.completion([OpenAICompletionChoice(index=index, text=echo)])
+            yield meta.completion([OpenAICompletionChoice(index=choice_index, text=echo)])
         usage: Usage | None = None
         finished = False
         offset = 0
@@ -714,9 +708,9 @@ async def _completion_chunks(
             if chunk.text_delta or chunk.logprobs or chunk.stop_reason is not None:
                 logprobs = _completion_logprobs(chunk.logprobs, offset)
                 offset += len(chunk.text_delta)
-                yield meta.completion([OpenAICompletionChoice(index=index, text=chunk.text_delta, logprobs=logprobs, finish_reason=finish)])  # type: ignore[arg-type]
+                yield meta.completion([OpenAICompletionChoice(index=choice_index, text=chunk.text_delta, logprobs=logprobs, finish_reason=finish)])  # type: ignore[arg-type]
         if not finished:
-            yield meta.completion([OpenAICompletionChoice(index=index, text="", finish_reason="stop")])
+            yield meta.completion([OpenAICompletionChoice(index=choice_index, text="", finish_reason="stop")])
         if include_usage:
             yield meta.completion([], usage=_usage(usage))
     finally:
