@@ -390,6 +390,7 @@ class Row:
         "completion_tokens",
         "stop_reason",
         "prompt_logprobs",
+        "prefilled",
         "_longest_stop",
     )
 
@@ -420,7 +421,8 @@ class Row:
         self.logprobs: list[TokenLogprob] | None = [] if top_logprobs is not None else None
         self.completion_tokens = 0
         self.stop_reason: StopReason | None = None
-        self.prompt_logprobs: list[PromptTokenLogprob] | None = None  # set by the provider when asked for
+        self.prompt_logprobs: list[PromptTokenLogprob] | None = None  # set by score_prompt
+        self.prefilled: tuple[Any, torch.Tensor] | None = None  # (KV cache, last logits) of the scored prompt
 
     # -- detokenizing (incremental, as TGI and vLLM do it: text is released only once it is whole UTF-8)
 
@@ -533,9 +535,12 @@ def _token_texts(decode: Callable[[list[int]], str], ids: list[int]) -> list[str
     return texts
 
 
-def score_prompt(lm: LoadedModel, ids: list[int], top: int) -> list[PromptTokenLogprob]:
-    """Each token of a completion prompt (``encode(text, True)``; not the special tokens it puts in front)
-    with its log-probability given the tokens before it, and the ``top`` most likely tokens at its place."""
+def score_prompt(lm: LoadedModel, row: Row, top: int) -> None:
+    """Set ``row.prompt_logprobs``: each token of its completion prompt (``encode(text, True)``; not the special
+    tokens it puts in front) with its log-probability given the tokens before it, and the ``top`` most likely
+    tokens at its place. The evaluated prompt stays with the row (``row.prefilled``): generated alone, the row
+    starts from it instead of evaluating the prompt again."""
+    ids = row.prompt_ids
     added = lm.special_prefix()
     texts = _token_texts(lm.decode, ids[added:])
     entries = [] if added or not texts else [PromptTokenLogprob(token=texts[0])]
@@ -561,7 +566,8 @@ def score_prompt(lm: LoadedModel, ids: list[int], top: int) -> list[PromptTokenL
                 if top_values is not None and top_ids is not None:
                     alternatives = [TopLogprob(token=lm.decode([t]), logprob=_finite(v)) for t, v in zip(top_ids[i], top_values[i])]
                 entries.append(PromptTokenLogprob(token=texts[target - added], logprob=_finite(chosen[i]), top_logprobs=alternatives))
-    return entries
+    row.prompt_logprobs = entries
+    row.prefilled = (cache, logits[-1:].clone())
 
 
 class Cancelled(Exception):
@@ -612,9 +618,13 @@ def _generate_batch(lm: LoadedModel, rows: list[Row], sampling: Sampling, cancel
     top_n = max((row.top_logprobs for row in rows if row.top_logprobs is not None), default=None)
 
     active = list(rows)
-    cache = lm.new_cache()
-    # The prompts in one pass; a single unpadded prompt needs no mask (the causal default is faster).
-    logits = lm.forward(input_ids, mask if padded else None, positions, cache)
+    if len(rows) == 1 and rows[0].prefilled is not None:
+        cache, logits = rows[0].prefilled  # its prompt, evaluated by score_prompt
+        rows[0].prefilled = None
+    else:
+        cache = lm.new_cache()
+        # The prompts in one pass; a single unpadded prompt needs no mask (the causal default is faster).
+        logits = lm.forward(input_ids, mask if padded else None, positions, cache)
     while True:
         if cancelled():
             raise Cancelled

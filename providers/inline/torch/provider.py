@@ -209,7 +209,9 @@ def _generate_job(
     _attach_grammar(lm, rows, options.grammar, model_id)
     if options.prompt_logprobs is not None:
         for row in rows:
-            row.prompt_logprobs = score_prompt(lm, row.prompt_ids, options.prompt_logprobs)
+            score_prompt(lm, row, options.prompt_logprobs)
+            if len(rows) > 1:
+                row.prefilled = None  # a batch evaluates its prompts together, padded: the caches go now
     generate(lm, rows, options.sampling, lambda: job.cancelled, max_batch_size)
     if finish is not None:
         finish(rows[0])
