@@ -491,3 +491,15 @@ async def _drive_server(url: str) -> None:
             model="x", prompt_generations=[dialog_generations("Hi?", "Hello to you")]
         )
         assert scored.scored_generations[0].k_scored_generations[0].score == 3.0
+
+
+async def test_an_image_in_the_dialog_is_refused_naming_its_field(together, start_stack):
+    client = await start_stack(together_api("reward_scoring", together, judge_model=JUDGE))
+    image = {"url": "data:image/png;base64," + base64.b64encode(PNG).decode(), "mime_type": "image/png"}
+    history = [{"role": "user", "content": ["Look:", image]}]
+    with pytest.raises(BadRequestError) as refused:
+        await client.reward_scoring.reward_score(
+            model="x", prompt_generations=[dialog_generations("What is it?", "A cat", history=history)]
+        )
+    assert "prompt_generations[0].dialog.message_history[0].content" in refused.value.message
+    assert judge_calls(together) == []

@@ -21,7 +21,7 @@ from llama_stack.providers.utils.inference.attachments import AttachmentInliner,
 from llama_stack.providers.utils.remote import RemoteService, VendorStatusError
 from llama_stack.providers.utils.remote.adapter import RemoteAdapter
 from llama_stack.providers.utils.remote.fan_out import fan_out
-from llama_stack.providers.utils.remote.messages import message_text, transcript
+from llama_stack.providers.utils.remote.messages import located, message_text, transcript
 from llama_stack.providers.utils.remote.shields import conversation_texts, violation
 
 from .classification import classify
@@ -97,7 +97,7 @@ class EmissarySafety(RemoteAdapter[EmissarySafetyConfig]):
         if self.config.scope == "last":
             return checked[-1:]
         if self.config.scope == "joined":
-            return [("the conversation", transcript(messages, "messages", texts, skip=(Role.system,)))]
+            return [("the conversation", transcript(located(messages, "messages"), texts, skip=(Role.system,)))]
         return checked
 
     async def _classify(self, text: str) -> dict[str, float]:

@@ -9,19 +9,28 @@ its field path (``messages[2].tool_responses[0].content``) so that a bad attachm
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 
 from llama_stack.apis.common import Attachment, Content, Message, Role
 from llama_stack.providers.utils.inference.attachments import InlinedAttachments
 
 
-def message_contents(messages: list[Message], where: str = "messages") -> list[tuple[Content, str]]:
+# A message with its field path (``messages[2]``, ``dialog.message_history[0]``): what every error names.
+Located = tuple[str, Message]
+
+
+def located(messages: list[Message], where: str) -> list[Located]:
+    """A plain list of messages with their paths (``<where>[i]``); a dialog's come from ``iter_messages``."""
+    return [(f"{where}[{index}]", message) for index, message in enumerate(messages)]
+
+
+def message_contents(messages: Iterable[Located]) -> list[tuple[Content, str]]:
     """Every content of the messages (tool responses included), with its field path, for the inliner."""
     items: list[tuple[Content, str]] = []
-    for index, message in enumerate(messages):
-        items.append((message.content, f"{where}[{index}].content"))
-        for at, response in enumerate(message.tool_responses):
-            items.append((response.content, f"{where}[{index}].tool_responses[{at}].content"))
+    for at, message in messages:
+        items.append((message.content, f"{at}.content"))
+        for index, response in enumerate(message.tool_responses):
+            items.append((response.content, f"{at}.tool_responses[{index}].content"))
     return items
 
 
@@ -39,20 +48,16 @@ def message_text(message: Message, where: str, texts: InlinedAttachments) -> str
 
 
 def transcript(
-    messages: list[Message],
-    where: str,
+    messages: Iterable[Located],
     texts: InlinedAttachments,
     *,
     turn: str = "{role}: {text}",
     skip: Collection[Role] = (),
 ) -> str:
-    """The messages as one text, each a ``turn`` (formatted with its ``role`` and ``text``), blank-line separated.
-
-    Messages whose role is in ``skip`` are left out, but the others keep their field paths (their index in
-    ``messages``), so an attachment's error still names the right message.
-    """
+    """The messages as one text, each a ``turn`` (formatted with its ``role`` and ``text``), blank-line separated;
+    those whose role is in ``skip`` left out."""
     return "\n\n".join(
-        turn.format(role=message.role.value, text=message_text(message, f"{where}[{index}]", texts))
-        for index, message in enumerate(messages)
+        turn.format(role=message.role.value, text=message_text(message, at, texts))
+        for at, message in messages
         if message.role not in skip
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from llama_stack.apis.common import Content, Dialog, Message
+from llama_stack.apis.common import Content
 from llama_stack.apis.reward_scoring import (
     KScoredPromptGenerations,
     RewardScoringRequest,
@@ -17,9 +17,10 @@ from llama_stack.apis.reward_scoring import (
     ScoredMessage,
 )
 from llama_stack.providers.utils.inference.attachments import AttachmentInliner
+from llama_stack.providers.utils.inference.tool_calls import iter_messages
 
 from .fan_out import fan_out
-from .messages import message_contents, message_text, transcript
+from .messages import located, message_contents, message_text, transcript
 
 # score(conversation, response): the dialog as a transcript, the generation as text -> its score.
 Scorer = Callable[[str, str], Awaitable[float]]
@@ -43,14 +44,14 @@ async def score_generations(
     contents: list[tuple[Content, str]] = []
     for i, item in enumerate(request.prompt_generations):
         at = f"prompt_generations[{i}]"
-        contents += message_contents(_dialog(item.dialog), f"{at}.dialog.messages")
-        contents += message_contents(item.k_generations, f"{at}.k_generations")
+        contents += message_contents(iter_messages(item.dialog, f"{at}.dialog"))
+        contents += message_contents(located(item.k_generations, f"{at}.k_generations"))
     texts = await inliner.fetch(contents, model=model)
 
     pairs: list[tuple[str, str]] = []
     for i, item in enumerate(request.prompt_generations):
         at = f"prompt_generations[{i}]"
-        conversation = transcript(_dialog(item.dialog), f"{at}.dialog.messages", texts, turn=turn)
+        conversation = transcript(iter_messages(item.dialog, f"{at}.dialog"), texts, turn=turn)
         for j, generation in enumerate(item.k_generations):
             pairs.append((conversation, message_text(generation, f"{at}.k_generations[{j}]", texts)))
     scores = iter(await fan_out(pairs, lambda pair: score(*pair), limit))
@@ -64,7 +65,3 @@ async def score_generations(
         ]
     )
 
-
-def _dialog(dialog: Dialog) -> list[Message]:
-    # The prompt is the last message of the dialog the judge or classifier reads.
-    return [*dialog.message_history, dialog.message]

@@ -7,7 +7,7 @@ from llama_stack.apis.common import Message, SafetyViolation
 from llama_stack.apis.errors import BadRequestError
 from llama_stack.providers.utils.inference.attachments import AttachmentInliner, InlinedAttachments
 
-from .messages import message_contents
+from .messages import located, message_contents
 
 SUGGESTED_USER_RESPONSE = "I can't answer that. Can I help with something else?"
 
@@ -23,7 +23,7 @@ async def conversation_texts(
         raise BadRequestError(
             "messages is empty: give the shield the conversation to check", param="messages", provider=provider
         )
-    return await inliner.fetch(message_contents(messages), model=model)
+    return await inliner.fetch(message_contents(located(messages, "messages")), model=model)
 
 
 def violation(kinds: list[str], details: str) -> SafetyViolation:
