@@ -8,7 +8,6 @@ refuses with a 400 naming the parameter, before any provider is called.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import mimetypes
@@ -413,8 +412,8 @@ def _prompts(request: OpenAICompletionRequest) -> list[str]:
         raise _unsupported("suffix", "suffix (insertion) is not supported")
     if request.echo and request.logprobs is not None and request.stream:
         raise _unsupported("echo", "echo with logprobs is not streamed: ask without stream")
-    if request.max_tokens == 0 and not request.echo:
-        raise _invalid("max_tokens", "max_tokens 0 generates nothing: it is only valid with echo (to score the prompt)")
+    if request.max_tokens == 0 and (not request.echo or request.stream):
+        raise _invalid("max_tokens", "max_tokens 0 generates nothing: it is only valid with echo, not streamed (to score the prompt)")
     prompt = request.prompt
     prompts = [prompt] if isinstance(prompt, str) else prompt
     if not prompts or not all(isinstance(p, str) for p in prompts):
@@ -497,7 +496,8 @@ async def _several(
         return [answer for answer in await run(items, sampling) for _ in range(n)]
     if sampling.seed is None:
         return await run([item for item in items for _ in range(n)], sampling)
-    rounds = await asyncio.gather(*(run(items, _copy_sampling(sampling, j)) for j in range(n)))
+    # One round after another: each is a queued job of the model, and n of them at once could fill its queue.
+    rounds = [await run(items, _copy_sampling(sampling, j)) for j in range(n)]
     return [rounds[j][i] for i in range(len(items)) for j in range(n)]
 
 

@@ -489,7 +489,7 @@ async def test_what_cannot_be_honoured_is_a_400_naming_the_parameter(client, arg
     ("arguments", "param"),
     [({"best_of": 2}, "best_of"), ({"suffix": "end"}, "suffix"), ({"prompt": [1, 2, 3]}, "prompt"),
      ({"echo": True, "logprobs": 1, "stream": True}, "echo"), ({"prompt": ["a", "b"], "stream": True}, "prompt"),
-     ({"max_tokens": 0}, "max_tokens")],
+     ({"max_tokens": 0}, "max_tokens"), ({"max_tokens": 0, "echo": True, "stream": True}, "max_tokens")],
 )
 async def test_completions_refuse_what_they_cannot_honour(client, arguments, param):
     with pytest.raises(openai.BadRequestError) as info:
@@ -651,5 +651,8 @@ def test_several_choices_from_the_local_model(local_server):
             model=LOCAL_MODEL, messages=story, max_tokens=12, seed=11, n=3, logprobs=True).choices)
         streamed = by_choice(list(client.chat.completions.create(model=LOCAL_MODEL, messages=story, max_tokens=12, seed=11, n=3, stream=True)))
         assert ["".join(c.delta.content or "" for c in streamed[i]) for i in range(3)] == texts  # the same choices
+        # More seeded choices than the model's queue holds (max_queue 16): they run one after another.
+        many = client.completions.create(model=LOCAL_MODEL, prompt="Once upon a time", max_tokens=2, n=20, seed=1)
+        assert [c.index for c in many.choices] == list(range(20))
         unseeded = client.completions.create(model=LOCAL_MODEL, prompt="Once upon a time", max_tokens=10, n=3)
         assert [c.index for c in unseeded.choices] == [0, 1, 2] and len({c.text for c in unseeded.choices}) > 1
