@@ -84,6 +84,7 @@ from llama_stack.plugins import ProviderContext
 from llama_stack.providers.utils.model_worker import Job, ModelWorker, WorkerStream, close_slots, served_slot
 from llama_stack.providers.utils.gguf import resolve_gguf
 from llama_stack.providers.utils.inference.attachments import AttachmentInliner, InlinedAttachments, dialog_contents
+from llama_stack.providers.utils.inference.sampling import check_logit_bias
 from llama_stack.providers.utils.inference.structured import json_schema_for
 from llama_stack.providers.utils.inference.tool_calls import (
     ToolCallStream,
@@ -230,6 +231,8 @@ class _Tokens:
         self.n_vocab = llm.n_vocab()
         self.pieces: dict[int, bytes] = {}
         self.texts: dict[int, str] = {}
+        # Tokens llama.cpp puts before a completion prompt (add_bos): not part of its text.
+        self.added = 1 if llm._model.add_bos_token() else 0
         self.python_tag = -1
         if tool_format == ToolFormat.llama3:
             ids = llm.tokenize(_PYTHON_TAG.encode(), add_bos=False, special=True)
@@ -273,16 +276,16 @@ class _Tokens:
         return float(logits[token]) - normalizer, alternatives
 
 
-def _prompt_logprobs(tokens: _Tokens, prompt: list[int], added: int, top: int) -> list[PromptTokenLogprob]:
-    """Score the prompt: each token after the first ``added`` (a beginning-of-text token the tokenizer put
-    there) with its logprob under the logits of the position before it, and ``top`` alternatives.
+def _prompt_logprobs(job: Job, tokens: _Tokens, prompt: list[int], top: int) -> list[PromptTokenLogprob] | None:
+    """Score the prompt: each token after the ones llama.cpp put in front (``tokens.added``) with its logprob under the logits of the position before it, and ``top`` alternatives; None when
+    the job is cancelled (checked between batches).
 
     The model is loaded without logits_all, so llama-cpp-python keeps one row of logits; this evaluates the
     prompt itself, asking llama.cpp for every position's logits, a batch at a time. The prompt stays in the
     KV cache, recorded as llama-cpp-python records what it evaluated, so the generation that follows starts
     from it instead of evaluating the prompt again.
     """
-    llm = tokens.llm
+    llm, added = tokens.llm, tokens.added
     llm.reset()
     llm._ctx.kv_cache_seq_rm(-1, 0, -1)
     decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
@@ -290,6 +293,8 @@ def _prompt_logprobs(tokens: _Tokens, prompt: list[int], added: int, top: int) -
     texts[-1] += decode(b"", True)
     entries = [PromptTokenLogprob(token=texts[0])] if not added else []
     for start in range(0, len(prompt), llm.n_batch):
+        if job.cancelled:
+            return None
         chunk = prompt[start : start + llm.n_batch]
         llm._batch.set_batch(batch=chunk, n_past=start, logits_all=True)
         llm._ctx.decode(llm._batch)
@@ -332,10 +337,12 @@ def _pump(job: Job, tokens: _Tokens, gen: _Gen, emit: Callable[[Any], Any]) -> _
     scored_prompt = None
     evaluated = False  # the prompt was just evaluated afresh (by the scoring), and is in the KV cache
     if gen.prompt_logprobs is not None:
-        added = len(prompt) - len(llm.tokenize(gen.prompt.encode("utf-8"), add_bos=False, special=True))
         scored_prompt = []
-        if len(prompt) > added:
-            scored_prompt, evaluated = _prompt_logprobs(tokens, prompt, added, gen.prompt_logprobs), True
+        if len(prompt) > tokens.added:
+            scored_prompt = _prompt_logprobs(job, tokens, prompt, gen.prompt_logprobs)
+            if scored_prompt is None:
+                return None
+            evaluated = True
     room = n_ctx - len(prompt)
     limit = min(gen.max_tokens, room) if gen.max_tokens > 0 else room
     # llama.cpp draws a random seed for LLAMA_DEFAULT_SEED.
@@ -618,8 +625,11 @@ class LlamaCppInference:
 
     # -- admission ----------------------------------------------------------------------------------
 
-    def _slot(self, model_id: str) -> _ModelSlot:
-        return served_slot(self._slots, model_id, self.provider_id, PROVIDER_TYPE)
+    def _slot(self, request: Any) -> _ModelSlot:
+        """The model's slot, once the request's logit_bias is known to fit its vocabulary."""
+        slot = served_slot(self._slots, request.model, self.provider_id, PROVIDER_TYPE)
+        check_logit_bias(request.sampling_params, slot.tokens.n_vocab, slot.model.model_id, self.provider_id)
+        return slot
 
     # -- preparing requests -------------------------------------------------------------------------
 
@@ -657,14 +667,6 @@ class LlamaCppInference:
         return grammar
 
     def _gen(self, slot: _ModelSlot, prompt: str, chat: bool, request: Any, grammar: LlamaGrammar | None) -> _Gen:
-        outside = [token for token in request.sampling_params.logit_bias if token >= slot.tokens.n_vocab]
-        if outside:
-            raise BadRequestError(
-                f"sampling_params.logit_bias: token ids {outside[:5]} are outside model {slot.model.model_id!r}'s "
-                f"vocabulary of {slot.tokens.n_vocab} tokens",
-                provider=self.provider_id,
-                param="sampling_params.logit_bias",
-            )
         return _Gen(
             prompt,
             chat,
@@ -686,7 +688,7 @@ class LlamaCppInference:
     async def completion(
         self, request: CompletionRequest
     ) -> CompletionResponse | AsyncIterator[CompletionResponseStreamChunk]:
-        slot = self._slot(request.model)
+        slot = self._slot(request)
         grammar = self._grammar(slot, request.response_format, None)
         inlined = await self._attachments.fetch([(request.content, "content")], model=request.model)
         gen = self._gen(slot, inlined(request.content, "content"), False, request, grammar)
@@ -698,7 +700,7 @@ class LlamaCppInference:
     async def chat_completion(
         self, request: ChatCompletionRequest
     ) -> ChatCompletionResponse | AsyncIterator[ChatCompletionResponseStreamChunk]:
-        slot = self._slot(request.model)
+        slot = self._slot(request)
         grammar = self._chat_grammar(slot, request)
         inlined = await self._attachments.fetch(dialog_contents(request.dialog), model=request.model)
         gen = self._gen(slot, slot.render(request.dialog, request, inlined, "dialog"), True, request, grammar)
@@ -711,7 +713,7 @@ class LlamaCppInference:
 
     async def batch_completion(self, request: BatchCompletionRequest) -> list[CompletionResponse]:
         """One queue place for the whole batch; the prompts run one after another, in input order."""
-        slot = self._slot(request.model)
+        slot = self._slot(request)
         grammar = self._grammar(slot, request.response_format, None)
         contents = [(c, f"content_batch[{i}]") for i, c in enumerate(request.content_batch)]
         inlined = await self._attachments.fetch(contents, model=request.model)
@@ -723,7 +725,7 @@ class LlamaCppInference:
 
     async def batch_chat_completion(self, request: BatchChatCompletionRequest) -> list[ChatCompletionResponse]:
         """One queue place for the whole batch; the dialogs run one after another, in input order."""
-        slot = self._slot(request.model)
+        slot = self._slot(request)
         grammar = self._chat_grammar(slot, request)
         contents = [item for i, d in enumerate(request.batch_dialogs) for item in dialog_contents(d, f"batch_dialogs[{i}]")]
         inlined = await self._attachments.fetch(contents, model=request.model)

@@ -129,6 +129,11 @@ class Weights:
         self.keep_argument = next((n for n in ("logits_to_keep", "num_logits_to_keep") if n in parameters), None)
         self.chat_template: str | None = getattr(tokenizer, "chat_template", None) or None
         self.grammar_tokenizer: Any = None
+        # How many special tokens (a beginning-of-text token) encoding with them puts before a text.
+        plain, special = tokenizer("a", add_special_tokens=False)["input_ids"], tokenizer("a")["input_ids"]
+        end = len(special) - len(plain)
+        self.special_prefix = end if end > 0 and special[end:] == plain else 0
+        self.token_texts: dict[int, str] = {}  # a token id's text alone (logprob alternatives)
 
 
 class LoadedModel:
@@ -184,11 +189,13 @@ class LoadedModel:
     def encode(self, text: str, add_special_tokens: bool) -> list[int]:
         return self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
 
-    def special_prefix(self) -> int:
-        """How many special tokens (a beginning-of-text token) ``encode(text, True)`` puts before the text."""
-        plain, special = self.encode("a", False), self.encode("a", True)
-        end = len(special) - len(plain)
-        return end if end > 0 and special[end:] == plain else 0
+    def token_text(self, token: int) -> str:
+        """A token's text alone, as logprob alternatives show it (cached per weights)."""
+        texts = self.weights.token_texts
+        text = texts.get(token)
+        if text is None:
+            text = texts[token] = self.decode([token])
+        return text
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
@@ -535,18 +542,20 @@ def _token_texts(decode: Callable[[list[int]], str], ids: list[int]) -> list[str
     return texts
 
 
-def score_prompt(lm: LoadedModel, row: Row, top: int) -> None:
+def score_prompt(lm: LoadedModel, row: Row, top: int, cancelled: Callable[[], bool]) -> None:
     """Set ``row.prompt_logprobs``: each token of its completion prompt (``encode(text, True)``; not the special
     tokens it puts in front) with its log-probability given the tokens before it, and the ``top`` most likely
     tokens at its place. The evaluated prompt stays with the row (``row.prefilled``): generated alone, the row
     starts from it instead of evaluating the prompt again."""
     ids = row.prompt_ids
-    added = lm.special_prefix()
+    added = lm.weights.special_prefix
     texts = _token_texts(lm.decode, ids[added:])
     entries = [] if added or not texts else [PromptTokenLogprob(token=texts[0])]
     cache = lm.new_cache()
     with torch.inference_mode():
         for start in range(0, len(ids), _SCORE_CHUNK):
+            if cancelled():
+                raise Cancelled
             chunk = ids[start : start + _SCORE_CHUNK]
             positions = torch.arange(start, start + len(chunk), device=lm.device).unsqueeze(0)
             logits = lm.forward(torch.tensor([chunk], device=lm.device), None, positions, cache, every_position=True)[0]
@@ -564,7 +573,7 @@ def score_prompt(lm: LoadedModel, row: Row, top: int) -> None:
             for i, target in enumerate(range(first, last + 1)):
                 alternatives = []
                 if top_values is not None and top_ids is not None:
-                    alternatives = [TopLogprob(token=lm.decode([t]), logprob=_finite(v)) for t, v in zip(top_ids[i], top_values[i])]
+                    alternatives = [TopLogprob(token=lm.token_text(t), logprob=_finite(v)) for t, v in zip(top_ids[i], top_values[i])]
                 entries.append(PromptTokenLogprob(token=texts[target - added], logprob=_finite(chosen[i]), top_logprobs=alternatives))
     row.prompt_logprobs = entries
     row.prefilled = (cache, logits[-1:].clone())

@@ -61,6 +61,7 @@ from llama_stack.apis.inspect import Model
 from llama_stack.plugins import ProviderContext
 from llama_stack.providers.utils.model_worker import Job, ModelWorker, WorkerStream, close_slots, served_slot
 from llama_stack.providers.utils.inference.attachments import AttachmentInliner, InlinedAttachments, dialog_contents
+from llama_stack.providers.utils.inference.sampling import check_logit_bias
 from llama_stack.providers.utils.inference.structured import json_schema_for
 from llama_stack.providers.utils.inference.tool_calls import (
     ToolCallStream,
@@ -209,7 +210,7 @@ def _generate_job(
     _attach_grammar(lm, rows, options.grammar, model_id)
     if options.prompt_logprobs is not None:
         for row in rows:
-            score_prompt(lm, row, options.prompt_logprobs)
+            score_prompt(lm, row, options.prompt_logprobs, lambda: job.cancelled)
             if len(rows) > 1:
                 row.prefilled = None  # a batch evaluates its prompts together, padded: the caches go now
     generate(lm, rows, options.sampling, lambda: job.cancelled, max_batch_size)
@@ -458,17 +459,8 @@ class TorchInference:
             for content, where in contents
         ]
 
-    def _check_logit_bias(self, slot: _ModelSlot, sampling: SamplingParams) -> None:
-        outside = [token for token in sampling.logit_bias if token >= slot.lm.vocab_size]
-        if outside:
-            raise self._bad(
-                f"sampling_params.logit_bias: token ids {outside[:5]} are outside model {slot.model.model_id!r}'s "
-                f"vocabulary of {slot.lm.vocab_size} tokens",
-                param="sampling_params.logit_bias",
-            )
-
     def _chat_options(self, slot: _ModelSlot, request: ChatCompletionRequest | BatchChatCompletionRequest) -> _Options:
-        self._check_logit_bias(slot, request.sampling_params)
+        check_logit_bias(request.sampling_params, slot.lm.vocab_size, slot.model.model_id, self.provider_id)
         tools = offered_tools(request.available_tools, request.tool_choice)
         forced = tool_call_schema(tools, request.tool_choice, slot.tool_format) if tools else None
         return _Options(
@@ -482,7 +474,7 @@ class TorchInference:
         )
 
     def _completion_options(self, slot: _ModelSlot, request: CompletionRequest | BatchCompletionRequest) -> _Options:
-        self._check_logit_bias(slot, request.sampling_params)
+        check_logit_bias(request.sampling_params, slot.lm.vocab_size, slot.model.model_id, self.provider_id)
         return _Options(
             request.sampling_params,
             request.stop,
