@@ -66,6 +66,7 @@ from llama_stack.providers.utils.remote.fan_out import fan_out
 from llama_stack.providers.utils.remote.openai_answers import first_choice, stop_reason, usage_of
 from llama_stack.providers.utils.remote.openai_chat import sampling_fields
 from llama_stack.providers.utils.remote.registered_models import registered_model, vendor_model_name
+from llama_stack.providers.utils.remote.url_paths import segment
 
 from .config import EmissaryInferenceConfig
 from .service import emissary_service
@@ -235,7 +236,7 @@ class Deployments:
             await self._reactivate(deployment)
 
     async def _reactivate(self, deployment: Deployment) -> None:
-        path = f"{self._base(deployment)}/{deployment.id}/reactivate"
+        path = f"{self._base(deployment)}/{segment(deployment.id)}/reactivate"
         try:
             await self._svc.json("POST", path)
         except BadRequestError as exc:
@@ -249,7 +250,7 @@ class Deployments:
     # -- vendor calls --
 
     def _base(self, deployment: Deployment) -> str:
-        return f"/v1/projects/{deployment.project_id}/deployments"
+        return f"/v1/projects/{segment(deployment.project_id)}/deployments"
 
     async def _find_or_create(self, deployment: Deployment) -> None:
         try:
@@ -295,7 +296,7 @@ class Deployments:
         )
 
     async def _fetch(self, deployment: Deployment, check_spec: bool = False) -> None:
-        detail = await self._svc.json("GET", f"{self._base(deployment)}/{deployment.id}")
+        detail = await self._svc.json("GET", f"{self._base(deployment)}/{segment(deployment.id)}")
         status = str(_field(detail, "status", self._svc))
         if check_spec:
             self._check_spec(deployment, detail)

@@ -81,7 +81,7 @@ class VendorStatusError(ProviderError):
         self.vendor_message = vendor_message
 
 
-def default_vendor_message(body: Any) -> str:
+def vendor_error_text(body: Any) -> str:
     """The human message in a vendor's error body: ``{"error": {"message"}}``, ``{"error": "..."}``, ..."""
     if isinstance(body, dict):
         error = body.get("error", body.get("message", body.get("detail")))
@@ -103,7 +103,6 @@ class RemoteService:
         env_var: str,
         provider_data_key: str,
         auth_headers: Callable[[str], dict[str, str]],
-        vendor_message: Callable[[Any], str] = default_vendor_message,
         transport: httpx.AsyncBaseTransport | None = None,
     ):
         self.provider_id = provider_id
@@ -112,7 +111,6 @@ class RemoteService:
         self.env_var = env_var
         self.provider_data_key = provider_data_key
         self._auth_headers = auth_headers
-        self._vendor_message = vendor_message
         self._http = httpx.AsyncClient(
             base_url=config.url.rstrip("/"), timeout=httpx.Timeout(config.timeout), transport=transport
         )
@@ -231,7 +229,7 @@ class RemoteService:
             async for event in EventSource(response).aiter_sse():
                 if event.event == "error":
                     raise ProviderError(
-                        f"{self.name} reported an error mid-stream: {self._vendor_message(_loads(event.data))}",
+                        f"{self.name} reported an error mid-stream: {vendor_error_text(_loads(event.data))}",
                         provider=self.provider_id,
                     )
                 if end_marker is not None and event.data.strip() == end_marker:
@@ -278,7 +276,7 @@ class RemoteService:
 
     def _status_error(self, response: httpx.Response, from_request: bool) -> LlamaStackError:
         status = response.status_code
-        message = self._vendor_message(_loads(response.text))
+        message = vendor_error_text(_loads(response.text))
         where = f"{response.request.method} {response.request.url.path}"
         common: dict[str, Any] = {"provider": self.provider_id}
         if status == 429:
@@ -309,9 +307,7 @@ class RemoteService:
                 **common,
             )
         if status in (400, 422):
-            error = BadRequestError(f"{self.name} refused the request ({status} on {where}): {message}", **common)
-            error.vendor_status, error.vendor_message = status, message  # type: ignore[attr-defined]
-            return error
+            return BadRequestError(f"{self.name} refused the request ({status} on {where}): {message}", **common)
         return VendorStatusError(
             f"{self.name} failed ({status} on {where}): {message}",
             vendor_status=status,
