@@ -240,8 +240,8 @@ class FaissStore:
     async def get_bank(self, bank_uuid: str, counts: bool = True) -> BankRecord | None:
         return await self._run(self._get_bank, bank_uuid, counts)
 
-    async def list_banks(self) -> list[BankRecord]:
-        return await self._run(self._list_banks)
+    async def list_banks(self, counts: bool = True) -> list[BankRecord]:
+        return await self._run(self._list_banks, counts)
 
     async def drop_bank(self, bank_uuid: str) -> bool:
         return await self._run(self._drop_bank, bank_uuid)
@@ -382,8 +382,9 @@ class FaissStore:
         row = self._sql.execute(f"SELECT {columns} FROM banks b WHERE b.uuid = ?", (bank_uuid,)).fetchone()
         return _bank_record(row) if row else None
 
-    def _list_banks(self) -> list[BankRecord]:
-        return [_bank_record(row) for row in self._sql.execute(f"SELECT {self._BANK_COLUMNS} FROM banks b ORDER BY b.id")]
+    def _list_banks(self, counts: bool = True) -> list[BankRecord]:
+        columns = self._BANK_COLUMNS if counts else f"{self._BANK_SETTINGS}, 0, 0"
+        return [_bank_record(row) for row in self._sql.execute(f"SELECT {columns} FROM banks b ORDER BY b.id")]
 
     def _drop_bank(self, bank_uuid: str) -> bool:
         state = self._banks.get(bank_uuid)

@@ -435,8 +435,8 @@ class PGVectorStore:
         banks = await self._bank_records(sql.SQL("WHERE b.uuid = %s"), (bank_uuid,), counts)
         return banks[0] if banks else None
 
-    async def list_banks(self) -> list[BankRecord]:
-        return await self._bank_records(sql.SQL(""), ())
+    async def list_banks(self, counts: bool = True) -> list[BankRecord]:
+        return await self._bank_records(sql.SQL(""), (), counts)
 
     async def _bank_records(self, where: sql.Composable, params: Sequence[Any], counts: bool = True) -> list[BankRecord]:
         if counts:  # reads every document row of the banks: only when asked for

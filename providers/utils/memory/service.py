@@ -256,7 +256,7 @@ class MemoryBanksService:
         return bank
 
     async def _no_bank(self, bank_uuid: str) -> NotFoundError:
-        uuids = sorted(bank.uuid for bank in await self.store.list_banks())
+        uuids = sorted(bank.uuid for bank in await self.store.list_banks(counts=False))
         named = ", ".join(uuids[:NAMED_BANKS]) or "none"
         if len(uuids) > NAMED_BANKS:
             named += f" and {len(uuids) - NAMED_BANKS} more"

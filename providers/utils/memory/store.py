@@ -75,7 +75,8 @@ class MemoryStore(Protocol):
         request but a listing needs, queries included.
         """
 
-    async def list_banks(self) -> list[BankRecord]: ...
+    async def list_banks(self, counts: bool = True) -> list[BankRecord]:
+        """Every bank, oldest first; ``counts`` as for :meth:`get_bank`."""
 
     async def drop_bank(self, bank_uuid: str) -> bool:
         """Remove the bank with all its documents, chunks and vectors; False when there was none."""
