@@ -4,13 +4,8 @@ A request's content may hold attachments (``{"url": ..., "mime_type": ...}``). T
 put into the prompt between a header naming the URL and an end marker (:data:`ATTACHMENT_BLOCK`); any
 other kind is refused with 400 naming the field, an image saying the model reads text only.
 
-Where text comes from:
-
-- ``data:`` URLs, base64 (``data:text/plain;base64,SGk=``) or percent-encoded (``data:,Hi%21``);
-- ``file://`` URLs, only for files inside one of ``file_roots`` once symlinks and ``..`` are resolved
-  (no roots configured: ``file://`` is refused);
-- ``http://`` and ``https://`` URLs, fetched with httpx, redirects followed, the body read while it
-  streams and abandoned as soon as it passes ``max_bytes``.
+Where text comes from: ``data:`` URLs, ``file://`` URLs inside ``file_roots`` and ``http(s)://`` URLs, read
+as ``providers/utils/url_reader.py`` reads every URL a client names.
 
 Use (two steps, so that fetching is async and rendering a prompt stays a plain function)::
 
@@ -25,18 +20,15 @@ problem in field order; ``inline`` is then synchronous and never does I/O.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import urllib.parse
-import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from llama_stack.apis.common import Attachment, Content, Dialog
-from llama_stack.apis.errors import BadRequestError
+from llama_stack.providers.utils.url_reader import MIB, URLReader, URLSourceConfig
+from llama_stack.providers.utils.url_reader import bad_field as _bad
 
 __all__ = [
     "ATTACHMENT_BLOCK",
@@ -46,8 +38,6 @@ __all__ = [
     "dialog_contents",
     "is_text_mime_type",
 ]
-
-MIB = 1024 * 1024
 
 # How an attachment's text appears in the prompt.
 ATTACHMENT_BLOCK = "[Attachment: {name} ({mime_type})]\n{text}\n[End of attachment]"
@@ -63,10 +53,8 @@ _TEXT_APPLICATION_TYPES = {
 }
 
 
-class AttachmentConfig(BaseModel):
+class AttachmentConfig(URLSourceConfig):
     """How a provider fetches text attachments (the ``attachments:`` block of its config)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     file_roots: list[Path] = Field(
         default_factory=list,
@@ -135,9 +123,6 @@ def attachments_of(content: Content, where: str) -> Iterable[tuple[Attachment, s
                 yield part, f"{where}[{index}]"
 
 
-def _bad(where: str, message: str) -> BadRequestError:
-    return BadRequestError(f"{where}: {message}", details=[{"loc": where, "in": "body", "message": message}])
-
 
 def _check_kind(attachment: Attachment, where: str, model: str | None, mime_type: str | None = None) -> None:
     mime_type = mime_type or attachment.mime_type
@@ -195,7 +180,7 @@ class AttachmentInliner:
 
     def __init__(self, config: AttachmentConfig, *, transport: httpx.AsyncBaseTransport | None = None):
         self.config = config
-        self._transport = transport
+        self._urls = URLReader(config, noun="attachment", block="attachments", transport=transport)
 
     async def fetch(self, contents: Iterable[tuple[Content, str]], *, model: str | None = None) -> InlinedAttachments:
         """Check every attachment in ``contents`` (content, field path) and read the text ones.
@@ -212,9 +197,7 @@ class AttachmentInliner:
             return InlinedAttachments()
         client = None
         if any(url.split(":", 1)[0].lower() in ("http", "https") for url in wanted):
-            client = httpx.AsyncClient(
-                timeout=self.config.http_timeout_s, follow_redirects=True, max_redirects=5, transport=self._transport
-            )
+            client = self._urls.client()
         try:
             results = await asyncio.gather(
                 *(self._read(attachment, at, model, client) for attachment, at in wanted.values()), return_exceptions=True
@@ -230,15 +213,7 @@ class AttachmentInliner:
     async def _read(self, attachment: Attachment, where: str, model: str | None, client: httpx.AsyncClient | None) -> str:
         url = attachment.url
         scheme = url.split(":", 1)[0].lower()
-        if scheme == "data":
-            data, mime_type = self._read_data(url, where)
-        elif scheme == "file":
-            data, mime_type = await asyncio.to_thread(self._read_file, url, where)
-        elif scheme in ("http", "https"):
-            assert client is not None
-            data, mime_type = await self._read_http(client, url, where)
-        else:
-            raise _bad(where, f"unsupported attachment URL scheme {scheme!r}; use data:, file:// or http(s)://")
+        data, mime_type = await self._urls.read(url, where, client=client)
         if mime_type and (scheme == "data" or mime_type.strip().lower().startswith("image/")):
             # What the data says it is counts too; a server's Content-Type only when it is an image
             # (servers label text files application/octet-stream often enough).
@@ -251,76 +226,3 @@ class AttachmentInliner:
         except UnicodeDecodeError as exc:
             raise _bad(where, f"the attachment is not valid {charset} text ({exc.reason} at byte {exc.start})") from None
         return text.removeprefix("\ufeff")
-
-    def _too_large(self, where: str, size: str) -> BadRequestError:
-        return _bad(where, f"the attachment is larger ({size}) than the {self.config.max_bytes} bytes allowed (attachments.max_bytes)")
-
-    def _read_data(self, url: str, where: str) -> tuple[bytes, str | None]:
-        header, comma, payload = url[5:].partition(",")
-        if not comma:
-            raise _bad(where, "a data: URL needs a comma before its data (data:[<mime type>][;base64],<data>)")
-        params = header.split(";")
-        is_base64 = params[-1].strip().lower() == "base64"
-        mime_type = ";".join(params[:-1] if is_base64 else params).strip() or None
-        if is_base64:
-            encoded = urllib.parse.unquote_to_bytes(payload)
-            encoded = b"".join(encoded.split())
-            if len(encoded) // 4 * 3 > self.config.max_bytes + 2:
-                raise self._too_large(where, f"about {len(encoded) // 4 * 3} bytes")
-            try:
-                data = base64.b64decode(encoded, validate=True)
-            except (binascii.Error, ValueError) as exc:
-                raise _bad(where, f"the data: URL's base64 data is invalid: {exc}") from None
-        else:
-            data = urllib.parse.unquote_to_bytes(payload)
-        if len(data) > self.config.max_bytes:
-            raise self._too_large(where, f"{len(data)} bytes")
-        return data, mime_type
-
-    def _read_file(self, url: str, where: str) -> tuple[bytes, str | None]:
-        if not self.config.file_roots:
-            raise _bad(where, "file:// attachments are refused: the provider has no attachments.file_roots configured")
-        parts = urllib.parse.urlsplit(url)
-        if parts.netloc not in ("", "localhost"):
-            raise _bad(where, f"file:// URLs name a local file; got host {parts.netloc!r}")
-        path = Path(urllib.request.url2pathname(parts.path))
-        if not path.is_absolute():
-            raise _bad(where, f"a file:// URL needs an absolute path, got {parts.path!r}")
-        try:
-            resolved = path.resolve(strict=True)
-        except (OSError, RuntimeError):
-            raise _bad(where, f"file {str(path)!r} does not exist") from None
-        roots = [Path(root).expanduser().resolve() for root in self.config.file_roots]
-        if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
-            allowed = ", ".join(str(r) for r in roots)
-            raise _bad(where, f"file {str(path)!r} is outside the folders attachments may come from ({allowed})")
-        if not resolved.is_file():
-            raise _bad(where, f"{str(path)!r} is not a regular file")
-        try:
-            with resolved.open("rb") as handle:
-                data = handle.read(self.config.max_bytes + 1)
-        except OSError as exc:
-            raise _bad(where, f"file {str(path)!r} cannot be read: {exc.strerror}") from None
-        if len(data) > self.config.max_bytes:
-            raise self._too_large(where, f"over {self.config.max_bytes} bytes")
-        return data, None
-
-    async def _read_http(self, client: httpx.AsyncClient, url: str, where: str) -> tuple[bytes, str | None]:
-        if not self.config.allow_http:
-            raise _bad(where, "http(s):// attachments are refused by this provider (attachments.allow_http is false)")
-        try:
-            async with client.stream("GET", url) as response:
-                if response.status_code >= 400:
-                    raise _bad(where, f"fetching {url} failed: HTTP {response.status_code}")
-                mime_type = response.headers.get("content-type")
-                declared = response.headers.get("content-length")
-                if declared and declared.isdigit() and int(declared) > self.config.max_bytes:
-                    raise self._too_large(where, f"{declared} bytes")
-                body = bytearray()
-                async for piece in response.aiter_bytes():
-                    body += piece
-                    if len(body) > self.config.max_bytes:
-                        raise self._too_large(where, f"over {self.config.max_bytes} bytes")
-                return bytes(body), mime_type
-        except httpx.HTTPError as exc:
-            raise _bad(where, f"fetching {url} failed: {type(exc).__name__}: {exc}") from None
