@@ -45,7 +45,6 @@ from llama_stack.apis.inference import (
     EmbeddingsResponse,
     Logprobs,
     PromptTokenLogprob,
-    ResponseFormat,
     TokenLogprob,
     TopLogprob,
     Usage,
@@ -69,6 +68,7 @@ from llama_stack.providers.utils.remote.openai_answers import (
 from llama_stack.providers.utils.remote.openai_chat import (
     OPENAI_SAMPLING_FIELDS,
     openai_messages,
+    openai_response_format,
     openai_tool_choice,
     openai_tools,
     sampling_fields,
@@ -81,8 +81,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# The function name of a json_schema response_format; OpenAI requires one, servers ignore it.
-_SCHEMA_NAME = "response"
 # Where choice 0 is in an answer, for the errors about its fields.
 _CHOICE_0 = ("choices", "0")
 _USER_IMAGES_ONLY = "images can only be sent in user messages (OpenAI's API takes image_url parts there alone)"
@@ -305,14 +303,6 @@ def _user_content(content: Content, where: str, inlined: InlinedAttachments) -> 
 def _content(inlined: InlinedAttachments, content: Content, where: str, role: Role) -> str | list[dict[str, Any]]:
     """A message's content for openai_messages: images travel in user messages only (checked up front)."""
     return _user_content(content, where, inlined) if role == Role.user else inlined.inline(content, where)
-
-
-def openai_response_format(value: ResponseFormat | None) -> dict[str, Any] | None:
-    if value is None or value.type == "text":
-        return None
-    if value.type == "json_object":
-        return {"type": "json_object"}
-    return {"type": "json_schema", "json_schema": {"name": _SCHEMA_NAME, "schema": value.json_schema}}
 
 
 def _with_extensions(fields: dict[str, Any], extensions: str, provider_name: str, provider: str) -> dict[str, Any]:

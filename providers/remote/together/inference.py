@@ -9,7 +9,6 @@ See docs/providers/together-inference.md.
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import aclosing, contextmanager
 from functools import partial
@@ -33,7 +32,6 @@ from llama_stack.apis.inference import (
     RerankRequest,
     RerankResponse,
     RerankResult,
-    ResponseFormat,
     TokenLogprob,
     TopLogprob,
     Usage,
@@ -51,7 +49,7 @@ from llama_stack.providers.utils.remote.openai_answers import (
     tool_calls,
     usage_of,
 )
-from llama_stack.providers.utils.remote.openai_chat import openai_messages, openai_tools, sampling_fields
+from llama_stack.providers.utils.remote.openai_chat import openai_messages, openai_response_format, openai_tools, sampling_fields
 from llama_stack.providers.utils.remote.registered_models import registered_model, vendor_model_name
 
 from .config import TogetherInferenceConfig
@@ -204,7 +202,7 @@ class TogetherInference:
             body["tool_choice"] = request.tool_choice
         body.update(self._generation_options(request))
         if request.response_format is not None and request.response_format.type != "text":
-            body["response_format"] = _response_format(request.response_format)
+            body["response_format"] = openai_response_format(request.response_format)
         return body
 
     def _generation_options(self, request: CompletionRequest | ChatCompletionRequest) -> dict[str, Any]:
@@ -370,15 +368,6 @@ class TogetherInference:
 
 
 # ---------------------------------------------------------------------------------- request pieces
-def _response_format(response_format: ResponseFormat) -> dict[str, Any]:
-    if response_format.type == "json_object":
-        return {"type": "json_object"}
-    schema = dict(response_format.json_schema or {})
-    # Structured Outputs names the schema; a title is the natural name when there is one.
-    name = re.sub(r"[^A-Za-z0-9_-]", "_", str(schema.get("title") or "response"))[:64]
-    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}
-
-
 # ---------------------------------------------------------------------------------- answer pieces
 def _alternatives(request: Any) -> int | None:
     """How many alternatives each token's logprob entry lists; None when no logprobs were asked for."""

@@ -61,6 +61,7 @@ __all__ = [
     "LLAMA3_CUSTOM_TOOLS_PROMPT",
     "ToolCallStream",
     "ToolFormat",
+    "function_definition",
     "iter_messages",
     "llama3_builtin_names",
     "offered_tools",
@@ -115,7 +116,7 @@ def _is_builtin(tool: ToolDefinition) -> bool:
     return isinstance(tool.tool_name, BuiltinTool) or tool.tool_name in BUILTIN_TOOLS
 
 
-def _function(tool: ToolDefinition) -> dict[str, Any]:
+def function_definition(tool: ToolDefinition) -> dict[str, Any]:
     """A tool as an OpenAI-style function definition."""
     name = tool_name(tool)
     builtin = BUILTIN_TOOLS.get(name) if _is_builtin(tool) else None
@@ -174,7 +175,7 @@ def _choice_prompt(tool_choice: str) -> str:
 
 
 def _json_system_prompt(tools: list[ToolDefinition], tool_choice: str) -> str:
-    definitions = "\n".join(json.dumps(_function(t), ensure_ascii=False) for t in tools)
+    definitions = "\n".join(json.dumps(function_definition(t), ensure_ascii=False) for t in tools)
     prompt = JSON_TOOL_PROMPT.replace("{tools}", definitions)
     choice = _choice_prompt(tool_choice)
     return f"{prompt}\n{choice}" if choice else prompt
@@ -198,7 +199,7 @@ def _llama3_system_prompt(tools: list[ToolDefinition], tool_choice: str, today: 
         head += f"Cutting Knowledge Date: December 2023\nToday Date: {today.strftime('%d %b %Y')}\n\n"
     tail = ""
     if custom:
-        functions = "".join(json.dumps({"type": "function", "function": _function(t)}, indent=4) + "\n\n" for t in custom)
+        functions = "".join(json.dumps({"type": "function", "function": function_definition(t)}, indent=4) + "\n\n" for t in custom)
         head += LLAMA3_CUSTOM_TOOLS_PROMPT.replace("{tools}", functions)
     choice = _choice_prompt(tool_choice)
     if choice:
@@ -331,7 +332,7 @@ def tool_call_schema(tools: list[ToolDefinition], tool_choice: str, fmt: ToolFor
     key = "parameters" if fmt == ToolFormat.llama3 else "arguments"
     options = []
     for tool in chosen:
-        function = _function(tool)
+        function = function_definition(tool)
         options.append(
             {
                 "type": "object",

@@ -3,20 +3,21 @@ server; Emissary for sampling): tool definitions, ``tool_choice``, sampling fiel
 ``messages`` with every tool result linked to its call by id.
 
 What differs between vendors stays with their adapters: how content becomes text (attachments), the
-shapes of logprobs and ``response_format``, and which sampling fields beyond OpenAI's a server takes.
+shapes of logprobs, and which sampling fields beyond OpenAI's a server takes.
 Answers are read by :mod:`.openai_answers`.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
 from llama_stack.apis.common import Content, Dialog, Role, ToolCall, ToolDefinition
 from llama_stack.apis.errors import BadRequestError
-from llama_stack.apis.inference import SamplingParams
-from llama_stack.providers.utils.inference.tool_calls import BUILTIN_TOOLS, iter_messages, tool_name
+from llama_stack.apis.inference import ResponseFormat, SamplingParams
+from llama_stack.providers.utils.inference.tool_calls import function_definition, iter_messages
 
 from .service import RemoteService
 
@@ -31,23 +32,28 @@ OPENAI_SAMPLING_FIELDS = frozenset({"temperature", "top_p", "seed", "frequency_p
 
 
 def openai_tools(tools: list[ToolDefinition]) -> list[dict[str, Any]]:
-    """The tools as function definitions.
-
-    The built-in tools have no parameters in the contract, but a function needs a JSON Schema: they get
-    the description and argument schema every provider gives them (``BUILTIN_TOOLS``), so that a call the
-    model makes is one the tool runtime accepts. Shields are the stack's business and are never sent.
-    """
+    """The tools as function definitions, as the local providers describe them to their models (built-in
+    tools get the description and argument schema every provider gives them, so that a call the model
+    makes is one the tool runtime accepts); an empty description is left out. Shields are never sent."""
     out = []
     for tool in tools:
-        name = tool_name(tool)
-        builtin = BUILTIN_TOOLS.get(name)
-        description = tool.description or (builtin.description if builtin else None)
-        parameters = tool.parameters or (builtin.parameters if builtin else {"type": "object", "properties": {}})
-        function: dict[str, Any] = {"name": name, "parameters": parameters}
-        if description:
-            function["description"] = description
+        function = function_definition(tool)
+        if not function["description"]:
+            del function["description"]
         out.append({"type": "function", "function": function})
     return out
+
+
+def openai_response_format(value: ResponseFormat | None) -> dict[str, Any] | None:
+    """OpenAI's response_format (None for text). Structured Outputs names the schema: its title when it has
+    one, else "response" (servers that do not check names ignore it)."""
+    if value is None or value.type == "text":
+        return None
+    if value.type == "json_object":
+        return {"type": "json_object"}
+    schema = dict(value.json_schema or {})
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", str(schema.get("title") or "response"))[:64]
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}
 
 
 def openai_tool_choice(choice: str) -> str | dict[str, Any]:
