@@ -21,7 +21,8 @@ from llama_stack.providers.utils.inference.attachments import AttachmentInliner,
 from llama_stack.providers.utils.remote import RemoteService, VendorStatusError
 from llama_stack.providers.utils.remote.adapter import RemoteAdapter
 from llama_stack.providers.utils.remote.fan_out import fan_out
-from llama_stack.providers.utils.remote.messages import located, message_text, transcript
+from llama_stack.providers.utils.inference.attachments import located
+from llama_stack.providers.utils.remote.messages import message_text, transcript
 from llama_stack.providers.utils.remote.shields import conversation_texts, violation
 
 from .classification import classify

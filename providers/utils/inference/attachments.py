@@ -26,7 +26,8 @@ from pathlib import Path
 import httpx
 from pydantic import Field
 
-from llama_stack.apis.common import Attachment, Content, Dialog
+from llama_stack.apis.common import Attachment, Content, Dialog, Message
+from llama_stack.providers.utils.inference.tool_calls import iter_messages
 from llama_stack.providers.utils.url_reader import MIB, URLReader, URLSourceConfig
 from llama_stack.providers.utils.url_reader import bad_field as _bad
 
@@ -36,6 +37,8 @@ __all__ = [
     "AttachmentInliner",
     "InlinedAttachments",
     "dialog_contents",
+    "located",
+    "message_contents",
     "is_text_mime_type",
 ]
 
@@ -102,15 +105,28 @@ def _display_name(url: str) -> str:
     return url
 
 
-def dialog_contents(dialog: Dialog, where: str = "dialog") -> list[tuple[Content, str]]:
-    """Every content of a dialog (messages and tool responses) with its field path, in order."""
+# A message with its field path (``messages[2]``, ``dialog.message_history[0]``): what every error names.
+Located = tuple[str, Message]
+
+
+def located(messages: list[Message], where: str) -> list[Located]:
+    """A plain list of messages with their paths (``<where>[i]``); a dialog's come from ``iter_messages``."""
+    return [(f"{where}[{index}]", message) for index, message in enumerate(messages)]
+
+
+def message_contents(messages: Iterable[Located]) -> list[tuple[Content, str]]:
+    """Every content of the messages (tool responses included), with its field path, for the inliner."""
     items: list[tuple[Content, str]] = []
-    messages = [*((f"{where}.message_history[{i}]", m) for i, m in enumerate(dialog.message_history)), (f"{where}.message", dialog.message)]
     for at, message in messages:
         items.append((message.content, f"{at}.content"))
         for index, response in enumerate(message.tool_responses):
             items.append((response.content, f"{at}.tool_responses[{index}].content"))
     return items
+
+
+def dialog_contents(dialog: Dialog, where: str = "dialog") -> list[tuple[Content, str]]:
+    """Every content of a dialog (messages and tool responses) with its field path, in order."""
+    return message_contents(iter_messages(dialog, where))
 
 
 def attachments_of(content: Content, where: str) -> Iterable[tuple[Attachment, str]]:

@@ -11,27 +11,8 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Iterable
 
-from llama_stack.apis.common import Attachment, Content, Message, Role
-from llama_stack.providers.utils.inference.attachments import InlinedAttachments
-
-
-# A message with its field path (``messages[2]``, ``dialog.message_history[0]``): what every error names.
-Located = tuple[str, Message]
-
-
-def located(messages: list[Message], where: str) -> list[Located]:
-    """A plain list of messages with their paths (``<where>[i]``); a dialog's come from ``iter_messages``."""
-    return [(f"{where}[{index}]", message) for index, message in enumerate(messages)]
-
-
-def message_contents(messages: Iterable[Located]) -> list[tuple[Content, str]]:
-    """Every content of the messages (tool responses included), with its field path, for the inliner."""
-    items: list[tuple[Content, str]] = []
-    for at, message in messages:
-        items.append((message.content, f"{at}.content"))
-        for index, response in enumerate(message.tool_responses):
-            items.append((response.content, f"{at}.tool_responses[{index}].content"))
-    return items
+from llama_stack.apis.common import Attachment, Message, Role
+from llama_stack.providers.utils.inference.attachments import InlinedAttachments, Located
 
 
 def message_text(message: Message, where: str, texts: InlinedAttachments) -> str:

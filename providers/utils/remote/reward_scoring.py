@@ -16,11 +16,11 @@ from llama_stack.apis.reward_scoring import (
     RewardScoringResponse,
     ScoredMessage,
 )
-from llama_stack.providers.utils.inference.attachments import AttachmentInliner
+from llama_stack.providers.utils.inference.attachments import AttachmentInliner, located, message_contents
 from llama_stack.providers.utils.inference.tool_calls import iter_messages
 
 from .fan_out import fan_out
-from .messages import located, message_contents, message_text, transcript
+from .messages import message_text, transcript
 
 # score(conversation, response): the dialog as a transcript, the generation as text -> its score.
 Scorer = Callable[[str, str], Awaitable[float]]
