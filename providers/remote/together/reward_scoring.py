@@ -22,10 +22,10 @@ from llama_stack.plugins import ProviderContext
 from llama_stack.providers.utils.inference.attachments import AttachmentInliner
 from llama_stack.providers.utils.remote import RemoteService
 from llama_stack.providers.utils.remote.adapter import RemoteAdapter
+from llama_stack.providers.utils.remote.openai_answers import message_content
 from llama_stack.providers.utils.remote.reward_scoring import score_generations
 
 from .config import TogetherRewardScoringConfig
-from .safety import answer_text
 from .service import together_service
 
 MIN_SCORE, MAX_SCORE = 0.0, 10.0
@@ -68,7 +68,7 @@ class TogetherRewardScoring(RemoteAdapter[TogetherRewardScoringConfig]):
         for attempt in range(self.config.parse_retries + 1):
             body = {"model": judge, "messages": messages, "temperature": 0, "max_tokens": self.config.judge_max_tokens}
             answer = await self.service.json("POST", "/chat/completions", json_body=body)
-            text = answer_text(answer, self.service, "the judge request")
+            text = message_content(answer, self.service, "the judge request")
             score = parse_score(text)
             if score is not None:
                 return score

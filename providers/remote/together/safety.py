@@ -8,7 +8,6 @@ verdict, ``safe`` or ``unsafe`` followed by a line of category codes (``S1,S9``)
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -19,6 +18,7 @@ from llama_stack.plugins import ProviderContext
 from llama_stack.providers.utils.inference.attachments import AttachmentInliner, InlinedAttachments
 from llama_stack.providers.utils.remote import RemoteService, VendorStatusError
 from llama_stack.providers.utils.remote.adapter import RemoteAdapter
+from llama_stack.providers.utils.remote.openai_answers import message_content
 from llama_stack.providers.utils.remote.messages import message_text
 from llama_stack.providers.utils.remote.shields import conversation_texts, violation
 
@@ -79,7 +79,7 @@ class TogetherSafety(RemoteAdapter[TogetherSafetyConfig]):
                 "moderation models",
                 provider=self._id,
             ) from None
-        codes = parse_verdict(answer_text(answer, self.service), self.service)
+        codes = parse_verdict(message_content(answer, self.service, "the moderation request"), self.service)
         if codes is None:
             return RunShieldResponse()
         flagged = [code for code in codes if code not in excluded]
@@ -165,20 +165,6 @@ def moderation_messages(messages: list[Message], texts: InlinedAttachments) -> l
 
 
 # ------------------------------------------------------------------------------------------- verdict
-def answer_text(answer: Any, service: RemoteService, what: str = "the moderation request") -> str:
-    """``choices[0].message.content`` of a chat completion, or 502 naming the provider."""
-    try:
-        content = answer["choices"][0]["message"]["content"]
-    except (KeyError, IndexError, TypeError):
-        content = None
-    if not isinstance(content, str):
-        raise ProviderError(
-            f"{service.name} answered {what} without a message: {json.dumps(answer)[:200]}",
-            provider=service.provider_id,
-        )
-    return content
-
-
 def parse_verdict(text: str, service: RemoteService) -> list[str] | None:
     """None for ``safe``; the category codes for ``unsafe`` (empty when it named none); 502 otherwise."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]

@@ -48,6 +48,17 @@ def first_choice(answer: Any, service: RemoteService, what: str) -> dict[str, An
     return choice
 
 
+def message_content(answer: Any, service: RemoteService, what: str) -> str:
+    """Choice 0's ``message.content`` of a whole chat answer; a 502 naming the provider when it has none."""
+    message = first_choice(answer, service, what).get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, str):
+        raise ProviderError(
+            f"{service.name} answered {what} without a message: {json.dumps(answer)[:200]}", provider=service.provider_id
+        )
+    return content
+
+
 # --------------------------------------------------------------------------------- stop reason, usage
 def stop_reason(finish_reason: Any) -> StopReason:
     """OpenAI's ``finish_reason`` as ours; none (mid-stream, or left out) is ``not_stopped``."""
