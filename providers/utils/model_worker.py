@@ -3,6 +3,8 @@
 A local model decodes one job at a time, so each model owns a one-thread executor: jobs run in order,
 at most ``max_queue`` wait behind the running one, and one more is refused with 503. A job carries a
 ``cancelled`` flag that the event loop sets (client gone, shutdown) and the worker reads between tokens.
+The worker thread may itself hand the job to another process (see :mod:`.process_worker`): the job's
+``on_cancel`` hook passes the word on.
 """
 
 from __future__ import annotations
@@ -21,11 +23,20 @@ log = logging.getLogger(__name__)
 
 
 class Job:
-    __slots__ = ("cancelled",)
+    __slots__ = ("cancelled", "on_cancel")
 
     def __init__(self) -> None:
         # Set from the event loop, read by the worker between tokens (a plain attribute: no lock needed).
         self.cancelled = False
+        # Set by the worker while the job runs elsewhere (a child process): called on the event loop by cancel().
+        self.on_cancel: Callable[[], Any] | None = None
+
+    def cancel(self) -> None:
+        """Stop the job at its next token (event loop)."""
+        self.cancelled = True
+        hook = self.on_cancel
+        if hook is not None:
+            hook()
 
 
 class ModelWorker:
@@ -39,6 +50,7 @@ class ModelWorker:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{thread_prefix}[{model_id}]")
         # Jobs admitted and not finished: the running one plus those waiting. Event loop only.
         self.jobs: set[Job] = set()
+        self.closing = False  # set by cancel_all(): no more maintenance (call_soon) runs
 
     def submit(
         self, fn: Callable[..., Any], *args: Any, on_done: Callable[[Future[Any]], Any] | None = None
@@ -80,13 +92,32 @@ class ModelWorker:
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
-            job.cancelled = True  # wrap_future cancels it too if it is still waiting
+            job.cancel()  # wrap_future cancels it too if it is still waiting
             raise
 
+    def call_soon(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn()`` on the model's thread after the jobs queued now, outside the queue's count: upkeep
+        such as reloading a crashed model before the next request needs it. Skipped once closing; any
+        thread may call it."""
+
+        def upkeep() -> None:
+            if self.closing:
+                return
+            try:
+                fn()
+            except Exception:
+                log.exception("model %s: upkeep on its worker failed", self.model_id)
+
+        try:
+            self._executor.submit(upkeep)
+        except RuntimeError:  # shut down
+            pass
+
     def cancel_all(self) -> None:
-        """Every running and waiting job stops at its next token (event loop)."""
+        """Every running and waiting job stops at its next token (event loop, at shutdown)."""
+        self.closing = True
         for job in self.jobs:
-            job.cancelled = True
+            job.cancel()
 
     def close(self) -> None:
         """Wait for the worker thread to finish (blocking: call off the event loop)."""
@@ -134,7 +165,7 @@ class WorkerStream:
 
     def _stop(self) -> None:
         self._done = True
-        self._job.cancelled = True
+        self._job.cancel()
         self._future.cancel()  # still waiting for the model: leave the queue now
 
     async def aclose(self) -> None:

@@ -134,7 +134,7 @@ async def test_a_full_context_stops_with_max_tokens(small_context):
     assert answer.stop_reason == StopReason.max_tokens
     assert answer.content
     # Up to the context llama.cpp really has, not the n_ctx asked for.
-    assert len(small_context._slots[MODEL].llm.tokenize(answer.content.encode(), add_bos=False)) > 200
+    assert len(small_context._slots[MODEL].vocab.tokenize(answer.content.encode(), add_bos=False, special=False)) > 200
 
 
 async def test_a_prompt_longer_than_the_context_is_a_bad_request(small_context):
@@ -249,7 +249,7 @@ async def test_a_forced_call_to_a_tool_with_an_unusable_schema_is_a_bad_request(
 
 async def test_logprobs_need_no_logits_for_every_position(provider):
     slot = provider._slots[MODEL]
-    assert slot.llm._logits_all is False  # no n_ctx x n_vocab logits kept for every request
+    assert slot.loaded.logits_all is False  # no n_ctx x n_vocab logits kept for every request (in the engine process)
     answer = await provider.completion(CompletionRequest(model=MODEL, content=ENDLESS, max_tokens=3, logprobs=True, top_logprobs=20))
     assert [len(e.top_logprobs) for e in answer.logprobs.content] == [20, 20, 20]
     # The alternatives are the model's distribution: their probabilities sum to at most 1.
