@@ -8,7 +8,9 @@ the test when ``violations`` is not empty. JSON answers are validated against th
 too, so a fake cannot drift from the vendor's shapes.
 
 Faults are scripted per route with :meth:`FakeVendor.fail`: a status (429, 503, ...), a connection
-dropped before the body, a stream cut mid-way, invalid JSON, or a hang until the client gives up.
+dropped before the body, a stream cut mid-way, an ``error`` event mid-stream, invalid JSON, or a hang until
+the client gives up. With ``echo_headers_in_errors`` set, every error the fake answers (its own 400s, 401s
+and 404s too) echoes the request's headers, key included, as a careless vendor or proxy would.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-FaultKind = Literal["status", "drop", "cut", "invalid_json", "hang"]
+FaultKind = Literal["status", "drop", "cut", "error_event", "invalid_json", "hang"]
 
 
 @dataclass
@@ -75,7 +77,7 @@ class Fault:
     status: int = 503
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
-    after_events: int = 1  # for "cut": how many stream events get through
+    after_events: int = 1  # for "cut" and "error_event": how many stream events get through
 
 
 Handler = Callable[[Recorded, dict[str, str]], Any]
@@ -113,6 +115,8 @@ class FakeVendor:
         self.violations: list[str] = []
         # Handler modules keep their own data here (jobs, files, deployments, per-model answers, ...).
         self.state: dict[str, Any] = {}
+        # When set, error bodies quote the request's headers (Authorization, X-API-Key, ...) word for word.
+        self.echo_headers_in_errors = False
         self._release = threading.Event()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -160,6 +164,7 @@ class FakeVendor:
         self.faults.clear()
         self.requests.clear()
         self.violations.clear()
+        self.echo_headers_in_errors = False
 
     # ---------------------------------------------------------------------------------------- serving
     async def _handle(self, request: Request) -> Response:
@@ -172,9 +177,11 @@ class FakeVendor:
         problems = self._validate(request, recorded)
         if problems:
             self.violations.extend(f"{request.method} {request.url.path}: {p}" for p in problems)
-            return JSONResponse(self.error_body(400, "; ".join(problems)), status_code=400)
-        if self._key_of(recorded) != self.api_key:
-            return JSONResponse(self.error_body(401, "Invalid API key"), status_code=401)
+            return JSONResponse(self._error(recorded, 400, "; ".join(problems)), status_code=400)
+        key = self._key_of(recorded)
+        if key != self.api_key:
+            refused = f"Invalid API key {key}" if self.echo_headers_in_errors else "Invalid API key"
+            return JSONResponse(self._error(recorded, 401, refused), status_code=401)
 
         local = request.url.path.removeprefix(self.base_path) or "/"
         for method, pattern, template, handler in self.handlers:
@@ -183,16 +190,22 @@ class FakeVendor:
                 break
         else:
             self.violations.append(f"{request.method} {request.url.path}: the fake has no handler for it")
-            return JSONResponse(self.error_body(404, "Not found"), status_code=404)
+            return JSONResponse(self._error(recorded, 404, "Not found"), status_code=404)
 
         queued = self.faults.get((method, template))
         fault = queued.pop(0) if queued else None
-        if fault is not None and fault.kind != "cut":
-            return await self._fault(fault)
+        if fault is not None and fault.kind not in ("cut", "error_event"):
+            return await self._fault(fault, recorded)
         result = handler(recorded, match.groupdict())
         if asyncio.iscoroutine(result):
             result = await result
-        return self._respond(request, result, fault)
+        return self._respond(request, result, fault, recorded)
+
+    def _error(self, recorded: Recorded, status: int, message: str) -> Any:
+        """The vendor's error body; with ``echo_headers_in_errors``, the message quotes the request's headers."""
+        if self.echo_headers_in_errors:
+            message = f"{message} (request {recorded.method} {recorded.path} with headers {json.dumps(recorded.headers)})"
+        return self.error_body(status, message)
 
     def _validate(self, request: Request, recorded: Recorded) -> list[str]:
         extra = self._extra_check(recorded) if self._extra_check else None
@@ -227,9 +240,9 @@ class FakeVendor:
                 return _properties(raw, schema) if schema else None
         return None
 
-    async def _fault(self, fault: Fault) -> Response:
+    async def _fault(self, fault: Fault, recorded: Recorded) -> Response:
         if fault.kind == "status":
-            body = fault.body if fault.body is not None else self.error_body(fault.status, f"fault {fault.status}")
+            body = fault.body if fault.body is not None else self._error(recorded, fault.status, f"fault {fault.status}")
             return JSONResponse(body, status_code=fault.status, headers=fault.headers)
         if fault.kind == "invalid_json":
             return Response(b'{"id": "cut-off', media_type="application/json")
@@ -238,9 +251,12 @@ class FakeVendor:
             return Response(status_code=504)
         return _DroppedResponse()
 
-    def _respond(self, request: Request, result: Any, fault: Fault | None) -> Response:
+    def _respond(self, request: Request, result: Any, fault: Fault | None, recorded: Recorded) -> Response:
         if isinstance(result, SSE):
-            return StreamingResponse(_sse_body(result, fault), media_type="text/event-stream")
+            error = None
+            if fault is not None:
+                error = fault.body if fault.body is not None else self._error(recorded, fault.status, f"fault {fault.status} mid-stream")
+            return StreamingResponse(_sse_body(result, fault, error), media_type="text/event-stream")
         if isinstance(result, (bytes, str)):
             return Response(result, media_type="application/octet-stream")
         reply = result if isinstance(result, Reply) else Reply(result)
@@ -255,15 +271,18 @@ class FakeVendor:
         return response
 
 
-async def _sse_body(stream: SSE, fault: Fault | None) -> Any:
-    for index, event in enumerate(stream.events):
-        if fault is not None and index == fault.after_events:
-            raise ConnectionResetError("fault: stream cut")  # uvicorn drops the connection mid-body
+async def _sse_body(stream: SSE, fault: Fault | None, error: Any = None) -> Any:
+    """The stream's events; with a fault, only ``after_events`` of them, then for "cut" a dropped
+    connection, for "error_event" ``error`` as an ``event: error`` ending the stream."""
+    shown = stream.events if fault is None else stream.events[: fault.after_events]
+    for event in shown:
         data = event if isinstance(event, str) else json.dumps(event)
         yield f"data: {data}\n\n".encode()
-    if fault is not None:
-        raise ConnectionResetError("fault: stream cut")
-    if stream.end is not None:
+    if fault is not None and fault.kind == "error_event":
+        yield f"event: error\ndata: {json.dumps(error)}\n\n".encode()
+    elif fault is not None:
+        raise ConnectionResetError("fault: stream cut")  # uvicorn drops the connection mid-body
+    elif stream.end is not None:
         yield f"data: {stream.end}\n\n".encode()
 
 

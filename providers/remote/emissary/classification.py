@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
 from llama_stack.apis.errors import LlamaStackError, ProviderError
 from llama_stack.providers.utils.remote import RemoteService, VendorStatusError
+from llama_stack.providers.utils.remote.redaction import excerpt
 
 
 async def classify(
@@ -39,7 +39,7 @@ def class_probabilities(answer: Any, service: RemoteService) -> dict[str, float]
         or not all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in probs.values())
     ):
         raise ProviderError(
-            f"{service.name} answered the classification without probabilities: {json.dumps(answer)[:200]}",
+            f"{service.name} answered the classification without probabilities: {excerpt(answer)}",
             provider=service.provider_id,
         )
     return {str(label): float(p) for label, p in probs.items()}

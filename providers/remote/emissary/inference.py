@@ -65,6 +65,7 @@ from llama_stack.providers.utils.remote.content import plain_text
 from llama_stack.providers.utils.remote.fan_out import fan_out
 from llama_stack.providers.utils.remote.openai_answers import first_choice, stop_reason, usage_of
 from llama_stack.providers.utils.remote.openai_chat import sampling_fields
+from llama_stack.providers.utils.remote.redaction import excerpt
 from llama_stack.providers.utils.remote.registered_models import registered_model, vendor_model_name
 from llama_stack.providers.utils.remote.url_paths import segment
 
@@ -377,7 +378,7 @@ def _deferrable(exc: LlamaStackError) -> bool:
 
 def _field(body: Any, name: str, svc: RemoteService) -> Any:
     if not isinstance(body, dict) or body.get(name) is None:
-        raise ProviderError(f"{svc.name} answered without '{name}': {str(body)[:200]}", provider=svc.provider_id)
+        raise ProviderError(f"{svc.name} answered without '{name}': {excerpt(body)}", provider=svc.provider_id)
     return body[name]
 
 
@@ -490,7 +491,7 @@ class EmissaryInference:
         vector = response.get("input_embedding") if isinstance(response, dict) else None
         if not isinstance(vector, list) or not vector or not all(isinstance(x, (int, float)) for x in vector):
             raise ProviderError(
-                f"{self._svc.name} answered no input_embedding for model '{model_id}': {str(answer)[:200]}",
+                f"{self._svc.name} answered no input_embedding for model '{model_id}': {excerpt(answer)}",
                 provider=self._provider_id,
             )
         return [float(x) for x in vector]

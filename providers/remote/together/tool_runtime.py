@@ -28,6 +28,7 @@ from llama_stack.apis.tool_runtime import ToolInvocationRequest, ToolInvocationR
 from llama_stack.plugins import ProviderContext
 from llama_stack.providers.utils.remote import VendorStatusError
 from llama_stack.providers.utils.remote.adapter import RemoteAdapter
+from llama_stack.providers.utils.remote.redaction import excerpt, scrub_text
 
 from .config import TogetherToolRuntimeConfig
 from .service import together_service
@@ -172,7 +173,7 @@ class TogetherToolRuntime(RemoteAdapter[TogetherToolRuntimeConfig]):
         data = answer.get("data") if isinstance(answer, dict) else None
         if not isinstance(data, list) or not data:
             raise ProviderError(
-                f"{self.service.name} answered the image generation without images: {json.dumps(answer)[:200]}",
+                f"{self.service.name} answered the image generation without images: {excerpt(answer)}",
                 provider=self._id,
             )
         items = sorted(data, key=lambda item: item.get("index", 0) if isinstance(item, dict) else 0)
@@ -194,7 +195,7 @@ class TogetherToolRuntime(RemoteAdapter[TogetherToolRuntimeConfig]):
             guessed = mimetypes.guess_type(url.split("?", 1)[0])[0]
             return Attachment(url=url, mime_type=guessed if guessed in IMAGE_TYPES else "image/jpeg")
         raise ProviderError(
-            f"{self.service.name} sent an image with neither b64_json nor a URL: {json.dumps(item)[:200]}",
+            f"{self.service.name} sent an image with neither b64_json nor a URL: {excerpt(item)}",
             provider=self._id,
         )
 
@@ -225,10 +226,10 @@ class TogetherToolRuntime(RemoteAdapter[TogetherToolRuntimeConfig]):
         if not isinstance(data, dict):
             if errors:
                 raise ProviderError(
-                    f"{self.service.name} did not run the code: {'; '.join(errors)}", provider=self._id
+                    f"{self.service.name} did not run the code: {scrub_text('; '.join(errors))}", provider=self._id
                 )
             raise ProviderError(
-                f"{self.service.name} answered the code execution without data: {json.dumps(answer)[:200]}",
+                f"{self.service.name} answered the code execution without data: {excerpt(answer)}",
                 provider=self._id,
             )
         run = Execution()

@@ -17,6 +17,7 @@ from llama_stack.apis.common import StopReason, ToolCall
 from llama_stack.apis.errors import ProviderError
 from llama_stack.apis.inference import Usage
 
+from .redaction import excerpt
 from .service import RemoteService
 
 # Tool-call arguments that are not a JSON object are kept under this key, so that the caller gets the call
@@ -43,7 +44,7 @@ def first_choice(answer: Any, service: RemoteService, what: str) -> dict[str, An
     choice = choice_zero(answer)
     if choice is None:
         raise ProviderError(
-            f"{service.name} answered {what} without a choice: {str(answer)[:200]}", provider=service.provider_id
+            f"{service.name} answered {what} without a choice: {excerpt(answer)}", provider=service.provider_id
         )
     return choice
 
@@ -54,7 +55,7 @@ def message_content(answer: Any, service: RemoteService, what: str) -> str:
     content = message.get("content") if isinstance(message, dict) else None
     if not isinstance(content, str):
         raise ProviderError(
-            f"{service.name} answered {what} without a message: {json.dumps(answer)[:200]}", provider=service.provider_id
+            f"{service.name} answered {what} without a message: {excerpt(answer)}", provider=service.provider_id
         )
     return content
 

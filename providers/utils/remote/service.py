@@ -5,7 +5,9 @@ timeout, retries 429/503/504 answers and dropped connections with exponential ba
 turns every failure into a :class:`~llama_stack.apis.errors.LlamaStackError` that names the provider and
 carries the vendor's own message: 503 when the vendor is overloaded or rate-limiting after the retries,
 504 when it is too slow, 502 when it fails or answers nonsense, 400 when it refuses what was asked.
-Keys travel in headers only and are never logged.
+Keys travel in headers only and are never logged. Everything the vendor sends passes through the
+service's :class:`~.redaction.Redactor` before anything else reads it, so a vendor (or a proxy) echoing
+the request's headers cannot put a key into an error message, a log line or an answer.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from llama_stack.apis.errors import (
 from llama_stack.request_context import provider_data
 
 from .config import RemoteServiceConfig
+from .redaction import Redactor, scrub_text
 
 if TYPE_CHECKING:
     from llama_stack.plugins import ProviderContext
@@ -111,6 +114,9 @@ class RemoteService:
         self.env_var = env_var
         self.provider_data_key = provider_data_key
         self._auth_headers = auth_headers
+        # Which headers carry the key: their values, as sent, are scrubbed from what comes back.
+        self._auth_header_names = tuple(auth_headers("placeholder-key"))
+        self.redactor = Redactor(config, env_var=env_var)
         self._http = httpx.AsyncClient(
             base_url=config.url.rstrip("/"), timeout=httpx.Timeout(config.timeout), transport=transport
         )
@@ -172,14 +178,16 @@ class RemoteService:
                     attempt = await self._backoff(attempt, method, path, "connection refused")
                     continue
                 raise ServiceUnavailableError(
-                    f"{self.name} cannot be reached at {self.config.url}: {exc}", provider=self.provider_id
+                    f"{self.name} cannot be reached at {scrub_text(self.config.url)}: {self._scrubbed(exc, request)}",
+                    provider=self.provider_id,
                 ) from None
             except DROPPED as exc:
                 if idempotent and attempt < self.config.max_retries:
                     attempt = await self._backoff(attempt, method, path, "connection dropped")
                     continue
                 raise ProviderError(
-                    f"{self.name} dropped the connection during {method} {path}: {exc}", provider=self.provider_id
+                    f"{self.name} dropped the connection during {method} {path}: {self._scrubbed(exc, request)}",
+                    provider=self.provider_id,
                 ) from None
             if response.status_code < 400:
                 return response
@@ -202,11 +210,13 @@ class RemoteService:
     def decode(self, response: httpx.Response, method: str, path: str) -> Any:
         if response.status_code == 204 or not response.content:
             return None
+        sent = self._sent_credentials(response.request)
         try:
-            return response.json()
+            return self.redactor.answer(response.json(), response.text, sent)
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise ProviderError(
-                f"{self.name} answered {method} {path} with invalid JSON: {response.text[:200]!r}",
+                f"{self.name} answered {method} {path} with invalid JSON: "
+                f"{self.redactor.error_text(response.text, sent)[:200]!r}",
                 provider=self.provider_id,
             ) from None
 
@@ -225,22 +235,24 @@ class RemoteService:
         self, response: httpx.Response, method: str, path: str, end_marker: str | None
     ) -> AsyncIterator[Any]:
         received = 0
+        # The stream is read after the request's handler has returned (its provider data gone): the
+        # credentials to scrub are the ones this request was sent with.
+        sent = self._sent_credentials(response.request)
         try:
             async for event in EventSource(response).aiter_sse():
                 if event.event == "error":
-                    raise ProviderError(
-                        f"{self.name} reported an error mid-stream: {vendor_error_text(_loads(event.data))}",
-                        provider=self.provider_id,
-                    )
+                    message = vendor_error_text(self.redactor.error_body(_loads(event.data), sent))
+                    raise ProviderError(f"{self.name} reported an error mid-stream: {message}", provider=self.provider_id)
                 if end_marker is not None and event.data.strip() == end_marker:
                     return
                 if not event.data.strip():
                     continue
                 try:
-                    payload = json.loads(event.data)
+                    payload = self.redactor.answer(json.loads(event.data), event.data, sent)
                 except json.JSONDecodeError:
                     raise ProviderError(
-                        f"{self.name} sent an invalid stream event: {event.data[:200]!r}", provider=self.provider_id
+                        f"{self.name} sent an invalid stream event: {self.redactor.error_text(event.data, sent)[:200]!r}",
+                        provider=self.provider_id,
                     ) from None
                 received += 1
                 yield payload
@@ -252,7 +264,8 @@ class RemoteService:
                 )
         except (httpx.TransportError, SSEError) as exc:
             raise ProviderError(
-                f"{self.name} broke off the stream of {method} {path} after {received} events: {exc}",
+                f"{self.name} broke off the stream of {method} {path} after {received} events: "
+                f"{self.redactor.error_text(str(exc), sent)}",
                 provider=self.provider_id,
             ) from None
         finally:
@@ -274,9 +287,18 @@ class RemoteService:
         await asyncio.sleep(delay)  # backoff between attempts, not a race cover
         return attempt + 1
 
+    def _sent_credentials(self, request: httpx.Request) -> list[str]:
+        """The credentials ``request`` carried: its key headers' values, and the key in each (after a scheme)."""
+        values = [request.headers[name] for name in self._auth_header_names if request.headers.get(name)]
+        return values + [value.split()[-1] for value in values]
+
+    def _scrubbed(self, exc: Exception, request: httpx.Request) -> str:
+        return self.redactor.error_text(str(exc), self._sent_credentials(request))
+
     def _status_error(self, response: httpx.Response, from_request: bool) -> LlamaStackError:
         status = response.status_code
-        message = vendor_error_text(_loads(response.text))
+        body = self.redactor.error_body(_loads(response.text), self._sent_credentials(response.request))
+        message = vendor_error_text(body)
         where = f"{response.request.method} {response.request.url.path}"
         common: dict[str, Any] = {"provider": self.provider_id}
         if status == 429:
