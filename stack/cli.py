@@ -7,7 +7,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -19,6 +19,7 @@ from llama_stack.apis.errors import LlamaStackError
 app = typer.Typer(help="Serve and inspect Llama Stack distributions.", no_args_is_help=True, add_completion=False)
 console = Console()
 errors = Console(stderr=True)
+log = logging.getLogger(__name__)
 
 
 def _parse_env(pairs: list[str]) -> dict[str, str]:
@@ -38,43 +39,81 @@ def run(
     host: Annotated[Optional[str], typer.Option(help="Address to bind (default: the YAML's server.host).")] = None,
     env: Annotated[list[str], typer.Option("--env", help="NAME=VALUE for ${env.NAME} in the YAML; repeatable.")] = [],
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    shutdown_grace: Annotated[
+        Optional[float],
+        typer.Option(
+            min=0,
+            max=3600,
+            help="Seconds requests in flight get to finish after SIGTERM/SIGINT (default: the YAML's "
+            "server.shutdown_grace_seconds, else 10).",
+        ),
+    ] = None,
 ) -> None:
-    """Serve a distribution over HTTP."""
+    """Serve a distribution over HTTP.
+
+    SIGTERM or SIGINT (Ctrl+C) stops it gracefully: no new connections, requests in flight get the grace
+    period to finish, then the rest are ended with a 503 (a stream with an `error` event), the providers
+    shut down, and the exit status is 0. A second signal ends the requests at once; a third kills the
+    process without the providers' shutdown.
+    """
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(_serve(distribution, _parse_env(env), host, port, log_level))
-    except KeyboardInterrupt:
+        asyncio.run(_serve(distribution, _parse_env(env), host, port, log_level, shutdown_grace))
+    except KeyboardInterrupt:  # before the server's own signal handling is in place
         pass
 
 
-async def _serve(distribution: str, env: dict[str, str], host: str | None, port: int | None, log_level: str) -> None:
+async def _serve(
+    distribution: str, env: dict[str, str], host: str | None, port: int | None, log_level: str, shutdown_grace: float | None
+) -> None:
     import uvicorn
 
     from .plugins import discover_providers
     from .resolver import Stack
     from .server import create_app
+    from .shutdown import GracefulShutdown, UvicornServer
 
     # The providers and models are ready before the port opens; a distribution that cannot start
     # says why in one message instead of a traceback.
     try:
         stack = Stack.from_distribution(distribution, env, discover_providers())
-        await stack.start()
     except (ValueError, ImportError, OSError, LlamaStackError) as exc:  # ConfigError is a ValueError
-        errors.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
-        raise typer.Exit(2) from None
+        _start_failed(exc)
     server = stack.config.server
-    config = uvicorn.Config(
-        create_app(stack),
-        host=host or server.host,
-        port=server.port if port is None else port,
-        log_level=log_level.lower(),
-        lifespan="off",
-        timeout_graceful_shutdown=5,
-    )
-    try:
-        await uvicorn.Server(config).serve()
-    finally:
-        await stack.shutdown()
+    shutdown = GracefulShutdown(server.shutdown_grace_seconds if shutdown_grace is None else shutdown_grace)
+    with shutdown.handling_signals():
+        starting = asyncio.ensure_future(stack.start())
+        # A signal while the models load stops the start-up; start() shuts down what it had built.
+        shutdown.on_first_signal(starting.cancel)
+        try:
+            await starting
+        except asyncio.CancelledError:
+            if shutdown.draining:
+                return
+            raise
+        except (ValueError, ImportError, OSError, LlamaStackError) as exc:
+            _start_failed(exc)
+        config = uvicorn.Config(
+            shutdown.wrap(create_app(stack)),
+            host=host or server.host,
+            port=server.port if port is None else port,
+            log_level=log_level.lower(),
+            lifespan="off",
+            timeout_graceful_shutdown=shutdown.uvicorn_timeout,
+        )
+        uvicorn_server = UvicornServer(config)
+        shutdown.on_first_signal(uvicorn_server.stop_listening)
+        try:
+            await uvicorn_server.serve()
+        finally:
+            log.info("shutting down the providers")
+            await stack.shutdown()
+            log.info("providers shut down")
+
+
+def _start_failed(exc: BaseException) -> NoReturn:
+    errors.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+    raise typer.Exit(2) from None
 
 
 @app.command()

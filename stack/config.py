@@ -57,6 +57,12 @@ class ProviderConfig(_Strict):
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
+    shutdown_grace_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="After SIGTERM/SIGINT, how long requests and streams in flight may run before they are ended.",
+    )
     api_keys: list[SecretStr] = Field(
         default_factory=list,
         description="When set, every route but /health requires `Authorization: Bearer <key>`.",

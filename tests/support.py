@@ -60,7 +60,9 @@ class ReplayInference:
     chat answers call those tools (with no text) unless ``tool_choice`` is ``none``.
 
     It can also make it fail: ``fail: crash`` raises an unexpected error, ``fail: busy`` a 503;
-    ``stall: true`` makes a stream stop after its first chunk until it is closed.
+    ``stall: true`` makes a stream stop after its first chunk until it is closed. ``seconds_per_chunk: s``
+    paces answers as a model generating would: ``s`` seconds per word (a stream waits before each chunk
+    after the first).
     """
 
     def __init__(self, config: ReplayConfig):
@@ -112,6 +114,12 @@ class ReplayInference:
             return None
         return Usage(prompt_tokens=len(_text_of(prompt).split()), completion_tokens=len(words))
 
+    async def _generating(self, model_id: str, words: int) -> None:
+        """The time a model paced by ``seconds_per_chunk`` takes to write ``words`` words."""
+        pace = self.models[model_id].metadata.get("seconds_per_chunk")
+        if pace:
+            await asyncio.sleep(pace * words)  # the model's pace, not a test's wait
+
     def _tool_calls(self, request: Any) -> list[ToolCall]:
         if request.tool_choice == "none":
             return []
@@ -127,6 +135,7 @@ class ReplayInference:
                     await asyncio.Event().wait()  # until the consumer goes away
                 if metadata.get("fail_mid_stream"):
                     raise ERRORS_BY_STATUS[metadata["fail_mid_stream"]]("the stream broke", provider="replay")
+                await self._generating(request.model, 1)
             for index, call in enumerate(tool_calls):
                 yield make_chunk(text_delta="", tool_call=call, tool_call_index=index)
             usage = self._usage(request.model, prompt, words)
@@ -140,6 +149,7 @@ class ReplayInference:
         if request.stream:
             return self._stream(request, CompletionResponseStreamChunk, request.content)
         words, stop = self._answer(request)
+        await self._generating(request.model, len(words))
         return CompletionResponse(
             content="".join(words),
             stop_reason=stop,
@@ -156,6 +166,7 @@ class ReplayInference:
         if request.stream:
             return self._stream(request, ChatCompletionResponseStreamChunk, prompt, tool_calls)
         words, stop = self._answer(request, silent=bool(tool_calls))
+        await self._generating(request.model, len(words))
         return ChatCompletionResponse(
             content="".join(words),
             tool_calls=tool_calls,
@@ -223,6 +234,24 @@ class ReplayPlugin:
         )
 
 
+# What the entry point of replay_plugin_env names.
+REPLAY_PLUGIN = ReplayPlugin()
+
+
+def replay_plugin_env(directory: Path) -> dict[str, str]:
+    """This environment, in which a ``llama-stack run`` subprocess also finds ``inline::replay``.
+
+    The plugin comes in as an installed one would: through an entry point, here of a package whose only
+    files are its metadata (a ``.dist-info`` folder in ``directory``), its module being this one.
+    """
+    metadata = directory / "llama_stack_replay_plugin-0.dist-info"
+    metadata.mkdir(parents=True, exist_ok=True)
+    (metadata / "METADATA").write_text("Metadata-Version: 2.1\nName: llama-stack-replay-plugin\nVersion: 0\n")
+    (metadata / "entry_points.txt").write_text("[llama_stack]\nreplay = support:REPLAY_PLUGIN\n")
+    path = [str(directory), str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path))}
+
+
 # What tool-model calls: one call with the provider's id, one without (the OpenAI layer makes one up).
 TOOL_CALLS = [
     {"tool_name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}, "call_id": "call_weather_1"},
@@ -252,6 +281,7 @@ models:
   - {{model_id: crashing-model, provider_id: replay, metadata: {{fail: crash}}}}
   - {{model_id: busy-model, provider_id: replay, metadata: {{fail: busy}}}}
   - {{model_id: stalling-model, provider_id: replay, metadata: {{stall: true}}}}
+  - {{model_id: slow-model, provider_id: replay, metadata: {{seconds_per_chunk: 0.5}}}}
   - {{model_id: breaking-model, provider_id: replay, metadata: {{fail_mid_stream: 502}}}}
   - {{model_id: counting-model, provider_id: replay, metadata: {{usage: true}}}}
   - {{model_id: replay-embedder, provider_id: replay, model_type: embedding}}
