@@ -60,6 +60,7 @@ from llama_stack.apis.errors import (
 )
 from llama_stack.providers.utils.memory.filters import All, Any_, Compare, Filter
 from llama_stack.providers.utils.memory.store import BankRecord, Hit, StoredDocument
+from llama_stack.providers.utils.remote.redaction import Redactor
 
 from .config import PGVectorConfig
 
@@ -323,12 +324,10 @@ class PGVectorStore:
         )
 
     def _scrub(self, text: str) -> str:
-        # libpq does not echo passwords, but a message that quotes the connection string would.
-        for secret in (self.config.password, self.config.dsn):
-            if secret is not None and secret.get_secret_value():
-                text = text.replace(secret.get_secret_value(), "***")
+        # libpq does not echo passwords, but a message that quotes the connection string would: the config's
+        # secrets and the password inside the dsn go, as every remote provider's do.
         password = conninfo_to_dict(self._conninfo).get("password")
-        return text.replace(str(password), "***") if password else text
+        return Redactor(self.config).error_text(text, [str(password)] if password else [])
 
     def _no_bank(self, bank_uuid: str) -> NotFoundError:
         return NotFoundError(
