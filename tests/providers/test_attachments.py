@@ -21,6 +21,9 @@ from llama_stack.providers.utils.inference.attachments import (
 )
 
 TEXT = "Paris is the capital of France.\nIt is on the Seine."
+# http(s):// is off by default and loopback refused: the tests' server on 127.0.0.1 must be allowed.
+FROM_LOCAL_SERVER = {"allow_http": True, "allowed_hosts": ["127.0.0.1"]}
+LOCAL = AttachmentConfig(**FROM_LOCAL_SERVER)
 
 
 def att(url: str, mime_type: str = "text/plain") -> Attachment:
@@ -231,29 +234,29 @@ def server():
 
 
 async def test_http_text_and_json(server):
-    assert await inline_one(att(f"{server}/notes.txt")) == f"[Attachment: {server}/notes.txt (text/plain)]\n{TEXT}\n[End of attachment]"
-    assert '\n{"city": "Paris"}\n' in await inline_one(att(f"{server}/data.json", "application/json"))
-    assert TEXT in await inline_one(att(f"{server}/octet"))  # the declared type decides, unless the server says image
-    assert TEXT in await inline_one(att(f"{server}/redirect"))
+    assert await inline_one(att(f"{server}/notes.txt"), LOCAL) == f"[Attachment: {server}/notes.txt (text/plain)]\n{TEXT}\n[End of attachment]"
+    assert '\n{"city": "Paris"}\n' in await inline_one(att(f"{server}/data.json", "application/json"), LOCAL)
+    assert TEXT in await inline_one(att(f"{server}/octet"), LOCAL)  # the declared type decides, unless the server says image
+    assert TEXT in await inline_one(att(f"{server}/redirect"), LOCAL)
 
 
 async def test_http_errors(server):
-    assert "HTTP 404" in (await refused(att(f"{server}/missing.txt"))).message
-    assert "text-only" in (await refused(att(f"{server}/cat.png"))).message
-    assert "5000 bytes" in (await refused(att(f"{server}/big"), AttachmentConfig(max_bytes=4096))).message
+    assert "failed" in (await refused(att(f"{server}/missing.txt"), LOCAL)).message
+    assert "text-only" in (await refused(att(f"{server}/cat.png"), LOCAL)).message
+    assert "5000 bytes" in (await refused(att(f"{server}/big"), AttachmentConfig(max_bytes=4096, **FROM_LOCAL_SERVER))).message
     closed = f"http://127.0.0.1:{_closed_port()}/x.txt"
-    assert "ConnectError" in (await refused(att(closed))).message
-    assert "allow_http is false" in (await refused(att(f"{server}/notes.txt"), AttachmentConfig(allow_http=False))).message
+    assert "failed" in (await refused(att(closed), LOCAL)).message
+    assert "disabled on this server" in (await refused(att(f"{server}/notes.txt"), AttachmentConfig(allow_http=False))).message
 
 
 async def test_the_size_limit_is_enforced_while_the_body_streams(server):
-    error = await refused(att(f"{server}/endless"), AttachmentConfig(max_bytes=64 * 1024))
+    error = await refused(att(f"{server}/endless"), AttachmentConfig(max_bytes=64 * 1024, **FROM_LOCAL_SERVER))
     assert "larger" in error.message and "65536" in error.message
 
 
 async def test_a_stalled_server_times_out(server):
-    error = await refused(att(f"{server}/stall"), AttachmentConfig(http_timeout_s=0.2))
-    assert "Timeout" in error.message
+    error = await refused(att(f"{server}/stall"), AttachmentConfig(http_timeout_s=0.2, **FROM_LOCAL_SERVER))
+    assert "failed" in error.message and "attachments.http_timeout_s" in error.message
 
 
 def _closed_port() -> int:
@@ -269,7 +272,7 @@ def _closed_port() -> int:
 
 async def test_content_lists_mix_text_and_attachments(server):
     content = ["Summarize these:", att(data_url("one")), att(f"{server}/notes.txt"), "Be brief."]
-    inlined = await AttachmentInliner(AttachmentConfig()).fetch([(content, "content")])
+    inlined = await AttachmentInliner(LOCAL).fetch([(content, "content")])
     assert inlined.inline(content, "content") == (
         "Summarize these:\n\n[Attachment: data:text/plain (inline) (text/plain)]\none\n[End of attachment]\n\n"
         f"[Attachment: {server}/notes.txt (text/plain)]\n{TEXT}\n[End of attachment]\n\nBe brief."
@@ -300,13 +303,13 @@ async def test_a_dialog_reports_the_first_bad_attachment_by_field_path(server):
     # The image is known to be refused before anything is fetched.
     assert error.value.message.startswith("dialog.message.content[1]: an image attachment (image/png)")
     history_only = Dialog(message={"role": "user", "content": "x"}, message_history=dialog.message_history)
-    with pytest.raises(BadRequestError, match=r"^dialog.message_history\[1\].content: fetching .* HTTP 404"):
-        await AttachmentInliner(AttachmentConfig()).fetch(dialog_contents(history_only))
+    with pytest.raises(BadRequestError, match=r"^dialog.message_history\[1\].content: fetching .* failed"):
+        await AttachmentInliner(LOCAL).fetch(dialog_contents(history_only))
 
 
 async def test_the_same_url_is_fetched_once(server):
     url = f"{server}/notes.txt"
-    inlined = await AttachmentInliner(AttachmentConfig()).fetch([(att(url), "a"), ([att(url)], "b")])
+    inlined = await AttachmentInliner(LOCAL).fetch([(att(url), "a"), ([att(url)], "b")])
     assert TEXT in inlined(att(url), "a")
 
 

@@ -45,7 +45,7 @@ class LlamaCppConfig(BaseModel):
     attachments: AttachmentConfig = Field(
         default_factory=AttachmentConfig,
         description=(
-            "Where text attachments may come from (file:// roots, http(s):// size limit and timeout); "
-            "their text is inlined into the prompt."
+            "Where text attachments may come from (file:// roots; http(s):// only with allow_http, to public "
+            "hosts or allowed_hosts; size limit, timeout and deadline); their text is inlined into the prompt."
         ),
     )

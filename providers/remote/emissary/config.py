@@ -94,5 +94,8 @@ class EmissaryPostTrainingConfig(EmissaryConfig):
     )
     datasets: DatasetSourceConfig = Field(
         default_factory=lambda: DatasetSourceConfig(max_bytes=EMISSARY_MAX_DATASET_BYTES),
-        description="Where dataset content_urls may be read from (file:// needs file_roots); Emissary takes 5 MiB at most.",
+        description=(
+            "Where dataset content_urls may be read from (file:// needs file_roots, http(s):// needs allow_http); "
+            "Emissary takes 5 MiB at most."
+        ),
     )

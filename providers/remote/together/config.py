@@ -97,7 +97,10 @@ class TogetherPostTrainingConfig(TogetherConfig):
     dpo_beta: float = Field(default=0.1, gt=0, description="DPO's beta (how far the policy may move from the reference).")
     datasets: DatasetSourceConfig = Field(
         default_factory=DatasetSourceConfig,
-        description="Where dataset content_urls may be read from (file:// needs file_roots), and how much.",
+        description=(
+            "Where dataset content_urls may be read from (file:// needs file_roots, http(s):// needs allow_http), "
+            "and how much."
+        ),
     )
 
 

@@ -4,8 +4,9 @@ A request's content may hold attachments (``{"url": ..., "mime_type": ...}``). T
 put into the prompt between a header naming the URL and an end marker (:data:`ATTACHMENT_BLOCK`); any
 other kind is refused with 400 naming the field, an image saying the model reads text only.
 
-Where text comes from: ``data:`` URLs, ``file://`` URLs inside ``file_roots`` and ``http(s)://`` URLs, read
-as ``providers/utils/url_reader.py`` reads every URL a client names.
+Where text comes from: ``data:`` URLs, ``file://`` URLs inside ``file_roots`` and, where the distribution
+turns ``allow_http`` on, ``http(s)://`` URLs of public hosts (or of ``allowed_hosts``), read as
+``providers/utils/url_reader.py`` reads every URL a client names.
 
 Use (two steps, so that fetching is async and rendering a prompt stays a plain function)::
 
@@ -76,9 +77,18 @@ class AttachmentConfig(URLSourceConfig):
         gt=0,
         description="Seconds allowed to connect to, and then between reads from, an http(s):// attachment's server.",
     )
+    http_deadline_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds one http(s):// attachment may take in all: resolving, every redirect and the whole body.",
+    )
     allow_http: bool = Field(
-        default=True,
-        description="Fetch http:// and https:// attachments; false refuses them (the server then reaches no URL a client names).",
+        default=False,
+        description=(
+            "Fetch http:// and https:// attachments. Off by default (refused with a 400): a server that fetches "
+            "any URL a client names can be made to reach what it guards. When on, hosts that resolve to loopback, "
+            "private, link-local or other non-public addresses are still refused unless allowed_hosts names them."
+        ),
     )
 
 
@@ -212,7 +222,7 @@ class AttachmentInliner:
         if not wanted:
             return InlinedAttachments()
         client = None
-        if any(url.split(":", 1)[0].lower() in ("http", "https") for url in wanted):
+        if self.config.allow_http and any(url.split(":", 1)[0].lower() in ("http", "https") for url in wanted):
             client = self._urls.client()
         try:
             results = await asyncio.gather(

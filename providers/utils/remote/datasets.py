@@ -1,7 +1,8 @@
 """Reading a training Dataset's ``content_url`` so that a remote provider can upload it to its vendor.
 
 The URL policy is the attachments' one (``providers/utils/url_reader.py``: data:, file:// inside
-``file_roots``, http(s):// with a size limit), with its own config block because datasets are bigger and
+``file_roots``, http(s):// only where ``allow_http`` is on and to public or allow-listed hosts, with a size
+limit and a deadline), with its own config block because datasets are bigger and
 come from other places. Every problem is a 400 naming the request field (``dataset.content_url``).
 """
 
@@ -37,7 +38,16 @@ class DatasetSourceConfig(URLSourceConfig):
     http_timeout_s: float = Field(
         default=30.0, gt=0, description="Seconds allowed to connect to, and then between reads from, a dataset's server."
     )
-    allow_http: bool = Field(default=True, description="Fetch http(s):// datasets; false refuses them.")
+    http_deadline_s: float = Field(
+        default=600.0, gt=0, description="Seconds one http(s):// dataset may take in all: resolving, redirects and the whole body."
+    )
+    allow_http: bool = Field(
+        default=False,
+        description=(
+            "Fetch http(s):// datasets. Off by default (refused with a 400); when on, hosts resolving to loopback, "
+            "private or other non-public addresses are still refused unless allowed_hosts names them."
+        ),
+    )
 
 
 class DatasetReader:
