@@ -337,12 +337,21 @@ async def _together_scoring(c: Call) -> None:
     await c.client.reward_scoring.reward_score(model="x", prompt_generations=_generations())
 
 
+def _together_job(job_uuid: str) -> dict[str, Any]:
+    rows = [{"messages": [{"role": "user", "content": "1 + 1?"}, {"role": "assistant", "content": "2"}]}]
+    return _sft(job_uuid, LLAMA_8B, rows, {"messages": "dialog"}, 8)
+
+
 async def _together_training(c: Call) -> None:
     c.fake.fail("POST", "/fine-tunes", Fault("status", status=500))
-    rows = [{"messages": [{"role": "user", "content": "1 + 1?"}, {"role": "assistant", "content": "2"}]}]
-    await c.client.post_training.supervised_fine_tune(
-        **_sft(f"job-{uuid.uuid4().hex[:8]}", LLAMA_8B, rows, {"messages": "dialog"}, 8)
-    )
+    await c.client.post_training.supervised_fine_tune(**_together_job(f"job-{uuid.uuid4().hex[:8]}"))
+
+
+async def _together_training_status(c: Call) -> None:
+    job_uuid = f"job-{uuid.uuid4().hex[:8]}"
+    await c.client.post_training.supervised_fine_tune(**_together_job(job_uuid))
+    c.fail("GET", "/fine-tunes/{id}")
+    await c.client.post_training.get_training_job_status(job_uuid=job_uuid)
 
 
 async def _together_memory(c: Call) -> None:
@@ -429,6 +438,7 @@ ROUTES = [
     Route("code-interpreter", "together", _together_code),
     Route("reward-scoring", "together", _together_scoring),
     Route("post-training", "together", _together_training),
+    Route("post-training-status", "together", _together_training_status),
     Route("memory-insert", "together", _together_memory),
     Route("v1-chat-completions", "together", _openai_chat),
     Route("v1-chat-completions-stream", "together", _openai_stream),

@@ -136,7 +136,8 @@ def scrub_text(text: str) -> str:
 
 def excerpt(value: Any, limit: int = 200) -> str:
     """A vendor value quoted in an error message: as JSON (text as is), credential-like parts out, cut to
-    ``limit`` characters after scrubbing so that no half of a credential survives the cut."""
+    ``limit`` characters after scrubbing so that no half of a credential survives the cut. (The known keys
+    left the value already, when the RemoteService read it.)"""
     scrubbed = _scrub_tree(value, frozenset())
     text = scrubbed if isinstance(scrubbed, str) else json.dumps(scrubbed, default=str)
     return text[:limit]
