@@ -410,12 +410,10 @@ class URLReader:
                     by_address=refusal.by_address,
                 ) from None
             try:
-                if response.next_request is None:
+                if response.next_request is None:  # set by httpx for a 301, 302, 303, 307 or 308 with a Location
                     if not response.is_success:
                         raise _Failed(f"HTTP {response.status_code} from {_loggable(response.url)}")
                     return await self._body(response, where, cap, limit)
-                if response.status_code not in (301, 302, 303, 307, 308):
-                    raise _Failed(f"HTTP {response.status_code} with a Location from {_loggable(response.url)}")
             finally:
                 await response.aclose()
             request = response.next_request
