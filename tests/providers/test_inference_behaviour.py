@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from llama_stack.apis.common import StopReason, ToolCall
+from llama_stack.apis.common import StopReason
 from llama_stack.apis.errors import BadRequestError
 from llama_stack.apis.inference import (
     BatchChatCompletionRequest,
@@ -364,12 +364,14 @@ async def test_json_schema_response_format(local_provider):
 async def test_a_forced_tool_call_end_to_end(local_provider):
     request = chat("What is the weather in Paris?", available_tools=[WEATHER, ADD], tool_choice="required")
     answer = await local_provider.chat_completion(request)
-    assert answer.tool_calls == [ToolCall(tool_name="get_weather", arguments={"city": "Paris"}, call_id="call_0")]
+    assert [(c.tool_name, c.arguments) for c in answer.tool_calls] == [("get_weather", {"city": "Paris"})]
     assert answer.content == "" and answer.stop_reason == StopReason.finished_ok
 
     chunks = await collect(await local_provider.chat_completion(request.model_copy(update={"stream": True})))
     calls = [c for c in chunks if c.tool_call is not None]
-    assert [(c.tool_call, c.tool_call_index, c.text_delta) for c in calls] == [(answer.tool_calls[0], 0, "")]
+    assert [(c.tool_call.tool_name, c.tool_call.arguments, c.tool_call_index, c.text_delta) for c in calls] == [("get_weather", {"city": "Paris"}, 0, "")]
+    # Every call has an id of its own: the same call asked again is another call.
+    assert calls[0].tool_call.call_id.startswith("call_") and calls[0].tool_call.call_id != answer.tool_calls[0].call_id
     assert joined(chunks) == "" and chunks[-1].stop_reason == StopReason.finished_ok and chunks[-1].tool_call is None
 
 

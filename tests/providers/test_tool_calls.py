@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 
 import pytest
 
@@ -50,8 +51,22 @@ LLAMA3_TEMPLATE = (
 CHATML_TEMPLATE = "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
 
 
-def call(name: str, index: int = 0, **arguments) -> ToolCall:
-    return ToolCall(tool_name=name, arguments=arguments, call_id=f"call_{index}")
+def call(name: str, **arguments) -> tuple[str, dict]:
+    """An expected call: its tool and arguments (ids are random, checked by ``named``)."""
+    return name, arguments
+
+
+def named(calls: list[ToolCall]) -> list[tuple[str, dict]]:
+    """Parsed calls as (tool, arguments), after checking that each has an id of its own."""
+    ids = [c.call_id for c in calls]
+    assert all(re.fullmatch(r"call_[0-9a-f]{24}", i) for i in ids), ids
+    assert len(set(ids)) == len(ids), ids
+    return [(c.tool_name, c.arguments) for c in calls]
+
+
+def parsed(output: str, fmt: ToolFormat, tools: list[ToolDefinition]) -> tuple[str, list[tuple[str, dict]]]:
+    text, calls = parse_tool_calls(output, fmt, tools)
+    return text, named(calls)
 
 
 # -- which format ----------------------------------------------------------------------------------------
@@ -84,7 +99,7 @@ JSON_CASES = [
         '{"name": "get_weather", "arguments": {"city": "Paris"}}\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n'
         '{"name": "web_search", "arguments": {"query": "news"}}',
         "",
-        [call("get_weather", 0, city="Paris"), call("add", 1, a=2, b=3), call("web_search", 2, query="news")],
+        [call("get_weather", city="Paris"), call("add", a=2, b=3), call("web_search", query="news")],
     ),
     (
         'Let me check that.\n{"name": "get_weather", "arguments": {"city": "Rome"}}',
@@ -99,12 +114,12 @@ JSON_CASES = [
     (
         '<tool_call>[{"name": "add", "arguments": {"a": 1, "b": 2}}, {"name": "get_weather", "arguments": {"city": "Nice"}}]</tool_call>',
         "",
-        [call("add", 0, a=1, b=2), call("get_weather", 1, city="Nice")],
+        [call("add", a=1, b=2), call("get_weather", city="Nice")],
     ),
     (
         '[{"name": "add", "arguments": {"a": 1, "b": 2}}, {"name": "get_weather", "arguments": {"city": "Nice"}}]',
         "",
-        [call("add", 0, a=1, b=2), call("get_weather", 1, city="Nice")],
+        [call("add", a=1, b=2), call("get_weather", city="Nice")],
     ),
     ('{"name": "get_weather", "arguments": {}}', "", [call("get_weather")]),
     # Not calls: they come back as text, unchanged.
@@ -130,14 +145,14 @@ LLAMA3_CASES = [
     (
         '<|python_tag|>brave_search.call(query="a")\nwolfram_alpha.call(query="b")',
         "",
-        [call("web_search", 0, query="a"), call("math", 1, query="b")],
+        [call("web_search", query="a"), call("math", query="b")],
     ),
     ("<|python_tag|>import math\nprint(math.sqrt(2))", "", [call("code_interpreter", code="import math\nprint(math.sqrt(2))")]),
     ('<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}', "", [call("get_weather", city="Paris")]),
     (
         '<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}; {"name": "add", "parameters": {"a": 1, "b": 2}}',
         "",
-        [call("get_weather", 0, city="Paris"), call("add", 1, a=1, b=2)],
+        [call("get_weather", city="Paris"), call("add", a=1, b=2)],
     ),
     ('{"name": "get_weather", "parameters": {"city": "Paris"}}', "", [call("get_weather", city="Paris")]),
     ('I will search.<|python_tag|>brave_search.call(query="x")<|eom_id|>', "I will search.", [call("web_search", query="x")]),
@@ -148,12 +163,12 @@ LLAMA3_CASES = [
 
 @pytest.mark.parametrize(("output", "text", "calls"), JSON_CASES)
 def test_parse_json_format(output, text, calls):
-    assert parse_tool_calls(output, JSON, TOOLS) == (text, calls)
+    assert parsed(output, JSON, TOOLS) == (text, calls)
 
 
 @pytest.mark.parametrize(("output", "text", "calls"), LLAMA3_CASES)
 def test_parse_llama3_format(output, text, calls):
-    assert parse_tool_calls(output, LLAMA3, TOOLS) == (text, calls)
+    assert parsed(output, LLAMA3, TOOLS) == (text, calls)
 
 
 def test_llama3_broken_or_unknown_python_tag_calls_come_back_as_text():
@@ -199,10 +214,35 @@ def test_streaming_agrees_with_parsing(fmt, case, size):
     assert all(c.stop_reason is None for c in body)
     assert "".join(c.text_delta for c in chunks) == text
     tool_chunks = [c for c in chunks if c.tool_call is not None]
-    assert [c.tool_call for c in tool_chunks] == calls
+    assert named([c.tool_call for c in tool_chunks]) == calls
     assert [c.tool_call_index for c in tool_chunks] == list(range(len(calls)))
     assert all(c.text_delta == "" for c in tool_chunks)
     assert all(c.text_delta for c in body if c.tool_call is None and c.logprobs is None)
+
+
+def test_every_call_gets_an_id_of_its_own_across_answers():
+    output = '{"name": "get_weather", "arguments": {"city": "Paris"}}\n{"name": "get_weather", "arguments": {"city": "Paris"}}'
+    _, first = parse_tool_calls(output, JSON, TOOLS)
+    _, second = parse_tool_calls(output, JSON, TOOLS)  # the next turn: the same calls again
+    assert named(first + second) == [call("get_weather", city="Paris")] * 4  # named() checks the ids are distinct
+    stream = ToolCallStream(JSON, TOOLS)
+    chunks = [*stream.feed(output), *stream.finish(StopReason.finished_ok)]
+    streamed = [c.tool_call for c in chunks if c.tool_call is not None]
+    assert streamed == stream.calls  # what a stream sends is what its final answer holds, ids included
+    assert not {c.call_id for c in streamed} & {c.call_id for c in first + second}
+
+
+def test_results_answering_generated_ids_render_back():
+    _, calls = parse_tool_calls('{"name": "get_weather", "arguments": {"city": "Paris"}}', JSON, [WEATHER])
+    d = dialog(
+        SYSTEM,
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": "", "tool_calls": [c.model_dump() for c in calls]},
+        message={"role": "user", "content": "", "tool_responses": [{"tool_name": "get_weather", "content": "22C", "call_id": calls[0].call_id}]},
+    )
+    messages = render(d, [WEATHER])
+    assert messages[2]["content"] == '{"name": "get_weather", "arguments": {"city": "Paris"}}'
+    assert messages[3]["content"].startswith(f"Tool result (get_weather, call {calls[0].call_id}): 22C")
 
 
 def test_plain_text_streams_through_at_once():
@@ -222,7 +262,7 @@ def test_text_before_a_call_is_sent_before_the_call_is_complete():
     assert [c.text_delta for c in stream.feed("Checking.\n")] == ["Checking."]
     assert stream.feed('{"name": "get_weather", "arguments": {"city":') == []
     (chunk,) = stream.feed(' "Paris"}}')
-    assert chunk.tool_call == call("get_weather", city="Paris") and chunk.tool_call_index == 0
+    assert named([chunk.tool_call]) == [call("get_weather", city="Paris")] and chunk.tool_call_index == 0
     (last,) = stream.finish(StopReason.finished_ok, usage=Usage(prompt_tokens=3, completion_tokens=4))
     assert last.stop_reason == StopReason.finished_ok and last.usage.completion_tokens == 4
 
@@ -322,7 +362,7 @@ def test_json_format_renders_calls_and_results():
         "Tool result (get_weather, call call_0): 22C, sunny\nTool result (add, call call_1): 5\n\nThanks. Summarize."
     )
     # The rendered assistant message parses back into the same calls.
-    assert parse_tool_calls(messages[2]["content"], JSON, [WEATHER, ADD])[1] == [ToolCall(**c) for c in CALLS]
+    assert parsed(messages[2]["content"], JSON, [WEATHER, ADD])[1] == [(c["tool_name"], c["arguments"]) for c in CALLS]
 
 
 def test_results_that_end_the_dialog_ask_for_an_answer():
@@ -379,7 +419,7 @@ def test_llama3_builtin_calls_render_through_python_tag_and_parse_back():
     calls = [{"tool_name": "web_search", "arguments": {"query": 'say "hi"'}}]
     messages = render(tool_round(calls), [SEARCH], fmt=LLAMA3)
     assert messages[2]["content"] == '<|python_tag|>brave_search.call(query="say \\"hi\\"")'
-    assert parse_tool_calls(messages[2]["content"], LLAMA3, [SEARCH])[1] == [call("web_search", query='say "hi"')]
+    assert parsed(messages[2]["content"], LLAMA3, [SEARCH])[1] == [call("web_search", query='say "hi"')]
     code = render(tool_round([{"tool_name": "code_interpreter", "arguments": {"code": "print(1)"}}]), [CODE], fmt=LLAMA3)
     assert code[2]["content"] == "<|python_tag|>print(1)"
     assert "Tools:" not in code[0]["content"] and code[0]["content"].startswith("Environment: ipython\n")
@@ -447,7 +487,6 @@ def test_random_outputs_never_raise_and_stream_like_they_parse():
     for _ in range(400):
         output = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
         for fmt in ToolFormat:
-            text, calls = parse_tool_calls(output, fmt, TOOLS)
+            text, calls = parsed(output, fmt, TOOLS)
             chunks = stream_pieces(fmt, output, rng.randint(1, 5))
-            assert ("".join(c.text_delta for c in chunks), [c.tool_call for c in chunks if c.tool_call]) == (text, calls)
-            assert [c.call_id for c in calls] == [f"call_{i}" for i in range(len(calls))]
+            assert ("".join(c.text_delta for c in chunks), named([c.tool_call for c in chunks if c.tool_call])) == (text, calls)

@@ -32,7 +32,7 @@ Interfaces (stable; other providers use them):
   (``dialog.message_history[0].content``); ``llama3_header=False`` for Llama 3.1+ templates that write
   the environment/date header themselves (hand them ``llama3_builtin_names(tools)`` as ``builtin_tools``).
 - ``offered_tools(tools, tool_choice) -> list[ToolDefinition]``: the tools to parse for (none for 'none').
-- ``parse_tool_calls(text, fmt, tools) -> (text, [ToolCall])``
+- ``parse_tool_calls(text, fmt, tools) -> (text, [ToolCall])``; every call gets a fresh id (:func:`new_call_id`).
 - ``ToolCallStream(fmt, tools)``: ``feed(text_delta, logprobs=None) -> [chunk]``,
   ``finish(stop_reason, usage=None) -> [chunk]`` (the last chunk carries stop_reason and usage).
 - ``tool_call_schema(tools, tool_choice, fmt) -> dict | None``: a JSON schema of the forced call, for
@@ -45,6 +45,7 @@ import ast
 import datetime
 import json
 import re
+import secrets
 from collections.abc import Callable, Iterator
 from enum import Enum
 from typing import Any
@@ -64,6 +65,7 @@ __all__ = [
     "function_definition",
     "iter_messages",
     "llama3_builtin_names",
+    "new_call_id",
     "offered_tools",
     "parse_tool_calls",
     "render_messages",
@@ -106,6 +108,12 @@ BUILTIN_TOOLS: dict[str, _Builtin] = {
     ),
 }
 _BUILTIN_BY_LLAMA_NAME = {b.llama_name: name for name, b in BUILTIN_TOOLS.items()}
+
+
+def new_call_id() -> str:
+    """A tool call's id, ``call_`` and 24 random hex digits as OpenAI's look: unique across answers, since a
+    client answers each call by its id and keeps a conversation's calls apart by it, turn after turn."""
+    return f"call_{secrets.token_hex(12)}"
 
 
 def tool_name(tool: ToolDefinition) -> str:
@@ -585,7 +593,7 @@ class ToolCallStream:
                     text.append(body)
                 flush()
                 for name, arguments in calls:
-                    call = ToolCall(tool_name=name, arguments=arguments, call_id=f"call_{self._count}")
+                    call = ToolCall(tool_name=name, arguments=arguments, call_id=new_call_id())
                     chunks.append(self._chunk("", tool_call=call, tool_call_index=self._count))
                     self.calls.append(call)
                     self._count += 1
@@ -704,7 +712,7 @@ def _key_check(s: str) -> bool | None:
 
 
 def parse_tool_calls(text: str, fmt: ToolFormat, tools: list[ToolDefinition]) -> tuple[str, list[ToolCall]]:
-    """A whole answer split into its text and its tool calls (call ids ``call_0``, ``call_1``, ...).
+    """A whole answer split into its text and its tool calls, each with a fresh id (:func:`new_call_id`).
 
     Never raises: what does not parse as a call to an offered tool stays in the text.
     """
