@@ -83,7 +83,7 @@ class QueryDocumentsRequest(Schema):
         default=None,
         description=(
             "Only chunks whose document metadata matches: {key: value} for equality, {key: {$op: value}} with "
-            "$eq $ne $gt $gte $lt $lte $in $nin, and {$and: [...]} / {$or: [...]}."
+            "$eq $ne $gt $gte $lt $lte $in $nin, and {$and: [...]} / {$or: [...]} (nested at most 16 levels deep)."
         ),
     )
 

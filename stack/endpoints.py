@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections.abc
 import inspect
-import json
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -28,6 +28,7 @@ from llama_stack.apis.safety import Safety
 from llama_stack.apis.synthetic_data_generation import SyntheticDataGeneration
 from llama_stack.apis.tool_runtime import ToolRuntime
 
+from .json_input import load_json
 from .openai_compat import OpenAICompat
 
 if TYPE_CHECKING:
@@ -136,12 +137,10 @@ class Endpoint:
         return kwargs
 
     def decode_body(self, raw: bytes) -> Any:
+        """The parsed body: a 400 when it is missing, not JSON, nested too deeply or holds a non-finite number."""
         if not raw.strip():
             raise BadRequestError(f"{self.route.method} {self.route.path} needs a JSON request body")
-        try:
-            return json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BadRequestError(f"The request body is not valid JSON: {exc}") from None
+        return load_json(raw)
 
 
 def _details(exc: PydanticValidationError, prefix: str, where: str) -> list[dict[str, Any]]:
@@ -156,8 +155,10 @@ def _details(exc: PydanticValidationError, prefix: str, where: str) -> list[dict
         elif error["type"] == "extra_forbidden":
             message = "unknown field"
         detail = {"loc": loc, "in": where, "message": message}
-        if error["type"] not in ("missing", "extra_forbidden") and not isinstance(error.get("input"), (dict, list)):
-            detail["got"] = error.get("input")
+        got = error.get("input")
+        if error["type"] not in ("missing", "extra_forbidden") and not isinstance(got, (dict, list)):
+            # A non-finite float (from a query string, or an in-process caller) cannot be written as JSON.
+            detail["got"] = got if not isinstance(got, float) or math.isfinite(got) else str(got)
         details.append(detail)
     return details
 

@@ -83,6 +83,8 @@ from llama_stack.apis.openai import (
     OpenAIUsage,
 )
 
+from .json_input import load_json
+
 SYSTEM_FINGERPRINT = f"llama-stack-{__version__}"
 STARTED = int(time.time())  # OpenAI's `created` of a listed model: when this server began serving it
 
@@ -308,10 +310,9 @@ def _user_content(content: Any, where: str) -> Content:
 
 
 def _arguments(text: str, param: str) -> dict[str, Any]:
-    try:
-        arguments = json.loads(text) if text.strip() else {}
-    except json.JSONDecodeError as exc:
-        raise _invalid(param, f"tool call arguments are not valid JSON: {exc}") from None
+    if not text.strip():
+        return {}
+    arguments = load_json(text, what="The tool call's arguments text", error=lambda message, _: _invalid(param, message))
     if not isinstance(arguments, dict):
         raise _invalid(param, "tool call arguments must be a JSON object")
     return arguments

@@ -7,13 +7,14 @@ that request. Each provider documents the keys it reads (``together_api_key``, `
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
 from llama_stack.apis.errors import BadRequestError
+
+from .json_input import load_json
 
 PROVIDER_DATA_HEADER = "X-LlamaStack-Provider-Data"
 
@@ -35,10 +36,7 @@ def using_provider_data(data: Mapping[str, Any] | None) -> Iterator[None]:
 
 
 def parse_provider_data(header: str | bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(header)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequestError(f"The {PROVIDER_DATA_HEADER} header is not valid JSON: {exc}") from None
+    data = load_json(header, what=f"The {PROVIDER_DATA_HEADER} header")
     if not isinstance(data, dict):
         raise BadRequestError(f"The {PROVIDER_DATA_HEADER} header must hold a JSON object, got {type(data).__name__}")
     return data

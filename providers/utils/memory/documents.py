@@ -23,6 +23,7 @@ import re
 from collections.abc import Callable
 
 from llama_stack.apis.errors import BadRequestError
+from llama_stack.json_input import MAX_JSON_DEPTH, nesting_depth
 
 SUPPORTED_MIME_TYPES = ("text/plain", "text/markdown", "text/html", "application/pdf", "application/json")
 # Other names in use for the same formats.
@@ -127,6 +128,10 @@ def _plain(content: bytes, charset: str | None, where: str) -> str:
 
 def _json(content: bytes, charset: str | None, where: str) -> str:
     text = _decode(content, charset, where)
+    # Parsing and pretty-printing recurse once per level: measure the depth before either does.
+    depth = nesting_depth(text.encode("utf-8", "surrogatepass"))
+    if depth > MAX_JSON_DEPTH:
+        raise _bad(f"{where}.content", f"the JSON nests arrays and objects {depth} levels deep; at most {MAX_JSON_DEPTH} are accepted")
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -6,6 +6,7 @@ The JSON form (see ``llama_stack.apis.memory_banks.MetadataFilter``)::
 
 Keys at one level must all hold. A document lacking a key fails every operator but ``$ne`` and ``$nin``.
 Comparisons ($gt $gte $lt $lte) take numbers or strings and never match a value of the other kind.
+``$and`` and ``$or`` nest at most ``MAX_FILTER_DEPTH`` (16) levels deep.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from llama_stack.apis.errors import BadRequestError
 COMPARISONS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte")
 MEMBERSHIP = ("$in", "$nin")
 Scalar = Union[str, int, float, bool, None]
+# Filters nested deeper than any query needs are refused: stores evaluate and compile them recursively.
+MAX_FILTER_DEPTH = 16
 
 
 @dataclass(frozen=True)
@@ -48,17 +51,19 @@ def _scalar(value: Any) -> bool:
     return value is None or isinstance(value, (str, int, float, bool))
 
 
-def parse_filter(raw: Any, where: str = "filters") -> Filter:
+def parse_filter(raw: Any, where: str = "filters", depth: int = 1) -> Filter:
     """The filter tree of a JSON filter; a 400 naming the offending path when it is malformed."""
     if not isinstance(raw, dict):
         raise _bad(where, f"a filter is a JSON object, got {type(raw).__name__}")
+    if depth > MAX_FILTER_DEPTH:
+        raise _bad(where, f"$and / $or nest more than {MAX_FILTER_DEPTH} levels deep")
     parts: list[Filter] = []
     for key, value in raw.items():
         at = f"{where}.{key}"
         if key in ("$and", "$or"):
             if not isinstance(value, list) or not value:
                 raise _bad(at, f"{key} takes a non-empty list of filters")
-            subs = tuple(parse_filter(item, f"{at}[{i}]") for i, item in enumerate(value))
+            subs = tuple(parse_filter(item, f"{at}[{i}]", depth + 1) for i, item in enumerate(value))
             parts.append(All(subs) if key == "$and" else Any_(subs))
         elif key.startswith("$"):
             raise _bad(at, f"unknown operator {key!r} at the top of a filter (use $and / $or, or a metadata key)")
