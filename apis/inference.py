@@ -12,19 +12,40 @@ from .routes import webmethod
 # Fields marked "extension" are this runtime's additions to the seed contract; all are optional.
 
 
+# Bounds of the sampling parameters: OpenAI's ranges where OpenAI has the parameter, and everywhere values
+# whose arithmetic stays finite in the engines' float32 logits (a temperature of 1e-300 is 0 there).
+MAX_TEMPERATURE = 2.0
+MIN_SAMPLING_TEMPERATURE = 0.01
+MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 0.01, 10.0
+MAX_TOP_K = 1_000_000
+MAX_TOKEN_ID = 2**31 - 1  # token ids are 32-bit in the engines
+SEED_RANGE = (-(2**63), 2**63 - 1)  # OpenAI's: a 64-bit integer
+MAX_TOKENS_LIMIT = 2**20  # beyond any model's context window; the router checks the model's own
+
+
 class SamplingParams(Schema):
     """How the next token is chosen.
 
     ``greedy`` always takes the most likely token; ``top_p`` and ``top_k`` sample with ``temperature``
-    (which must then be above 0), restricted to the nucleus ``top_p`` and, when ``top_k`` > 0, to the
+    (which must then be at least 0.01), restricted to the nucleus ``top_p`` and, when ``top_k`` > 0, to the
     ``top_k`` most likely tokens.
     """
 
-    temperature: float = Field(default=0.0, ge=0.0)
+    temperature: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=MAX_TEMPERATURE,
+        description=f"0 with greedy; {MIN_SAMPLING_TEMPERATURE} to {MAX_TEMPERATURE} when sampling (OpenAI's range).",
+    )
     strategy: Literal["greedy", "top_p", "top_k"] = "greedy"
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
-    top_k: int = Field(default=0, ge=0, description="0 means no top-k restriction.")
-    repetition_penalty: float = Field(default=1.0, gt=0.0, description="Extension: 1.0 means no penalty.")
+    top_k: int = Field(default=0, ge=0, le=MAX_TOP_K, description="0 means no top-k restriction.")
+    repetition_penalty: float = Field(
+        default=1.0,
+        ge=MIN_REPETITION_PENALTY,
+        le=MAX_REPETITION_PENALTY,
+        description=f"Extension: 1.0 means no penalty; {MIN_REPETITION_PENALTY} to {MAX_REPETITION_PENALTY}.",
+    )
     frequency_penalty: float = Field(
         default=0.0,
         ge=-2.0,
@@ -37,8 +58,10 @@ class SamplingParams(Schema):
         le=2.0,
         description="Extension: subtracted from a token's logit once the answer holds it (OpenAI's).",
     )
-    seed: int | None = Field(default=None, description="Extension: makes sampling repeatable.")
-    logit_bias: dict[Annotated[int, Field(ge=0)], Annotated[float, Field(ge=-100.0, le=100.0)]] = Field(
+    seed: int | None = Field(
+        default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1], description="Extension: makes sampling repeatable (a 64-bit integer)."
+    )
+    logit_bias: dict[Annotated[int, Field(ge=0, le=MAX_TOKEN_ID)], Annotated[float, Field(ge=-100.0, le=100.0)]] = Field(
         default_factory=dict,
         max_length=1024,
         description=(
@@ -56,10 +79,20 @@ class SamplingParams(Schema):
             )
         if self.strategy != "greedy" and self.temperature == 0:
             raise ValueError(f"strategy {self.strategy!r} samples and needs a temperature above 0")
+        if self.strategy != "greedy" and self.temperature < MIN_SAMPLING_TEMPERATURE:
+            raise ValueError(
+                f"strategy {self.strategy!r} samples with a temperature of at least {MIN_SAMPLING_TEMPERATURE}, "
+                f"got {self.temperature}; use strategy 'greedy' for the most likely tokens"
+            )
         return self
 
 
-MaxTokens = Field(default=0, ge=0, description="The most tokens to generate; 0 means until the model stops.")
+MaxTokens = Field(
+    default=0,
+    ge=0,
+    le=MAX_TOKENS_LIMIT,
+    description="The most tokens to generate; 0 means until the model stops. More than the model's context window is a 400.",
+)
 Stop = Field(default_factory=list, max_length=8, description="Extension: stop when any of these strings is generated.")
 TopLogprobs = Field(default=0, ge=0, le=20, description="Extension: with logprobs, the alternatives per token.")
 

@@ -24,6 +24,15 @@ from typing import Annotated, Any, AsyncIterator, Literal, Protocol, Union, runt
 from pydantic import ConfigDict, Field, model_serializer, model_validator
 
 from .common import JsonObject, Schema
+from .inference import (
+    MAX_REPETITION_PENALTY,
+    MAX_TEMPERATURE,
+    MAX_TOKENS_LIMIT,
+    MAX_TOP_K,
+    MIN_REPETITION_PENALTY,
+    MIN_SAMPLING_TEMPERATURE,
+    SEED_RANGE,
+)
 from .routes import webmethod
 
 # ---------------------------------------------------------------------------------------------- requests
@@ -163,17 +172,29 @@ class OpenAIStreamOptions(Schema):
     include_obfuscation: bool | None = Field(default=None, description="Accepted and ignored: chunks are never padded.")
 
 
-Temperature = Field(default=None, ge=0, le=2, description="Default 1 (sampling); 0 is greedy decoding.")
+Temperature = Field(
+    default=None,
+    ge=0,
+    le=MAX_TEMPERATURE,
+    description=f"Default 1 (sampling); 0 (or below {MIN_SAMPLING_TEMPERATURE}) is greedy decoding.",
+)
 TopP = Field(default=None, ge=0, le=1, description="Default 1; 0 is greedy decoding.")
 StopList = Annotated[list[str], Field(max_length=8)]
 Stop = Field(default=None, description="Up to 8 strings; generation stops before any of them.")
-Seed = Field(default=None, description="Makes sampling repeatable, where the provider supports it.")
+Seed = Field(
+    default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1], description="Makes sampling repeatable, where the provider supports it."
+)
 N = Field(default=None, ge=1, le=128, description="Choices per prompt (streamed one after another).")
 Penalty = Field(default=None, ge=-2, le=2, description="As OpenAI defines it; 0 (the default) is no penalty.")
 LogitBias = Field(default=None, description="Token id (the model's own, as digits) -> bias in [-100, 100] added to its logit.")
 Ignored = Field(default=None, description="Accepted and ignored.")
-TopK = Field(default=None, ge=0, description="Extension: sample among the k most likely tokens; 0 means no limit.")
-RepetitionPenalty = Field(default=None, gt=0, description="Extension: 1 means no penalty.")
+TopK = Field(default=None, ge=0, le=MAX_TOP_K, description="Extension: sample among the k most likely tokens; 0 means no limit.")
+RepetitionPenalty = Field(
+    default=None,
+    ge=MIN_REPETITION_PENALTY,
+    le=MAX_REPETITION_PENALTY,
+    description=f"Extension: 1 means no penalty; {MIN_REPETITION_PENALTY} to {MAX_REPETITION_PENALTY}.",
+)
 
 
 class OpenAIChatCompletionRequest(Schema):
@@ -183,8 +204,10 @@ class OpenAIChatCompletionRequest(Schema):
     messages: list[OpenAIChatMessage] = Field(min_length=1)
     temperature: float | None = Temperature
     top_p: float | None = TopP
-    max_completion_tokens: int | None = Field(default=None, ge=1, description="Default: until the model stops.")
-    max_tokens: int | None = Field(default=None, ge=1, description="The older name of max_completion_tokens.")
+    max_completion_tokens: int | None = Field(
+        default=None, ge=1, le=MAX_TOKENS_LIMIT, description="Default: until the model stops. Not beyond the model's context window."
+    )
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT, description="The older name of max_completion_tokens.")
     stop: str | StopList | None = Stop
     seed: int | None = Seed
     stream: bool | None = None
@@ -225,7 +248,10 @@ class OpenAICompletionRequest(Schema):
         description="A prompt, or several (not when streaming); token ids are refused."
     )
     max_tokens: int | None = Field(
-        default=None, ge=0, description="Default 16, as OpenAI's; 0 (with echo) scores the prompt and generates nothing."
+        default=None,
+        ge=0,
+        le=MAX_TOKENS_LIMIT,
+        description="Default 16, as OpenAI's; 0 (with echo) scores the prompt and generates nothing. Not beyond the model's context window.",
     )
     temperature: float | None = Temperature
     top_p: float | None = TopP

@@ -36,6 +36,7 @@ from llama_stack.apis.common import (
 )
 from llama_stack.apis.errors import BadRequestError
 from llama_stack.apis.inference import (
+    MIN_SAMPLING_TEMPERATURE,
     BatchChatCompletionRequest,
     BatchCompletionRequest,
     ChatCompletionRequest,
@@ -242,7 +243,8 @@ def _refuse_unsupported(request: OpenAIChatCompletionRequest | OpenAICompletionR
 
 
 def _sampling(request: OpenAIChatCompletionRequest | OpenAICompletionRequest) -> SamplingParams:
-    """OpenAI samples by default (temperature 1, top_p 1); temperature 0 or top_p 0 is greedy decoding."""
+    """OpenAI samples by default (temperature 1, top_p 1); temperature 0 or top_p 0 is greedy decoding, and so
+    is a temperature too small to sample with (below MIN_SAMPLING_TEMPERATURE: nearly greedy at OpenAI too)."""
     temperature = 1.0 if request.temperature is None else request.temperature
     top_p = 1.0 if request.top_p is None else request.top_p
     common = {
@@ -252,7 +254,7 @@ def _sampling(request: OpenAIChatCompletionRequest | OpenAICompletionRequest) ->
         "presence_penalty": request.presence_penalty or 0.0,
         "logit_bias": _logit_bias(request.logit_bias),
     }
-    if temperature == 0 or top_p == 0:
+    if temperature < MIN_SAMPLING_TEMPERATURE or top_p == 0:
         return SamplingParams(strategy="greedy", **common)
     top_k = request.top_k or 0
     return SamplingParams(strategy="top_k" if top_k else "top_p", temperature=temperature, top_p=top_p, top_k=top_k, **common)
