@@ -82,6 +82,13 @@ class ConflictError(LlamaStackError):
     type = "conflict"
 
 
+class PayloadTooLargeError(LlamaStackError):
+    """The request body is larger than the server accepts (``server.max_request_body_bytes``)."""
+
+    status = 413
+    type = "payload_too_large"
+
+
 class ValidationError(LlamaStackError):
     """The request is well-formed JSON but does not match the schema; ``details`` name each field."""
 
@@ -123,6 +130,7 @@ ERRORS_BY_STATUS: dict[int, type[LlamaStackError]] = {
         NotFoundError,
         MethodNotAllowedError,
         ConflictError,
+        PayloadTooLargeError,
         ValidationError,
         NotSupportedError,
         ProviderError,

@@ -11,7 +11,7 @@ honours, so the OpenAPI document says exactly what is accepted:
 * a field OpenAI defines that we cannot honour is declared only where a client may send its default
   (``best_of: 1``, ...); any other value is refused with a 400 naming the
   parameter (``code: unsupported_parameter`` / ``unsupported_value``);
-* anything else is an unknown field (422 naming it), like every other route of this server.
+* anything else is an unknown field (a 400 naming it: these routes answer schema errors as OpenAI does).
 
 Extensions are marked as such: ``top_k`` and ``repetition_penalty`` (as vLLM and llama.cpp's server accept
 them), ``response_format`` on completions, and ``aliases`` / ``context_length`` on listed models.

@@ -37,6 +37,7 @@ from llama_stack.apis.routes import Api
 from .plugins import ProviderRegistry
 
 DEFAULT_PORT = 8321
+DEFAULT_MAX_REQUEST_BODY_BYTES = 16 * 1024 * 1024
 ENV_PATTERN = re.compile(r"\$\{env\.([A-Za-z_][A-Za-z0-9_]*)(?::=([^}]*))?\}")
 
 
@@ -66,6 +67,14 @@ class ServerConfig(_Strict):
     api_keys: list[SecretStr] = Field(
         default_factory=list,
         description="When set, every route but /health requires `Authorization: Bearer <key>`.",
+    )
+    max_request_body_bytes: int = Field(
+        default=DEFAULT_MAX_REQUEST_BODY_BYTES,
+        ge=1024,
+        description=(
+            "The largest request body accepted; a larger one is a 413 before it is read. The default takes a "
+            "memory-bank document of the default 10 MiB (base64-encoded); raise both together."
+        ),
     )
 
 

@@ -34,6 +34,9 @@ from .openai_compat import OpenAICompat
 if TYPE_CHECKING:
     from .resolver import Stack
 
+# Routes served without an API key, whatever the server's api_keys.
+PUBLIC_PATHS = frozenset({"/health"})
+
 PROTOCOLS: dict[Api, type] = {
     Api.inference: Inference,
     Api.agentic_system: AgenticSystem,

@@ -9,6 +9,7 @@ refuses with a 400 naming the parameter, before any provider is called.
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import mimetypes
 import struct
@@ -34,7 +35,7 @@ from llama_stack.apis.common import (
     ToolDefinition,
     ToolResponse,
 )
-from llama_stack.apis.errors import BadRequestError
+from llama_stack.apis.errors import BadRequestError, LlamaStackError
 from llama_stack.apis.inference import (
     MIN_SAMPLING_TEMPERATURE,
     BatchChatCompletionRequest,
@@ -91,6 +92,28 @@ STARTED = int(time.time())  # OpenAI's `created` of a listed model: when this se
 
 # Completions' max_tokens when the request has none, as OpenAI's (chat completions run until the model stops).
 COMPLETION_MAX_TOKENS = 16
+
+
+# Every OpenAI route's path starts with it; errors on these paths are answered as OpenAI answers them.
+OPENAI_PATH_PREFIX = "/v1/"
+
+
+def as_openai_error(error: LlamaStackError) -> LlamaStackError:
+    """``error`` as OpenAI answers it: a request that does not match the schema is a 400 (OpenAI's SDKs
+    raise ``BadRequestError`` for it, where a 422 would be an ``UnprocessableEntityError``), and every
+    client error is typed ``invalid_request_error``. Server errors are left as they are."""
+    if not 400 <= error.status < 500:
+        return error
+    converted = copy.copy(error)
+    converted.status = 400 if error.status == 422 else error.status  # type: ignore[misc]
+    converted.type = "invalid_request_error"  # type: ignore[misc]
+    return converted
+
+
+def _openai_model(model: Any) -> OpenAIModel:
+    return OpenAIModel(
+        id=model.model_id, created=STARTED, owned_by=model.provider_id, aliases=model.aliases, context_length=model.context_length
+    )
 
 
 def _unsupported(param: str, message: str, *, value: bool = False) -> BadRequestError:

@@ -447,14 +447,16 @@ async def test_an_unknown_model_is_a_not_found_naming_the_served_ones(client):
         ({"extra_body": {"best_of": 2}}, "best_of", "unknown field"),
     ],
 )
-async def test_an_invalid_request_is_a_422_naming_the_parameter(client, arguments, param, fragment):
-    with pytest.raises(openai.UnprocessableEntityError) as info:
+async def test_an_invalid_request_is_a_400_naming_the_parameter(client, arguments, param, fragment):
+    # OpenAI answers a request that does not match its schema with a 400 (the SDK's BadRequestError), not a 422.
+    with pytest.raises(openai.BadRequestError) as info:
         await client.chat.completions.create(**({"model": "replay-model", "messages": ASK} | arguments))
     assert info.value.param == param and fragment in info.value.message
+    assert info.value.type == "invalid_request_error"
 
 
 async def test_a_missing_field_is_named(client):
-    with pytest.raises(openai.UnprocessableEntityError) as info:
+    with pytest.raises(openai.BadRequestError) as info:
         await client.post("/chat/completions", body={"model": "replay-model"}, cast_to=OpenAIChatCompletion)
     assert info.value.param == "messages" and "field required" in info.value.message
 
