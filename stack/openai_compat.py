@@ -86,6 +86,7 @@ from llama_stack.apis.openai import (
 )
 
 from .json_input import load_json
+from .routing import is_empty_content
 
 SYSTEM_FINGERPRINT = f"llama-stack-{__version__}"
 STARTED = int(time.time())  # OpenAI's `created` of a listed model: when this server began serving it
@@ -406,6 +407,8 @@ def _chat_request(request: OpenAIChatCompletionRequest, model_id: str) -> ChatCo
     if request.max_tokens is not None and request.max_completion_tokens not in (None, request.max_tokens):
         raise _invalid("max_tokens", "give max_completion_tokens or max_tokens, not both")
     messages = _messages(request.messages)
+    if all(is_empty_content(m.content) and not m.tool_calls and not m.tool_responses for m in messages):
+        raise _invalid("messages", "every message is empty; the model would have nothing to answer")
     tools = [
         ToolDefinition(tool_name=t.function.name, description=t.function.description, parameters=t.function.parameters)
         for t in request.tools or []
@@ -446,6 +449,9 @@ def _prompts(request: OpenAICompletionRequest) -> list[str]:
         raise _unsupported("prompt", "prompt must be text (a string or a list of strings); token ids are not supported")
     if request.stream and len(prompts) > 1:
         raise _unsupported("prompt", "a streamed completion takes one prompt", value=True)
+    for i, text in enumerate(prompts):
+        if text == "":
+            raise _invalid("prompt" if isinstance(prompt, str) else f"prompt[{i}]", "the prompt is empty; send the text to complete")
     return prompts  # type: ignore[return-value]
 
 

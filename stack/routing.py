@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, AsyncIterator
 
-from llama_stack.apis.common import Dialog, Message, Role
+from llama_stack.apis.common import Content, Dialog, Message, Role
 from llama_stack.apis.errors import BadRequestError, NotFoundError, NotSupportedError
 from llama_stack.apis.inference import (
     BatchChatCompletionRequest,
@@ -77,6 +77,18 @@ class InferenceRouter:
         system = Message(role=Role.system, content=prompt)
         return dialog.model_copy(update={"message_history": [system, *dialog.message_history]})
 
+    def _check_max_tokens(self, request: Any) -> None:
+        """A max_tokens the model's context window cannot hold (prompt aside) is the client's mistake: a 400,
+        before the provider is called. One within the window that the prompt leaves no room for ends where the
+        window does (stop_reason max_tokens)."""
+        window = self._model_of[request.model].context_length
+        if window is not None and request.max_tokens > window:
+            raise BadRequestError(
+                f"max_tokens {request.max_tokens} is more than model '{request.model}' can generate: its context "
+                f"window is {window} tokens, the prompt included",
+                param="max_tokens",
+            )
+
     def _check_prompt_scoring(self, provider: Any, request: CompletionRequest | BatchCompletionRequest) -> None:
         """prompt_logprobs only reaches providers that say they score prompts (``scores_prompts = True``)."""
         if request.prompt_logprobs is not None and not getattr(provider, "scores_prompts", False):
@@ -91,24 +103,34 @@ class InferenceRouter:
     async def completion(
         self, request: CompletionRequest
     ) -> CompletionResponse | AsyncIterator[CompletionResponseStreamChunk]:
+        _require_prompt(request.content, "content")
         provider, request = self._resolve(request)
+        self._check_max_tokens(request)
         self._check_prompt_scoring(provider, request)
         return await provider.completion(request)
 
     async def chat_completion(
         self, request: ChatCompletionRequest
     ) -> ChatCompletionResponse | AsyncIterator[ChatCompletionResponseStreamChunk]:
+        _require_dialog(request.dialog, "dialog")
         provider, request = self._resolve(request)
+        self._check_max_tokens(request)
         dialog = self._with_system_prompt(request.model, request.dialog)
         return await provider.chat_completion(request.model_copy(update={"dialog": dialog}))
 
     async def batch_completion(self, request: BatchCompletionRequest) -> list[CompletionResponse]:
+        for i, content in enumerate(request.content_batch):
+            _require_prompt(content, f"content_batch[{i}]")
         provider, request = self._resolve(request, method="batch_completion")
+        self._check_max_tokens(request)
         self._check_prompt_scoring(provider, request)
         return await provider.batch_completion(request)
 
     async def batch_chat_completion(self, request: BatchChatCompletionRequest) -> list[ChatCompletionResponse]:
+        for i, dialog in enumerate(request.batch_dialogs):
+            _require_dialog(dialog, f"batch_dialogs[{i}]")
         provider, request = self._resolve(request, method="batch_chat_completion")
+        self._check_max_tokens(request)
         dialogs = [self._with_system_prompt(request.model, dialog) for dialog in request.batch_dialogs]
         return await provider.batch_chat_completion(request.model_copy(update={"batch_dialogs": dialogs}))
 
@@ -119,3 +141,26 @@ class InferenceRouter:
     async def rerank(self, request: RerankRequest) -> RerankResponse:
         provider, request = self._resolve(request, "rerank", "rerank")
         return await provider.rerank(request)
+
+
+def is_empty_content(content: Content) -> bool:
+    """No text and no attachment: "", [] or a list of empty strings."""
+    if isinstance(content, str):
+        return content == ""
+    return isinstance(content, list) and all(part == "" for part in content)
+
+
+def _refuse_empty(where: str, message: str) -> BadRequestError:
+    return BadRequestError(f"{where}: {message}", param=where, details=[{"loc": where, "in": "body", "message": message}])
+
+
+def _require_prompt(content: Content, where: str) -> None:
+    # Engines cannot start from nothing (llama.cpp asserts on an empty prompt): a 400 before any is asked.
+    if is_empty_content(content):
+        raise _refuse_empty(where, "the prompt is empty; send the text to complete")
+
+
+def _require_dialog(dialog: Dialog, where: str) -> None:
+    messages = [*dialog.message_history, dialog.message]
+    if all(is_empty_content(m.content) and not m.tool_calls and not m.tool_responses for m in messages):
+        raise _refuse_empty(where, "every message of the dialog is empty; the model would have nothing to answer")

@@ -639,10 +639,10 @@ async def test_upstream_refusals_keep_their_status_and_message(connect, upstream
     with pytest.raises(NotSupportedError) as unsupported:
         await client.inference.chat_completion(model="remote-unsupported", dialog=ASK)
     assert unsupported.value.status == 501 and "replayed a 501" in unsupported.value.message
-    # The server's own validation (temperature above OpenAI's 2) comes back as a 400 too.
+    # The server's own validation (max_tokens beyond its model's context window of 4096) comes back as a 400 too.
     with pytest.raises(BadRequestError) as invalid:
-        await client.inference.chat_completion(model="remote-replay", dialog=ASK, sampling_params={"strategy": "top_p", "temperature": 3.5})
-    assert "temperature" in invalid.value.message
+        await client.inference.chat_completion(model="remote-replay", dialog=ASK, max_tokens=5_000)
+    assert "context window" in invalid.value.message
     assert len(upstream.calls("/v1/chat/completions")) == 3  # 4xx/501 are not retried
 
 
