@@ -8,7 +8,8 @@ from pydantic import TypeAdapter
 
 from llama_stack import __version__
 
-from .endpoints import Endpoint, all_endpoints
+from .endpoints import PUBLIC_PATHS, Endpoint, all_endpoints
+from .openai_compat import OPENAI_PATH_PREFIX
 
 REF_TEMPLATE = "#/components/schemas/{model}"
 
@@ -43,13 +44,36 @@ ERROR_SCHEMA: dict[str, Any] = {
 }
 
 ERROR_STATUSES = {
-    "400": "Malformed request (e.g. the body is not JSON), or a value this server cannot honour.",
-    "401": "An API key is required.",
+    "400": "Malformed request (the body is not JSON, nested too deeply, holds a non-finite number), or a value "
+    "this server cannot honour; on the OpenAI routes also what does not match the schema.",
+    "401": "An API key is required (`Authorization: Bearer <key>`) and was missing or wrong.",
     "404": "Unknown model, resource, route, or an API this distribution does not serve.",
+    "409": "Conflicts with what exists (a taken id, a job in a state that does not allow it).",
+    "413": "The request body is larger than the server accepts (`server.max_request_body_bytes`).",
     "422": "The request does not match the schema; `details` names each field.",
+    "500": "An unexpected failure inside the server; the details stay in the server log.",
     "501": "The provider cannot do what was asked.",
-    "503": "Busy or unavailable; retry later.",
+    "502": "The service behind a provider failed; `provider` names it.",
+    "503": "Busy, unavailable or shutting down; retry after the `Retry-After` header's seconds.",
+    "504": "The service behind a provider did not answer in time.",
 }
+RETRY_AFTER_HEADER = {
+    "Retry-After": {"description": "Seconds after which a retry may succeed.", "schema": {"type": "integer", "minimum": 1}}
+}
+
+
+def error_statuses(e: Endpoint) -> list[str]:
+    """The error statuses ``e`` can answer, in order."""
+    # Any request: a malformed provider-data header (400), an oversize body (413, from its Content-Length),
+    # an unexpected failure (500), a server shutting down (503).
+    statuses = {"400", "413", "500", "503"}
+    if e.route.path not in PUBLIC_PATHS:
+        statuses.add("401")
+    if e.body_adapter is not None or e.query:
+        statuses.add("400" if e.route.path.startswith(OPENAI_PATH_PREFIX) else "422")  # see as_openai_error
+    if e.api is not None:  # served by a provider, which may refuse or fail in any of these ways
+        statuses |= {"400", "404", "409", "501", "502", "504"}
+    return sorted(statuses)
 
 
 def _tag(endpoint: Endpoint) -> str:
@@ -103,7 +127,13 @@ def _operation(e: Endpoint, schemas: dict[tuple[Any, str], Any]) -> dict[str, An
         else:
             ok["content"] = {"application/json": {"schema": response}}
     error = {"content": {"application/json": {"schema": {"$ref": REF_TEMPLATE.format(model="Error")}}}}
-    operation["responses"] = {"200": ok} | {status: {"description": text} | error for status, text in ERROR_STATUSES.items()}
+    operation["responses"] = {"200": ok}
+    for status in error_statuses(e):
+        operation["responses"][status] = {"description": ERROR_STATUSES[status]} | error
+        if status == "503":
+            operation["responses"][status]["headers"] = RETRY_AFTER_HEADER
+    if e.route.path in PUBLIC_PATHS:
+        operation["security"] = [{}]
     return operation
 
 
