@@ -471,6 +471,11 @@ class OpenAI(Protocol):
         """The served models in OpenAI's list shape."""
         ...
 
+    @webmethod("GET", "/v1/models/{model:path}", exclude_none=False)
+    async def retrieve_model(self, model: str) -> OpenAIModel:
+        """One served model, named by its id or an alias (ids may hold slashes); 404 ``model_not_found`` otherwise."""
+        ...
+
     @webmethod("POST", "/v1/embeddings", exclude_none=False)
     async def create_embeddings(self, request: OpenAIEmbeddingsRequest) -> OpenAIEmbeddingList:
         """OpenAI-compatible embeddings from an embedding model."""

@@ -74,14 +74,14 @@ class HttpTransport:
         params = {
             q.name: _query_value(q.adapter.dump_python(kwargs[q.name], mode="json"))
             for q in endpoint.query
-            if kwargs.get(q.name) is not None
+            if kwargs.get(q.name) is not None and q.location == "query"
         }
         content = None
         if endpoint.body_adapter is not None:
             content = endpoint.body_adapter.dump_json(kwargs[endpoint.body_name], exclude_unset=False)  # type: ignore[index]
         request = self._http.build_request(
             endpoint.route.method,
-            endpoint.route.path,
+            endpoint.url_path(kwargs),
             params=params,
             content=content,
             headers={"Content-Type": "application/json"} if content is not None else None,

@@ -5,8 +5,10 @@ from __future__ import annotations
 import collections.abc
 import inspect
 import math
+import re
 import types
 import typing
+import urllib.parse
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any, Callable, get_args, get_origin
@@ -72,6 +74,16 @@ class QueryParam:
     adapter: TypeAdapter[Any]
     required: bool
     default: Any
+    location: str = "query"  # or "path": a segment of the route's path, ``{name}`` (``{name:path}`` may hold slashes)
+
+
+# A path parameter in a route's path: {name}, or {name:converter} as Starlette writes it.
+_PATH_PARAM = re.compile(r"\{(\w+)(?::(\w+))?\}")
+
+
+def openapi_path(path: str) -> str:
+    """A route's path as OpenAPI writes it: ``{name}`` without Starlette's ``:converter``."""
+    return _PATH_PARAM.sub(r"{\1}", path)
 
 
 @dataclass(frozen=True)
@@ -108,6 +120,14 @@ class Endpoint:
             facade = stack.facade_impls[self.facade.name] = self.facade.build(impl)
         return facade
 
+    def url_path(self, values: typing.Mapping[str, Any]) -> str:
+        """The route's path with its path parameters filled in, percent-encoded (slashes kept for ``:path``)."""
+
+        def fill(match: re.Match[str]) -> str:
+            return urllib.parse.quote(str(values[match.group(1)]), safe="/" if match.group(2) == "path" else "")
+
+        return _PATH_PARAM.sub(fill, self.route.path)
+
     @property
     def param_names(self) -> list[str]:
         return [q.name for q in self.query] + ([self.body_name] if self.body_name else [])
@@ -119,14 +139,14 @@ class Endpoint:
         for param in self.query:
             if param.name not in query or query[param.name] is None:
                 if param.required:
-                    details.append({"loc": param.name, "in": "query", "message": "required query parameter is missing"})
+                    details.append({"loc": param.name, "in": param.location, "message": f"required {param.location} parameter is missing"})
                 else:
                     kwargs[param.name] = param.default
                 continue
             try:
                 kwargs[param.name] = param.adapter.validate_python(query[param.name])
             except PydanticValidationError as exc:
-                details.extend(_details(exc, param.name, "query"))
+                details.extend(_details(exc, param.name, param.location))
         if self.body_adapter is not None:
             try:
                 kwargs[self.body_name] = self.body_adapter.validate_python(body)  # type: ignore[index]
@@ -197,7 +217,8 @@ def _endpoint(api: Api | None, name: str, method: Any, route: Route, facade: Fac
             body_name, body_adapter = param.name, TypeAdapter(annotation)
         else:
             required = param.default is inspect.Parameter.empty
-            query.append(QueryParam(param.name, TypeAdapter(annotation), required, None if required else param.default))
+            location = "path" if param.name in {m.group(1) for m in _PATH_PARAM.finditer(route.path)} else "query"
+            query.append(QueryParam(param.name, TypeAdapter(annotation), required, None if required else param.default, location))
     response, chunk = _split_return(hints.get("return", type(None)))
     if route.response_format == "jsonl":
         response = get_args(response)[0]

@@ -136,14 +136,12 @@ class OpenAICompat:
         return self.inference.model_id(name)
 
     async def list_models(self) -> OpenAIModelList:
-        return OpenAIModelList(
-            data=[
-                OpenAIModel(
-                    id=m.model_id, created=STARTED, owned_by=m.provider_id, aliases=m.aliases, context_length=m.context_length
-                )
-                for m in self.inference.models()
-            ]
-        )
+        return OpenAIModelList(data=[_openai_model(m) for m in self.inference.models()])
+
+    async def retrieve_model(self, model: str) -> OpenAIModel:
+        # An alias answers with the model it names; anything else is the routes' 404 model_not_found.
+        model_id = self._model_id(model)
+        return next(_openai_model(m) for m in self.inference.models() if m.model_id == model_id)
 
     async def create_chat_completion(
         self, request: OpenAIChatCompletionRequest

@@ -8,7 +8,7 @@ from pydantic import TypeAdapter
 
 from llama_stack import __version__
 
-from .endpoints import PUBLIC_PATHS, Endpoint, all_endpoints
+from .endpoints import PUBLIC_PATHS, Endpoint, all_endpoints, openapi_path
 from .openai_compat import OPENAI_PATH_PREFIX
 
 REF_TEMPLATE = "#/components/schemas/{model}"
@@ -103,7 +103,7 @@ def _operation(e: Endpoint, schemas: dict[tuple[Any, str], Any]) -> dict[str, An
         "operationId": f"{_tag(e)}_{e.name}",
         "summary": e.summary,
         "parameters": [
-            {"name": q.name, "in": "query", "required": q.required, "schema": schemas[(key, f"query:{q.name}")]}
+            {"name": q.name, "in": q.location, "required": q.required, "schema": schemas[(key, f"query:{q.name}")]}
             for q in e.query
         ],
     }
@@ -142,7 +142,7 @@ def build_openapi() -> dict[str, Any]:
     schemas, definitions = _schemas(endpoints)
     paths: dict[str, dict[str, Any]] = {}
     for e in endpoints:
-        paths.setdefault(e.route.path, {})[e.route.method.lower()] = _operation(e, schemas)
+        paths.setdefault(openapi_path(e.route.path), {})[e.route.method.lower()] = _operation(e, schemas)
     return {
         "openapi": "3.1.0",
         "info": {

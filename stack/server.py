@@ -101,7 +101,7 @@ def make_handler(stack: Stack, endpoint: Endpoint):
     async def handle(request: Request) -> Response:
         impl = endpoint.implementation(stack)
         body = endpoint.decode_body(await request.body()) if endpoint.body_adapter is not None else None
-        kwargs = endpoint.bind(request.query_params, body)
+        kwargs = endpoint.bind({**request.query_params, **request.path_params}, body)
         header = request.headers.get(PROVIDER_DATA_HEADER)
         data = parse_provider_data(header) if header else None
         try:
