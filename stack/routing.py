@@ -22,6 +22,10 @@ from llama_stack.apis.inference import (
 )
 from llama_stack.apis.inspect import Model
 
+# No tokenizer's token holds more characters than this: a prompt longer than a model's window times this
+# cannot fit it, whatever the tokenizer makes of it.
+MAX_CHARS_PER_TOKEN = 1024
+
 
 class InferenceRouter:
     """Satisfies the Inference protocol by forwarding to the provider that serves ``request.model``."""
@@ -77,6 +81,17 @@ class InferenceRouter:
         system = Message(role=Role.system, content=prompt)
         return dialog.model_copy(update={"message_history": [system, *dialog.message_history]})
 
+    def _check_prompt_length(self, model_id: str, characters: int, where: str) -> None:
+        """A prompt that cannot fit the model's window whatever its tokenizer is refused at once, rather than
+        after the provider has spent seconds tokenizing megabytes of it."""
+        window = self._model_of[model_id].context_length
+        if window is not None and characters > window * MAX_CHARS_PER_TOKEN:
+            raise _refuse(
+                where,
+                f"the prompt is {characters} characters, more than model '{model_id}''s context window of {window} "
+                "tokens can hold",
+            )
+
     def _check_max_tokens(self, request: Any) -> None:
         """A max_tokens the model's context window cannot hold (prompt aside) is the client's mistake: a 400,
         before the provider is called. One within the window that the prompt leaves no room for ends where the
@@ -106,6 +121,7 @@ class InferenceRouter:
         _require_prompt(request.content, "content")
         provider, request = self._resolve(request)
         self._check_max_tokens(request)
+        self._check_prompt_length(request.model, _text_length(request.content), "content")
         self._check_prompt_scoring(provider, request)
         return await provider.completion(request)
 
@@ -115,6 +131,7 @@ class InferenceRouter:
         _require_dialog(request.dialog, "dialog")
         provider, request = self._resolve(request)
         self._check_max_tokens(request)
+        self._check_prompt_length(request.model, _dialog_length(request.dialog), "dialog")
         dialog = self._with_system_prompt(request.model, request.dialog)
         return await provider.chat_completion(request.model_copy(update={"dialog": dialog}))
 
@@ -123,6 +140,8 @@ class InferenceRouter:
             _require_prompt(content, f"content_batch[{i}]")
         provider, request = self._resolve(request, method="batch_completion")
         self._check_max_tokens(request)
+        for i, content in enumerate(request.content_batch):
+            self._check_prompt_length(request.model, _text_length(content), f"content_batch[{i}]")
         self._check_prompt_scoring(provider, request)
         return await provider.batch_completion(request)
 
@@ -131,6 +150,8 @@ class InferenceRouter:
             _require_dialog(dialog, f"batch_dialogs[{i}]")
         provider, request = self._resolve(request, method="batch_chat_completion")
         self._check_max_tokens(request)
+        for i, dialog in enumerate(request.batch_dialogs):
+            self._check_prompt_length(request.model, _dialog_length(dialog), f"batch_dialogs[{i}]")
         dialogs = [self._with_system_prompt(request.model, dialog) for dialog in request.batch_dialogs]
         return await provider.batch_chat_completion(request.model_copy(update={"batch_dialogs": dialogs}))
 
@@ -150,17 +171,28 @@ def is_empty_content(content: Content) -> bool:
     return isinstance(content, list) and all(part == "" for part in content)
 
 
-def _refuse_empty(where: str, message: str) -> BadRequestError:
+def _text_length(content: Content) -> int:
+    """The characters of a content's text (attachments are read later, by the provider)."""
+    if isinstance(content, str):
+        return len(content)
+    return sum(len(part) for part in content if isinstance(part, str)) if isinstance(content, list) else 0
+
+
+def _dialog_length(dialog: Dialog) -> int:
+    return sum(_text_length(m.content) for m in [*dialog.message_history, dialog.message])
+
+
+def _refuse(where: str, message: str) -> BadRequestError:
     return BadRequestError(f"{where}: {message}", param=where, details=[{"loc": where, "in": "body", "message": message}])
 
 
 def _require_prompt(content: Content, where: str) -> None:
     # Engines cannot start from nothing (llama.cpp asserts on an empty prompt): a 400 before any is asked.
     if is_empty_content(content):
-        raise _refuse_empty(where, "the prompt is empty; send the text to complete")
+        raise _refuse(where, "the prompt is empty; send the text to complete")
 
 
 def _require_dialog(dialog: Dialog, where: str) -> None:
     messages = [*dialog.message_history, dialog.message]
     if all(is_empty_content(m.content) and not m.tool_calls and not m.tool_responses for m in messages):
-        raise _refuse_empty(where, "every message of the dialog is empty; the model would have nothing to answer")
+        raise _refuse(where, "every message of the dialog is empty; the model would have nothing to answer")

@@ -32,6 +32,7 @@ def replay_distribution(directory, **server: Any):
     path = write_replay_distribution(directory)
     document = yaml.safe_load(path.read_text())
     document["server"] |= server
+    document["models"].append({"model_id": "small-window-model", "provider_id": "replay", "context_length": 16})
     path.write_text(yaml.safe_dump(document))
     return path
 
@@ -275,6 +276,20 @@ async def test_max_tokens_beyond_the_context_window_is_a_400_naming_the_window(c
     assert response.status_code == 400 and error_of(response)["param"] == "max_tokens"
     assert replay.requests == []
     assert (await client.post("/inference/chat_completion", json=CHAT | {"max_tokens": 4096})).status_code == 200
+
+
+async def test_a_prompt_no_tokenizer_could_fit_in_the_window_is_refused_at_once(client, replay):
+    # 16 tokens hold at most 16 * 1024 characters, whatever the tokenizer.
+    too_long = await client.post("/inference/completion", json={"model": "small-window-model", "content": "x" * 20_000})
+    assert too_long.status_code == 400
+    error = error_of(too_long)
+    assert error["param"] == "content" and "20000 characters" in error["message"] and "window of 16 tokens" in error["message"]
+    dialog = {"message_history": [{"role": "user", "content": "x" * 10_000}], "message": {"role": "user", "content": "y" * 10_000}}
+    response = await client.post("/inference/chat_completion", json={"model": "small-window-model", "dialog": dialog})
+    assert response.status_code == 400 and error_of(response)["param"] == "dialog"
+    assert replay.requests == []
+    fits = await client.post("/inference/completion", json={"model": "small-window-model", "content": "x" * 16_000})
+    assert fits.status_code == 200  # the provider decides what fits in tokens
 
 
 async def test_openai_max_tokens_beyond_the_context_window_is_a_bad_request(client):
