@@ -12,7 +12,9 @@ re-imported as ``multiprocessing``'s spawn would) with two inherited descriptors
   ``Raised``.
 - the *control* pipe, the parent's write end only: 8-byte job numbers to cancel. A thread in the child
   reads them, and the running job's ``cancelled`` turns true (the engine reads it between tokens). Its
-  end of file means the parent is gone (even killed): the child exits at once, so none is orphaned.
+  end of file means the parent is gone (even killed) or stopping it: the child exits at once, so none is
+  orphaned. The child ignores SIGINT and SIGTERM, which a terminal or a service manager may send to the
+  whole process group: the server stops it when its own shutdown is done.
 
 When the child dies, the channel reaches end of file: the parent's :meth:`WorkerProcess.call` raises
 :class:`WorkerCrashed`, naming the exit status (``killed by SIGABRT``). :class:`~.process_supervisor.
@@ -120,6 +122,9 @@ class WorkerProcess:
         self._process = process
         self._channel = channel
         self._control = control
+        # Held while writing to the control pipe and while closing it: a closed descriptor's number may be
+        # reused by another file at once, which a late cancel must not write into.
+        self._control_lock = threading.Lock()
         self._seqs = itertools.count(1)
         self.facts: Any = None
 
@@ -192,10 +197,13 @@ class WorkerProcess:
         return message.result
 
     def _cancel(self, seq: int) -> None:  # on the event loop
-        try:
-            os.write(self._control, seq.to_bytes(_CANCEL_RECORD, "little"))
-        except OSError:  # the child is gone (or stopped): nothing runs any more
-            pass
+        with self._control_lock:
+            if self._control < 0:
+                return
+            try:
+                os.write(self._control, seq.to_bytes(_CANCEL_RECORD, "little"))
+            except OSError:  # the child is gone: nothing runs any more
+                pass
 
     def _reap(self, timeout: float = 10.0) -> str:
         """How the child ended, once it has (killed if it lingers on after closing its channel)."""
@@ -209,9 +217,10 @@ class WorkerProcess:
     def stop(self, timeout: float = 10.0) -> str:
         """End the child (it exits when its control pipe closes) and reap it; how it ended."""
         self._channel.close()
-        if self._control >= 0:
-            os.close(self._control)
-            self._control = -1
+        with self._control_lock:
+            if self._control >= 0:
+                os.close(self._control)
+                self._control = -1
         return self._reap(timeout)
 
 
@@ -258,8 +267,10 @@ class ChildJob:
 
 def serve(channel_fd: int, control_fd: int) -> None:
     """The child's main loop (see the module docstring)."""
-    # Ctrl-C in a terminal reaches the whole process group: the parent decides when the child stops.
+    # Ctrl-C in a terminal (or a service manager's SIGTERM to the whole group) reaches this process too: the
+    # server decides when it stops (after letting its streams finish), and closes the control pipe then.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     control = _Control(control_fd)
     control.start()
     channel = Connection(channel_fd)
