@@ -96,6 +96,27 @@ def _schemas(endpoints: list[Endpoint]) -> tuple[dict[tuple[Any, str], Any], dic
     return {key: schema for (key, _mode), schema in by_key.items()}, definitions.get("$defs", {})
 
 
+def sse_event_schema(chunk: dict[str, Any], stream_end: str | None) -> dict[str, Any]:
+    """One server-sent event of a stream, as OpenAPI 3.2's ``itemSchema`` (and schemathesis) read it: an object
+    with ``event`` and ``data`` strings, ``data`` holding a chunk as JSON, or an ``Error`` when ``event`` is
+    ``error``, or the ``stream_end`` marker."""
+
+    def json_data(schema: dict[str, Any]) -> dict[str, Any]:
+        return {"properties": {"data": {"contentMediaType": "application/json", "contentSchema": schema}}}
+
+    chunk_event = json_data(chunk)
+    if stream_end is not None:
+        chunk_event = {"if": {"properties": {"data": {"const": stream_end}}}, "then": {}, "else": chunk_event}
+    return {
+        "type": "object",
+        "required": ["data"],
+        "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+        "if": {"properties": {"event": {"const": "error"}}, "required": ["event"]},
+        "then": json_data({"$ref": REF_TEMPLATE.format(model="Error")}),
+        "else": chunk_event,
+    }
+
+
 def _operation(e: Endpoint, schemas: dict[tuple[Any, str], Any]) -> dict[str, Any]:
     key = (e.route.method, e.route.path)
     operation: dict[str, Any] = {
@@ -122,7 +143,7 @@ def _operation(e: Endpoint, schemas: dict[tuple[Any, str], Any]) -> dict[str, An
             ok["content"] = {
                 # A chunk shaped like the response (OpenAI's completions) is one schema, not a oneOf of two equal ones.
                 "application/json": {"schema": response if response == chunk else {"oneOf": [response, chunk]}},
-                "text/event-stream": {"schema": chunk},
+                "text/event-stream": {"schema": sse_event_schema(chunk, e.route.stream_end)},
             }
         else:
             ok["content"] = {"application/json": {"schema": response}}
