@@ -6,6 +6,7 @@ vendors' fake servers exercise the same paths over real HTTP in the provider tes
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 
@@ -225,3 +226,19 @@ async def test_the_vendors_retry_after_reaches_the_caller_when_the_retries_are_s
     with pytest.raises(ServiceUnavailableError) as failure:
         await svc.json("GET", "/models")
     assert failure.value.retry_after == 120.0
+
+
+async def test_a_credential_the_client_put_in_the_body_does_not_come_back_in_an_error(caplog):
+    """A vendor echoing the request body (a Weights & Biases key in a training job) in its error."""
+    caplog.set_level(logging.DEBUG)
+    wandb_key = "wandb-client-key-0123456789"
+
+    def echo_body(request: httpx.Request) -> httpx.Response:
+        sent = json.loads(request.content)["wandb_api_key"]
+        return httpx.Response(400, json={"error": {"message": f"rejected job: W&B refused {sent}"}})
+
+    svc, _ = service(echo_body)
+    with pytest.raises(BadRequestError) as failure:
+        await svc.json("POST", "/fine-tunes", json_body={"model": "m", "wandb_api_key": wandb_key})
+    assert "rejected job" in failure.value.message
+    assert wandb_key not in failure.value.message and wandb_key not in caplog.text

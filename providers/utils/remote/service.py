@@ -35,7 +35,7 @@ from llama_stack.apis.errors import (
 from llama_stack.request_context import provider_data
 
 from .config import RemoteServiceConfig
-from .redaction import Redactor, scrub_text
+from .redaction import Redactor, request_credentials, scrub_text
 
 if TYPE_CHECKING:
     from llama_stack.plugins import ProviderContext
@@ -288,9 +288,10 @@ class RemoteService:
         return attempt + 1
 
     def _sent_credentials(self, request: httpx.Request) -> list[str]:
-        """The credentials ``request`` carried: its key headers' values, and the key in each (after a scheme)."""
+        """The credentials ``request`` carried: its key headers' values, the key in each (after a scheme), and
+        credential-named fields of its JSON body (a client's Weights & Biases key in a training job)."""
         values = [request.headers[name] for name in self._auth_header_names if request.headers.get(name)]
-        return values + [value.split()[-1] for value in values]
+        return values + [value.split()[-1] for value in values] + _body_credentials(request)
 
     def _scrubbed(self, exc: Exception, request: httpx.Request) -> str:
         return self.redactor.error_text(str(exc), self._sent_credentials(request))
@@ -351,3 +352,13 @@ def _retry_after(response: httpx.Response) -> float | None:
         return max(0.0, float(value)) if value is not None else None
     except ValueError:
         return None
+
+
+def _body_credentials(request: httpx.Request) -> list[str]:
+    if not request.headers.get("content-type", "").startswith("application/json"):
+        return []
+    try:
+        body = json.loads(request.content)
+    except (httpx.RequestNotRead, ValueError):
+        return []
+    return list(request_credentials(body)) if isinstance(body, dict) else []
