@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch comes with the torch/embeddings extras, pinned in pyproject.toml to a range torch==2.13.0 satisfies.
 PIP_INSTALL := $(BIN)/python -m pip install --disable-pip-version-check -q
 
-.PHONY: run test test-quick bench install clean
+.PHONY: run test test-quick fuzz bench install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ test: $(VENV)/.installed-test
 # The quick subset for iterating: no real model, no server subprocesses.
 test-quick: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# A longer fuzz run than make test's: FUZZ_EXAMPLES per route, the coverage phase, a fresh seed (FUZZ_SEED=n replays one).
+FUZZ_EXAMPLES ?= 300
+fuzz: $(VENV)/.installed-test
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/test_fuzz.py -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/llama_cpp_server.py
