@@ -179,7 +179,10 @@ class WorkerStream:
 
 class ModelSlot(Protocol):
     model: Model
-    worker: ModelWorker
+    worker: ModelWorker  # the model's generations
+    # Every worker of the model (``worker`` first), where it has others, e.g. for checks that must not
+    # wait behind a generation; absent: ``[worker]``.
+    workers: list[ModelWorker]
 
     def close(self) -> None: ...
 
@@ -205,14 +208,20 @@ async def close_slots(slots: dict[str, Any]) -> None:
     closing: list[ModelSlot] = list(slots.values())
     slots.clear()
     for slot in closing:
-        slot.worker.cancel_all()
+        for worker in _workers(slot):
+            worker.cancel_all()
     if closing:
         await asyncio.to_thread(_close_all, closing)
 
 
+def _workers(slot: ModelSlot) -> list[ModelWorker]:
+    return getattr(slot, "workers", None) or [slot.worker]
+
+
 def _close_all(slots: list[ModelSlot]) -> None:
     for slot in slots:
-        slot.worker.close()  # the running generation stops at its next token
+        for worker in _workers(slot):
+            worker.close()  # the running generation stops at its next token
         try:
             slot.close()
         except Exception:  # freeing is best effort at exit

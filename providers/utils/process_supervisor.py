@@ -4,7 +4,7 @@ A :class:`SupervisedWorker` belongs to a model's :class:`~.model_worker.ModelWor
 through :meth:`SupervisedWorker.run` on that worker's thread, which hands it to the current
 :class:`~.process_worker.WorkerProcess`. When the process dies:
 
-- the request it was serving fails with 502 (``ProviderError``): "<engine> crashed (killed by SIGABRT)
+- the request it was serving fails with 502 (``EngineCrashedError``): "<engine> crashed (killed by SIGABRT)
   ...; the model is being reloaded". It may well have caused the crash, so it is not worth retrying as is;
 - the requests queued behind it fail at once with 503 and ``Retry-After`` (about the reload's time): they
   did nothing wrong. Each job carries the crash count (``epoch``) current when it was admitted; a job
@@ -34,15 +34,25 @@ log = logging.getLogger(__name__)
 _MAX_BACKOFF_S = 30.0
 
 
+class EngineCrashedError(ProviderError):
+    """502: the engine process died while it served this request."""
+
+
 def backoff_s(crashes_in_a_row: int) -> float:
     """How long to wait before reloading after this many crashes with no job finished between them."""
     return 0.0 if crashes_in_a_row <= 1 else min(2.0 ** (crashes_in_a_row - 2), _MAX_BACKOFF_S)
+
+
+def no_backoff(crashes_in_a_row: int) -> float:
+    return 0.0
 
 
 class SupervisedWorker:
     """Runs jobs in a child process that is restarted after each crash (see the module docstring).
 
     ``engine`` names the native engine in errors ("llama.cpp"); ``opener(argument)`` loads it in the child.
+    ``backoff`` maps crashes in a row to the wait before the next reload (:func:`backoff_s`; an engine whose
+    crashes are each caused by a request, and which reloads in a moment, may pass ``no_backoff``).
     Everything but ``epoch`` (read on the event loop) and :meth:`close` happens on the model's worker thread.
     """
 
@@ -56,6 +66,7 @@ class SupervisedWorker:
         argument: Any,
         worker: ModelWorker,
         env: Mapping[str, str] | None = None,
+        backoff: Callable[[int], float] = backoff_s,
     ):
         self.engine = engine
         self.model_id = model_id
@@ -64,6 +75,7 @@ class SupervisedWorker:
         self.argument = argument
         self._worker = worker
         self._env = env
+        self._backoff = backoff  # crashes in a row -> seconds before the next reload
         self._process: WorkerProcess | None = None
         self.epoch = 0  # crashes that failed a running job; jobs admitted before the latest one are failed
         self._crashes_in_a_row = 0
@@ -88,7 +100,7 @@ class SupervisedWorker:
 
     def _spawn(self) -> WorkerProcess:
         started = time.monotonic()
-        process = WorkerProcess.start(self.opener, self.argument, self._env)
+        process = WorkerProcess.start(self.opener, self.argument, self._env, name=f"{self.engine}: {self._who}")
         self._load_s = time.monotonic() - started
         return process
 
@@ -106,7 +118,7 @@ class SupervisedWorker:
             result = process.call(job, kind, payload, emit)
         except WorkerCrashed as crash:
             self._crashed(process, crash.status, failed_a_job=True)
-            raise ProviderError(
+            raise EngineCrashedError(
                 f"{self._who}: {self.engine} crashed ({crash.status}) while serving this request; "
                 "the model is being reloaded",
                 provider=self.provider_id,
@@ -158,7 +170,7 @@ class SupervisedWorker:
         if failed_a_job:
             self.epoch += 1
         self._count_crash(status)
-        delay = backoff_s(self._crashes_in_a_row)
+        delay = self._backoff(self._crashes_in_a_row)
         log.error(
             "%s: %s crashed (%s process %d %s)%s; reloading the model%s",
             self._who,
@@ -176,7 +188,7 @@ class SupervisedWorker:
     def _count_crash(self, status: str) -> None:
         self._last_crash = status
         self._crashes_in_a_row += 1
-        self._reload_at = time.monotonic() + backoff_s(self._crashes_in_a_row)
+        self._reload_at = time.monotonic() + self._backoff(self._crashes_in_a_row)
 
     def _reload_if_gone(self) -> None:
         if self._process is None and not self._closed and time.monotonic() >= self._reload_at:

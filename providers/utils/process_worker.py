@@ -133,8 +133,9 @@ class WorkerProcess:
         return self._process.pid
 
     @classmethod
-    def start(cls, opener: Opener, argument: Any, env: Mapping[str, str] | None = None) -> "WorkerProcess":
-        """Spawn the child and wait until ``opener(argument)`` has loaded the engine there.
+    def start(cls, opener: Opener, argument: Any, env: Mapping[str, str] | None = None, name: str = "") -> "WorkerProcess":
+        """Spawn the child and wait until ``opener(argument)`` has loaded the engine there. ``name`` ends the
+        child's command line, for ``ps`` to show what it serves.
 
         Raises what the opener raised (rebuilt, see :class:`Raised`), or :class:`WorkerCrashed`.
         """
@@ -142,7 +143,7 @@ class WorkerProcess:
         control_read, control_write = os.pipe()
         try:
             process = subprocess.Popen(
-                [sys.executable, "-c", _BOOTSTRAP, json.dumps(sys.path), str(theirs.fileno()), str(control_read)],
+                [sys.executable, "-c", _BOOTSTRAP, json.dumps(sys.path), str(theirs.fileno()), str(control_read), name],
                 pass_fds=(theirs.fileno(), control_read),
                 stdin=subprocess.DEVNULL,
                 env=dict(env) if env is not None else None,

@@ -10,6 +10,7 @@ segfault would. The supervision itself (crashes in a row back off) is checked wi
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -24,7 +25,7 @@ import pytest
 
 pytest.importorskip("llama_cpp", reason="inline::llama-cpp needs llama-cpp-python")
 
-from llama_stack.apis.errors import NotFoundError, ProviderError, ServiceUnavailableError  # noqa: E402
+from llama_stack.apis.errors import BadRequestError, NotFoundError, ProviderError, ServiceUnavailableError  # noqa: E402
 from llama_stack.apis.inference import ChatCompletionRequest, SamplingParams  # noqa: E402
 from llama_stack.apis.inspect import Model  # noqa: E402
 from llama_stack.plugins import ProviderContext  # noqa: E402
@@ -37,6 +38,8 @@ from local_model_requests import ENDLESS, MODEL, PROMPTLY_S, SMOLLM2, chat, coll
 from support import serving  # noqa: E402
 
 CRASHED = "llama.cpp crashed"
+# An answer after a crash waits for the model's reload (a second or two here, far more on a busy machine).
+RELOADED_S = 60.0
 
 
 def _alive(pid: int) -> bool:
@@ -87,9 +90,9 @@ def engine_pid(provider: LlamaCppInference) -> int:
     return pid
 
 
-async def answers_paris(provider: LlamaCppInference, paris: Any) -> None:
-    """The model serves again: a short request is answered, and correctly."""
-    answer = await asyncio.wait_for(provider.chat_completion(chat()), PROMPTLY_S)
+async def answers_paris(provider: LlamaCppInference, paris: Any, timeout: float = RELOADED_S) -> None:
+    """The model serves (again): a short request is answered, and correctly."""
+    answer = await asyncio.wait_for(provider.chat_completion(chat()), timeout)
     assert answer.content == paris.content
 
 
@@ -117,6 +120,33 @@ async def test_a_llama_cpp_abort_fails_its_request_and_the_next_one_is_answered(
 
     await answers_paris(provider, paris)
     assert engine_pid(provider) != before
+
+
+@pytest.mark.slow
+async def test_a_schema_that_crashes_the_grammar_parser_is_a_bad_request(provider, paris):
+    """llama.cpp's grammar parser recurses once per nesting level: 100000 optional items overflow its stack.
+    It parses in the model's vocabulary process, which dies instead of the server (or a generation)."""
+    engine = engine_pid(provider)
+    vocabulary = provider._slots[MODEL].vocabulary
+    many = {"type": "array", "items": {"type": "integer"}, "maxItems": 100000}
+    tool = {"tool_name": "record", "parameters": {"type": "object", "properties": {"values": many}, "required": ["values"]}}
+    cases = [
+        (chat(response_format={"type": "json_schema", "json_schema": many}), "response_format.json_schema"),
+        (chat(available_tools=[tool], tool_choice="required"), "tool_choice"),
+    ]
+    for request, field in cases:
+        crashed = vocabulary.pid
+        with pytest.raises(BadRequestError) as error:
+            await provider.chat_completion(request)
+        assert error.value.message.startswith(f"{field}: llama.cpp crashed parsing the grammar made from this JSON schema")
+        assert error.value.details[0]["loc"] == field
+        assert not _alive(crashed)
+
+    short = {"type": "object", "properties": {"capital": {"type": "string"}}, "required": ["capital"]}
+    answer = await provider.chat_completion(chat(response_format={"type": "json_schema", "json_schema": short}, max_tokens=32))
+    assert list(json.loads(answer.content)) == ["capital"]  # its grammar checked by the reloaded vocabulary process
+    await answers_paris(provider, paris)
+    assert engine_pid(provider) == engine  # the generations were never touched
 
 
 @pytest.mark.slow
@@ -158,7 +188,7 @@ async def test_closing_a_stream_stops_the_engine_without_restarting_it(provider,
     stream = await provider.completion(endless())
     await stream.__anext__()
     await asyncio.wait_for(stream.aclose(), PROMPTLY_S)  # returns once the engine process has stopped generating
-    await answers_paris(provider, paris)  # ENDLESS alone would hold the model far longer
+    await answers_paris(provider, paris, PROMPTLY_S)  # ENDLESS alone would hold the model far longer
     assert engine_pid(provider) == pid  # stopped through the control pipe, not by ending the process
 
 
@@ -222,7 +252,7 @@ models:
 
 
 def _engine_processes_of(pid: int) -> list[int]:
-    """The server's children running an engine (found through /proc)."""
+    """The server's children running a model's llama.cpp engine (found through /proc, by their command line)."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -230,7 +260,7 @@ def _engine_processes_of(pid: int) -> list[int]:
             command = (stat.parent / "cmdline").read_bytes()
         except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
             continue
-        if parent == pid and b"process_worker" in command:
+        if parent == pid and f"llama.cpp: model '{MODEL}' of llama-cpp".encode() in command:
             found.append(int(stat.parent.name))
     return found
 
@@ -301,7 +331,7 @@ async def test_crashes_in_a_row_back_off_then_the_engine_is_reloaded(fake_engine
     assert error.value.retry_after == 1
     assert "crashed 2 times in a row (last: killed by SIGABRT); the model is reloaded in 1 s" in error.value.message
 
-    deadline = time.monotonic() + PROMPTLY_S
+    deadline = time.monotonic() + RELOADED_S
     while True:  # served again once the backoff is over
         try:
             assert await run("echo", 2) == 2
@@ -311,7 +341,7 @@ async def test_crashes_in_a_row_back_off_then_the_engine_is_reloaded(fake_engine
             await asyncio.sleep(0.05)
     with pytest.raises(ProviderError):  # a job finished in between: the next crash reloads at once again
         await run("abort")
-    assert await asyncio.wait_for(run("echo", 3), PROMPTLY_S) == 3
+    assert await asyncio.wait_for(run("echo", 3), RELOADED_S) == 3
 
 
 async def test_the_engines_exceptions_come_back_by_type(fake_engine):

@@ -1,14 +1,18 @@
-"""The llama.cpp engine process of one model: it loads the GGUF and runs generations, one at a time.
+"""The llama.cpp processes of one model: its engine, which runs generations, and its vocabulary.
 
-:func:`open_llama` is the opener :class:`~llama_stack.providers.utils.process_worker.WorkerProcess`
-calls in the child. It reports the facts the server needs from the loaded model (the context window
-llama.cpp gave it) and serves two kinds of job:
+These are the openers :class:`~llama_stack.providers.utils.process_worker.WorkerProcess` calls in a child
+process; everything llama.cpp touches lives there only, so that when llama.cpp aborts or segfaults that
+process dies, not the server.
 
-- ``"stream"``: one :class:`~.generation.Gen`, each text piece sent to the server as it is decoded;
-- ``"collect"``: a list of them, run in order; their texts come back together at the end.
-
-Both end with :class:`~.generation.Outcome` values. Everything llama.cpp touches (the weights, the
-context, grammars, the sampler) lives here only: when llama.cpp aborts, this process dies, not the server.
+- :func:`open_llama` loads the model and reports the context window llama.cpp gave it. Its jobs:
+  ``"stream"`` (one :class:`~.generation.Gen`, each text piece sent to the server as it is decoded) and
+  ``"collect"`` (a list of them, run in order; their texts come back together at the end). Both end with
+  :class:`~.generation.Outcome` values.
+- :func:`open_vocabulary` loads the GGUF's vocabulary only (``vocab_only``: no weights) and reports what the
+  server renders prompts and checks requests with (chat template, token texts, vocabulary size). Its job,
+  ``"check_grammar"``, asks llama.cpp whether it can parse a grammar: its parser recurses once per nesting
+  level, and a schema like ``{"maxItems": 100000}`` overflows the stack. That kills this small process (the
+  request gets a 400, the vocabulary is reloaded), never a generation in progress.
 """
 
 from __future__ import annotations
@@ -17,12 +21,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import llama_cpp
 from llama_cpp import Llama
+from llama_cpp._internals import LlamaModel
+from llama_cpp.llama_grammar import LLAMA_GRAMMAR_DEFAULT_ROOT
 
 from .generation import Gen, LoadedModel, collect, pump
 
 STREAM = "stream"
 COLLECT = "collect"
+CHECK_GRAMMAR = "check_grammar"
 
 
 @dataclass(frozen=True)
@@ -74,3 +82,51 @@ def open_llama(spec: LlamaSpec) -> tuple[LoadedFacts, Callable[[Any, str, Any, C
         raise RuntimeError(f"unknown job kind {kind!r}")
 
     return LoadedFacts(n_ctx=model.llm.n_ctx(), logits_all=model.llm._logits_all), handle
+
+
+@dataclass(frozen=True)
+class VocabularySpec:
+    path: str
+    verbose: bool
+
+
+@dataclass(frozen=True)
+class VocabularyFacts:
+    """What the server needs from a GGUF besides its generations."""
+
+    n_vocab: int
+    chat_template: str | None  # tokenizer.chat_template
+    name: str | None  # general.name
+    eos_text: str
+    bos_text: str
+
+
+def open_vocabulary(spec: VocabularySpec) -> tuple[VocabularyFacts, Callable[[Any, str, Any, Callable[[Any], None]], Any]]:
+    """Load the GGUF's vocabulary (in its process); raises ValueError when the file is no GGUF model."""
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    vocab = LlamaModel(path_model=spec.path, params=params, verbose=spec.verbose)
+    metadata = vocab.metadata()
+
+    def token_text(token_id: int) -> str:
+        return vocab.token_get_text(token_id) if token_id != -1 else ""
+
+    facts = VocabularyFacts(
+        n_vocab=vocab.n_vocab(),
+        chat_template=metadata.get("tokenizer.chat_template"),
+        name=metadata.get("general.name"),
+        eos_text=token_text(vocab.token_eos()),
+        bos_text=token_text(vocab.token_bos()),
+    )
+
+    def handle(job: Any, kind: str, payload: Any, emit: Callable[[Any], None]) -> Any:
+        if kind != CHECK_GRAMMAR:
+            raise RuntimeError(f"unknown job kind {kind!r}")
+        grammar: str = payload
+        sampler = llama_cpp.llama_sampler_init_grammar(vocab.vocab, grammar.encode(), LLAMA_GRAMMAR_DEFAULT_ROOT.encode())
+        if not sampler:
+            return False
+        llama_cpp.llama_sampler_free(sampler)
+        return True
+
+    return facts, handle

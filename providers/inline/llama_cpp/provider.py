@@ -2,16 +2,19 @@
 
 How requests are served
 -----------------------
-Each registered model runs in a child process of the server (:mod:`.engine_process`, supervised by
-:class:`~llama_stack.providers.utils.process_supervisor.SupervisedWorker`): llama.cpp's weights, context,
-grammars and sampling live there, so a C++ exception, an assertion or a segfault in llama.cpp ends that
-process and not the server. The server keeps, per model, the GGUF's vocabulary only (loaded
-``vocab_only``: the chat template and token texts, the vocabulary size for ``logit_bias``, a vocabulary to
-check grammars against) and one worker thread with a FIFO queue (``ModelWorker``) that hands its jobs to
-the engine process one at a time: llama.cpp decodes one request at a time per model. Requests beyond the
+Each registered model runs in a child process of the server, its engine (:mod:`.engine_process`,
+supervised by :class:`~llama_stack.providers.utils.process_supervisor.SupervisedWorker`): llama.cpp's
+weights, context, grammars and sampling live there, so a C++ exception, an assertion or a segfault in
+llama.cpp ends that process and not the server. A second, small process per model holds the GGUF's
+vocabulary alone (``vocab_only``): it reports the chat template, the token texts and the vocabulary size at
+registration, and parses each new grammar, since llama.cpp's grammar parser can be crashed by a schema.
+No llama.cpp code runs in the server process.
+
+The server keeps, per model, one worker thread with a FIFO queue (``ModelWorker``) that hands jobs to the
+engine process one at a time: llama.cpp decodes one request at a time per model. Requests beyond the
 running one wait there, at most ``max_queue`` of them; one more is refused with 503. The event loop never
 decodes: it admits requests, prepares them (attachments fetched, the chat template rendered, a grammar
-built) and relays the output.
+built and checked) and relays the output.
 
 For a streamed request the engine process sends each text piece over its pipe as it is decoded; the
 worker thread hands it to the event loop with ``loop.call_soon_threadsafe(queue.put_nowait, piece)``. A
@@ -21,7 +24,8 @@ the engine process over a control pipe, and the generation stops within a token.
 
 When the engine process dies (killed by SIGABRT, SIGSEGV, ...), the request it was serving fails with 502
 and the requests queued behind it with 503 (``Retry-After``); every error names the provider and the
-model and says that llama.cpp crashed and the model is being reloaded. The crash is logged with the exit
+model and says that llama.cpp crashed and the model is being reloaded. (A grammar that crashes the
+vocabulary process is the request's fault: a 400 naming the field.) The crash is logged with the exit
 signal, the model is reloaded in a new process, and later requests are served (crashes in a row back off
 up to 30 s). :meth:`LlamaCppInference.shutdown` stops the generations and the engine processes; an
 engine process also exits by itself when the server dies (its control pipe closes).
@@ -35,8 +39,8 @@ Chat messages go through :func:`~llama_stack.providers.utils.inference.tool_call
 offered in the model's format: Llama 3.x models get Meta's Llama 3.1 format, others the documented json
 format) and then the GGUF's own chat template. Answers are split into text and tool calls by the shared
 parser, streamed through ``ToolCallStream``. A ``response_format`` becomes a llama.cpp grammar (GBNF
-text made from the JSON schema in this process, checked against the vocabulary here, and compiled in the
-engine process); so does a forced tool call (``tool_choice`` 'required' or a tool's name), which makes
+text made from the JSON schema in this process by :func:`grammar_text`, parsed once by the vocabulary
+process, compiled in the engine process); so does a forced tool call (``tool_choice`` 'required' or a tool's name), which makes
 even a small model answer with a well-formed call.
 """
 
@@ -48,15 +52,13 @@ import logging
 import os
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import jinja2
-import llama_cpp
-from llama_cpp._internals import LlamaModel
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-from llama_cpp.llama_grammar import LLAMA_GRAMMAR_DEFAULT_ROOT, json_schema_to_gbnf
 
 from llama_stack.apis.common import Dialog, ToolDefinition
 from llama_stack.apis.errors import (
@@ -84,7 +86,7 @@ from llama_stack.plugins import ProviderContext
 from llama_stack.providers.utils.gguf import resolve_gguf
 from llama_stack.providers.utils.inference.attachments import AttachmentInliner, InlinedAttachments, dialog_contents
 from llama_stack.providers.utils.inference.sampling import check_logit_bias
-from llama_stack.providers.utils.inference.structured import json_schema_for
+from llama_stack.providers.utils.inference.structured import json_schema_for, llama_cpp_json_grammar
 from llama_stack.providers.utils.inference.tool_calls import (
     ToolCallStream,
     ToolFormat,
@@ -96,12 +98,22 @@ from llama_stack.providers.utils.inference.tool_calls import (
     tool_format_for,
 )
 from llama_stack.providers.utils.model_worker import Job, ModelWorker, WorkerStream, close_slots, served_slot
-from llama_stack.providers.utils.process_supervisor import SupervisedWorker
+from llama_stack.providers.utils.process_supervisor import EngineCrashedError, SupervisedWorker, no_backoff
 from llama_stack.providers.utils.process_worker import EngineError, WorkerCrashed
 
 from . import PROVIDER_TYPE
 from .config import LlamaCppConfig
-from .engine_process import COLLECT, STREAM, LlamaSpec, LoadedFacts, open_llama
+from .engine_process import (
+    CHECK_GRAMMAR,
+    COLLECT,
+    STREAM,
+    LlamaSpec,
+    LoadedFacts,
+    VocabularyFacts,
+    VocabularySpec,
+    open_llama,
+    open_vocabulary,
+)
 from .generation import Gen, Outcome
 
 log = logging.getLogger(__name__)
@@ -113,16 +125,22 @@ _CHATML_TEMPLATE = (
 )
 
 
+# Grammar checks that may wait for the vocabulary process (each takes milliseconds); one more is a 503.
+_CHECKS_QUEUED = 64
+
+
 async def build(config: LlamaCppConfig, context: ProviderContext) -> "LlamaCppInference":
     return LlamaCppInference(config, context)
 
 
-def grammar_text(schema: dict[str, Any]) -> str:
+def grammar_text(schema: dict[str, Any], *, strict: bool = True) -> str:
     """The llama.cpp grammar (GBNF, root rule ``root``) that a JSON schema's answers must match.
 
     The one place a schema becomes a grammar: response formats and forced tool calls both come here.
+    ``strict`` (response formats) refuses schema keywords the grammar would not enforce; a forced call's
+    arguments are constrained as far as the grammar goes.
     """
-    return json_schema_to_gbnf(json.dumps(schema))
+    return llama_cpp_json_grammar(schema, strict=strict)
 
 
 def _run_job(model_id: str, provider_id: str, job: Job, fn: Callable[..., Any], *args: Any) -> Any:
@@ -160,65 +178,72 @@ def _engine_env(config: LlamaCppConfig) -> dict[str, str]:
 
 
 class _ModelSlot:
-    """A registered model: its vocabulary and chat template, its worker thread and queue, its engine process."""
+    """A registered model: its two processes (the engine, the vocabulary) with a worker thread and queue each,
+    its chat template."""
 
-    def __init__(
-        self, model: Model, provider_id: str, reference: str, path: Path, vocab: LlamaModel, config: LlamaCppConfig
-    ):
+    def __init__(self, model: Model, provider_id: str, reference: str, path: Path, config: LlamaCppConfig):
         self.model = model
         self.reference = reference
         self.path = path
-        self.vocab = vocab  # vocab_only: no weights in the server process
-        self.n_vocab = vocab.n_vocab()
         self.worker = ModelWorker(
             model.model_id, provider_id, "llama-cpp", config.max_queue, partial(_run_job, model.model_id, provider_id)
         )
-
-        metadata = vocab.metadata()
-        template = metadata.get("tokenizer.chat_template")
-        name = " ".join(filter(None, [model.model_id, reference, metadata.get("general.name")]))
-        self.tool_format = tool_format_for(name, template)
-
-        def token_text(token_id: int) -> str:
-            return vocab.token_get_text(token_id) if token_id != -1 else ""
-
-        self.chat_template = template or _CHATML_TEMPLATE
-        self.formatter = Jinja2ChatFormatter(
-            template=self.chat_template, eos_token=token_text(vocab.token_eos()), bos_token=token_text(vocab.token_bos())
+        # Grammar checks do not wait behind a generation: the vocabulary process has its own queue.
+        self.checks = ModelWorker(
+            model.model_id, provider_id, "llama-cpp-vocab", _CHECKS_QUEUED, partial(_run_job, model.model_id, provider_id)
         )
-        # Llama 3.1+ templates write the "Cutting Knowledge Date" header themselves.
-        self.template_writes_llama3_header = "Cutting Knowledge Date" in self.chat_template
-
-        spec = LlamaSpec(
+        self.workers = [self.worker, self.checks]
+        supervised = {"model_id": model.model_id, "provider_id": provider_id, "env": _engine_env(config)}
+        self.vocabulary = SupervisedWorker(
+            engine="llama.cpp (vocabulary)",
+            opener=open_vocabulary,
+            argument=VocabularySpec(path=str(path), verbose=config.verbose),
+            worker=self.checks,
+            # It crashes only on a grammar a request sent (that request gets a 400), and reloads in a moment:
+            # others' checks should not wait out a backoff.
+            backoff=no_backoff,
+            **supervised,
+        )
+        self._spec = LlamaSpec(
             path=str(path),
             n_ctx=model.context_length or config.n_ctx,
             n_threads=config.n_threads,
             n_batch=config.n_batch,
             verbose=config.verbose,
-            python_tag=self.tool_format == ToolFormat.llama3,
+            python_tag=False,
         )
-        self.engine = SupervisedWorker(
-            engine="llama.cpp",
-            model_id=model.model_id,
-            provider_id=provider_id,
-            opener=open_llama,
-            argument=spec,
-            worker=self.worker,
-            env=_engine_env(config),
-        )
+        self.engine = SupervisedWorker(engine="llama.cpp", opener=open_llama, argument=self._spec, worker=self.worker, **supervised)
         self.loaded: LoadedFacts | None = None
 
     def load(self) -> LoadedFacts:
-        """Start the engine process and load the weights there (blocking)."""
+        """Start the vocabulary process, then the engine process, which loads the weights (blocking)."""
+        vocabulary: VocabularyFacts = self.vocabulary.start()
+        self.n_vocab = vocabulary.n_vocab
+        template = vocabulary.chat_template
+        name = " ".join(filter(None, [self.model.model_id, self.reference, vocabulary.name]))
+        self.tool_format = tool_format_for(name, template)
+        self.chat_template = template or _CHATML_TEMPLATE
+        self.formatter = Jinja2ChatFormatter(
+            template=self.chat_template, eos_token=vocabulary.eos_text, bos_token=vocabulary.bos_text
+        )
+        # Llama 3.1+ templates write the "Cutting Knowledge Date" header themselves.
+        self.template_writes_llama3_header = "Cutting Knowledge Date" in self.chat_template
+
+        self.engine.argument = replace(self._spec, python_tag=self.tool_format == ToolFormat.llama3)
         loaded: LoadedFacts = self.engine.start()
         # Reloads after a crash ask for the window llama.cpp gave (padded), sparing its second load.
-        self.engine.argument = LlamaSpec(**{**vars(self.engine.argument), "n_ctx": loaded.n_ctx})
+        self.engine.argument = replace(self.engine.argument, n_ctx=loaded.n_ctx)
         self.loaded = loaded
         return loaded
 
     def close(self) -> None:
         self.engine.close()
-        self.vocab.close()
+        self.vocabulary.close()
+
+    async def grammar_parses(self, grammar: str) -> bool:
+        """Whether llama.cpp parses ``grammar`` (in the vocabulary process); raises EngineCrashedError when
+        the parser crashed."""
+        return await self.checks.run(self.vocabulary.run, self.vocabulary.epoch, CHECK_GRAMMAR, grammar)
 
     def render(self, dialog: Dialog, request: Any, inlined: InlinedAttachments, where: str) -> str:
         tools = offered_tools(request.available_tools, request.tool_choice)
@@ -333,41 +358,29 @@ class LlamaCppInference:
             path = resolve_gguf(reference)
         except LlamaStackError as exc:
             raise type(exc)(f"model {model.model_id!r}: {exc.message}", provider=self.provider_id) from None
-        vocab = await asyncio.to_thread(self._load_vocab, model.model_id, path)
-        slot = _ModelSlot(model, self.provider_id, reference, path, vocab, self.config)
+        slot = _ModelSlot(model, self.provider_id, reference, path, self.config)
         try:
-            loaded = await asyncio.to_thread(self._load_engine, slot)
+            loaded = await asyncio.to_thread(self._load, slot)
         except BaseException:
             await asyncio.to_thread(slot.close)
             raise
         slot.model = model = model.model_copy(update={"context_length": loaded.n_ctx})
         self._slots[model.model_id] = slot
         log.info(
-            "%s: model %s loaded from %s (n_ctx %d) in llama.cpp process %s",
-            self.provider_id, model.model_id, path, loaded.n_ctx, slot.engine.pid,
+            "%s: model %s loaded from %s (n_ctx %d) in llama.cpp process %s (vocabulary: process %s)",
+            self.provider_id, model.model_id, path, loaded.n_ctx, slot.engine.pid, slot.vocabulary.pid,
         )
         return model
 
-    def _not_loadable(self, model_id: str, path: Path, exc: Exception) -> BadRequestError:
-        return BadRequestError(
-            f"model {model_id!r}: llama.cpp could not load {str(path)!r} (is it a GGUF model?): {exc}",
-            provider=self.provider_id,
-        )
-
-    def _load_vocab(self, model_id: str, path: Path) -> LlamaModel:
-        params = llama_cpp.llama_model_default_params()
-        params.vocab_only = True
-        try:
-            return LlamaModel(path_model=str(path), params=params, verbose=self.config.verbose)
-        except ValueError as exc:  # "Failed to load model from file: ..."
-            raise self._not_loadable(model_id, path, exc) from exc
-
-    def _load_engine(self, slot: _ModelSlot) -> LoadedFacts:
+    def _load(self, slot: _ModelSlot) -> LoadedFacts:
         model_id = slot.model.model_id
         try:
             return slot.load()
-        except ValueError as exc:
-            raise self._not_loadable(model_id, slot.path, exc) from exc
+        except ValueError as exc:  # "Failed to load model from file: ..."
+            raise BadRequestError(
+                f"model {model_id!r}: llama.cpp could not load {str(slot.path)!r} (is it a GGUF model?): {exc}",
+                provider=self.provider_id,
+            ) from exc
         except WorkerCrashed as crash:
             raise ProviderError(
                 f"model {model_id!r}: llama.cpp crashed ({crash.status}) while loading {str(slot.path)!r}",
@@ -393,34 +406,44 @@ class LlamaCppInference:
 
     # -- preparing requests -------------------------------------------------------------------------
 
-    def _grammar(self, slot: _ModelSlot, response_format: ResponseFormat | None, forced_call: dict[str, Any] | None) -> str | None:
-        """A llama.cpp grammar for the response format (or, without one, for a forced tool call)."""
+    async def _grammar(
+        self, slot: _ModelSlot, response_format: ResponseFormat | None, forced_call: dict[str, Any] | None
+    ) -> str | None:
+        """A llama.cpp grammar for the response format (or, without one, for a forced tool call), once
+        llama.cpp has parsed it (in the model's vocabulary process: a schema can crash the parser)."""
         schema = json_schema_for(response_format)
         where = "response_format.json_schema" if response_format and response_format.type == "json_schema" else "response_format"
         if schema is None:
             schema, where = forced_call, "tool_choice"
         if schema is None:
             return None
-        key = json.dumps(schema, sort_keys=True)
+        strict = where != "tool_choice"
+        key = json.dumps([strict, schema], sort_keys=True)
         cached = self._grammars.get(key)
         if cached is not None:
             return cached
         try:
-            grammar = grammar_text(schema)
+            grammar = grammar_text(schema, strict=strict)
         except Exception as exc:  # the converter rejects what it cannot express (remote $ref, ...)
             raise BadRequestError(
                 f"{where}: llama.cpp cannot turn this JSON schema into a grammar: {type(exc).__name__}: {exc}",
                 details=[{"loc": where, "in": "body", "message": str(exc)}],
                 provider=self.provider_id,
             ) from None
-        sampler = llama_cpp.llama_sampler_init_grammar(slot.vocab.vocab, grammar.encode(), LLAMA_GRAMMAR_DEFAULT_ROOT.encode())
-        if not sampler:
+        try:
+            parses = await slot.grammar_parses(grammar)
+        except EngineCrashedError:
+            raise BadRequestError(
+                f"{where}: llama.cpp crashed parsing the grammar made from this JSON schema (nested too deeply?)",
+                details=[{"loc": where, "in": "body", "message": "unsupported JSON schema"}],
+                provider=self.provider_id,
+            ) from None
+        if not parses:
             raise BadRequestError(
                 f"{where}: llama.cpp could not parse the grammar made from this JSON schema",
                 details=[{"loc": where, "in": "body", "message": "unsupported JSON schema"}],
                 provider=self.provider_id,
             )
-        llama_cpp.llama_sampler_free(sampler)
         if len(self._grammars) >= 64:  # a small cache: clients tend to send the same few schemas
             self._grammars.pop(next(iter(self._grammars)))
         self._grammars[key] = grammar
@@ -439,9 +462,9 @@ class LlamaCppInference:
             prompt_logprobs=getattr(request, "prompt_logprobs", None),
         )
 
-    def _chat_grammar(self, slot: _ModelSlot, request: Any) -> str | None:
+    async def _chat_grammar(self, slot: _ModelSlot, request: Any) -> str | None:
         tools = offered_tools(request.available_tools, request.tool_choice)
-        return self._grammar(slot, request.response_format, tool_call_schema(tools, request.tool_choice, slot.tool_format))
+        return await self._grammar(slot, request.response_format, tool_call_schema(tools, request.tool_choice, slot.tool_format))
 
     # -- the Inference API --------------------------------------------------------------------------
 
@@ -449,7 +472,7 @@ class LlamaCppInference:
         self, request: CompletionRequest
     ) -> CompletionResponse | AsyncIterator[CompletionResponseStreamChunk]:
         slot = self._slot(request)
-        grammar = self._grammar(slot, request.response_format, None)
+        grammar = await self._grammar(slot, request.response_format, None)
         inlined = await self._attachments.fetch([(request.content, "content")], model=request.model)
         gen = self._gen(slot, inlined(request.content, "content"), False, request, grammar)
         if request.stream:
@@ -461,7 +484,7 @@ class LlamaCppInference:
         self, request: ChatCompletionRequest
     ) -> ChatCompletionResponse | AsyncIterator[ChatCompletionResponseStreamChunk]:
         slot = self._slot(request)
-        grammar = self._chat_grammar(slot, request)
+        grammar = await self._chat_grammar(slot, request)
         inlined = await self._attachments.fetch(dialog_contents(request.dialog), model=request.model)
         gen = self._gen(slot, slot.render(request.dialog, request, inlined, "dialog"), True, request, grammar)
         tools = offered_tools(request.available_tools, request.tool_choice)
@@ -474,7 +497,7 @@ class LlamaCppInference:
     async def batch_completion(self, request: BatchCompletionRequest) -> list[CompletionResponse]:
         """One queue place for the whole batch; the prompts run one after another, in input order."""
         slot = self._slot(request)
-        grammar = self._grammar(slot, request.response_format, None)
+        grammar = await self._grammar(slot, request.response_format, None)
         contents = [(c, f"content_batch[{i}]") for i, c in enumerate(request.content_batch)]
         inlined = await self._attachments.fetch(contents, model=request.model)
         gens = [self._gen(slot, inlined(c, where), False, request, grammar) for c, where in contents]
@@ -486,7 +509,7 @@ class LlamaCppInference:
     async def batch_chat_completion(self, request: BatchChatCompletionRequest) -> list[ChatCompletionResponse]:
         """One queue place for the whole batch; the dialogs run one after another, in input order."""
         slot = self._slot(request)
-        grammar = self._chat_grammar(slot, request)
+        grammar = await self._chat_grammar(slot, request)
         contents = [item for i, d in enumerate(request.batch_dialogs) for item in dialog_contents(d, f"batch_dialogs[{i}]")]
         inlined = await self._attachments.fetch(contents, model=request.model)
         gens = [
