@@ -222,6 +222,7 @@ async def test_an_unknown_model_names_the_served_ones(provider):
         ({"$ref": "https://example.com/schema.json"}, "Fetching remote schemas is not allowed"),
         ({"type": "object", "properties": {"a": {"type": "strin"}}}, "Unrecognized schema"),
         ({"type": "string", "pattern": "^(?=a)b$"}, "Unsupported pattern syntax"),
+        ({"type": "object", "properties": {"age": {"type": "integer", "minimum": 0}}}, "#/properties/age: 'minimum' is not enforced"),
     ],
 )
 async def test_a_schema_llama_cpp_cannot_express_is_a_bad_request(provider, schema, reason):

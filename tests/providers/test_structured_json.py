@@ -4,7 +4,7 @@ The grammars are checked without a model first: random walks through what a gram
 time, every byte the grammar allows equally likely, so raw control characters come up often where they
 are admitted) must each be JSON that ``json.loads`` parses and the schema validates. llguidance runs the
 walks: it is inline::torch's own engine, and it reads llama.cpp's GBNF too (``gbnf_to_lark``). Then the
-real SmolLM2, sampled hot over many seeds on each local provider: every answer that ends by itself
+real SmolLM2, sampled over twenty prompts on each local provider: every answer that ends by itself
 (``finished_ok``) parses and validates.
 """
 
@@ -19,13 +19,14 @@ import jsonschema
 import pytest
 
 from llama_stack.apis.common import StopReason
-from llama_stack.apis.inference import ChatCompletionRequest, ResponseFormat
+from llama_stack.apis.inference import BatchCompletionRequest, ResponseFormat
 from llama_stack.apis.routes import Api
 from llama_stack.plugins import ProviderContext, build_provider, discover_providers
 from llama_stack.providers.utils.inference.structured import json_schema_for, llama_cpp_json_grammar
 
 llguidance = pytest.importorskip("llguidance", reason="the grammar walks run on llguidance (the torch extra)")
 from llguidance.gbnf_to_lark import gbnf_to_lark  # noqa: E402
+from local_model_requests import TORCH_CUDA  # noqa: E402
 
 BYTES = llguidance.LLTokenizer("byte")  # one token per byte (and an end-of-sequence token)
 
@@ -175,32 +176,37 @@ def test_every_text_the_torch_grammar_admits_is_valid_json_matching_the_schema(t
 
 # -- the real model, sampled hot ---------------------------------------------------------------------------
 
-SEEDS = range(20)
-HOT = {"strategy": "top_p", "temperature": 1.0, "top_p": 1.0}
-NOTE_PROMPT = "Write a short note about the sea as JSON, with a title, a body of two lines, and some tags."
+TOPICS = [
+    "the sea", "a mountain", "a city at night", "winter", "a cat", "the moon", "a train", "coffee", "a library",
+    "rain", "a garden", "the desert", "a bridge", "music", "a forest", "snow", "a river", "the sun", "a market", "a storm",
+]  # fmt: skip
+# Examples written the way a careless program writes JSON, with raw line breaks inside the strings: SmolLM2
+# imitates them, so a grammar that let raw control characters into strings shows it in most batches
+# (llama-cpp-python's own converter: 6 of 14 finished answers were not JSON).
+EXAMPLES = (
+    '{"title": "Spring", "body": "Flowers open.\nBirds sing.", "tags": ["season"]}\n'
+    '{"title": "Bread", "body": "Flour and water.\nBake it hot.", "tags": ["food"]}\n'
+)
+
+
+def notes(response_format: dict[str, Any]) -> BatchCompletionRequest:
+    """Twenty sampled notes in one batch (inline::torch decodes them together), one prompt per topic."""
+    return BatchCompletionRequest(
+        model="smollm2",
+        content_batch=[f"Notes (the last about {topic}), one JSON object each:\n{EXAMPLES}" for topic in TOPICS],
+        response_format=response_format,
+        sampling_params={"strategy": "top_p", "temperature": 1.0, "top_p": 1.0, "seed": 7},
+        max_tokens=48,
+    )
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "response_format", [{"type": "json_object"}, {"type": "json_schema", "json_schema": NOTE}], ids=["json_object", "json_schema"]
-)
-async def test_sampled_structured_answers_that_stop_are_valid_json(request, local_provider, response_format):
-    if request.node.callspec.params["local_provider"] == "torch-bfloat16":
-        pytest.skip("the grammar does not depend on the dtype: inline::torch in float32 covers it")
-    schema = json_schema_for(ResponseFormat(**response_format))
-    finished = []
-    for seed in SEEDS:
-        answer = await local_provider.chat_completion(
-            ChatCompletionRequest(
-                model="smollm2",
-                dialog={"message": {"role": "user", "content": NOTE_PROMPT}, "message_history": [{"role": "system", "content": "You are a helpful assistant."}]},
-                response_format=response_format,
-                sampling_params={**HOT, "seed": seed},
-                max_tokens=64,
-            )
-        )
-        if answer.stop_reason == StopReason.finished_ok:
-            finished.append(answer.content)
-    assert len(finished) >= 3, f"only {len(finished)} of {len(SEEDS)} answers ended by themselves"
+# Not torch-bfloat16: the grammar does not depend on the dtype.
+@pytest.mark.parametrize("local_provider", ["llama-cpp", "torch", *(["torch-cuda"] if TORCH_CUDA else [])], indirect=True)
+async def test_sampled_structured_answers_that_stop_are_valid_json(local_provider):
+    # json_object's grammar (any object) is walked above; on the model each batch costs many seconds.
+    answers = await local_provider.batch_completion(notes({"type": "json_schema", "json_schema": NOTE}))
+    finished = [a.content for a in answers if a.stop_reason == StopReason.finished_ok]
+    assert len(finished) >= len(TOPICS) // 4, f"only {len(finished)} of {len(answers)} answers ended by themselves"
     for text in finished:
-        assert_valid(text, schema)
+        assert_valid(text, NOTE)
