@@ -20,6 +20,8 @@ MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY = 0.01, 10.0
 MAX_TOP_K = 1_000_000
 MAX_TOKEN_ID = 2**31 - 1  # token ids are 32-bit in the engines
 SEED_RANGE = (-(2**63), 2**63 - 1)  # OpenAI's: a 64-bit integer
+MAX_BATCH = 256  # one batch holds a model's queue place: bounded like OpenAI's n (128) and batch endpoints
+MAX_RERANK_DOCUMENTS = 1024
 MAX_TOKENS_LIMIT = 2**20  # beyond any model's context window; the router checks the model's own
 
 
@@ -255,7 +257,7 @@ class ChatCompletionResponseStreamChunk(Schema):
 
 class BatchCompletionRequest(Schema):
     model: str
-    content_batch: list[Content]
+    content_batch: list[Content] = Field(max_length=MAX_BATCH, description=f"At most {MAX_BATCH} prompts, answered in order.")
     sampling_params: SamplingParams = Field(default_factory=SamplingParams)
     max_tokens: int = MaxTokens
     logprobs: bool = False
@@ -267,7 +269,7 @@ class BatchCompletionRequest(Schema):
 
 class BatchChatCompletionRequest(Schema):
     model: str
-    batch_dialogs: list[Dialog]
+    batch_dialogs: list[Dialog] = Field(max_length=MAX_BATCH, description=f"At most {MAX_BATCH} dialogs, answered in order.")
     sampling_params: SamplingParams = Field(default_factory=SamplingParams)
     available_tools: list[ToolDefinition] = Field(default_factory=list)
     max_tokens: int = MaxTokens
@@ -299,7 +301,7 @@ class RerankRequest(Schema):
 
     model: str = Field(description="A rerank model id the distribution serves.")
     query: str
-    documents: list[str] = Field(min_length=1)
+    documents: list[str] = Field(min_length=1, max_length=MAX_RERANK_DOCUMENTS)
     top_n: int | None = Field(default=None, gt=0, description="Only the most relevant top_n; all when unset.")
 
 

@@ -173,6 +173,21 @@ async def test_extreme_sampling_values_are_refused_naming_the_field(client, repl
     await still_serving(client)
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/inference/batch_completion", {"model": "replay-model", "content_batch": ["hi"] * 257}, "content_batch"),
+        ("/inference/batch_chat_completion", {"model": "replay-model", "batch_dialogs": [CHAT["dialog"]] * 257}, "batch_dialogs"),
+    ],
+)
+async def test_a_batch_larger_than_a_queue_place_holds_is_refused(client, replay, path, body, field):
+    response = await client.post(path, json=body)
+    assert response.status_code == 422 and error_of(response)["param"] == field
+    assert "256" in error_of(response)["message"]
+    assert replay.requests == []
+    await still_serving(client)
+
+
 async def test_a_temperature_too_small_to_sample_with_is_explained(client):
     body = CHAT | {"sampling_params": {"strategy": "top_p", "temperature": 1e-300}}
     response = await client.post("/inference/chat_completion", json=body)
