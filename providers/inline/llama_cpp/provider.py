@@ -8,7 +8,7 @@ weights, context, grammars and sampling live there, so a C++ exception, an asser
 llama.cpp ends that process and not the server. A second, small process per model holds the GGUF's
 vocabulary alone (``vocab_only``): it reports the chat template, the token texts and the vocabulary size at
 registration, and parses each new grammar, since llama.cpp's grammar parser can be crashed by a schema.
-No llama.cpp code runs in the server process.
+The server process loads no model and parses no grammar (it imports llama-cpp-python for its chat formatter).
 
 The server keeps, per model, one worker thread with a FIFO queue (``ModelWorker``) that hands jobs to the
 engine process one at a time: llama.cpp decodes one request at a time per model. Requests beyond the
