@@ -187,8 +187,13 @@ class WorkerProcess:
                 recv = self._channel.recv
                 message = recv()
                 while message.__class__ is not End and message.__class__ is not Raised:
-                    emit(message)  # type: ignore[misc]  # only streamed jobs stream
-                    message = recv()
+                    if emit is not None:
+                        try:
+                            emit(message)
+                        except Exception:  # nobody takes it any more (the event loop is closed)
+                            emit = None
+                            self._cancel(seq)
+                    message = recv()  # read to the job's end, whatever: the next job's answer follows it
             except (EOFError, OSError):
                 raise WorkerCrashed(self._reap()) from None
         finally:

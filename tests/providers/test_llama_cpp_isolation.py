@@ -31,7 +31,7 @@ from llama_stack.apis.inspect import Model  # noqa: E402
 from llama_stack.plugins import ProviderContext  # noqa: E402
 from llama_stack.providers.inline.llama_cpp.config import LlamaCppConfig  # noqa: E402
 from llama_stack.providers.inline.llama_cpp.provider import LlamaCppInference, build  # noqa: E402
-from llama_stack.providers.utils.model_worker import ModelWorker  # noqa: E402
+from llama_stack.providers.utils.model_worker import Job, ModelWorker  # noqa: E402
 from llama_stack.providers.utils.process_supervisor import SupervisedWorker  # noqa: E402
 from llama_stack.providers.utils.process_worker import EngineError  # noqa: E402
 from local_model_requests import ENDLESS, MODEL, PROMPTLY_S, SMOLLM2, chat, collect, dialog, endless  # noqa: E402
@@ -291,13 +291,20 @@ def test_through_the_server_a_crash_ends_the_stream_with_an_error_event_and_serv
 
 
 def open_fake_engine(name: str) -> tuple[dict[str, Any], Any]:
-    """An engine for the supervision tests (runs in the child): it echoes, raises, or aborts."""
+    """An engine for the supervision tests (runs in the child): it echoes, raises, aborts, or counts."""
 
     def handle(job: Any, kind: str, payload: Any, emit: Any) -> Any:
         if kind == "abort":
             os.abort()
         if kind == "raise":
             raise payload
+        if kind == "count":  # streams 0, 1, ... a token's time apart, until cancelled; how far it got
+            for number in range(payload):
+                if job.cancelled:
+                    return number
+                emit(number)
+                time.sleep(0.001)
+            return payload
         return payload
 
     return {"name": name, "pid": os.getpid()}, handle
@@ -352,3 +359,15 @@ async def test_the_engines_exceptions_come_back_by_type(fake_engine):
         await worker.run(engine.run, engine.epoch, "raise", asyncio.InvalidStateError("odd"))
     assert (error.value.type_name, str(error.value)) == ("InvalidStateError", "odd")
     assert await worker.run(engine.run, engine.epoch, "echo", "still here") == "still here"
+
+
+async def test_a_stream_nobody_takes_any_more_is_stopped_and_read_to_its_end(fake_engine):
+    worker, engine = fake_engine
+
+    def loop_gone(item: Any) -> None:
+        raise RuntimeError("Event loop is closed")
+
+    reached = await asyncio.to_thread(engine.run, Job(), engine.epoch, "count", 10_000, loop_gone)
+    assert reached < 10_000  # cancelled at the first item nobody took
+    # The next job reads its own answer, not what was left of the stream.
+    assert await worker.run(engine.run, engine.epoch, "echo", "mine") == "mine"
