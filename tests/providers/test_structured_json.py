@@ -151,6 +151,26 @@ def test_keywords_the_llama_cpp_grammar_would_not_enforce_are_refused(schema, me
     assert llama_cpp_json_grammar(schema, strict=False)  # a forced tool call's arguments: best effort
 
 
+@pytest.mark.parametrize(
+    ("schema", "message"),
+    [
+        ({"type": "array", "items": {"type": "integer"}, "maxItems": 10**9}, "#: maxItems 1000000000 is more"),
+        ({"type": "object", "properties": {"s": {"type": "string", "minLength": 5000}}}, "#/properties/s: minLength 5000"),
+        ({"type": "string", "pattern": "^a{1,1000000000}$"}, "#: the pattern's count {1,1000000000}"),
+        ({"type": "string", "pattern": "^(ab){20000}$"}, "#: the pattern's count {20000}"),
+    ],
+)
+def test_counts_too_large_to_write_out_are_refused_before_the_converter_runs(schema, message):
+    for strict in (True, False):  # a forced tool call's arguments too
+        with pytest.raises(ValueError, match="^" + re.escape(message)):
+            llama_cpp_json_grammar(schema, strict=strict)
+
+
+def test_counts_up_to_the_limit_are_written_out():
+    grammar = llama_cpp_json_grammar({"type": "array", "items": {"type": "integer"}, "maxItems": 1000})
+    assert "item" in grammar or "integer" in grammar
+
+
 # -- inline::torch's grammar (llguidance's JSON schema compiler) --------------------------------------------
 
 

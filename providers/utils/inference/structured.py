@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from llama_stack.apis.inference import ResponseFormat
@@ -62,6 +63,10 @@ _UNENFORCED_KEYWORDS = (
     "dependentRequired", "dependentSchemas", "dependencies",
     "not", "if", "then", "else",
 )  # fmt: skip
+# The most repetitions a count (an array's items, a string's characters, a pattern's {m,n}) may ask for.
+MAX_GRAMMAR_REPETITIONS = 1000
+_COUNT_KEYWORDS = ("minItems", "maxItems", "minLength", "maxLength")
+_PATTERN_COUNT = re.compile(r"\{(\d+)(?:,(\d*))?\}")
 _SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 _SCHEMA_MAPS = ("properties", "$defs", "definitions")
 _SCHEMA_VALUES = ("items", "additionalProperties")
@@ -86,6 +91,7 @@ def llama_cpp_json_grammar(schema: dict[str, Any], *, strict: bool = True) -> st
     """
     from llama_cpp.llama_grammar import SchemaConverter
 
+    _check_repetition_counts(schema, "#")
     if strict:
         _check_enforceable(schema, "#")
 
@@ -117,6 +123,33 @@ def llama_cpp_json_grammar(schema: dict[str, Any], *, strict: bool = True) -> st
     resolved = converter.resolve_refs(schema, "input")
     converter.visit(resolved, "")
     return converter.format_grammar()
+
+
+def _check_repetition_counts(schema: Any, path: str) -> None:
+    """Counts the converter would write out one repetition at a time (``maxItems: 1e9``, ``a{1,1000000000}``) are
+    refused before it runs: it would build the grammar text on the event loop, and llama.cpp's parser recurses
+    once per repetition."""
+    if isinstance(schema, list):
+        for index, item in enumerate(schema):
+            _check_repetition_counts(item, f"{path}/{index}")
+        return
+    if not isinstance(schema, dict):
+        return
+    for keyword in _COUNT_KEYWORDS:
+        value = schema.get(keyword)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > MAX_GRAMMAR_REPETITIONS:
+            raise ValueError(f"{path}: {keyword} {value} is more than llama.cpp's grammar can count ({MAX_GRAMMAR_REPETITIONS} at most)")
+    pattern = schema.get("pattern")
+    if isinstance(pattern, str):
+        for match in _PATTERN_COUNT.finditer(pattern):
+            if any(int(n) > MAX_GRAMMAR_REPETITIONS for n in match.groups() if n):
+                raise ValueError(
+                    f"{path}: the pattern's count {match.group(0)} is more than llama.cpp's grammar can count "
+                    f"({MAX_GRAMMAR_REPETITIONS} at most)"
+                )
+    for key, value in schema.items():
+        if isinstance(value, (dict, list)) and key not in ("enum", "const", "examples", "default"):
+            _check_repetition_counts(value, f"{path}/{key}")
 
 
 def _check_enforceable(schema: Any, path: str) -> None:
