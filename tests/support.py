@@ -8,12 +8,13 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import uvicorn
@@ -305,12 +306,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_health(base_url: str, process: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
-    """Poll /health until the server answers (or the process dies); the model loads before it answers."""
+def wait_for_health(
+    base_url: str, process: subprocess.Popen[bytes], timeout: float = 120.0, output: IO[bytes] | None = None
+) -> None:
+    """Poll /health until the server answers (or the process dies, failing with ``output``, its stderr so far);
+    the model loads before it answers."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}: {process.stderr.read().decode() if process.stderr else ''}")
+            said = output if output is not None else process.stderr
+            if said is not None and said.seekable():
+                said.seek(0)
+            raise RuntimeError(f"server exited with {process.returncode}: {said.read().decode() if said else ''}")
         try:
             if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
                 return
@@ -342,10 +349,11 @@ def serving(
     """``llama-stack run <distribution>`` on a free port, until the block ends; ready once /health answers.
 
     ``env`` replaces the environment (default: this one); ``log`` collects the server's output (default: its
-    stderr is kept, so that a server dying at start-up fails the test with its own message).
+    stderr goes to an unnamed temporary file, so that a server dying at start-up fails the test with its own
+    message; never a pipe, which nobody drains: a server logging past the pipe's 64 KiB would block).
     """
     port = free_port()
-    sink = log.open("wb") if log is not None else subprocess.PIPE
+    sink: IO[bytes] = log.open("wb") if log is not None else tempfile.TemporaryFile()
     try:
         process = subprocess.Popen(
             [*llama_stack_command(), "run", str(distribution), "--port", str(port), *args],
@@ -355,14 +363,16 @@ def serving(
         )
     finally:
         if log is not None:
-            sink.close()  # type: ignore[union-attr]
+            sink.close()  # the server has its own descriptor; the caller reads the file
+    stderr = sink if log is None else None
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for_health(url, process, timeout=health_timeout)
+        wait_for_health(url, process, timeout=health_timeout, output=stderr)
         yield Served(url, process)
     finally:
         process.terminate()
         process.wait(timeout=30)
+        sink.close()
 
 
 @asynccontextmanager
