@@ -31,6 +31,7 @@ from llama_stack.apis.inspect import Model  # noqa: E402
 from llama_stack.plugins import ProviderContext  # noqa: E402
 from llama_stack.providers.inline.llama_cpp.config import LlamaCppConfig  # noqa: E402
 from llama_stack.providers.inline.llama_cpp.provider import LlamaCppInference, build  # noqa: E402
+from llama_stack.providers.utils.inference import structured  # noqa: E402
 from llama_stack.providers.utils.model_worker import Job, ModelWorker  # noqa: E402
 from llama_stack.providers.utils.process_supervisor import SupervisedWorker  # noqa: E402
 from llama_stack.providers.utils.process_worker import EngineError  # noqa: E402
@@ -123,9 +124,13 @@ async def test_a_llama_cpp_abort_fails_its_request_and_the_next_one_is_answered(
 
 
 @pytest.mark.slow
-async def test_a_schema_that_crashes_the_grammar_parser_is_a_bad_request(provider, paris):
+async def test_a_schema_that_crashes_the_grammar_parser_is_a_bad_request(provider, paris, monkeypatch):
     """llama.cpp's grammar parser recurses once per nesting level: 100000 optional items overflow its stack.
-    It parses in the model's vocabulary process, which dies instead of the server (or a generation)."""
+    It parses in the model's vocabulary process, which dies instead of the server (or a generation).
+
+    Such counts are refused before any grammar is written (test_structured_json.py); that first check is
+    switched off here to reach the second line: a grammar that crashes llama.cpp's parser."""
+    monkeypatch.setattr(structured, "_check_repetition_counts", lambda schema, path: None)
     engine = engine_pid(provider)
     vocabulary = provider._slots[MODEL].vocabulary
     many = {"type": "array", "items": {"type": "integer"}, "maxItems": 100000}
