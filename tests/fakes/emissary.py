@@ -10,7 +10,7 @@ from support import REPO
 
 from .vendor_server import FakeVendor
 
-SPECS = REPO.parent / "shared" / "specs"
+SPECS = REPO / "tests" / "specs"  # copies of the vendors' specs (test_specs_in_step.py)
 API_KEY = "emissary-test-key"
 
 _SPEC = json.loads((SPECS / "emissary-openapi.json").read_text())

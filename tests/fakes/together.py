@@ -18,7 +18,7 @@ from support import REPO
 from .lap import check_request, find_endpoint, load_lap
 from .vendor_server import FakeVendor, Recorded
 
-SPECS = REPO.parent / "shared" / "specs"
+SPECS = REPO / "tests" / "specs"  # copies of the vendors' specs (test_specs_in_step.py)
 API_KEY = "together-test-key"
 
 _YAML = yaml.safe_load((SPECS / "together-openapi.yaml").read_text())
