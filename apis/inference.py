@@ -95,7 +95,13 @@ MaxTokens = Field(
     le=MAX_TOKENS_LIMIT,
     description="The most tokens to generate; 0 means until the model stops. More than the model's context window is a 400.",
 )
-Stop = Field(default_factory=list, max_length=8, description="Extension: stop when any of these strings is generated.")
+MAX_STOP_LENGTH = 256  # characters; the engines look for a stop string after every token
+StopString = Annotated[str, Field(max_length=MAX_STOP_LENGTH)]
+Stop = Field(
+    default_factory=list,
+    max_length=8,
+    description=f"Extension: stop when any of these strings (at most 8, {MAX_STOP_LENGTH} characters each) is generated.",
+)
 TopLogprobs = Field(default=0, ge=0, le=20, description="Extension: with logprobs, the alternatives per token.")
 
 
@@ -166,7 +172,7 @@ class CompletionRequest(Schema):
     stream: bool = False
     logprobs: bool = False
     top_logprobs: int = TopLogprobs
-    stop: list[str] = Stop
+    stop: list[StopString] = Stop
     response_format: ResponseFormat | None = None
     prompt_logprobs: int | None = PromptLogprobs
 
@@ -224,7 +230,7 @@ class ChatCompletionRequest(Schema):
     stream: bool = False
     logprobs: bool = False
     top_logprobs: int = TopLogprobs
-    stop: list[str] = Stop
+    stop: list[StopString] = Stop
     response_format: ResponseFormat | None = None
     tool_choice: str = ToolChoice
 
@@ -262,7 +268,7 @@ class BatchCompletionRequest(Schema):
     max_tokens: int = MaxTokens
     logprobs: bool = False
     top_logprobs: int = TopLogprobs
-    stop: list[str] = Stop
+    stop: list[StopString] = Stop
     response_format: ResponseFormat | None = None
     prompt_logprobs: int | None = PromptLogprobs
 
@@ -275,7 +281,7 @@ class BatchChatCompletionRequest(Schema):
     max_tokens: int = MaxTokens
     logprobs: bool = False
     top_logprobs: int = TopLogprobs
-    stop: list[str] = Stop
+    stop: list[StopString] = Stop
     response_format: ResponseFormat | None = None
     tool_choice: str = ToolChoice
 

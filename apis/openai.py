@@ -26,12 +26,14 @@ from pydantic import ConfigDict, Field, model_serializer, model_validator
 from .common import JsonObject, Schema
 from .inference import (
     MAX_REPETITION_PENALTY,
+    MAX_STOP_LENGTH,
     MAX_TEMPERATURE,
     MAX_TOKENS_LIMIT,
     MAX_TOP_K,
     MIN_REPETITION_PENALTY,
     MIN_SAMPLING_TEMPERATURE,
     SEED_RANGE,
+    StopString,
 )
 from .routes import webmethod
 
@@ -179,8 +181,8 @@ Temperature = Field(
     description=f"Default 1 (sampling); 0 (or below {MIN_SAMPLING_TEMPERATURE}) is greedy decoding.",
 )
 TopP = Field(default=None, ge=0, le=1, description="Default 1; 0 is greedy decoding.")
-StopList = Annotated[list[str], Field(max_length=8)]
-Stop = Field(default=None, description="Up to 8 strings; generation stops before any of them.")
+StopList = Annotated[list[StopString], Field(max_length=8)]
+Stop = Field(default=None, description=f"Up to 8 strings of at most {MAX_STOP_LENGTH} characters; generation stops before any of them.")
 Seed = Field(
     default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1], description="Makes sampling repeatable, where the provider supports it."
 )
@@ -208,7 +210,7 @@ class OpenAIChatCompletionRequest(Schema):
         default=None, ge=1, le=MAX_TOKENS_LIMIT, description="Default: until the model stops. Not beyond the model's context window."
     )
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT, description="The older name of max_completion_tokens.")
-    stop: str | StopList | None = Stop
+    stop: StopString | StopList | None = Stop
     seed: int | None = Seed
     stream: bool | None = None
     stream_options: OpenAIStreamOptions | None = Field(default=None, description="Only with stream: true.")
@@ -255,7 +257,7 @@ class OpenAICompletionRequest(Schema):
     )
     temperature: float | None = Temperature
     top_p: float | None = TopP
-    stop: str | StopList | None = Stop
+    stop: StopString | StopList | None = Stop
     seed: int | None = Seed
     stream: bool | None = None
     stream_options: OpenAIStreamOptions | None = Field(default=None, description="Only with stream: true.")

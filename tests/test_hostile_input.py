@@ -188,6 +188,16 @@ async def test_a_batch_larger_than_a_queue_place_holds_is_refused(client, replay
     await still_serving(client)
 
 
+async def test_a_stop_string_longer_than_the_engines_look_for_is_refused(client, replay):
+    response = await client.post("/inference/chat_completion", json=CHAT | {"stop": ["x" * 257]})
+    assert response.status_code == 422 and error_of(response)["param"] == "stop[0]"
+    sdk = openai.AsyncOpenAI(base_url="http://test/v1", api_key="unused", http_client=client, max_retries=0)
+    with pytest.raises(openai.BadRequestError):
+        await sdk.chat.completions.create(model="replay-model", messages=[{"role": "user", "content": "hi"}], stop="x" * 257)
+    assert replay.requests == []
+    await still_serving(client)
+
+
 async def test_a_temperature_too_small_to_sample_with_is_explained(client):
     body = CHAT | {"sampling_params": {"strategy": "top_p", "temperature": 1e-300}}
     response = await client.post("/inference/chat_completion", json=body)
