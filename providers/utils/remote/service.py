@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# httpx.Request extension: the credential-named fields of the JSON body a request was built with.
+_BODY_CREDENTIALS = "llama_stack.body_credentials"
+
 RETRY_STATUSES = frozenset({429, 503, 504})
 MAX_BACKOFF = 8.0
 # Connection failures after which the request may have reached the vendor: retried only when repeating it
@@ -161,6 +164,8 @@ class RemoteService:
         request = self._http.build_request(
             method, path, json=json_body, params=params, files=files, data=data, headers=self._auth_headers(key)
         )
+        # Read from the body as it was built, not parsed back from its bytes after every answer.
+        request.extensions[_BODY_CREDENTIALS] = list(request_credentials(json_body)) if isinstance(json_body, Mapping) else []
         attempt = 0
         while True:
             try:
@@ -291,7 +296,7 @@ class RemoteService:
         """The credentials ``request`` carried: its key headers' values, the key in each (after a scheme), and
         credential-named fields of its JSON body (a client's Weights & Biases key in a training job)."""
         values = [request.headers[name] for name in self._auth_header_names if request.headers.get(name)]
-        return values + [value.split()[-1] for value in values] + _body_credentials(request)
+        return values + [value.split()[-1] for value in values] + request.extensions.get(_BODY_CREDENTIALS, [])
 
     def _scrubbed(self, exc: Exception, request: httpx.Request) -> str:
         return self.redactor.error_text(str(exc), self._sent_credentials(request))
@@ -352,13 +357,3 @@ def _retry_after(response: httpx.Response) -> float | None:
         return max(0.0, float(value)) if value is not None else None
     except ValueError:
         return None
-
-
-def _body_credentials(request: httpx.Request) -> list[str]:
-    if not request.headers.get("content-type", "").startswith("application/json"):
-        return []
-    try:
-        body = json.loads(request.content)
-    except (httpx.RequestNotRead, ValueError):
-        return []
-    return list(request_credentials(body)) if isinstance(body, dict) else []
