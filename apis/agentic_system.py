@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, AsyncIterator, Literal, Protocol, Union, runtime_checkable
+from collections.abc import AsyncIterator
+from typing import Annotated, Literal, Protocol, runtime_checkable
 
 from pydantic import Field, field_validator
 
@@ -78,7 +79,7 @@ class MemoryRetrievalStep(Schema):
 
 # One step of a turn; `step_type` says which.
 ExecutionStep = Annotated[
-    Union[ModelInferenceStep, ToolExecutionStep, SafetyFilteringStep, MemoryRetrievalStep],
+    ModelInferenceStep | ToolExecutionStep | SafetyFilteringStep | MemoryRetrievalStep,
     Field(discriminator="step_type"),
 ]
 

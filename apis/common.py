@@ -30,7 +30,7 @@ class Attachment(Schema):
 
 
 # Message content: plain text, one attachment, or a sequence mixing both.
-Content = Union[str, Attachment, list[Union[str, Attachment]]]
+Content = Union[str, Attachment, list[str | Attachment]]
 
 
 class Role(str, Enum):
@@ -87,7 +87,7 @@ class BuiltinTool(str, Enum):
 
 class ToolDefinition(Schema):
     # A built-in tool's name, or any custom tool's.
-    tool_name: Union[BuiltinTool, str]
+    tool_name: BuiltinTool | str
     description: str | None = Field(default=None, description="What the tool does, for the model (extension).")
     parameters: JsonObject | None = Field(
         default=None, description="A JSON Schema object describing the tool's arguments."
@@ -106,7 +106,9 @@ class StopReason(str, Enum):
 
 class MemoryBankDocument(Schema):
     uuid: str
-    content: str = Field(description="The document's bytes, base64-encoded.", json_schema_extra={"contentEncoding": "base64"})
+    content: str = Field(
+        description="The document's bytes, base64-encoded.", json_schema_extra={"contentEncoding": "base64"}
+    )
     metadata: JsonObject = Field(default_factory=dict)
     mime_type: str
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, AsyncIterator, Literal, Protocol, runtime_checkable
+from collections.abc import AsyncIterator
+from typing import Annotated, Literal, Protocol, runtime_checkable
 
 from pydantic import Field, model_validator
 
@@ -61,19 +62,24 @@ class SamplingParams(Schema):
         description="Extension: subtracted from a token's logit once the answer holds it (OpenAI's).",
     )
     seed: int | None = Field(
-        default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1], description="Extension: makes sampling repeatable (a 64-bit integer)."
+        default=None,
+        ge=SEED_RANGE[0],
+        le=SEED_RANGE[1],
+        description="Extension: makes sampling repeatable (a 64-bit integer).",
     )
-    logit_bias: dict[Annotated[int, Field(ge=0, le=MAX_TOKEN_ID)], Annotated[float, Field(ge=-100.0, le=100.0)]] = Field(
-        default_factory=dict,
-        max_length=1024,
-        description=(
-            "Extension: token id (the model's own) -> a bias added to that token's logit before sampling, as "
-            "OpenAI's logit_bias: -100 bans the token, 100 all but forces it."
-        ),
+    logit_bias: dict[Annotated[int, Field(ge=0, le=MAX_TOKEN_ID)], Annotated[float, Field(ge=-100.0, le=100.0)]] = (
+        Field(
+            default_factory=dict,
+            max_length=1024,
+            description=(
+                "Extension: token id (the model's own) -> a bias added to that token's logit before sampling, as "
+                "OpenAI's logit_bias: -100 bans the token, 100 all but forces it."
+            ),
+        )
     )
 
     @model_validator(mode="after")
-    def _sampling_needs_temperature(self) -> "SamplingParams":
+    def _sampling_needs_temperature(self) -> SamplingParams:
         if self.strategy == "greedy" and self.temperature > 0:
             raise ValueError(
                 f"temperature={self.temperature} has no effect with strategy 'greedy'; "
@@ -112,7 +118,7 @@ class ResponseFormat(Schema):
     json_schema: JsonObject | None = Field(default=None, description="The JSON Schema, for type json_schema.")
 
     @model_validator(mode="after")
-    def _schema_matches_type(self) -> "ResponseFormat":
+    def _schema_matches_type(self) -> ResponseFormat:
         if self.type == "json_schema" and not self.json_schema:
             raise ValueError("type 'json_schema' needs a json_schema")
         if self.type != "json_schema" and self.json_schema is not None:
@@ -177,7 +183,7 @@ class CompletionRequest(Schema):
     prompt_logprobs: int | None = PromptLogprobs
 
     @model_validator(mode="after")
-    def _prompt_logprobs_not_streamed(self) -> "CompletionRequest":
+    def _prompt_logprobs_not_streamed(self) -> CompletionRequest:
         if self.stream and self.prompt_logprobs is not None:
             raise ValueError("prompt_logprobs cannot be streamed: ask without stream")
         return self
@@ -235,7 +241,7 @@ class ChatCompletionRequest(Schema):
     tool_choice: str = ToolChoice
 
     @model_validator(mode="after")
-    def _tool_choice_names_a_tool(self) -> "ChatCompletionRequest":
+    def _tool_choice_names_a_tool(self) -> ChatCompletionRequest:
         _check_tool_choice(self.tool_choice, self.available_tools)
         return self
 
@@ -263,7 +269,9 @@ class ChatCompletionResponseStreamChunk(Schema):
 
 class BatchCompletionRequest(Schema):
     model: str
-    content_batch: list[Content] = Field(max_length=MAX_BATCH, description=f"At most {MAX_BATCH} prompts, answered in order.")
+    content_batch: list[Content] = Field(
+        max_length=MAX_BATCH, description=f"At most {MAX_BATCH} prompts, answered in order."
+    )
     sampling_params: SamplingParams = Field(default_factory=SamplingParams)
     max_tokens: int = MaxTokens
     logprobs: bool = False
@@ -275,7 +283,9 @@ class BatchCompletionRequest(Schema):
 
 class BatchChatCompletionRequest(Schema):
     model: str
-    batch_dialogs: list[Dialog] = Field(max_length=MAX_BATCH, description=f"At most {MAX_BATCH} dialogs, answered in order.")
+    batch_dialogs: list[Dialog] = Field(
+        max_length=MAX_BATCH, description=f"At most {MAX_BATCH} dialogs, answered in order."
+    )
     sampling_params: SamplingParams = Field(default_factory=SamplingParams)
     available_tools: list[ToolDefinition] = Field(default_factory=list)
     max_tokens: int = MaxTokens
@@ -286,7 +296,7 @@ class BatchChatCompletionRequest(Schema):
     tool_choice: str = ToolChoice
 
     @model_validator(mode="after")
-    def _tool_choice_names_a_tool(self) -> "BatchChatCompletionRequest":
+    def _tool_choice_names_a_tool(self) -> BatchChatCompletionRequest:
         _check_tool_choice(self.tool_choice, self.available_tools)
         return self
 

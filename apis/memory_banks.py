@@ -34,7 +34,7 @@ class MemoryBankConfig(Schema):
     )
 
     @model_validator(mode="after")
-    def _overlap_fits(self) -> "MemoryBankConfig":
+    def _overlap_fits(self) -> MemoryBankConfig:
         if self.chunk_size_tokens is not None and self.overlap_tokens is not None:
             if self.overlap_tokens >= self.chunk_size_tokens:
                 raise ValueError(

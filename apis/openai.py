@@ -19,7 +19,8 @@ them), ``response_format`` on completions, and ``aliases`` / ``context_length`` 
 
 from __future__ import annotations
 
-from typing import Annotated, Any, AsyncIterator, Literal, Protocol, Union, runtime_checkable
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal, Protocol, Union, runtime_checkable
 
 from pydantic import ConfigDict, Field, model_serializer, model_validator
 
@@ -62,7 +63,7 @@ class OpenAIRefusalPart(Schema):
     refusal: str
 
 
-OpenAIContentPart = Annotated[Union[OpenAITextPart, OpenAIImagePart, OpenAIRefusalPart], Field(discriminator="type")]
+OpenAIContentPart = Annotated[OpenAITextPart | OpenAIImagePart | OpenAIRefusalPart, Field(discriminator="type")]
 
 
 class OpenAIFunctionCall(Schema):
@@ -97,7 +98,7 @@ class OpenAIChatMessage(Schema):
     function_call: JsonObject | None = Field(default=None, description="Refused unless null: use tool_calls.")
 
     @model_validator(mode="after")
-    def _fields_fit_the_role(self) -> "OpenAIChatMessage":
+    def _fields_fit_the_role(self) -> OpenAIChatMessage:
         if self.content is None and not (self.role == "assistant" and self.tool_calls):
             raise ValueError(f"a {self.role} message needs content")
         if self.tool_calls and self.role != "assistant":
@@ -162,7 +163,7 @@ class OpenAIResponseFormatJSONSchema(Schema):
 
 
 OpenAIResponseFormat = Annotated[
-    Union[OpenAIResponseFormatText, OpenAIResponseFormatJSONObject, OpenAIResponseFormatJSONSchema],
+    OpenAIResponseFormatText | OpenAIResponseFormatJSONObject | OpenAIResponseFormatJSONSchema,
     Field(discriminator="type"),
 ]
 
@@ -182,15 +183,25 @@ Temperature = Field(
 )
 TopP = Field(default=None, ge=0, le=1, description="Default 1; 0 is greedy decoding.")
 StopList = Annotated[list[StopString], Field(max_length=8)]
-Stop = Field(default=None, description=f"Up to 8 strings of at most {MAX_STOP_LENGTH} characters; generation stops before any of them.")
+Stop = Field(
+    default=None,
+    description=f"Up to 8 strings of at most {MAX_STOP_LENGTH} characters; generation stops before any of them.",
+)
 Seed = Field(
-    default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1], description="Makes sampling repeatable, where the provider supports it."
+    default=None,
+    ge=SEED_RANGE[0],
+    le=SEED_RANGE[1],
+    description="Makes sampling repeatable, where the provider supports it.",
 )
 N = Field(default=None, ge=1, le=128, description="Choices per prompt (streamed one after another).")
 Penalty = Field(default=None, ge=-2, le=2, description="As OpenAI defines it; 0 (the default) is no penalty.")
-LogitBias = Field(default=None, description="Token id (the model's own, as digits) -> bias in [-100, 100] added to its logit.")
+LogitBias = Field(
+    default=None, description="Token id (the model's own, as digits) -> bias in [-100, 100] added to its logit."
+)
 Ignored = Field(default=None, description="Accepted and ignored.")
-TopK = Field(default=None, ge=0, le=MAX_TOP_K, description="Extension: sample among the k most likely tokens; 0 means no limit.")
+TopK = Field(
+    default=None, ge=0, le=MAX_TOP_K, description="Extension: sample among the k most likely tokens; 0 means no limit."
+)
 RepetitionPenalty = Field(
     default=None,
     ge=MIN_REPETITION_PENALTY,
@@ -207,9 +218,14 @@ class OpenAIChatCompletionRequest(Schema):
     temperature: float | None = Temperature
     top_p: float | None = TopP
     max_completion_tokens: int | None = Field(
-        default=None, ge=1, le=MAX_TOKENS_LIMIT, description="Default: until the model stops. Not beyond the model's context window."
+        default=None,
+        ge=1,
+        le=MAX_TOKENS_LIMIT,
+        description="Default: until the model stops. Not beyond the model's context window.",
     )
-    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_LIMIT, description="The older name of max_completion_tokens.")
+    max_tokens: int | None = Field(
+        default=None, ge=1, le=MAX_TOKENS_LIMIT, description="The older name of max_completion_tokens."
+    )
     stop: StopString | StopList | None = Stop
     seed: int | None = Seed
     stream: bool | None = None
@@ -261,7 +277,9 @@ class OpenAICompletionRequest(Schema):
     seed: int | None = Seed
     stream: bool | None = None
     stream_options: OpenAIStreamOptions | None = Field(default=None, description="Only with stream: true.")
-    logprobs: int | None = Field(default=None, ge=0, le=20, description="Log probabilities, with this many alternatives.")
+    logprobs: int | None = Field(
+        default=None, ge=0, le=20, description="Log probabilities, with this many alternatives."
+    )
     echo: bool | None = Field(
         default=None,
         description="Prepend the prompt to the text; with logprobs, its tokens lead the logprobs too (the first one's is null).",
@@ -386,9 +404,13 @@ class OpenAIChatCompletionChunk(Schema):
 
 class OpenAICompletionLogprobs(Schema):
     tokens: list[str]
-    token_logprobs: list[float | None] = Field(description="null for an echoed prompt's first token, which nothing precedes.")
+    token_logprobs: list[float | None] = Field(
+        description="null for an echoed prompt's first token, which nothing precedes."
+    )
     top_logprobs: list[dict[str, float] | None]
-    text_offset: list[int] = Field(description="Where each token starts in the completion's text (counted across chunks when streaming).")
+    text_offset: list[int] = Field(
+        description="Where each token starts in the completion's text (counted across chunks when streaming)."
+    )
 
 
 class OpenAICompletionChoice(Schema):
@@ -426,7 +448,7 @@ class OpenAIModelList(Schema):
 
 class OpenAIEmbeddingsRequest(Schema):
     model: str
-    input: Union[str, list[str]] = Field(description="A text or a list of texts (token arrays are not accepted).")
+    input: str | list[str] = Field(description="A text or a list of texts (token arrays are not accepted).")
     encoding_format: Literal["float", "base64"] = Field(
         default="float", description="base64: each vector as little-endian float32 bytes, base64-encoded."
     )
@@ -437,7 +459,7 @@ class OpenAIEmbeddingsRequest(Schema):
 class OpenAIEmbedding(Schema):
     object: Literal["embedding"] = "embedding"
     index: int
-    embedding: Union[list[float], str]
+    embedding: list[float] | str
 
 
 class OpenAIEmbeddingsUsage(Schema):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
-from typing import Annotated, Any, Protocol, Union, runtime_checkable
+from typing import Annotated, Any, Protocol, runtime_checkable
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
@@ -94,11 +94,9 @@ def _algorithm_config_tag(value: Any) -> str:
 
 
 FinetuningAlgorithmConfig = Annotated[
-    Union[
-        Annotated[LoraFinetuningConfig, Tag(FinetuningAlgorithm.lora.value)],
-        Annotated[QLoraFinetuningConfig, Tag(FinetuningAlgorithm.qlora.value)],
-        Annotated[DoraFinetuningConfig, Tag(FinetuningAlgorithm.dora.value)],
-    ],
+    Annotated[LoraFinetuningConfig, Tag(FinetuningAlgorithm.lora.value)]
+    | Annotated[QLoraFinetuningConfig, Tag(FinetuningAlgorithm.qlora.value)]
+    | Annotated[DoraFinetuningConfig, Tag(FinetuningAlgorithm.dora.value)],
     Discriminator(_algorithm_config_tag),
 ]
 
@@ -131,7 +129,7 @@ class PostTrainingSFTRequest(Schema):
         return data
 
     @model_validator(mode="after")
-    def _config_matches_algorithm(self) -> "PostTrainingSFTRequest":
+    def _config_matches_algorithm(self) -> PostTrainingSFTRequest:
         expected = _ADAPTER_CONFIGS.get(self.algorithm.value)
         if expected is not None and type(self.algorithm_config) is not expected:
             raise ValueError(
@@ -177,7 +175,7 @@ class PostTrainingRLHFRequest(Schema):
     logger_config: JsonObject = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _config_matches_algorithm(self) -> "PostTrainingRLHFRequest":
+    def _config_matches_algorithm(self) -> PostTrainingRLHFRequest:
         expected = GRPOAlignmentConfig if self.algorithm == RLHFAlgorithm.grpo else DPOAlignmentConfig
         if not isinstance(self.algorithm_config, expected):
             raise ValueError(f"algorithm {self.algorithm.value!r} needs a {expected.__name__} as algorithm_config")

@@ -6,7 +6,7 @@ it directly to run a tool once.
 
 from __future__ import annotations
 
-from typing import Protocol, Union, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from pydantic import Field
 
@@ -15,7 +15,7 @@ from .routes import webmethod
 
 
 class ToolInvocationRequest(Schema):
-    tool_name: Union[BuiltinTool, str]
+    tool_name: BuiltinTool | str
     arguments: JsonObject = Field(default_factory=dict, description="Matches the tool's parameters schema.")
 
 

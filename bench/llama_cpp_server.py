@@ -57,7 +57,15 @@ def main() -> None:
         return lambda max_tokens: direct_run(llm, max_tokens)
 
     result = server_vs_direct(
-        "local", load_direct, server_run, args.runs, args.max_tokens, verb="streamed", client_timeout=300, answer_timeout=60, poll=0.01
+        "local",
+        load_direct,
+        server_run,
+        args.runs,
+        args.max_tokens,
+        verb="streamed",
+        client_timeout=300,
+        answer_timeout=60,
+        poll=0.01,
     )
     result.report(
         f"streamed chat, {args.max_tokens} max tokens, {args.runs} alternating runs (median):",

@@ -67,7 +67,9 @@ def distribution(directory: Path, memory: dict[str, Any], device: str) -> Path:
             ],
             "memory_banks": [memory],
         },
-        "models": [{"model_id": MINILM, "provider_id": "st", "provider_model_id": MINILM_SOURCE, "model_type": "embedding"}],
+        "models": [
+            {"model_id": MINILM, "provider_id": "st", "provider_model_id": MINILM_SOURCE, "model_type": "embedding"}
+        ],
         "storage": {"dir": str(directory / "state")},
     }
     path.write_text(yaml.safe_dump(document, sort_keys=False))
@@ -109,19 +111,32 @@ async def ingestion(documents: int, per_request: int, runs: int, device: str, wo
     chunks = [c for text in texts for c in chunk_text(text, defaults.chunk_size_tokens, defaults.overlap_tokens)]
     # The chunks of each insert request: what one request can hand the model at once.
     request_chunks = [
-        [c for text in texts[first : first + per_request] for c in chunk_text(text, defaults.chunk_size_tokens, defaults.overlap_tokens)]
+        [
+            c
+            for text in texts[first : first + per_request]
+            for c in chunk_text(text, defaults.chunk_size_tokens, defaults.overlap_tokens)
+        ]
         for first in range(0, len(texts), per_request)
     ]
     payloads = [
-        {"uuid": f"doc-{i}", "content": base64.b64encode(text.encode()).decode(), "mime_type": "text/plain", "metadata": {"i": i}}
+        {
+            "uuid": f"doc-{i}",
+            "content": base64.b64encode(text.encode()).decode(),
+            "mime_type": "text/plain",
+            "metadata": {"i": i},
+        }
         for i, text in enumerate(texts)
     ]
     device = resolve_device(device)
     direct_model = SentenceTransformer(str(resolve_model_dir(MINILM_SOURCE)), device=device, local_files_only=True)
-    client = await start_client(distribution(workdir, {"provider_id": "faiss", "provider_type": "inline::faiss", "config": {}}, device))
+    client = await start_client(
+        distribution(workdir, {"provider_id": "faiss", "provider_type": "inline::faiss", "config": {}}, device)
+    )
     try:
         direct_model.encode(chunks[:batch_size], batch_size=batch_size)  # warm up both sides alike
-        await client.memory_banks.create_memory_bank(bank_uuid="warm-up", bank_name="warm-up", documents=payloads[:per_request])
+        await client.memory_banks.create_memory_bank(
+            bank_uuid="warm-up", bank_name="warm-up", documents=payloads[:per_request]
+        )
         direct_s: list[float] = []
         grouped_s: list[float] = []
         service_s: list[float] = []
@@ -137,7 +152,9 @@ async def ingestion(documents: int, per_request: int, runs: int, device: str, wo
             await client.memory_banks.register_memory_bank(bank_uuid=bank, bank_name=bank)
             start = time.perf_counter()
             for first in range(0, len(payloads), per_request):
-                await client.memory_banks.insert_memory_documents(bank_uuid=bank, documents=payloads[first : first + per_request])
+                await client.memory_banks.insert_memory_documents(
+                    bank_uuid=bank, documents=payloads[first : first + per_request]
+                )
             service_s.append(time.perf_counter() - start)
     finally:
         await client.aclose()
@@ -146,7 +163,9 @@ async def ingestion(documents: int, per_request: int, runs: int, device: str, wo
         f"1. ingestion: {documents} documents, {len(chunks)} chunks of <= {defaults.chunk_size_tokens} tokens, "
         f"{per_request} documents per insert request, MiniLM on {device}, best of {runs} alternating runs"
     )
-    print(f"   sentence-transformers encode(), all chunks in one call : {direct:8.1f} documents/s  ({len(chunks) / min(direct_s):.1f} chunks/s)")
+    print(
+        f"   sentence-transformers encode(), all chunks in one call : {direct:8.1f} documents/s  ({len(chunks) / min(direct_s):.1f} chunks/s)"
+    )
     print(f"   sentence-transformers encode(), one call per request   : {grouped:8.1f} documents/s")
     print(f"   insert through the service (faiss)                     : {service:8.1f} documents/s")
     print(f"   ratio to encode() of all chunks in one call            : {service / direct:8.2f}   (aim >= 0.9)")
@@ -173,7 +192,9 @@ def synthetic(pool: np.ndarray, count: int, rng: np.random.Generator) -> np.ndar
     """Unit vectors, each a random mixture of three pool vectors plus a little noise."""
     picks = rng.integers(0, len(pool), size=(count, 3))
     weights = rng.dirichlet(np.ones(3), size=count).astype(np.float32)
-    vectors = np.einsum("nk,nkd->nd", weights, pool[picks]) + rng.normal(0, 0.02, (count, pool.shape[1])).astype(np.float32)
+    vectors = np.einsum("nk,nkd->nd", weights, pool[picks]) + rng.normal(0, 0.02, (count, pool.shape[1])).astype(
+        np.float32
+    )
     return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -188,7 +209,10 @@ async def fill(store: Any, bank: str, vectors: np.ndarray) -> float:
         batch = []
         for d in range(first, min(first + per_put, documents)):
             rows = vectors[d * CHUNKS_PER_DOCUMENT : (d + 1) * CHUNKS_PER_DOCUMENT]
-            chunks = [StoredChunk(index=j, text=f"chunk {j} of document {d}", vector=row.tolist()) for j, row in enumerate(rows)]
+            chunks = [
+                StoredChunk(index=j, text=f"chunk {j} of document {d}", vector=row.tolist())
+                for j, row in enumerate(rows)
+            ]
             batch.append(StoredDocument(f"doc-{d}", f"document {d}".encode(), "text/plain", {"d": d}, chunks))
         await store.put_documents(bank, batch)
     return time.perf_counter() - start
@@ -196,7 +220,7 @@ async def fill(store: Any, bank: str, vectors: np.ndarray) -> float:
 
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(share * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
 def exact_top(vectors: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
@@ -240,7 +264,9 @@ async def latency_for(
     }
 
 
-async def latency(sizes: list[int], queries: int, stores: list[str], pg_dsn: str | None, device: str, workdir: Path) -> None:
+async def latency(
+    sizes: list[int], queries: int, stores: list[str], pg_dsn: str | None, device: str, workdir: Path
+) -> None:
     from llama_stack.providers.inline.sentence_transformers.provider import resolve_device
 
     device = resolve_device(device)
@@ -276,7 +302,9 @@ async def latency(sizes: list[int], queries: int, stores: list[str], pg_dsn: str
                     for index in ("flat", "hnsw"):
                         row = await latency_for(client, name, index, vectors, query_vectors, questions)
                         rows.append(row)
-                        print(f"   ... {row['label']} at {size} chunks: filled in {row['fill_s']:.1f} s", file=sys.stderr)
+                        print(
+                            f"   ... {row['label']} at {size} chunks: filled in {row['fill_s']:.1f} s", file=sys.stderr
+                        )
                 finally:
                     await client.aclose()
     finally:
@@ -286,7 +314,9 @@ async def latency(sizes: list[int], queries: int, stores: list[str], pg_dsn: str
         f"2. query latency, k={K}, {queries} queries per bank; search = the store's vector_search alone, exact = numpy "
         f"over the same vectors in this process; query = the whole query through the service (MiniLM on {device})"
     )
-    print(f"   {'chunks':>7}  {'store':<15} {'search p50':>10} {'p99 ms':>7}  {'exact p50':>9}  {'ratio':>6}  {'query p50':>9} {'p99 ms':>7}  {'recall@10':>9}")
+    print(
+        f"   {'chunks':>7}  {'store':<15} {'search p50':>10} {'p99 ms':>7}  {'exact p50':>9}  {'ratio':>6}  {'query p50':>9} {'p99 ms':>7}  {'recall@10':>9}"
+    )
     for row in rows:
         ratio = row["search"][0] / row["exact"] if row["exact"] else float("nan")
         print(

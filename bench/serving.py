@@ -36,13 +36,25 @@ def start_server(
     distribution: str, port: int, storage: str, answer_timeout: float, poll: float
 ) -> tuple[subprocess.Popen[bytes], float, float]:
     """Spawn `llama-stack run <distribution>`; return the process, seconds to /health, seconds to a first chat answer."""
-    command = [str(Path(sys.executable).with_name("llama-stack")), "run", distribution, "--port", str(port), "--log-level", "warning"]
+    command = [
+        str(Path(sys.executable).with_name("llama-stack")),
+        "run",
+        distribution,
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
     env = os.environ | {"LLAMA_STACK_STORAGE": storage}
     start = time.perf_counter()
     process = subprocess.Popen(command, env=env)
     url = f"http://127.0.0.1:{port}"
     health_at = None
-    body = {"model": MODEL_ID, "dialog": {"message": {"role": "user", "content": "What is the capital of France?"}}, "max_tokens": 16}
+    body = {
+        "model": MODEL_ID,
+        "dialog": {"message": {"role": "user", "content": "What is the capital of France?"}},
+        "max_tokens": 16,
+    }
     while True:
         if process.poll() is not None:
             raise SystemExit(f"server exited with {process.returncode}")
@@ -61,7 +73,10 @@ def stream_chat(client: httpx.Client, max_tokens: int) -> tuple[int, int, float,
     without one), seconds, and seconds to the first text (None without any)."""
     body = {
         "model": MODEL_ID,
-        "dialog": {"message": {"role": "user", "content": PROMPT}, "message_history": [{"role": "system", "content": SYSTEM}]},
+        "dialog": {
+            "message": {"role": "user", "content": PROMPT},
+            "message_history": [{"role": "system", "content": SYSTEM}],
+        },
         "max_tokens": max_tokens,
         "stream": True,
     }
@@ -97,11 +112,18 @@ class Comparison:
         """Print the header, the medians, each side's runs, their ratio and the start-up times; labels come padded alike."""
         d, s = statistics.median(self.direct), statistics.median(self.served)
         print(header)
-        for label, rate, firsts, runs in ((direct_label, d, self.direct_first, self.direct), (served_label, s, self.served_first, self.served)):
+        for label, rate, firsts, runs in (
+            (direct_label, d, self.direct_first, self.direct),
+            (served_label, s, self.served_first, self.served),
+        ):
             first_ms = statistics.median(firsts) * 1000
-            print(f"  {label}: {rate:8.1f} tokens/s   first token {first_ms:{first_width}.0f} ms   runs: {', '.join(f'{x:.1f}' for x in runs)}")
+            print(
+                f"  {label}: {rate:8.1f} tokens/s   first token {first_ms:{first_width}.0f} ms   runs: {', '.join(f'{x:.1f}' for x in runs)}"
+            )
         print(f"  {'ratio server/direct'.ljust(len(direct_label))}: {s / d:8.3f}   (target >= 0.97)")
-        print(f"`llama-stack run {distribution}` to /health: {self.to_health:.2f} s; to its first chat answer: {self.to_answer:.2f} s")
+        print(
+            f"`llama-stack run {distribution}` to /health: {self.to_health:.2f} s; to its first chat answer: {self.to_answer:.2f} s"
+        )
 
 
 def server_vs_direct(

@@ -62,39 +62,56 @@ async def batch_vs_sequential(max_tokens: int, threads: int | None) -> None:
     from llama_stack.providers.inline.torch.provider import build
 
     def dialog(question: str) -> dict:
-        return {"message": {"role": "user", "content": question}, "message_history": [{"role": "system", "content": BATCH_SYSTEM}]}
+        return {
+            "message": {"role": "user", "content": question},
+            "message_history": [{"role": "system", "content": BATCH_SYSTEM}],
+        }
 
     with tempfile.TemporaryDirectory() as storage:
         config = TorchConfig(max_batch_size=len(QUESTIONS), torch_threads=threads)
         provider = await build(config, ProviderContext("torch", Path(storage)))
-        await provider.register_model(Model(model_id=MODEL_ID, provider_id="torch", provider_model_id=SMOLLM2, context_length=2048))
+        await provider.register_model(
+            Model(model_id=MODEL_ID, provider_id="torch", provider_model_id=SMOLLM2, context_length=2048)
+        )
         try:
-            await provider.chat_completion(ChatCompletionRequest(model=MODEL_ID, dialog=dialog("Hi"), max_tokens=4))  # warm up
+            await provider.chat_completion(
+                ChatCompletionRequest(model=MODEL_ID, dialog=dialog("Hi"), max_tokens=4)
+            )  # warm up
             start = time.perf_counter()
             sequential = [
-                await provider.chat_completion(ChatCompletionRequest(model=MODEL_ID, dialog=dialog(q), max_tokens=max_tokens))
+                await provider.chat_completion(
+                    ChatCompletionRequest(model=MODEL_ID, dialog=dialog(q), max_tokens=max_tokens)
+                )
                 for q in QUESTIONS
             ]
             sequential_s = time.perf_counter() - start
             start = time.perf_counter()
             batch = await provider.batch_chat_completion(
-                BatchChatCompletionRequest(model=MODEL_ID, batch_dialogs=[dialog(q) for q in QUESTIONS], max_tokens=max_tokens)
+                BatchChatCompletionRequest(
+                    model=MODEL_ID, batch_dialogs=[dialog(q) for q in QUESTIONS], max_tokens=max_tokens
+                )
             )
             batch_s = time.perf_counter() - start
         finally:
             await provider.shutdown()
     seq_tokens = sum(r.usage.completion_tokens for r in sequential)
     batch_tokens = sum(r.usage.completion_tokens for r in batch)
-    same = sum(a.content == b.content for a, b in zip(sequential, batch))
+    same = sum(a.content == b.content for a, b in zip(sequential, batch, strict=True))
     import torch
 
     print(
         f"{len(QUESTIONS)} chats, greedy, max_tokens {max_tokens}, SmolLM2-135M-Instruct through inline::torch in-process "
         f"({torch.get_num_threads()} torch threads):"
     )
-    print(f"  one by one (chat_completion)   : {sequential_s:7.2f} s  {seq_tokens / sequential_s:7.1f} tokens/s  ({seq_tokens} tokens)")
-    print(f"  one batch (batch_chat_completion): {batch_s:5.2f} s  {batch_tokens / batch_s:7.1f} tokens/s  ({batch_tokens} tokens)")
-    print(f"  speedup                        : {sequential_s / batch_s:7.2f}x   (target >= 4x); identical answers: {same}/{len(QUESTIONS)}")
+    print(
+        f"  one by one (chat_completion)   : {sequential_s:7.2f} s  {seq_tokens / sequential_s:7.1f} tokens/s  ({seq_tokens} tokens)"
+    )
+    print(
+        f"  one batch (batch_chat_completion): {batch_s:5.2f} s  {batch_tokens / batch_s:7.1f} tokens/s  ({batch_tokens} tokens)"
+    )
+    print(
+        f"  speedup                        : {sequential_s / batch_s:7.2f}x   (target >= 4x); identical answers: {same}/{len(QUESTIONS)}"
+    )
 
 
 # -- 2. through the server vs transformers directly ----------------------------------------------------------
@@ -127,7 +144,11 @@ def direct_run(model, tokenizer, max_tokens: int) -> Run:
     counter = _Counter()
     with torch.inference_mode():
         output = model.generate(
-            input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_tokens, do_sample=False, streamer=counter
+            input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=max_tokens,
+            do_sample=False,
+            streamer=counter,
         )
     seconds = time.perf_counter() - counter.start
     return output.shape[1] - input_ids.shape[1], seconds, counter.first or seconds
@@ -151,7 +172,15 @@ def server_vs_transformers(runs: int, max_tokens: int) -> None:
         return lambda max_tokens: direct_run(lm.model, lm.tokenizer, max_tokens)
 
     result = server_vs_direct(
-        "local-torch", load_direct, server_run, runs, max_tokens, verb="generated", client_timeout=600, answer_timeout=120, poll=0.05
+        "local-torch",
+        load_direct,
+        server_run,
+        runs,
+        max_tokens,
+        verb="generated",
+        client_timeout=600,
+        answer_timeout=120,
+        poll=0.05,
     )
     result.report(
         f"streamed chat, {max_tokens} max tokens, {runs} alternating runs (median), torch {torch.__version__} on {device}:",
@@ -166,7 +195,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="alternating streamed runs per side (median is reported)")
     parser.add_argument("--max-tokens", type=int, default=128, help="max_tokens of the streamed runs")
-    parser.add_argument("--batch-max-tokens", type=int, default=64, help="max_tokens of each chat of the batch comparison")
+    parser.add_argument(
+        "--batch-max-tokens", type=int, default=64, help="max_tokens of each chat of the batch comparison"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch_threads of the batch comparison's provider")
     parser.add_argument("--skip-batch", action="store_true")
     parser.add_argument("--skip-server", action="store_true")

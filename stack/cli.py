@@ -7,7 +7,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -34,13 +34,17 @@ def _parse_env(pairs: list[str]) -> dict[str, str]:
 
 @app.command()
 def run(
-    distribution: Annotated[str, typer.Argument(help="A distribution YAML file, or a built-in name (see `distributions`).")] = "local",
-    port: Annotated[Optional[int], typer.Option(help="Port to listen on (default: the YAML's server.port, else 8321).")] = None,
-    host: Annotated[Optional[str], typer.Option(help="Address to bind (default: the YAML's server.host).")] = None,
+    distribution: Annotated[
+        str, typer.Argument(help="A distribution YAML file, or a built-in name (see `distributions`).")
+    ] = "local",
+    port: Annotated[
+        int | None, typer.Option(help="Port to listen on (default: the YAML's server.port, else 8321).")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default: the YAML's server.host).")] = None,
     env: Annotated[list[str], typer.Option("--env", help="NAME=VALUE for ${env.NAME} in the YAML; repeatable.")] = [],
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     shutdown_grace: Annotated[
-        Optional[float],
+        float | None,
         typer.Option(
             min=0,
             max=3600,
@@ -64,7 +68,12 @@ def run(
 
 
 async def _serve(
-    distribution: str, env: dict[str, str], host: str | None, port: int | None, log_level: str, shutdown_grace: float | None
+    distribution: str,
+    env: dict[str, str],
+    host: str | None,
+    port: int | None,
+    log_level: str,
+    shutdown_grace: float | None,
 ) -> None:
     import uvicorn
 
@@ -119,7 +128,7 @@ def _start_failed(exc: BaseException) -> NoReturn:
 @app.command()
 def providers(
     config: Annotated[
-        Optional[str], typer.Option("--config", help="Show the `config:` fields of this provider type instead.")
+        str | None, typer.Option("--config", help="Show the `config:` fields of this provider type instead.")
     ] = None,
 ) -> None:
     """List every discovered provider type per API, and plugins that failed to load."""
@@ -130,9 +139,13 @@ def providers(
         _show_config(registry, config)
         return
     table = Table("API", "provider type", "package", "description")
-    for (api, provider_type), registered in sorted(registry.providers.items(), key=lambda kv: (kv[0][0].value, kv[0][1])):
+    for (api, provider_type), registered in sorted(
+        registry.providers.items(), key=lambda kv: (kv[0][0].value, kv[0][1])
+    ):
         # Plugin-supplied text is escaped: rich would read "[...]" in it as markup.
-        table.add_row(*(escape(cell) for cell in (api.value, provider_type, registered.package, registered.spec.description)))
+        table.add_row(
+            *(escape(cell) for cell in (api.value, provider_type, registered.package, registered.spec.description))
+        )
     console.print(table)
     for (api, provider_type), packages in registry.conflicts.items():
         console.print(
@@ -153,11 +166,16 @@ def _show_config(registry, provider_type: str) -> None:
     matches = [r for (_, t), r in registry.providers.items() if t == provider_type]
     if not matches:
         known = ", ".join(sorted({t for _, t in registry.providers}))
-        errors.print(f"[red]error:[/red] unknown provider type {escape(provider_type)} (known: {escape(known)})", highlight=False)
+        errors.print(
+            f"[red]error:[/red] unknown provider type {escape(provider_type)} (known: {escape(known)})", highlight=False
+        )
         raise typer.Exit(2)
     for registered in matches:
         spec = registered.spec
-        console.print(f"{escape(spec.provider_type)} ({spec.api.value}, from {escape(registered.package)}): {escape(spec.description)}", highlight=False)
+        console.print(
+            f"{escape(spec.provider_type)} ({spec.api.value}, from {escape(registered.package)}): {escape(spec.description)}",
+            highlight=False,
+        )
         table = Table("field", "type", "default", "description")
         for name, field in spec.config_class.model_fields.items():
             default = "(required)" if field.is_required() else repr(field.get_default(call_default_factory=True))
@@ -181,7 +199,9 @@ def distributions() -> None:
 
 
 @app.command()
-def openapi(output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to a file instead of stdout.")] = None) -> None:
+def openapi(
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to a file instead of stdout.")] = None,
+) -> None:
     """Print the OpenAPI document of every route the server can serve."""
     from .openapi import build_openapi
 

@@ -151,7 +151,7 @@ async def _read_sse(endpoint: Endpoint, response: httpx.Response) -> AsyncIterat
 class LibraryTransport:
     """Calls the stack's implementations directly, in this process."""
 
-    def __init__(self, stack: "Stack", provider_data: Mapping[str, Any] | None = None):
+    def __init__(self, stack: Stack, provider_data: Mapping[str, Any] | None = None):
         self.stack = stack
         self.provider_data = dict(provider_data or {})
 
@@ -168,7 +168,7 @@ def _arguments(endpoint: Endpoint, args: tuple[Any, ...], kwargs: dict[str, Any]
     names = endpoint.param_names
     if len(args) > len(names):
         raise TypeError(f"{endpoint.name}() takes at most {len(names)} positional arguments")
-    given = dict(zip(names, args))
+    given = dict(zip(names, args, strict=False))
     for key, value in kwargs.items():
         if key in given:
             raise TypeError(f"{endpoint.name}() got multiple values for argument '{key}'")
@@ -201,16 +201,16 @@ class ApiClient:
 
 
 class LlamaStackClient:
-    inference: "Inference"
-    agentic_system: "AgenticSystem"
-    memory_banks: "MemoryBanks"
-    safety: "Safety"
-    datasets: "Datasets"
-    post_training: "PostTraining"
-    reward_scoring: "RewardScoring"
-    synthetic_data_generation: "SyntheticDataGeneration"
-    tool_runtime: "ToolRuntime"
-    openai: "OpenAI"
+    inference: Inference
+    agentic_system: AgenticSystem
+    memory_banks: MemoryBanks
+    safety: Safety
+    datasets: Datasets
+    post_training: PostTraining
+    reward_scoring: RewardScoring
+    synthetic_data_generation: SyntheticDataGeneration
+    tool_runtime: ToolRuntime
+    openai: OpenAI
 
     def __init__(self, transport: Transport):
         self.transport = transport
@@ -229,7 +229,7 @@ class LlamaStackClient:
         api_key: str | None = None,
         timeout: float | None = 600.0,
         provider_data: Mapping[str, Any] | None = None,
-    ) -> "LlamaStackClient":
+    ) -> LlamaStackClient:
         """A client for a running server; ``api_key`` defaults to $LLAMA_STACK_API_KEY.
 
         ``provider_data`` goes with every request (e.g. ``{"together_api_key": ...}``: see the providers' docs).
@@ -240,23 +240,25 @@ class LlamaStackClient:
     @classmethod
     async def library(
         cls,
-        distribution: "str | os.PathLike[str] | Stack",
+        distribution: str | os.PathLike[str] | Stack,
         *,
         env: Mapping[str, str] | None = None,
-        registry: "ProviderRegistry | None" = None,
+        registry: ProviderRegistry | None = None,
         provider_data: Mapping[str, Any] | None = None,
-    ) -> "LlamaStackClient":
+    ) -> LlamaStackClient:
         """Start a distribution (a built-in name, a YAML path, or a Stack) in this process."""
         from .resolver import Stack
 
-        stack = distribution if isinstance(distribution, Stack) else Stack.from_distribution(distribution, env, registry)
+        stack = (
+            distribution if isinstance(distribution, Stack) else Stack.from_distribution(distribution, env, registry)
+        )
         await stack.start()
         return cls(LibraryTransport(stack, provider_data))
 
     async def aclose(self) -> None:
         await self.transport.aclose()
 
-    async def __aenter__(self) -> "LlamaStackClient":
+    async def __aenter__(self) -> LlamaStackClient:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -277,14 +279,14 @@ class SyncLlamaStackClient:
             setattr(self, name, self._wrap(getattr(self._client, name)))
 
     @classmethod
-    def http(cls, base_url: str = "http://localhost:8321", **options: Any) -> "SyncLlamaStackClient":
+    def http(cls, base_url: str = "http://localhost:8321", **options: Any) -> SyncLlamaStackClient:
         async def make() -> LlamaStackClient:
             return LlamaStackClient.http(base_url, **options)
 
         return cls(make)
 
     @classmethod
-    def library(cls, distribution: Any, **options: Any) -> "SyncLlamaStackClient":
+    def library(cls, distribution: Any, **options: Any) -> SyncLlamaStackClient:
         return cls(lambda: LlamaStackClient.library(distribution, **options))
 
     def _run(self, coroutine: Any) -> Any:
@@ -319,7 +321,7 @@ class SyncLlamaStackClient:
             self._thread.join()
             self._loop.close()
 
-    def __enter__(self) -> "SyncLlamaStackClient":
+    def __enter__(self) -> SyncLlamaStackClient:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -332,4 +334,4 @@ class _SyncApi:
             setattr(self, name, owner._wrap(method))
 
 
-__all__ = ["LlamaStackClient", "SyncLlamaStackClient", "LlamaStackError"]
+__all__ = ["LlamaStackClient", "LlamaStackError", "SyncLlamaStackClient"]

@@ -79,7 +79,9 @@ class ServerConfig(_Strict):
 
 
 class StorageConfig(_Strict):
-    dir: Path = Field(default=Path("~/.llama-stack/default"), description="Where providers keep their state.")
+    dir: Path = Field(
+        default=Path("~/.llama-stack/default"), validate_default=True, description="Where providers keep their state."
+    )
 
     @field_validator("dir")
     @classmethod
@@ -98,7 +100,7 @@ class DistributionConfig(_Strict):
     storage: StorageConfig = Field(default_factory=StorageConfig)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "DistributionConfig":
+    def _consistent(self) -> DistributionConfig:
         for api in self.apis:
             if not self.providers.get(api):
                 raise ValueError(f"API '{api.value}' is listed in apis but has no entry under providers")
@@ -151,7 +153,9 @@ def substitute_env(value: Any, env: Mapping[str, str], path: str = "") -> Any:
             return env[name]
         if default is not None:
             return default
-        raise ConfigError(f"{path}: environment variable {name} is not set (write ${{env.{name}:=default}} for a default)")
+        raise ConfigError(
+            f"{path}: environment variable {name} is not set (write ${{env.{name}:=default}} for a default)"
+        )
 
     return ENV_PATTERN.sub(replace, value)
 
@@ -187,11 +191,7 @@ def _show_input(error: Mapping[str, Any]) -> bool:
 
 def builtin_distributions() -> dict[str, Path]:
     folder = resources.files("llama_stack.distributions")
-    return {
-        Path(entry.name).stem: Path(str(entry))
-        for entry in folder.iterdir()
-        if entry.name.endswith(".yaml")
-    }
+    return {Path(entry.name).stem: Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(".yaml")}
 
 
 def resolve_distribution_path(name_or_path: str | os.PathLike[str]) -> Path:
@@ -247,7 +247,9 @@ def validate_provider_configs(
             if registered is None:
                 if (api, entry.provider_type) in registry.conflicts:
                     packages = ", ".join(registry.conflicts[(api, entry.provider_type)])
-                    problems.append(f"  {where}.provider_type: '{entry.provider_type}' is claimed by several packages ({packages})")
+                    problems.append(
+                        f"  {where}.provider_type: '{entry.provider_type}' is claimed by several packages ({packages})"
+                    )
                 else:
                     available = ", ".join(registry.types_for(api)) or "none installed"
                     problems.append(

@@ -9,9 +9,10 @@ import re
 import types
 import typing
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING, Any, Callable, get_args, get_origin
+from typing import TYPE_CHECKING, Any, get_args, get_origin
 
 from pydantic import BaseModel, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
@@ -107,7 +108,7 @@ class Endpoint:
             return self.facade.name
         return self.api.value if self.api is not None else "inspect"
 
-    def implementation(self, stack: "Stack") -> Any:
+    def implementation(self, stack: Stack) -> Any:
         """The object whose method ``name`` serves this endpoint (a 404 when its API is not served)."""
         if self.api is None:
             return stack
@@ -139,7 +140,13 @@ class Endpoint:
         for param in self.query:
             if param.name not in query or query[param.name] is None:
                 if param.required:
-                    details.append({"loc": param.name, "in": param.location, "message": f"required {param.location} parameter is missing"})
+                    details.append(
+                        {
+                            "loc": param.name,
+                            "in": param.location,
+                            "message": f"required {param.location} parameter is missing",
+                        }
+                    )
                 else:
                     kwargs[param.name] = param.default
                 continue
@@ -218,7 +225,9 @@ def _endpoint(api: Api | None, name: str, method: Any, route: Route, facade: Fac
         else:
             required = param.default is inspect.Parameter.empty
             location = "path" if param.name in {m.group(1) for m in _PATH_PARAM.finditer(route.path)} else "query"
-            query.append(QueryParam(param.name, TypeAdapter(annotation), required, None if required else param.default, location))
+            query.append(
+                QueryParam(param.name, TypeAdapter(annotation), required, None if required else param.default, location)
+            )
     response, chunk = _split_return(hints.get("return", type(None)))
     if route.response_format == "jsonl":
         response = get_args(response)[0]

@@ -83,7 +83,11 @@ def load_json(
         raise make_error(f"{what} holds an integer with more digits than this server reads", None) from None
     if found:
         path = _path_of(value, found[0], "") or None
-        kind = "not a number JSON allows" if found[0].text in ("NaN", "Infinity", "-Infinity") else "too large for a 64-bit float"
+        kind = (
+            "not a number JSON allows"
+            if found[0].text in ("NaN", "Infinity", "-Infinity")
+            else "too large for a 64-bit float"
+        )
         if path is None:
             raise make_error(f"{what} is {found[0].text}, {kind}", None)
         raise make_error(f"{found[0].text} is {kind}; send a finite number", path)
@@ -93,7 +97,9 @@ def load_json(
 def _bad_request(message: str, param: str | None) -> BadRequestError:
     if param is None:
         return BadRequestError(message)
-    return BadRequestError(f"{param}: {message}", param=param, details=[{"loc": param, "in": "body", "message": message}])
+    return BadRequestError(
+        f"{param}: {message}", param=param, details=[{"loc": param, "in": "body", "message": message}]
+    )
 
 
 def _path_of(value: Any, target: _NonFinite, where: str) -> str | None:

@@ -15,10 +15,10 @@ import mimetypes
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import ValidationError as PydanticValidationError
 
@@ -78,9 +78,9 @@ from llama_stack.apis.openai import (
     OpenAIModelList,
     OpenAINamedToolChoice,
     OpenAIResponseFormat,
+    OpenAITokenLogprob,
     OpenAIToolCall,
     OpenAIToolCallDelta,
-    OpenAITokenLogprob,
     OpenAITopLogprob,
     OpenAIUsage,
 )
@@ -113,7 +113,11 @@ def as_openai_error(error: LlamaStackError) -> LlamaStackError:
 
 def _openai_model(model: Any) -> OpenAIModel:
     return OpenAIModel(
-        id=model.model_id, created=STARTED, owned_by=model.provider_id, aliases=model.aliases, context_length=model.context_length
+        id=model.model_id,
+        created=STARTED,
+        owned_by=model.provider_id,
+        aliases=model.aliases,
+        context_length=model.context_length,
     )
 
 
@@ -152,7 +156,9 @@ class OpenAICompat:
         keep = _tool_call_limit(request)
         n = request.n or 1
         if n > 1 and not request.stream:
-            shared = {name: getattr(ours, name) for name in BatchChatCompletionRequest.model_fields if name != "batch_dialogs"}
+            shared = {
+                name: getattr(ours, name) for name in BatchChatCompletionRequest.model_fields if name != "batch_dialogs"
+            }
 
             async def chats(dialogs: list[Any], sampling: SamplingParams) -> list[ChatCompletionResponse]:
                 batch = BatchChatCompletionRequest(batch_dialogs=dialogs, **{**shared, "sampling_params": sampling})
@@ -166,7 +172,9 @@ class OpenAICompat:
             if n == 1:
                 return _chat_chunks(result, meta, include_usage, keep)
             translate = partial(_chat_chunks, meta=meta, include_usage=True, keep=keep)
-            return _streamed_choices(result, self.inference.chat_completion, ours, n, include_usage, meta.chat_chunk, translate)
+            return _streamed_choices(
+                result, self.inference.chat_completion, ours, n, include_usage, meta.chat_chunk, translate
+            )
         return _chat_completion([result], meta, keep, 1)
 
     async def create_completion(
@@ -178,7 +186,9 @@ class OpenAICompat:
         meta = _Meta("cmpl", model_id)
         n = request.n or 1
         if len(prompts) > 1 or (n > 1 and not request.stream):
-            fields = _translated(lambda: BatchCompletionRequest(content_batch=[], **_completion_fields(request, model_id)))
+            fields = _translated(
+                lambda: BatchCompletionRequest(content_batch=[], **_completion_fields(request, model_id))
+            )
 
             async def completions(contents: list[Any], sampling: SamplingParams) -> list[CompletionResponse]:
                 batch = fields.model_copy(update={"content_batch": contents, "sampling_params": sampling})
@@ -188,7 +198,9 @@ class OpenAICompat:
             choices = [_completion_choice(i, r, echo[i // n] if echo else None) for i, r in enumerate(results)]
             return meta.completion(choices, _total_usage(results, n))
         single = _translated(
-            lambda: CompletionRequest(content=prompts[0], stream=bool(request.stream), **_completion_fields(request, model_id))
+            lambda: CompletionRequest(
+                content=prompts[0], stream=bool(request.stream), **_completion_fields(request, model_id)
+            )
         )
         result = await self.inference.completion(single)
         if request.stream:
@@ -197,10 +209,11 @@ class OpenAICompat:
             if n == 1:
                 return _completion_chunks(result, meta, include_usage, echoed)
             translate = partial(_completion_chunks, meta=meta, include_usage=True, echo=echoed)
-            return _streamed_choices(result, self.inference.completion, single, n, include_usage, meta.completion, translate)
+            return _streamed_choices(
+                result, self.inference.completion, single, n, include_usage, meta.completion, translate
+            )
         result = _as_asked(request, result)
         return meta.completion([_completion_choice(0, result, prompts[0] if echo else None)], _usage(result.usage))
-
 
     async def create_embeddings(self, request: OpenAIEmbeddingsRequest) -> OpenAIEmbeddingList:
         model_id = self._model_id(request.model)
@@ -210,14 +223,18 @@ class OpenAICompat:
         result = await self.inference.embeddings(_translated(lambda: EmbeddingsRequest(model=model_id, contents=texts)))
         size = len(result.embeddings[0]) if result.embeddings else 0
         if request.dimensions is not None and request.dimensions != size:
-            raise _unsupported("dimensions", f"model '{model_id}' embeds into {size} dimensions and cannot shorten them")
+            raise _unsupported(
+                "dimensions", f"model '{model_id}' embeds into {size} dimensions and cannot shorten them"
+            )
         data = [
             OpenAIEmbedding(index=i, embedding=_encode_vector(vector, request.encoding_format))
             for i, vector in enumerate(result.embeddings)
         ]
         # Providers do not report token counts for embeddings; words are the closest honest estimate.
         words = sum(len(text.split()) for text in texts)
-        return OpenAIEmbeddingList(data=data, model=model_id, usage=OpenAIEmbeddingsUsage(prompt_tokens=words, total_tokens=words))
+        return OpenAIEmbeddingList(
+            data=data, model=model_id, usage=OpenAIEmbeddingsUsage(prompt_tokens=words, total_tokens=words)
+        )
 
 
 def _encode_vector(vector: list[float], encoding: str) -> list[float] | str:
@@ -237,7 +254,9 @@ class _Meta:
     def _common(self) -> dict[str, Any]:
         return {"id": self.id, "created": self.created, "model": self.model, "system_fingerprint": SYSTEM_FINGERPRINT}
 
-    def chat_chunk(self, choices: list[OpenAIChatChunkChoice], usage: OpenAIUsage | None = None) -> OpenAIChatCompletionChunk:
+    def chat_chunk(
+        self, choices: list[OpenAIChatChunkChoice], usage: OpenAIUsage | None = None
+    ) -> OpenAIChatCompletionChunk:
         return OpenAIChatCompletionChunk(choices=choices, usage=usage, **self._common())
 
     def completion(self, choices: list[OpenAICompletionChoice], usage: OpenAIUsage | None = None) -> OpenAICompletion:
@@ -279,7 +298,9 @@ def _sampling(request: OpenAIChatCompletionRequest | OpenAICompletionRequest) ->
     if temperature < MIN_SAMPLING_TEMPERATURE or top_p == 0:
         return SamplingParams(strategy="greedy", **common)
     top_k = request.top_k or 0
-    return SamplingParams(strategy="top_k" if top_k else "top_p", temperature=temperature, top_p=top_p, top_k=top_k, **common)
+    return SamplingParams(
+        strategy="top_k" if top_k else "top_p", temperature=temperature, top_p=top_p, top_k=top_k, **common
+    )
 
 
 def _logit_bias(bias: dict[str, float] | None) -> dict[int, float]:
@@ -336,7 +357,9 @@ def _user_content(content: Any, where: str) -> Content:
 def _arguments(text: str, param: str) -> dict[str, Any]:
     if not text.strip():
         return {}
-    arguments = load_json(text, what="The tool call's arguments text", error=lambda message, _: _invalid(param, message))
+    arguments = load_json(
+        text, what="The tool call's arguments text", error=lambda message, _: _invalid(param, message)
+    )
     if not isinstance(arguments, dict):
         raise _invalid(param, "tool call arguments must be a JSON object")
     return arguments
@@ -395,7 +418,9 @@ def _chat_request(request: OpenAIChatCompletionRequest, model_id: str) -> ChatCo
     _refuse_unsupported(request)
     for name in ("functions", "function_call"):
         if getattr(request, name) is not None:
-            raise _unsupported(name, f"{name} is not supported; use {'tools' if name == 'functions' else 'tool_choice'}")
+            raise _unsupported(
+                name, f"{name} is not supported; use {'tools' if name == 'functions' else 'tool_choice'}"
+            )
     if request.audio is not None or (request.modalities is not None and request.modalities != ["text"]):
         raise _unsupported("modalities", "only text output is supported (modalities: ['text'])", value=True)
     if request.reasoning_effort is not None:
@@ -440,7 +465,10 @@ def _prompts(request: OpenAICompletionRequest) -> list[str]:
     if request.echo and request.logprobs is not None and request.stream:
         raise _unsupported("echo", "echo with logprobs is not streamed: ask without stream")
     if request.max_tokens == 0 and (not request.echo or request.stream):
-        raise _invalid("max_tokens", "max_tokens 0 generates nothing: it is only valid with echo, not streamed (to score the prompt)")
+        raise _invalid(
+            "max_tokens",
+            "max_tokens 0 generates nothing: it is only valid with echo, not streamed (to score the prompt)",
+        )
     prompt = request.prompt
     prompts = [prompt] if isinstance(prompt, str) else prompt
     if not prompts or not all(isinstance(p, str) for p in prompts):
@@ -449,7 +477,10 @@ def _prompts(request: OpenAICompletionRequest) -> list[str]:
         raise _unsupported("prompt", "a streamed completion takes one prompt", value=True)
     for i, text in enumerate(prompts):
         if text == "":
-            raise _invalid("prompt" if isinstance(prompt, str) else f"prompt[{i}]", "the prompt is empty; send the text to complete")
+            raise _invalid(
+                "prompt" if isinstance(prompt, str) else f"prompt[{i}]",
+                "the prompt is empty; send the text to complete",
+            )
     return prompts  # type: ignore[return-value]
 
 
@@ -474,7 +505,9 @@ def _as_asked(request: OpenAICompletionRequest, result: CompletionResponse) -> C
         return result
     usage = result.usage.model_copy(update={"completion_tokens": 0}) if result.usage else None
     logprobs = result.logprobs.model_copy(update={"content": []}) if result.logprobs else None
-    return result.model_copy(update={"content": "", "logprobs": logprobs, "usage": usage, "stop_reason": StopReason.max_tokens})
+    return result.model_copy(
+        update={"content": "", "logprobs": logprobs, "usage": usage, "stop_reason": StopReason.max_tokens}
+    )
 
 
 # ------------------------------------------------------------------------------------ response mapping
@@ -557,7 +590,9 @@ async def _streamed_choices(
     for index in range(n):
         if index and sampling.strategy == "greedy":
             for chunk in replay:
-                yield chunk.model_copy(update={"choices": [c.model_copy(update={"index": index}) for c in chunk.choices]})
+                yield chunk.model_copy(
+                    update={"choices": [c.model_copy(update={"index": index}) for c in chunk.choices]}
+                )
             completion_tokens += replayed_tokens
             continue
         if index:
@@ -568,14 +603,21 @@ async def _streamed_choices(
                     if chunk.usage is None:
                         counted = False
                     else:
-                        prompt_tokens, completion_tokens = chunk.usage.prompt_tokens, completion_tokens + chunk.usage.completion_tokens
+                        prompt_tokens, completion_tokens = (
+                            chunk.usage.prompt_tokens,
+                            completion_tokens + chunk.usage.completion_tokens,
+                        )
                         replayed_tokens = chunk.usage.completion_tokens
                     continue
                 if sampling.strategy == "greedy":
                     replay.append(chunk)
                 yield chunk
     if include_usage:
-        usage = OpenAIUsage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens)
+        usage = OpenAIUsage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        )
         yield usage_chunk([], usage=usage if counted else None)
 
 
@@ -594,7 +636,10 @@ def _chat_logprobs(logprobs: Logprobs | None) -> OpenAIChoiceLogprobs | None:
                 token=t.token,
                 logprob=t.logprob,
                 bytes=list(t.token.encode()),
-                top_logprobs=[OpenAITopLogprob(token=a.token, logprob=a.logprob, bytes=list(a.token.encode())) for a in t.top_logprobs],
+                top_logprobs=[
+                    OpenAITopLogprob(token=a.token, logprob=a.logprob, bytes=list(a.token.encode()))
+                    for a in t.top_logprobs
+                ],
             )
             for t in logprobs.content
         ]
@@ -628,7 +673,9 @@ def _call_id(call: ToolCall) -> str:
     return call.call_id or f"call_{uuid.uuid4().hex[:24]}"
 
 
-def _chat_completion(results: list[ChatCompletionResponse], meta: _Meta, keep: int | None, n: int) -> OpenAIChatCompletion:
+def _chat_completion(
+    results: list[ChatCompletionResponse], meta: _Meta, keep: int | None, n: int
+) -> OpenAIChatCompletion:
     return OpenAIChatCompletion(
         id=meta.id,
         created=meta.created,
@@ -642,7 +689,9 @@ def _chat_completion(results: list[ChatCompletionResponse], meta: _Meta, keep: i
 def _chat_choice(index: int, result: ChatCompletionResponse, keep: int | None) -> OpenAIChatChoice:
     calls = result.tool_calls[:keep]
     tool_calls = [
-        OpenAIToolCall(id=_call_id(c), function=OpenAIFunctionCall(name=_tool_name(c), arguments=json.dumps(c.arguments)))
+        OpenAIToolCall(
+            id=_call_id(c), function=OpenAIFunctionCall(name=_tool_name(c), arguments=json.dumps(c.arguments))
+        )
         for c in calls
     ]
     text = _text(result.content)
@@ -671,7 +720,9 @@ async def _chat_chunks(
     """Our chunks as OpenAI's (choice ``choice_index``): a first chunk with the role, deltas, the finish_reason,
     then the usage if asked."""
     try:
-        yield meta.chat_chunk([OpenAIChatChunkChoice(index=choice_index, delta=OpenAIChoiceDelta(role="assistant", content=""))])
+        yield meta.chat_chunk(
+            [OpenAIChatChunkChoice(index=choice_index, delta=OpenAIChoiceDelta(role="assistant", content=""))]
+        )
         indices: dict[int, int] = {}  # our tool_call_index -> OpenAI's index
         usage: Usage | None = None
         finish: str | None = None
@@ -687,7 +738,9 @@ async def _chat_chunks(
                             index=index,
                             id=_call_id(call),
                             type="function",
-                            function=OpenAIFunctionCallDelta(name=_tool_name(call), arguments=json.dumps(call.arguments)),
+                            function=OpenAIFunctionCallDelta(
+                                name=_tool_name(call), arguments=json.dumps(call.arguments)
+                            ),
                         )
                     ]
             if chunk.usage is not None:
@@ -699,7 +752,13 @@ async def _chat_chunks(
                 choice = OpenAIChatChunkChoice(index=choice_index, delta=delta, logprobs=logprobs, finish_reason=finish)  # type: ignore[arg-type]
                 yield meta.chat_chunk([choice])
         if finish is None:  # the provider ended without a stop reason
-            yield meta.chat_chunk([OpenAIChatChunkChoice(index=choice_index, delta=OpenAIChoiceDelta(), finish_reason=_finish_reason(None, bool(indices)))])  # type: ignore[arg-type]
+            yield meta.chat_chunk(
+                [
+                    OpenAIChatChunkChoice(
+                        index=choice_index, delta=OpenAIChoiceDelta(), finish_reason=_finish_reason(None, bool(indices))
+                    )
+                ]
+            )  # type: ignore[arg-type]
         if include_usage:
             yield meta.chat_chunk([], usage=_usage(usage))
     finally:
@@ -738,7 +797,13 @@ async def _completion_chunks(
             if chunk.text_delta or chunk.logprobs or chunk.stop_reason is not None:
                 logprobs = _completion_logprobs(chunk.logprobs, offset)
                 offset += len(chunk.text_delta)
-                yield meta.completion([OpenAICompletionChoice(index=choice_index, text=chunk.text_delta, logprobs=logprobs, finish_reason=finish)])  # type: ignore[arg-type]
+                yield meta.completion(
+                    [
+                        OpenAICompletionChoice(
+                            index=choice_index, text=chunk.text_delta, logprobs=logprobs, finish_reason=finish
+                        )
+                    ]
+                )  # type: ignore[arg-type]
         if not finished:
             yield meta.completion([OpenAICompletionChoice(index=choice_index, text="", finish_reason="stop")])
         if include_usage:

@@ -58,7 +58,10 @@ ERROR_STATUSES = {
     "504": "The service behind a provider did not answer in time.",
 }
 RETRY_AFTER_HEADER = {
-    "Retry-After": {"description": "Seconds after which a retry may succeed.", "schema": {"type": "integer", "minimum": 1}}
+    "Retry-After": {
+        "description": "Seconds after which a retry may succeed.",
+        "schema": {"type": "integer", "minimum": 1},
+    }
 }
 
 
@@ -129,7 +132,10 @@ def _operation(e: Endpoint, schemas: dict[tuple[Any, str], Any]) -> dict[str, An
         ],
     }
     if e.body_adapter is not None:
-        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": schemas[(key, "body")]}}}
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": schemas[(key, "body")]}},
+        }
     ok: dict[str, Any] = {"description": "OK"}
     if e.response_adapter is not None:
         response = schemas[(key, "response")]

@@ -25,10 +25,11 @@ import importlib
 import importlib.metadata
 import inspect
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import pluggy
 from pydantic import BaseModel

@@ -50,7 +50,7 @@ class Stack:
         name_or_path: str | os.PathLike[str],
         env: Mapping[str, str] | None = None,
         registry: ProviderRegistry | None = None,
-    ) -> "Stack":
+    ) -> Stack:
         config = load_distribution(name_or_path, env)
         return cls(config, registry or discover_providers(), source=str(name_or_path))
 
@@ -118,7 +118,10 @@ class Stack:
             answer = await built[model.provider_id].register_model(model)
             if answer is None:
                 answer = model
-            elif not isinstance(answer, Model) or (answer.model_id, answer.provider_id) != (model.model_id, model.provider_id):
+            elif not isinstance(answer, Model) or (answer.model_id, answer.provider_id) != (
+                model.model_id,
+                model.provider_id,
+            ):
                 package = self.providers[model.provider_id].package
                 raise ValueError(
                     f"provider {model.provider_id!r} ({package}): register_model({model.model_id!r}) must return None "

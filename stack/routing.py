@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from llama_stack.apis.common import Content, Dialog, Message, Role
 from llama_stack.apis.errors import BadRequestError, NotFoundError, NotSupportedError
@@ -183,7 +184,9 @@ def _dialog_length(dialog: Dialog) -> int:
 
 
 def _refuse(where: str, message: str) -> BadRequestError:
-    return BadRequestError(f"{where}: {message}", param=where, details=[{"loc": where, "in": "body", "message": message}])
+    return BadRequestError(
+        f"{where}: {message}", param=where, details=[{"loc": where, "in": "body", "message": message}]
+    )
 
 
 def _require_prompt(content: Content, where: str) -> None:

@@ -48,7 +48,13 @@ def error_response(error: LlamaStackError, *, path: str = "", headers: Mapping[s
     answer_headers = dict(headers or {})
     if error.status not in RETRYABLE_STATUSES:
         answer_headers["x-should-retry"] = "false"
-    retry_after = error.retry_after if error.retry_after is not None else DEFAULT_RETRY_AFTER_SECONDS if error.status == 503 else None
+    retry_after = (
+        error.retry_after
+        if error.retry_after is not None
+        else DEFAULT_RETRY_AFTER_SECONDS
+        if error.status == 503
+        else None
+    )
     if retry_after is not None:
         answer_headers["Retry-After"] = str(max(1, round(retry_after)))
     return JSONResponse(error.to_body(), status_code=error.status, headers=answer_headers)
@@ -187,7 +193,9 @@ def _content_length(scope: Scope) -> int | None:
 
 def create_app(stack: Stack) -> FastAPI:
     """The ASGI app serving ``stack``, which the caller starts before serving and shuts down after."""
-    app = FastAPI(title="Llama Stack", version=__version__, openapi_url="/openapi.json", docs_url="/docs", redoc_url=None)
+    app = FastAPI(
+        title="Llama Stack", version=__version__, openapi_url="/openapi.json", docs_url="/docs", redoc_url=None
+    )
     openapi = build_openapi()
     app.openapi = lambda: openapi  # type: ignore[method-assign]  # derived from the protocols, not FastAPI's
 
@@ -196,7 +204,9 @@ def create_app(stack: Stack) -> FastAPI:
     app.router.redirect_slashes = False
     for endpoint in all_endpoints():
         for path in _spellings(endpoint.route.path):
-            app.add_api_route(path, make_handler(stack, endpoint), methods=[endpoint.route.method], include_in_schema=False)
+            app.add_api_route(
+                path, make_handler(stack, endpoint), methods=[endpoint.route.method], include_in_schema=False
+            )
 
     @app.exception_handler(LlamaStackError)
     async def _known(request: Request, exc: LlamaStackError) -> JSONResponse:
@@ -225,7 +235,9 @@ def create_app(stack: Stack) -> FastAPI:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-        return error_response(LlamaStackError("Internal server error; the server log has the details"), path=request.url.path)
+        return error_response(
+            LlamaStackError("Internal server error; the server log has the details"), path=request.url.path
+        )
 
     api_keys = [key.get_secret_value() for key in stack.config.server.api_keys]
     if api_keys:

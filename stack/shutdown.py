@@ -44,7 +44,9 @@ BACKSTOP_SECONDS = 5.0
 
 def shutting_down_error() -> ServiceUnavailableError:
     # A retry may succeed against another replica, or against this server once it is back.
-    return ServiceUnavailableError("The server is shutting down; retry the request", code="server_shutting_down", retry_after=1)
+    return ServiceUnavailableError(
+        "The server is shutting down; retry the request", code="server_shutting_down", retry_after=1
+    )
 
 
 class GracefulShutdown:
@@ -110,10 +112,14 @@ class GracefulShutdown:
             return
         log.info(
             "%s: shutting down; no new connections; requests in flight (%d) have %gs to finish (a second signal ends them now)",
-            why, len(self._running), self.grace_seconds,
+            why,
+            len(self._running),
+            self.grace_seconds,
         )
         self.draining = True
-        self._grace_timer = asyncio.get_running_loop().call_later(self.grace_seconds, self.end_requests, "the grace period is over")
+        self._grace_timer = asyncio.get_running_loop().call_later(
+            self.grace_seconds, self.end_requests, "the grace period is over"
+        )
         if self._stop is not None:
             self._stop()
 

@@ -1,10 +1,10 @@
 """Shared fixtures (helpers live in support.py, importable because pytest puts tests/ on sys.path)."""
 
 import pytest
-
-from llama_stack.plugins import discover_providers
 from local_model_requests import TORCH_CUDA
 from support import ReplayPlugin, serving
+
+from llama_stack.plugins import discover_providers
 
 
 def pytest_report_header(config):

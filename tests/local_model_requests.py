@@ -30,7 +30,11 @@ TORCH_CUDA = _torch_sees_cuda()
 
 
 def dialog(question: str = QUESTION, **extra: Any) -> dict[str, Any]:
-    return {"message": {"role": "user", "content": question}, "message_history": [{"role": "system", "content": SYSTEM}], **extra}
+    return {
+        "message": {"role": "user", "content": question},
+        "message_history": [{"role": "system", "content": SYSTEM}],
+        **extra,
+    }
 
 
 def chat(question: str = QUESTION, model: str = MODEL, **fields: Any) -> ChatCompletionRequest:

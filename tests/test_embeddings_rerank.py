@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-
 import httpx
 import openai
 import pytest
+from support import uvicorn_serving, write_replay_distribution
 
 from llama_stack.apis.errors import NotSupportedError
 from llama_stack.apis.inference import EmbeddingsRequest
@@ -13,12 +13,13 @@ from llama_stack.apis.inspect import Model
 from llama_stack.resolver import Stack
 from llama_stack.routing import InferenceRouter
 from llama_stack.server import create_app
-from support import uvicorn_serving, write_replay_distribution
 
 
 @pytest.fixture(scope="module")
 async def server(tmp_path_factory, replay_registry):
-    stack = Stack.from_distribution(write_replay_distribution(tmp_path_factory.mktemp("embed")), registry=replay_registry)
+    stack = Stack.from_distribution(
+        write_replay_distribution(tmp_path_factory.mktemp("embed")), registry=replay_registry
+    )
     await stack.start()
     async with uvicorn_serving(create_app(stack)) as url:
         yield stack, url
@@ -32,7 +33,9 @@ async def http(server):
 
 
 async def test_embeddings_route_answers_one_vector_per_text_in_order(http):
-    response = await http.post("/inference/embeddings", json={"model": "replay-embedder", "contents": ["a cat", "banana"]})
+    response = await http.post(
+        "/inference/embeddings", json={"model": "replay-embedder", "contents": ["a cat", "banana"]}
+    )
     assert response.status_code == 200
     assert response.json()["embeddings"] == [[5.0, 2.0, 2.0, 1.0], [6.0, 1.0, 3.0, 1.0]]
 
@@ -111,7 +114,10 @@ async def test_a_provider_without_batches_is_a_501_naming_it():
     router = InferenceRouter([Model(model_id="m", provider_id="singles")], {"singles": SinglesOnly()})
     for call, request in [
         (router.batch_completion, BatchCompletionRequest(model="m", content_batch=["x"])),
-        (router.batch_chat_completion, BatchChatCompletionRequest(model="m", batch_dialogs=[{"message": {"role": "user", "content": "x"}}])),
+        (
+            router.batch_chat_completion,
+            BatchChatCompletionRequest(model="m", batch_dialogs=[{"message": {"role": "user", "content": "x"}}]),
+        ),
     ]:
         with pytest.raises(NotSupportedError) as error:
             await call(request)

@@ -45,24 +45,25 @@ import pytest
 import schemathesis
 import uvicorn
 import yaml
+from fakes import together_tools
+from fakes.together import API_KEY as TOGETHER_KEY
+from fakes.together import make_together_fake
+from fakes.together_fine_tunes import LLAMA_8B
+from fakes.vendor_server import FakeVendor
 from hypothesis import strategies as st
+from remote.training_support import inline_dataset, jsonl, training_config
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
+from support import ReplayPlugin, serving
 
-from fakes import together_tools
-from fakes.together import API_KEY as TOGETHER_KEY, make_together_fake
-from fakes.together_fine_tunes import LLAMA_8B
-from fakes.vendor_server import FakeVendor
 from llama_stack.openapi import build_openapi
 from llama_stack.plugins import discover_providers
 from llama_stack.resolver import Stack
 from llama_stack.server import create_app
-from remote.training_support import inline_dataset, jsonl, training_config
-from support import ReplayPlugin, serving
 
 # `make fuzz` sets FUZZ_EXAMPLES (examples per route); its seed is a fresh one unless FUZZ_SEED is given.
 # The suite's run has a fixed seed: the same requests every time.
@@ -227,7 +228,10 @@ def plain_turns(value: Any) -> Any:
     if not isinstance(value, dict):
         return value
     if isinstance(value.get("role"), str):
-        return {"role": value["role"] if value["role"] in PLAIN_ROLES else "user", "content": plain_text(value.get("content"))}
+        return {
+            "role": value["role"] if value["role"] in PLAIN_ROLES else "user",
+            "content": plain_text(value.get("content")),
+        }
     return {key: plain_turns(item) for key, item in value.items()}
 
 
@@ -289,7 +293,11 @@ def bounded(value: Any) -> Any:
     if not isinstance(value, dict):
         return value
     capped = {key: bounded(item) for key, item in value.items()}
-    for key, limit in (("max_tokens", LOCAL_MAX_TOKENS), ("max_completion_tokens", LOCAL_MAX_TOKENS), ("n", LOCAL_MAX_CHOICES)):
+    for key, limit in (
+        ("max_tokens", LOCAL_MAX_TOKENS),
+        ("max_completion_tokens", LOCAL_MAX_TOKENS),
+        ("n", LOCAL_MAX_CHOICES),
+    ):
         number = capped.get(key)
         if isinstance(number, (int, float)) and not isinstance(number, bool) and float(number).is_integer():
             if number > limit or (number == 0 and key != "n"):  # 0 tokens means "until the model stops"
@@ -349,7 +357,11 @@ def schema_for(target: Target, operations: list[dict[str, Any]]) -> schemathesis
             "suppress-health-check": ["all"],
             # No example database (nothing written under .hypothesis/). Shrinking a failure against the real
             # model would take minutes: its failures are reported as found.
-            "generation": {"max-examples": EXAMPLES[target.name], "database": "none", "no-shrink": target.name == "local"},
+            "generation": {
+                "max-examples": EXAMPLES[target.name],
+                "database": "none",
+                "no-shrink": target.name == "local",
+            },
             "phases": {"coverage": {"enabled": COVERAGE}},
             # 501 is the documented "the provider cannot do what was asked" (a feature it lacks), not a failure.
             "checks": {"not_a_server_error": {"expected-statuses": ["2xx", "3xx", "4xx", "501"]}},
@@ -375,7 +387,9 @@ def fewer_examples(tags: list[str]) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------------------------ checks
 
 
-def error_is_json_with_a_message(ctx: schemathesis.CheckContext, response: schemathesis.Response, case: schemathesis.Case) -> bool | None:
+def error_is_json_with_a_message(
+    ctx: schemathesis.CheckContext, response: schemathesis.Response, case: schemathesis.Case
+) -> bool | None:
     """A 4xx is the server's JSON error, ``{"error": {"message": "<what was wrong>", ...}}``."""
     if not 400 <= response.status_code < 500:
         return None
@@ -387,7 +401,9 @@ def error_is_json_with_a_message(ctx: schemathesis.CheckContext, response: schem
         raise AssertionError(f"a {response.status_code}'s body is not JSON: {response.text[:300]!r}") from None
     error = body.get("error") if isinstance(body, dict) else None
     message = error.get("message") if isinstance(error, dict) else None
-    assert isinstance(message, str) and message.strip(), f"a {response.status_code} without an error message: {response.text[:300]}"
+    assert isinstance(message, str) and message.strip(), (
+        f"a {response.status_code} without an error message: {response.text[:300]}"
+    )
     return None
 
 
@@ -430,8 +446,18 @@ def make_bank(url: str, bank: str, documents: tuple[dict[str, Any], ...] = ()) -
 
 # "Paris is the capital of France." and "Tea is brewed from leaves.", base64-encoded as clients send them.
 BANK_DOCUMENTS = (
-    {"uuid": "paris", "content": "UGFyaXMgaXMgdGhlIGNhcGl0YWwgb2YgRnJhbmNlLg==", "mime_type": "text/plain", "metadata": {"topic": "geo"}},
-    {"uuid": "tea", "content": "VGVhIGlzIGJyZXdlZCBmcm9tIGxlYXZlcy4=", "mime_type": "text/plain", "metadata": {"year": 2024}},
+    {
+        "uuid": "paris",
+        "content": "UGFyaXMgaXMgdGhlIGNhcGl0YWwgb2YgRnJhbmNlLg==",
+        "mime_type": "text/plain",
+        "metadata": {"topic": "geo"},
+    },
+    {
+        "uuid": "tea",
+        "content": "VGVhIGlzIGJyZXdlZCBmcm9tIGxlYXZlcy4=",
+        "mime_type": "text/plain",
+        "metadata": {"year": 2024},
+    },
 )
 
 REPLAY_DISTRIBUTION = {
@@ -535,8 +561,7 @@ class FuzzSummary:
         answered = ", ".join(f"{status}: {count}" for status, count in sorted(target.statuses.items()))
         seconds = (target.last_call or 0.0) - (target.first_call or 0.0)
         self.lines.append(
-            f"{target.name}: {total} requests in {seconds:.0f} s "
-            f"(FUZZ_SEED={SEED}); answered {answered or 'nothing'}"
+            f"{target.name}: {total} requests in {seconds:.0f} s (FUZZ_SEED={SEED}); answered {answered or 'nothing'}"
         )
         # Where the run did not reach: routes never answered 2xx, but those only ever answered 404 (an API this
         # server does not serve; or 405 to the coverage phase's other methods) counted apart.
@@ -600,7 +625,11 @@ def start_training_job(target: Target) -> None:
         "validation_dataset": dataset,
         "algorithm": "lora",
         "algorithm_config": {
-            "lora_attn_modules": ["q_proj", "v_proj"], "apply_lora_to_mlp": True, "apply_lora_to_output": False, "rank": 8, "alpha": 16,
+            "lora_attn_modules": ["q_proj", "v_proj"],
+            "apply_lora_to_mlp": True,
+            "apply_lora_to_output": False,
+            "rank": 8,
+            "alpha": 16,
         },
         "optimizer_config": {"optimizer_type": "adamw", "lr": 1e-4, "lr_min": 1e-5, "weight_decay": 0.01},
         "training_config": training_config(batch_size=8),
@@ -652,7 +681,7 @@ NOWHERE = ["agentic_system", "datasets", "synthetic_data_generation"]
 TOGETHER_ONLY = ["safety", "post_training", "reward_scoring", "tool_runtime"]
 
 replay = schema_for(TARGETS["replay"], fewer_examples(NOWHERE + TOGETHER_ONLY))
-together = schema_for(TARGETS["together"], []).include(tag=TOGETHER_ONLY + ["inference", "openai"])
+together = schema_for(TARGETS["together"], []).include(tag=[*TOGETHER_ONLY, "inference", "openai"])
 local = schema_for(TARGETS["local"], []).include(tag=["inference", "openai", "memory_banks", "inspect"])
 
 

@@ -14,12 +14,12 @@ import httpx
 import openai
 import pytest
 import yaml
+from memory_support import faiss_provider, memory_distribution
+from support import ReplayInference, uvicorn_serving, write_replay_distribution
 
 from llama_stack.openapi import build_openapi
 from llama_stack.resolver import Stack
 from llama_stack.server import create_app
-from memory_support import faiss_provider, memory_distribution
-from support import ReplayInference, uvicorn_serving, write_replay_distribution
 
 CHAT = {"model": "replay-model", "dialog": {"message": {"role": "user", "content": "What is the capital of France?"}}}
 COMPLETION = {"model": "replay-model", "content": "The capital of France is"}
@@ -39,7 +39,9 @@ def replay_distribution(directory, **server: Any):
 
 @pytest.fixture
 async def stack(tmp_path, replay_registry):
-    stack = Stack.from_distribution(replay_distribution(tmp_path, max_request_body_bytes=BODY_LIMIT), registry=replay_registry)
+    stack = Stack.from_distribution(
+        replay_distribution(tmp_path, max_request_body_bytes=BODY_LIMIT), registry=replay_registry
+    )
     await stack.start()
     yield stack
     await stack.shutdown()
@@ -94,9 +96,13 @@ async def test_brackets_inside_strings_do_not_count_as_nesting(client, replay):
 
 async def test_a_provider_data_header_nested_too_deeply_is_a_400(client):
     header = "[" * 5_000 + "]" * 5_000
-    response = await client.post("/inference/chat_completion", json=CHAT, headers={"X-LlamaStack-Provider-Data": header})
+    response = await client.post(
+        "/inference/chat_completion", json=CHAT, headers={"X-LlamaStack-Provider-Data": header}
+    )
     assert response.status_code == 400
-    assert "X-LlamaStack-Provider-Data header nests arrays and objects 5000 levels deep" in error_of(response)["message"]
+    assert (
+        "X-LlamaStack-Provider-Data header nests arrays and objects 5000 levels deep" in error_of(response)["message"]
+    )
     await still_serving(client)
 
 
@@ -177,7 +183,11 @@ async def test_extreme_sampling_values_are_refused_naming_the_field(client, repl
     ("path", "body", "field"),
     [
         ("/inference/batch_completion", {"model": "replay-model", "content_batch": ["hi"] * 257}, "content_batch"),
-        ("/inference/batch_chat_completion", {"model": "replay-model", "batch_dialogs": [CHAT["dialog"]] * 257}, "batch_dialogs"),
+        (
+            "/inference/batch_chat_completion",
+            {"model": "replay-model", "batch_dialogs": [CHAT["dialog"]] * 257},
+            "batch_dialogs",
+        ),
     ],
 )
 async def test_a_batch_larger_than_a_queue_place_holds_is_refused(client, replay, path, body, field):
@@ -193,7 +203,9 @@ async def test_a_stop_string_longer_than_the_engines_look_for_is_refused(client,
     assert response.status_code == 422 and error_of(response)["param"] == "stop[0]"
     sdk = openai.AsyncOpenAI(base_url="http://test/v1", api_key="unused", http_client=client, max_retries=0)
     with pytest.raises(openai.BadRequestError):
-        await sdk.chat.completions.create(model="replay-model", messages=[{"role": "user", "content": "hi"}], stop="x" * 257)
+        await sdk.chat.completions.create(
+            model="replay-model", messages=[{"role": "user", "content": "hi"}], stop="x" * 257
+        )
     assert replay.requests == []
     await still_serving(client)
 
@@ -206,7 +218,9 @@ async def test_a_temperature_too_small_to_sample_with_is_explained(client):
 
 
 async def test_max_tokens_is_bounded_even_for_a_model_of_unknown_window(client):
-    response = await client.post("/inference/completion", json=COMPLETION | {"model": "counting-model", "max_tokens": 1e30})
+    response = await client.post(
+        "/inference/completion", json=COMPLETION | {"model": "counting-model", "max_tokens": 1e30}
+    )
     assert response.status_code == 422 and error_of(response)["param"] == "max_tokens"
 
 
@@ -250,7 +264,10 @@ async def test_an_openai_temperature_too_small_to_sample_with_is_greedy(client, 
         ("/inference/chat_completion", CHAT | {"dialog": {"message": {"role": "user", "content": ""}}}, "dialog"),
         (
             "/inference/batch_chat_completion",
-            {"model": "replay-model", "batch_dialogs": [CHAT["dialog"], {"message": {"role": "user", "content": [""]}}]},
+            {
+                "model": "replay-model",
+                "batch_dialogs": [CHAT["dialog"], {"message": {"role": "user", "content": [""]}}],
+            },
             "batch_dialogs[1]",
         ),
     ],
@@ -297,7 +314,9 @@ async def test_max_tokens_beyond_the_context_window_is_a_400_naming_the_window(c
     assert response.status_code == 400
     error = error_of(response)
     assert error["param"] == "max_tokens" and "context window is 4096 tokens" in error["message"]
-    response = await client.post("/inference/batch_completion", json={"model": "replay-model", "content_batch": ["a"], "max_tokens": 4097})
+    response = await client.post(
+        "/inference/batch_completion", json={"model": "replay-model", "content_batch": ["a"], "max_tokens": 4097}
+    )
     assert response.status_code == 400 and error_of(response)["param"] == "max_tokens"
     assert replay.requests == []
     assert (await client.post("/inference/chat_completion", json=CHAT | {"max_tokens": 4096})).status_code == 200
@@ -308,8 +327,15 @@ async def test_a_prompt_no_tokenizer_could_fit_in_the_window_is_refused_at_once(
     too_long = await client.post("/inference/completion", json={"model": "small-window-model", "content": "x" * 20_000})
     assert too_long.status_code == 400
     error = error_of(too_long)
-    assert error["param"] == "content" and "20000 characters" in error["message"] and "window of 16 tokens" in error["message"]
-    dialog = {"message_history": [{"role": "user", "content": "x" * 10_000}], "message": {"role": "user", "content": "y" * 10_000}}
+    assert (
+        error["param"] == "content"
+        and "20000 characters" in error["message"]
+        and "window of 16 tokens" in error["message"]
+    )
+    dialog = {
+        "message_history": [{"role": "user", "content": "x" * 10_000}],
+        "message": {"role": "user", "content": "y" * 10_000},
+    }
     response = await client.post("/inference/chat_completion", json={"model": "small-window-model", "dialog": dialog})
     assert response.status_code == 400 and error_of(response)["param"] == "dialog"
     assert replay.requests == []
@@ -358,7 +384,9 @@ async def test_a_chunked_body_past_the_limit_is_a_413(client, replay):
             yield b"x" * 1024  # past the 64 KiB limit after 64 chunks
         yield b'"}'
 
-    response = await client.post("/inference/completion", content=chunks(), headers={"content-type": "application/json"})
+    response = await client.post(
+        "/inference/completion", content=chunks(), headers={"content-type": "application/json"}
+    )
     assert response.status_code == 413
     assert "server.max_request_body_bytes" in error_of(response)["message"]
     assert replay.requests == []
@@ -439,7 +467,10 @@ async def test_an_unexpected_failure_during_a_stream_is_an_error_event_without_i
         raise RuntimeError(SECRET)
 
     monkeypatch.setattr(ReplayInference, "_stream", crashing_stream)
-    for path, body in [("/inference/chat_completion", CHAT), ("/v1/chat/completions", {"model": "replay-model", "messages": ASK})]:
+    for path, body in [
+        ("/inference/chat_completion", CHAT),
+        ("/v1/chat/completions", {"model": "replay-model", "messages": ASK}),
+    ]:
         async with client.stream("POST", path, json=body | {"stream": True}) as response:
             assert response.status_code == 200  # already answered when the provider failed
             lines = [line async for line in response.aiter_lines() if line]
@@ -461,7 +492,9 @@ async def memory_client(tmp_path, replay_registry):
         {"model_id": "replay-embedder", "provider_id": "replay", "model_type": "embedding"},
         {"model_id": "replay-model", "provider_id": "replay"},
     ]
-    path = memory_distribution(tmp_path, faiss_provider(embedding_model="replay-embedder"), inference=inference, model_list=models)
+    path = memory_distribution(
+        tmp_path, faiss_provider(embedding_model="replay-embedder"), inference=inference, model_list=models
+    )
     stack = Stack.from_distribution(path, registry=replay_registry)
     await stack.start()
     transport = httpx.ASGITransport(app=create_app(stack), raise_app_exceptions=False)
@@ -491,7 +524,9 @@ async def test_filters_nested_too_deeply_are_a_400(memory_client, depth, status)
     filters: dict[str, Any] = {"topic": "x"}
     for _ in range(depth - 1):
         filters = {"$and": [filters]}
-    response = await memory_client.post("/memory_bank/query", params={"bank_uuid": "bank"}, json={"query": "x", "filters": filters})
+    response = await memory_client.post(
+        "/memory_bank/query", params={"bank_uuid": "bank"}, json={"query": "x", "filters": filters}
+    )
     assert response.status_code == status, response.text
     if status == 400:
         assert "levels deep" in error_of(response)["message"]
@@ -500,7 +535,11 @@ async def test_filters_nested_too_deeply_are_a_400(memory_client, depth, status)
 # --------------------------------------------------------------------------- the real server (slow)
 
 LOCAL_MODEL = "smollm2-135m-instruct"
-LOCAL_CHAT = {"model": LOCAL_MODEL, "dialog": {"message": {"role": "user", "content": "What is the capital of France?"}}, "max_tokens": 16}
+LOCAL_CHAT = {
+    "model": LOCAL_MODEL,
+    "dialog": {"message": {"role": "user", "content": "What is the capital of France?"}},
+    "max_tokens": 16,
+}
 
 
 def local_still_serving(url: str) -> None:
@@ -537,11 +576,16 @@ def test_the_local_server_refuses_what_used_to_fail_inside_it(local_server, path
     [
         '{"model": "smollm2-135m-instruct", "content": "Hi", "sampling_params": {"strategy": "top_p", "temperature": NaN}}',
         '{"model": "smollm2-135m-instruct", "content": "Hi", "response_format": {"type": "json_schema", "json_schema": '
-        + '{"a": ' * 1_000 + "1" + "}" * 1_000 + "}}",
+        + '{"a": ' * 1_000
+        + "1"
+        + "}" * 1_000
+        + "}}",
     ],
 )
 def test_the_local_server_refuses_deep_and_non_finite_json(local_server, text):
-    response = httpx.post(f"{local_server}/inference/completion", content=text, headers={"content-type": "application/json"}, timeout=60)
+    response = httpx.post(
+        f"{local_server}/inference/completion", content=text, headers={"content-type": "application/json"}, timeout=60
+    )
     assert response.status_code == 400, response.text
     local_still_serving(local_server)
 
@@ -549,7 +593,9 @@ def test_the_local_server_refuses_deep_and_non_finite_json(local_server, text):
 @pytest.mark.slow
 def test_the_local_server_refuses_a_50_mb_prompt_at_once(local_server):
     body = json.dumps({"model": LOCAL_MODEL, "content": "word " * 10_000_000})
-    response = httpx.post(f"{local_server}/inference/completion", content=body, headers={"content-type": "application/json"}, timeout=60)
+    response = httpx.post(
+        f"{local_server}/inference/completion", content=body, headers={"content-type": "application/json"}, timeout=60
+    )
     assert response.status_code == 413
     assert response.elapsed.total_seconds() < 10  # the model never saw it
     local_still_serving(local_server)

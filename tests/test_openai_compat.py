@@ -14,12 +14,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from support import TOOL_CALLS, uvicorn_serving, write_replay_distribution
 
 from llama_stack.apis.openai import OpenAIChatCompletion
 from llama_stack.client import LlamaStackClient
 from llama_stack.resolver import Stack
 from llama_stack.server import create_app
-from support import TOOL_CALLS, uvicorn_serving, write_replay_distribution
 
 REPLY = "The capital of France is Paris."
 ASK = [{"role": "user", "content": "What is the capital of France?"}]
@@ -36,14 +36,19 @@ TOOLS = [
             },
         },
     },
-    {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}}}},
+    {
+        "type": "function",
+        "function": {"name": "get_time", "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}}},
+    },
 ]
 
 
 @pytest.fixture(scope="module")
 async def server(tmp_path_factory, replay_registry):
     """A real uvicorn server in the tests' event loop, serving the replay distribution."""
-    stack = Stack.from_distribution(write_replay_distribution(tmp_path_factory.mktemp("openai")), registry=replay_registry)
+    stack = Stack.from_distribution(
+        write_replay_distribution(tmp_path_factory.mktemp("openai")), registry=replay_registry
+    )
     await stack.start()
     async with uvicorn_serving(create_app(stack)) as url:
         yield stack, url
@@ -80,7 +85,11 @@ async def test_chat(client, sent):
     request = sent[-1]
     assert request.dialog.message.content == ASK[0]["content"] and request.dialog.message_history == []
     # OpenAI's defaults: temperature 1 and top_p 1 sample; no max_tokens means until the model stops.
-    assert (request.sampling_params.strategy, request.sampling_params.temperature, request.sampling_params.top_p) == ("top_p", 1.0, 1.0)
+    assert (request.sampling_params.strategy, request.sampling_params.temperature, request.sampling_params.top_p) == (
+        "top_p",
+        1.0,
+        1.0,
+    )
     assert (request.max_tokens, request.stream, request.logprobs, request.stop) == (0, False, False, [])
     assert request.tool_choice == "auto" and request.response_format is None
 
@@ -135,7 +144,10 @@ async def test_several_choices_of_several_prompts(client, sent):
     answer = await client.completions.create(model="replay-model", prompt=["one", "two"], n=2, echo=True, max_tokens=3)
     assert sent[-1].content_batch == ["one", "one", "two", "two"] and sent[-1].max_tokens == 3
     assert [(c.index, c.text) for c in answer.choices] == [
-        (0, f"one{REPLY} #0"), (1, f"one{REPLY} #1"), (2, f"two{REPLY} #2"), (3, f"two{REPLY} #3")
+        (0, f"one{REPLY} #0"),
+        (1, f"one{REPLY} #1"),
+        (2, f"two{REPLY} #2"),
+        (3, f"two{REPLY} #3"),
     ]
 
 
@@ -181,7 +193,11 @@ async def test_include_usage_adds_a_last_chunk_with_no_choices(client):
     )
     chunks = [chunk async for chunk in stream]
     *text, usage = chunks
-    assert usage.choices == [] and (usage.usage.prompt_tokens, usage.usage.completion_tokens, usage.usage.total_tokens) == (6, 6, 12)
+    assert usage.choices == [] and (
+        usage.usage.prompt_tokens,
+        usage.usage.completion_tokens,
+        usage.usage.total_tokens,
+    ) == (6, 6, 12)
     assert all(c.usage is None for c in text) and text[-1].choices[0].finish_reason == "stop"
 
 
@@ -205,10 +221,19 @@ async def test_the_conversation_maps_onto_our_dialog(client, sent):
         {
             "role": "assistant",
             "content": None,
-            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}],
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+            ],
         },
         {"role": "tool", "tool_call_id": "c1", "content": "18 degrees"},
-        {"role": "user", "content": [{"type": "text", "text": "And this?"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}], "name": "ann"},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "And this?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+            ],
+            "name": "ann",
+        },
     ]
     await client.chat.completions.create(model="replay-model", messages=messages, tools=TOOLS)
     dialog = sent[-1].dialog
@@ -216,14 +241,18 @@ async def test_the_conversation_maps_onto_our_dialog(client, sent):
     assert (system.role.value, system.content) == ("system", "Be brief.")
     assert (user.role.value, user.content) == ("user", "Weather\nin Paris?")
     assert assistant.role.value == "assistant" and assistant.content == ""
-    assert [(c.tool_name, c.arguments, c.call_id) for c in assistant.tool_calls] == [("get_weather", {"city": "Paris"}, "c1")]
+    assert [(c.tool_name, c.arguments, c.call_id) for c in assistant.tool_calls] == [
+        ("get_weather", {"city": "Paris"}, "c1")
+    ]
     assert (tool.role.value, tool.content) == ("tool", "18 degrees")
     assert [(r.tool_name, r.content, r.call_id) for r in tool.tool_responses] == [("get_weather", "18 degrees", "c1")]
     text, image = dialog.message.content
     assert text == "And this?" and (image.url, image.mime_type) == ("data:image/png;base64,AAAA", "image/png")
     tools = sent[-1].available_tools
     assert [t.tool_name for t in tools] == ["get_weather", "get_time"]
-    assert tools[0].description == "The weather in a city." and tools[0].parameters == TOOLS[0]["function"]["parameters"]
+    assert (
+        tools[0].description == "The weather in a city." and tools[0].parameters == TOOLS[0]["function"]["parameters"]
+    )
 
 
 async def test_an_answer_sent_back_as_history_is_accepted(client, sent):
@@ -253,7 +282,10 @@ async def test_tool_calls(client, sent):
 
 async def test_tool_choice_by_name_and_none(client, sent):
     await client.chat.completions.create(
-        model="tool-model", messages=ASK, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_time"}}
+        model="tool-model",
+        messages=ASK,
+        tools=TOOLS,
+        tool_choice={"type": "function", "function": {"name": "get_time"}},
     )
     assert sent[-1].tool_choice == "get_time"
     answer = await client.chat.completions.create(model="tool-model", messages=ASK, tools=TOOLS, tool_choice="none")
@@ -262,9 +294,13 @@ async def test_tool_choice_by_name_and_none(client, sent):
 
 
 async def test_parallel_tool_calls_false_keeps_the_first(client):
-    answer = await client.chat.completions.create(model="tool-model", messages=ASK, tools=TOOLS, parallel_tool_calls=False)
+    answer = await client.chat.completions.create(
+        model="tool-model", messages=ASK, tools=TOOLS, parallel_tool_calls=False
+    )
     assert [c.function.name for c in answer.choices[0].message.tool_calls] == ["get_weather"]
-    stream = await client.chat.completions.create(model="tool-model", messages=ASK, tools=TOOLS, parallel_tool_calls=False, stream=True)
+    stream = await client.chat.completions.create(
+        model="tool-model", messages=ASK, tools=TOOLS, parallel_tool_calls=False, stream=True
+    )
     deltas = [call for chunk in [c async for c in stream] for call in chunk.choices[0].delta.tool_calls or []]
     assert [(d.index, d.function.name) for d in deltas] == [(0, "get_weather")]
 
@@ -275,7 +311,10 @@ async def test_streamed_tool_calls(client):
     )
     chunks = [chunk async for chunk in stream]
     deltas = [call for chunk in chunks if chunk.choices for call in chunk.choices[0].delta.tool_calls or []]
-    assert [(d.index, d.type, d.function.name) for d in deltas] == [(0, "function", "get_weather"), (1, "function", "get_time")]
+    assert [(d.index, d.type, d.function.name) for d in deltas] == [
+        (0, "function", "get_weather"),
+        (1, "function", "get_time"),
+    ]
     assert deltas[0].id == "call_weather_1" and deltas[1].id.startswith("call_")
     assert json.loads(deltas[0].function.arguments) == TOOL_CALLS[0]["arguments"]
     assert chunks[-2].choices[0].finish_reason == "tool_calls"
@@ -311,7 +350,9 @@ async def test_sampling_parameters(client, sent):
     )
     params = sent[-1].sampling_params
     assert (params.strategy, params.top_k, params.repetition_penalty) == ("top_k", 40, 1.1)
-    await client.chat.completions.create(model="replay-model", messages=ASK, frequency_penalty=0.5, presence_penalty=-0.25)
+    await client.chat.completions.create(
+        model="replay-model", messages=ASK, frequency_penalty=0.5, presence_penalty=-0.25
+    )
     params = sent[-1].sampling_params
     assert (params.frequency_penalty, params.presence_penalty) == (0.5, -0.25)
     await client.chat.completions.create(model="replay-model", messages=ASK, logit_bias={"42": -100, "7": 2.5})
@@ -339,7 +380,10 @@ async def test_logprobs(client, sent):
     assert "".join(t.token for t in tokens) == REPLY
     assert tokens[1].token == " capital" and tokens[1].logprob == pytest.approx(-0.2)
     assert tokens[1].bytes == list(b" capital")
-    assert [(a.token, a.logprob) for a in tokens[1].top_logprobs] == [(" capital", pytest.approx(-0.2)), ("alt1", pytest.approx(-1.2))]
+    assert [(a.token, a.logprob) for a in tokens[1].top_logprobs] == [
+        (" capital", pytest.approx(-0.2)),
+        ("alt1", pytest.approx(-1.2)),
+    ]
     stream = await client.chat.completions.create(model="replay-model", messages=ASK, logprobs=True, stream=True)
     streamed = [t for c in [c async for c in stream] if c.choices[0].logprobs for t in c.choices[0].logprobs.content]
     assert [t.token for t in streamed] == [t.token for t in tokens] and streamed[0].top_logprobs == []
@@ -361,8 +405,17 @@ async def test_response_format_is_passed_on(client, sent):
 
 async def test_harmless_fields_are_accepted(client):
     answer = await client.chat.completions.create(
-        model="replay-model", messages=ASK, user="u1", metadata={"k": "v"}, store=False, n=1, presence_penalty=0,
-        frequency_penalty=0, logit_bias={}, parallel_tool_calls=True, service_tier="auto",
+        model="replay-model",
+        messages=ASK,
+        user="u1",
+        metadata={"k": "v"},
+        store=False,
+        n=1,
+        presence_penalty=0,
+        frequency_penalty=0,
+        logit_bias={},
+        parallel_tool_calls=True,
+        service_tier="auto",
     )
     assert answer.choices[0].message.content == REPLY
 
@@ -469,15 +522,32 @@ async def test_a_missing_field_is_named(client):
         ({"stream_options": {"include_usage": True}}, "stream_options", "stream: true"),
         ({"top_logprobs": 2}, "top_logprobs", "logprobs: true"),
         ({"tool_choice": "required"}, "tool_choice", "needs tools"),
-        ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice", "get_weather"),
+        (
+            {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+            "tool_choice",
+            "get_weather",
+        ),
         ({"functions": [{"name": "f"}]}, "functions", "use tools"),
         ({"messages": [{"role": "tool", "tool_call_id": "c9", "content": "x"}]}, "messages[0].tool_call_id", "c9"),
         (
-            {"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}]},
+            {
+                "messages": [
+                    {
+                        "role": "assistant",
+                        "tool_calls": [
+                            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}
+                        ],
+                    }
+                ]
+            },
             "messages[0].tool_calls[0].function.arguments",
             "not valid JSON",
         ),
-        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://x"}}]}]}, "messages[0].content[0].image_url.url", "http"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://x"}}]}]},
+            "messages[0].content[0].image_url.url",
+            "http",
+        ),
     ],
 )
 async def test_what_cannot_be_honoured_is_a_400_naming_the_parameter(client, arguments, param, fragment):
@@ -489,9 +559,15 @@ async def test_what_cannot_be_honoured_is_a_400_naming_the_parameter(client, arg
 
 @pytest.mark.parametrize(
     ("arguments", "param"),
-    [({"best_of": 2}, "best_of"), ({"suffix": "end"}, "suffix"), ({"prompt": [1, 2, 3]}, "prompt"),
-     ({"echo": True, "logprobs": 1, "stream": True}, "echo"), ({"prompt": ["a", "b"], "stream": True}, "prompt"),
-     ({"max_tokens": 0}, "max_tokens"), ({"max_tokens": 0, "echo": True, "stream": True}, "max_tokens")],
+    [
+        ({"best_of": 2}, "best_of"),
+        ({"suffix": "end"}, "suffix"),
+        ({"prompt": [1, 2, 3]}, "prompt"),
+        ({"echo": True, "logprobs": 1, "stream": True}, "echo"),
+        ({"prompt": ["a", "b"], "stream": True}, "prompt"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": 0, "echo": True, "stream": True}, "max_tokens"),
+    ],
 )
 async def test_completions_refuse_what_they_cannot_honour(client, arguments, param):
     with pytest.raises(openai.BadRequestError) as info:
@@ -548,8 +624,12 @@ async def test_without_inference_the_routes_answer_404(tmp_path, replay_registry
     await stack.start()
     try:
         transport = httpx.ASGITransport(app=create_app(stack))
-        async with openai.AsyncOpenAI(base_url="http://test/v1", api_key="unused", max_retries=0,
-                                      http_client=httpx.AsyncClient(transport=transport)) as client:
+        async with openai.AsyncOpenAI(
+            base_url="http://test/v1",
+            api_key="unused",
+            max_retries=0,
+            http_client=httpx.AsyncClient(transport=transport),
+        ) as client:
             with pytest.raises(openai.NotFoundError, match="inference API is not served"):
                 await client.models.list()
     finally:
@@ -571,7 +651,12 @@ async def test_our_client_speaks_the_openai_routes_over_http_and_in_process(serv
         for client in clients.values():
             answer = await client.openai.create_chat_completion(model="tool-model", messages=ASK, tools=TOOLS)
             assert isinstance(answer, OpenAIChatCompletion) and answer.choices[0].finish_reason == "tool_calls"
-            chunks = [c async for c in await client.openai.create_chat_completion(model="replay-model", messages=ASK, stream=True)]
+            chunks = [
+                c
+                async for c in await client.openai.create_chat_completion(
+                    model="replay-model", messages=ASK, stream=True
+                )
+            ]
             assert "".join(c.choices[0].delta.content or "" for c in chunks) == REPLY
             models = await client.openai.list_models()
             assert "replay-model" in [m.id for m in models.data]
@@ -591,7 +676,7 @@ LOCAL_MODEL = "smollm2-135m-instruct"
 def test_the_sdk_against_the_local_distribution(local_server):
     with openai.OpenAI(base_url=f"{local_server}/v1", api_key="unused", max_retries=0, timeout=120) as client:
         assert LOCAL_MODEL in [m.id for m in client.models.list().data]
-        chat = dict(model=LOCAL_MODEL, messages=ASK, temperature=0, max_tokens=32)
+        chat = {"model": LOCAL_MODEL, "messages": ASK, "temperature": 0, "max_tokens": 32}
         whole = client.chat.completions.create(**chat)
         assert "Paris" in whole.choices[0].message.content
         assert whole.choices[0].finish_reason in ("stop", "length")
@@ -599,13 +684,21 @@ def test_the_sdk_against_the_local_distribution(local_server):
         streamed = "".join(c.choices[0].delta.content or "" for c in chunks)
         assert streamed == whole.choices[0].message.content  # greedy: the same text either way
         assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
-        short = client.chat.completions.create(model=LOCAL_MODEL, messages=[{"role": "user", "content": "Tell me a long story."}], max_tokens=3)
+        short = client.chat.completions.create(
+            model=LOCAL_MODEL, messages=[{"role": "user", "content": "Tell me a long story."}], max_tokens=3
+        )
         assert short.choices[0].finish_reason == "length"
         sampled = client.chat.completions.create(model=LOCAL_MODEL, messages=ASK, max_tokens=16, seed=1)
         assert sampled.choices[0].message.content
-        completion = client.completions.create(model=LOCAL_MODEL, prompt="The capital of France is", max_tokens=8, temperature=0)
-        streamed = "".join(c.choices[0].text for c in client.completions.create(
-            model=LOCAL_MODEL, prompt="The capital of France is", max_tokens=8, temperature=0, stream=True))
+        completion = client.completions.create(
+            model=LOCAL_MODEL, prompt="The capital of France is", max_tokens=8, temperature=0
+        )
+        streamed = "".join(
+            c.choices[0].text
+            for c in client.completions.create(
+                model=LOCAL_MODEL, prompt="The capital of France is", max_tokens=8, temperature=0, stream=True
+            )
+        )
         assert completion.choices[0].text and streamed == completion.choices[0].text
         with pytest.raises(openai.NotFoundError, match=LOCAL_MODEL):
             client.chat.completions.create(model="gpt-4o", messages=ASK)
@@ -617,15 +710,23 @@ def test_scoring_continuations_as_evaluation_harnesses_do(local_server):
     logprobs 1 and max_tokens 1 (or 0); the continuation's tokens are read off the echoed prompt."""
     context = "Question: What is the capital of France?\nAnswer:"
     with openai.OpenAI(base_url=f"{local_server}/v1", api_key="unused", max_retries=0, timeout=120) as client:
+
         def score(continuation: str, max_tokens: int = 1) -> tuple[float, Any]:
             answer = client.completions.create(
-                model=LOCAL_MODEL, prompt=context + continuation, echo=True, logprobs=1, max_tokens=max_tokens, temperature=0
+                model=LOCAL_MODEL,
+                prompt=context + continuation,
+                echo=True,
+                logprobs=1,
+                max_tokens=max_tokens,
+                temperature=0,
             )
             logprobs = answer.choices[0].logprobs
             first = next(i for i, at in enumerate(logprobs.text_offset) if at >= len(context))
             last = len(logprobs.tokens) - max_tokens  # the prompt's tokens end there
             assert "".join(logprobs.tokens[first:last]) == continuation
-            for token_logprob, top in zip(logprobs.token_logprobs[first:last], logprobs.top_logprobs[first:last]):
+            for token_logprob, top in zip(
+                logprobs.token_logprobs[first:last], logprobs.top_logprobs[first:last], strict=True
+            ):
                 assert len(top) == 1 and max(top.values()) >= token_logprob  # the most likely token at that place
             return sum(logprobs.token_logprobs[first:last]), answer
 
@@ -649,9 +750,19 @@ def test_several_choices_from_the_local_model(local_server):
         assert texts[0] == one.choices[0].message.content  # choice 0 samples with the seed itself
         assert len(set(texts)) == 3
         assert three.usage.prompt_tokens == one.usage.prompt_tokens  # the prompt counts once
-        assert three.usage.completion_tokens == sum(len(c.logprobs.content) for c in client.chat.completions.create(
-            model=LOCAL_MODEL, messages=story, max_tokens=12, seed=11, n=3, logprobs=True).choices)
-        streamed = by_choice(list(client.chat.completions.create(model=LOCAL_MODEL, messages=story, max_tokens=12, seed=11, n=3, stream=True)))
+        assert three.usage.completion_tokens == sum(
+            len(c.logprobs.content)
+            for c in client.chat.completions.create(
+                model=LOCAL_MODEL, messages=story, max_tokens=12, seed=11, n=3, logprobs=True
+            ).choices
+        )
+        streamed = by_choice(
+            list(
+                client.chat.completions.create(
+                    model=LOCAL_MODEL, messages=story, max_tokens=12, seed=11, n=3, stream=True
+                )
+            )
+        )
         assert ["".join(c.delta.content or "" for c in streamed[i]) for i in range(3)] == texts  # the same choices
         # More seeded choices than the model's queue holds (max_queue 16): they run one after another.
         many = client.completions.create(model=LOCAL_MODEL, prompt="Once upon a time", max_tokens=2, n=20, seed=1)

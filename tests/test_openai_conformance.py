@@ -16,12 +16,12 @@ import httpx
 import jsonschema
 import openai
 import pytest
+from support import uvicorn_serving
 
 from llama_stack.apis.errors import NotFoundError
 from llama_stack.client import LlamaStackClient
 from llama_stack.resolver import Stack
 from llama_stack.server import create_app
-from support import uvicorn_serving
 
 SLASHED = "meta-llama/Llama-3.1-8B"
 CONFORMANCE_YAML = """
@@ -84,7 +84,11 @@ async def test_an_unknown_model_is_a_404_in_openais_error_shape(client, server, 
         raw = await http.get(f"{server}/v1/models/{unknown}")
     assert raw.status_code == 404
     error = raw.json()["error"]
-    assert {k: error[k] for k in ("type", "param", "code")} == {"type": "invalid_request_error", "param": "model", "code": "model_not_found"}
+    assert {k: error[k] for k in ("type", "param", "code")} == {
+        "type": "invalid_request_error",
+        "param": "model",
+        "code": "model_not_found",
+    }
     assert unknown in error["message"] and SLASHED in error["message"]  # it names what is served
 
 
@@ -122,23 +126,38 @@ WEATHER = {
     },
 }
 FORCED = {"type": "function", "function": {"name": "get_weather"}}
-ASK_WEATHER = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "What is the weather in Paris?"}]
+ASK_WEATHER = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "What is the weather in Paris?"},
+]
 
 
 @pytest.mark.slow
 def test_tool_call_ids_are_unique_and_answerable(local_server):
     with openai.OpenAI(base_url=f"{local_server}/v1", api_key="unused", max_retries=0, timeout=120) as sdk:
-        ask = dict(model=LOCAL_MODEL, messages=ASK_WEATHER, tools=[WEATHER], tool_choice=FORCED, temperature=0)
+        ask = {
+            "model": LOCAL_MODEL,
+            "messages": ASK_WEATHER,
+            "tools": [WEATHER],
+            "tool_choice": FORCED,
+            "temperature": 0,
+        }
         first = sdk.chat.completions.create(**ask).choices[0].message
         second = sdk.chat.completions.create(**ask).choices[0].message
-        streamed = [c for c in sdk.chat.completions.create(**ask, stream=True) if c.choices and c.choices[0].delta.tool_calls]
+        streamed = [
+            c for c in sdk.chat.completions.create(**ask, stream=True) if c.choices and c.choices[0].delta.tool_calls
+        ]
         ids = [first.tool_calls[0].id, second.tool_calls[0].id, streamed[0].choices[0].delta.tool_calls[0].id]
         assert all(CALL_ID.fullmatch(i) for i in ids), ids
         assert len(set(ids)) == 3, ids  # the same call asked three times is three calls
         # The next turn answers the call by its id; the model reads the result back.
         result = {"role": "tool", "tool_call_id": first.tool_calls[0].id, "content": "18 degrees Celsius and sunny"}
         answer = sdk.chat.completions.create(
-            model=LOCAL_MODEL, messages=[*ASK_WEATHER, first.model_dump(exclude_none=True), result], tools=[WEATHER], temperature=0, max_tokens=48
+            model=LOCAL_MODEL,
+            messages=[*ASK_WEATHER, first.model_dump(exclude_none=True), result],
+            tools=[WEATHER],
+            temperature=0,
+            max_tokens=48,
         )
         assert answer.choices[0].message.content
 
@@ -159,7 +178,10 @@ def test_structured_output_that_stops_is_json_matching_the_schema(local_server):
             answer = sdk.chat.completions.create(
                 model=LOCAL_MODEL,
                 messages=[{"role": "user", "content": "Write a note about the sea, two lines, as JSON."}],
-                response_format={"type": "json_schema", "json_schema": {"name": "note", "schema": NOTE, "strict": True}},
+                response_format={
+                    "type": "json_schema",
+                    "json_schema": {"name": "note", "schema": NOTE, "strict": True},
+                },
                 temperature=1.0,
                 seed=seed,
                 max_tokens=64,

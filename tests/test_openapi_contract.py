@@ -7,9 +7,9 @@ import subprocess
 
 import pytest
 from openapi_spec_validator import validate
+from support import SEED_SPEC, llama_stack_command
 
 from llama_stack.openapi import build_openapi
-from support import SEED_SPEC, llama_stack_command
 
 SEED = json.loads(SEED_SPEC.read_text())
 SEED_OPERATIONS = [(path, method) for path, item in SEED["paths"].items() for method in item]
@@ -81,7 +81,10 @@ def test_streaming_routes_declare_server_sent_events(document):
 
 
 def test_model_fields_take_any_registered_id_not_the_seed_enum(document):
-    body = resolve(document, document["paths"]["/inference/chat_completion"]["post"]["requestBody"]["content"]["application/json"]["schema"])
+    body = resolve(
+        document,
+        document["paths"]["/inference/chat_completion"]["post"]["requestBody"]["content"]["application/json"]["schema"],
+    )
     assert body["properties"]["model"]["type"] == "string"
     assert "enum" not in body["properties"]["model"]
 

@@ -39,8 +39,18 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     site = root / "site"
     pip = subprocess.run(
         [
-            sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-            "--no-deps", "--no-build-isolation", "--no-index", "--target", str(site), *map(str, sources),
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(site),
+            *map(str, sources),
         ],
         capture_output=True,
         text=True,
@@ -72,7 +82,12 @@ def test_providers_command_lists_installed_plugins_and_names_the_broken_one(plug
         for line in result.stdout.splitlines()
         if line.startswith("│") and len(cells := [c.strip() for c in line.strip("│").split("│")]) == 4
     }
-    assert rows["remote::echo"] == ["inference", "remote::echo", "llama-stack-echo-plugin", "Echoes the last user message (test plugin)"]
+    assert rows["remote::echo"] == [
+        "inference",
+        "remote::echo",
+        "llama-stack-echo-plugin",
+        "Echoes the last user message (test plugin)",
+    ]
     # The built-in provider comes through the same entry point group, from the runtime's own package.
     assert "inline::llama-cpp" in rows, result.stdout
     assert rows["inline::llama-cpp"][:3] == ["inference", "inline::llama-cpp", "llama-stack-runtime"]
@@ -158,7 +173,12 @@ def test_installed_plugin_serves_a_distribution(plugin_site: Path, tmp_path: Pat
     assert out["batch"] == ["echo: a", "echo: b"]
     assert out["unknown_model"].startswith("NotFoundError:") and "'nope'" in out["unknown_model"]
     assert out["providers"] == [
-        {"api": "inference", "provider_id": "echo", "provider_type": "remote::echo", "package": "llama-stack-echo-plugin"}
+        {
+            "api": "inference",
+            "provider_id": "echo",
+            "provider_type": "remote::echo",
+            "package": "llama-stack-echo-plugin",
+        }
     ]
     # The broken sibling package was reported, and did not keep the echo provider from serving.
     assert ["llama-stack-broken-plugin", "ImportError: the broken plugin's dependency is missing"] in out["problems"]
@@ -179,7 +199,11 @@ def _plugin(name: str, *provider_types: str, fail: Exception | None = None) -> t
     @hookimpl
     def register_providers(register):
         for provider_type in provider_types:
-            register(ProviderSpec(api="inference", provider_type=provider_type, config_class=_Config, factory=f"{name}:build"))
+            register(
+                ProviderSpec(
+                    api="inference", provider_type=provider_type, config_class=_Config, factory=f"{name}:build"
+                )
+            )
         if fail is not None:
             raise fail
 
@@ -236,7 +260,10 @@ def test_in_process_plugin_with_a_bad_hook_signature_is_reported() -> None:
 
 def test_provider_type_claimed_by_two_plugins_is_a_conflict_and_unusable() -> None:
     registry = discover_providers(
-        extra_plugins=[_plugin("first_plugin", "remote::shared", "remote::first-only"), _plugin("second_plugin", "remote::shared")]
+        extra_plugins=[
+            _plugin("first_plugin", "remote::shared", "remote::first-only"),
+            _plugin("second_plugin", "remote::shared"),
+        ]
     )
 
     assert registry.conflicts[(Api.inference, "remote::shared")] == ["first_plugin", "second_plugin"]
@@ -258,21 +285,31 @@ def test_provider_type_claimed_by_two_plugins_is_a_conflict_and_unusable() -> No
     ("fields", "message"),
     [
         ({"provider_type": "echo"}, "provider_type 'echo' must look like 'inline::name' or 'remote::name'"),
-        ({"factory": "my_plugin.provider.build"}, "factory 'my_plugin.provider.build' must look like 'package.module:callable'"),
+        (
+            {"factory": "my_plugin.provider.build"},
+            "factory 'my_plugin.provider.build' must look like 'package.module:callable'",
+        ),
         ({"api": "inferance"}, "'inferance' is not a valid Api"),
         ({"provider_type": "cloud::x"}, "provider_type 'cloud::x' must look like"),
         ({"factory": ":build"}, "factory ':build' must look like"),
     ],
 )
 def test_provider_spec_rejects_malformed_declarations(fields: dict[str, str], message: str) -> None:
-    arguments = {"api": "inference", "provider_type": "remote::ok", "config_class": _Config, "factory": "my_plugin.provider:build"}
+    arguments = {
+        "api": "inference",
+        "provider_type": "remote::ok",
+        "config_class": _Config,
+        "factory": "my_plugin.provider:build",
+    }
     with pytest.raises(ValueError) as error:
         ProviderSpec(**{**arguments, **fields})
     assert message in str(error.value)
 
 
 def test_unknown_provider_type_lists_the_available_ones() -> None:
-    registry = discover_providers(extra_plugins=[_plugin("typo_plugin", "remote::available-one", "inline::available-two")])
+    registry = discover_providers(
+        extra_plugins=[_plugin("typo_plugin", "remote::available-one", "inline::available-two")]
+    )
     config = parse_distribution(
         textwrap.dedent(
             """
@@ -291,6 +328,9 @@ def test_unknown_provider_type_lists_the_available_ones() -> None:
 
     message = str(error.value)
     assert message.startswith("typo.yaml: invalid distribution")
-    assert "providers.inference[0].provider_type: unknown provider type 'remote::avalable-one' for API 'inference'" in message
+    assert (
+        "providers.inference[0].provider_type: unknown provider type 'remote::avalable-one' for API 'inference'"
+        in message
+    )
     available = message.split("(available: ", 1)[1].rstrip(")").split(", ")
     assert {"remote::available-one", "inline::available-two"} <= set(available)

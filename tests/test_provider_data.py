@@ -6,12 +6,12 @@ import json
 
 import httpx
 import pytest
+from support import write_replay_distribution
 
 from llama_stack.client import LlamaStackClient
 from llama_stack.request_context import PROVIDER_DATA_HEADER
 from llama_stack.resolver import Stack
 from llama_stack.server import create_app
-from support import write_replay_distribution
 
 DIALOG = {"message": {"role": "user", "content": "hi"}}
 
@@ -32,7 +32,9 @@ async def test_the_header_reaches_the_provider_for_that_request_only(stack):
     transport = httpx.ASGITransport(app=create_app(stack))
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
         headers = {PROVIDER_DATA_HEADER: json.dumps({"together_api_key": "mine"})}
-        first = await http.post("/inference/chat_completion", json={"model": "replay-model", "dialog": DIALOG}, headers=headers)
+        first = await http.post(
+            "/inference/chat_completion", json={"model": "replay-model", "dialog": DIALOG}, headers=headers
+        )
         second = await http.post("/inference/chat_completion", json={"model": "replay-model", "dialog": DIALOG})
     assert first.status_code == second.status_code == 200
     assert _replay(stack).provider_data_seen == [{"together_api_key": "mine"}, {}]

@@ -6,20 +6,24 @@ import json
 
 import httpx
 import pytest
-
-from llama_stack.resolver import Stack
-from llama_stack.server import create_app
+from support import FAILING_STATUSES, write_replay_distribution
 
 from llama_stack.apis.errors import ValidationError
 from llama_stack.apis.memory_banks import MemoryBanks
 from llama_stack.apis.routes import Api
 from llama_stack.endpoints import endpoints_of
-from support import FAILING_STATUSES, write_replay_distribution
+from llama_stack.resolver import Stack
+from llama_stack.server import create_app
 
 CHAT = {
     "model": "replay-model",
     "dialog": {
-        "message": {"role": "user", "content": "What is the capital of France?", "tool_calls": [], "tool_responses": []},
+        "message": {
+            "role": "user",
+            "content": "What is the capital of France?",
+            "tool_calls": [],
+            "tool_responses": [],
+        },
         "message_history": [],
     },
     "sampling_params": {"temperature": 0.0, "strategy": "greedy", "top_p": 0.95, "top_k": 0},
@@ -67,7 +71,11 @@ def error_of(response: httpx.Response) -> dict:
 async def test_chat_completion_in_the_seed_shape(client):
     response = await client.post("/inference/chat_completion", json=CHAT)
     assert response.status_code == 200
-    assert response.json() == {"content": "The capital of France is Paris.", "tool_calls": [], "stop_reason": "finished_ok"}
+    assert response.json() == {
+        "content": "The capital of France is Paris.",
+        "tool_calls": [],
+        "stop_reason": "finished_ok",
+    }
 
 
 async def test_streaming_answers_server_sent_events(client):
@@ -76,7 +84,7 @@ async def test_streaming_answers_server_sent_events(client):
         assert response.headers["content-type"].startswith("text/event-stream")
         frames = [line async for line in response.aiter_lines() if line]
     assert all(frame.startswith("data: ") for frame in frames)
-    chunks = [json.loads(frame[len("data: "):]) for frame in frames]
+    chunks = [json.loads(frame[len("data: ") :]) for frame in frames]
     assert len(chunks) > 3
     assert "".join(c["text_delta"] for c in chunks) == "The capital of France is Paris."
     assert chunks[-1]["stop_reason"] == "finished_ok"
@@ -105,8 +113,11 @@ async def test_batch_answers_jsonl_in_input_order(client):
 
 
 async def test_malformed_json_is_a_400(client):
-    response = await client.post("/inference/chat_completion", content=b'{"model": "replay-model", "dialog": ',
-                                 headers={"content-type": "application/json"})
+    response = await client.post(
+        "/inference/chat_completion",
+        content=b'{"model": "replay-model", "dialog": ',
+        headers={"content-type": "application/json"},
+    )
     assert response.status_code == 400
     assert "not valid JSON" in error_of(response)["message"]
 
@@ -213,10 +224,14 @@ async def test_provider_errors_keep_their_status_message_and_provider(client, st
 
 async def test_model_and_provider_listings(client):
     models = (await client.get("/models/list")).json()
-    assert {"replay-model", "prompted-model", "crashing-model", "busy-model", "stalling-model"} <= {m["model_id"] for m in models}
+    assert {"replay-model", "prompted-model", "crashing-model", "busy-model", "stalling-model"} <= {
+        m["model_id"] for m in models
+    }
     assert all(m["provider_id"] == "replay" for m in models)
     providers = (await client.get("/providers/list")).json()
-    assert providers == [{"api": "inference", "provider_id": "replay", "provider_type": "inline::replay", "package": "ReplayPlugin"}]
+    assert providers == [
+        {"api": "inference", "provider_id": "replay", "provider_type": "inline::replay", "package": "ReplayPlugin"}
+    ]
     assert (await client.get("/health")).json() == {"status": "ok"}
 
 
@@ -291,14 +306,18 @@ async def test_a_provider_completes_its_models_and_the_listings_show_it(tmp_path
     stack = Stack.from_distribution(write_replay_distribution(tmp_path), registry=replay_registry)
     await stack.start()
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(stack)), base_url="http://test") as client:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_app(stack)), base_url="http://test"
+        ) as client:
             listed = (await client.get("/models/list")).json()
             openai = (await client.get("/v1/models")).json()["data"]
             by_alias = await client.post("/inference/chat_completion", json=CHAT | {"model": "replay-alias"})
     finally:
         await stack.shutdown()
     assert {m["context_length"] for m in listed} == {m["context_length"] for m in openai} == {512}
-    assert next(m for m in listed if m["model_id"] == "replay-model")["aliases"] == ["replay-alias"]  # the rest as written
+    assert next(m for m in listed if m["model_id"] == "replay-model")["aliases"] == [
+        "replay-alias"
+    ]  # the rest as written
     assert by_alias.status_code == 200
 
 
@@ -310,7 +329,9 @@ async def test_a_provider_that_renames_a_model_fails_the_start_naming_itself(tmp
 
     monkeypatch.setattr(ReplayInference, "register_model", renamed)
     stack = Stack.from_distribution(write_replay_distribution(tmp_path), registry=replay_registry)
-    with pytest.raises(ValueError, match=r"provider 'replay' \(.*\): register_model\('replay-model'\) must return None or that Model"):
+    with pytest.raises(
+        ValueError, match=r"provider 'replay' \(.*\): register_model\('replay-model'\) must return None or that Model"
+    ):
         await stack.start()
     assert stack.providers == {} and stack.models == []  # what was built is shut down again
 

@@ -20,13 +20,13 @@ from pathlib import Path
 import httpx
 import pytest
 from httpx_sse import ServerSentEvent, connect_sse
+from memory_support import document, faiss_provider, memory_distribution
+from support import Served, replay_plugin_env, serving, uvicorn_serving, write_replay_distribution
 
 from llama_stack.config import ConfigError, parse_distribution
 from llama_stack.resolver import Stack
 from llama_stack.server import create_app
 from llama_stack.shutdown import GracefulShutdown
-from memory_support import document, faiss_provider, memory_distribution
-from support import Served, replay_plugin_env, serving, uvicorn_serving, write_replay_distribution
 
 SIGNALS = [pytest.param(signal.SIGTERM, id="SIGTERM"), pytest.param(signal.SIGINT, id="SIGINT")]
 REPLY = "The capital of France is Paris."
@@ -139,13 +139,18 @@ def test_the_faiss_index_saved_at_shutdown_is_loaded_at_the_next_start(tmp_path,
     instead of rebuilding it from SQLite."""
     replay = [{"provider_id": "replay", "provider_type": "inline::replay", "config": {}}]
     embedder = [{"model_id": "replay-embedder", "provider_id": "replay", "model_type": "embedding"}]
-    path = memory_distribution(tmp_path, faiss_provider(embedding_model="replay-embedder"), inference=replay, model_list=embedder)
+    path = memory_distribution(
+        tmp_path, faiss_provider(embedding_model="replay-embedder"), inference=replay, model_list=embedder
+    )
     index_dir = tmp_path / "state" / "faiss" / "memory.sqlite.faiss"
     docs = [document("paris", "Paris is the capital of France."), document("llama", "A llama is a camelid.")]
 
     with serving(path, env=plugin_env, log=tmp_path / "first.log") as server:
         http = httpx.Client(base_url=server.url, timeout=30)
-        assert http.post("/memory_banks/register", json={"bank_uuid": "b", "bank_name": "B", "config": {}}).status_code == 200
+        assert (
+            http.post("/memory_banks/register", json={"bank_uuid": "b", "bank_name": "B", "config": {}}).status_code
+            == 200
+        )
         assert http.post("/memory_bank/insert", params={"bank_uuid": "b"}, json=docs).status_code == 200
         assert not list(index_dir.glob("bank-*.index"))  # two documents are too few to save the index for
         server.process.send_signal(signal.SIGTERM)
@@ -155,7 +160,9 @@ def test_the_faiss_index_saved_at_shutdown_is_loaded_at_the_next_start(tmp_path,
     second = tmp_path / "second.log"
     with serving(path, env=plugin_env, log=second) as server:
         http = httpx.Client(base_url=server.url, timeout=30)
-        answer = http.post("/memory_bank/query", params={"bank_uuid": "b"}, json={"query": "A llama is a camelid.", "k": 1})
+        answer = http.post(
+            "/memory_bank/query", params={"bank_uuid": "b"}, json={"query": "A llama is a camelid.", "k": 1}
+        )
         assert answer.json()["chunks"][0]["document_uuid"] == "llama"
     started = second.read_text()
     assert "memory bank 'b': index loaded from" in started
@@ -170,9 +177,13 @@ def test_the_grace_period_is_a_server_setting_of_at_most_an_hour(tmp_path):
     path = write_replay_distribution(tmp_path)
     assert parse_distribution(path.read_text(), "replay.yaml").server.shutdown_grace_seconds == 10
     negative = path.read_text().replace("server:\n", "server:\n  shutdown_grace_seconds: -1\n")
-    with pytest.raises(ConfigError, match=r"server\.shutdown_grace_seconds: Input should be greater than or equal to 0"):
+    with pytest.raises(
+        ConfigError, match=r"server\.shutdown_grace_seconds: Input should be greater than or equal to 0"
+    ):
         parse_distribution(negative, "replay.yaml")
-    with pytest.raises(ConfigError, match=r"server\.shutdown_grace_seconds: Input should be less than or equal to 3600"):
+    with pytest.raises(
+        ConfigError, match=r"server\.shutdown_grace_seconds: Input should be less than or equal to 3600"
+    ):
         parse_distribution(negative.replace("-1", "3601"), "replay.yaml")
 
 

@@ -7,7 +7,6 @@ in front of a small recording upstream) and its HTTP server.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ipaddress
 import socket
@@ -30,15 +29,15 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from support import free_port, uvicorn_serving
 
 from llama_stack.apis.errors import BadRequestError
 from llama_stack.providers.utils import url_reader
-from llama_stack.providers.utils.inference.attachments import AttachmentConfig, AttachmentInliner
+from llama_stack.providers.utils.inference.attachments import AttachmentConfig
 from llama_stack.providers.utils.remote.datasets import DatasetReader, DatasetSourceConfig
 from llama_stack.providers.utils.url_reader import URLReader, URLSourceConfig, non_public_kind
 from llama_stack.resolver import Stack
 from llama_stack.server import create_app
-from support import free_port, uvicorn_serving
 
 INSIDE = "INSIDE-SERVICE-SECRET the loopback service's answer"
 TEXT = "Paris is the capital of France."
@@ -198,7 +197,16 @@ async def test_a_name_resolving_to_loopback_is_refused_even_when_its_address_is_
 
 @pytest.mark.parametrize(
     "host",
-    ["[::1]", "[::ffff:127.0.0.1]", "[::ffff:7f00:1]", "[0:0:0:0:0:ffff:7f00:1]", "[::]", "0.0.0.0", "2130706433", "127.1"],
+    [
+        "[::1]",
+        "[::ffff:127.0.0.1]",
+        "[::ffff:7f00:1]",
+        "[0:0:0:0:0:ffff:7f00:1]",
+        "[::]",
+        "0.0.0.0",
+        "2130706433",
+        "127.1",
+    ],
 )
 async def test_loopback_in_other_spellings_is_refused(service, host):
     message = await refusal(f"http://{host}:{service.port}/secret", allow_http=True)
@@ -385,7 +393,10 @@ async def test_the_size_limit_still_holds(service):
 
 async def test_datasets_follow_the_same_policy(service):
     dataset = DatasetReader(DatasetSourceConfig(allow_http=True), provider="trainer")
-    with pytest.raises(BadRequestError, match=r"dataset.content_url: refused to fetch .*127.0.0.1 is a loopback address.*datasets.allowed_hosts"):
+    with pytest.raises(
+        BadRequestError,
+        match=r"dataset.content_url: refused to fetch .*127.0.0.1 is a loopback address.*datasets.allowed_hosts",
+    ):
         await dataset.read(f"{service.url}/secret", "dataset.content_url")
     with pytest.raises(BadRequestError, match="disabled on this server.*datasets.allow_http"):
         await DatasetReader(DatasetSourceConfig()).read(f"{service.url}/secret", "dataset.content_url")
@@ -463,7 +474,11 @@ async def serving_stack(directory: Path, upstream: Upstream, attachments: dict[s
                 "version": 1,
                 "name": "url-fetching",
                 "apis": ["inference"],
-                "providers": {"inference": [{"provider_id": "upstream", "provider_type": "remote::openai-compat", "config": config}]},
+                "providers": {
+                    "inference": [
+                        {"provider_id": "upstream", "provider_type": "remote::openai-compat", "config": config}
+                    ]
+                },
                 "models": [{"model_id": "m", "provider_id": "upstream", "provider_model_id": "m"}],
                 "storage": {"dir": str(directory / "state")},
                 "server": {"port": free_port()},
@@ -500,7 +515,9 @@ async def chat_with_attachment(server: str, url: str) -> httpx.Response:
     ("attachments", "expected"),
     [({}, "disabled on this server"), ({"allow_http": True}, "127.0.0.1 is a loopback address")],
 )
-async def test_a_chat_attachment_on_loopback_never_reaches_the_prompt(tmp_path, service, upstream, attachments, expected):
+async def test_a_chat_attachment_on_loopback_never_reaches_the_prompt(
+    tmp_path, service, upstream, attachments, expected
+):
     upstream.bodies.clear()
     async with serving_stack(tmp_path, upstream, attachments) as server:
         answer = await chat_with_attachment(server, f"{service.url}/secret")

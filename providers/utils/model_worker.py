@@ -133,7 +133,7 @@ class WorkerStream:
     also waits until the worker has let go of the model, at most a token away.
     """
 
-    __slots__ = ("_queue", "_job", "_future", "_released", "_done", "__weakref__")
+    __slots__ = ("__weakref__", "_done", "_future", "_job", "_queue", "_released")
 
     def __init__(self, worker: ModelWorker, fn: Callable[..., Any], *args: Any):
         loop = asyncio.get_running_loop()
@@ -153,7 +153,7 @@ class WorkerStream:
         self._released = released
         self._done = False
 
-    def __aiter__(self) -> "WorkerStream":
+    def __aiter__(self) -> WorkerStream:
         return self
 
     async def _next_item(self) -> Any:

@@ -61,7 +61,9 @@ def pick_one(
     if not candidates:
         raise NotFoundError(f"{ref.reference!r}: {ref.label} contains no {one}")
     if len(candidates) > 1:
-        raise BadRequestError(f"{ref.reference!r}: {ref.label} contains several {several} ({listing}); name one as {form}")
+        raise BadRequestError(
+            f"{ref.reference!r}: {ref.label} contains several {several} ({listing}); name one as {form}"
+        )
     return candidates[0]
 
 

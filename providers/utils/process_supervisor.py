@@ -153,13 +153,15 @@ class SupervisedWorker:
             self._count_crash(crash.status)
             log.error("%s: %s crashed again while reloading the model (%s)", self._who, self.engine, crash.status)
             raise ProviderError(
-                f"{self._who}: {self.engine} crashed ({crash.status}) while reloading the model", provider=self.provider_id
+                f"{self._who}: {self.engine} crashed ({crash.status}) while reloading the model",
+                provider=self.provider_id,
             ) from None
         except Exception as exc:
             self._count_crash(f"{type(exc).__name__}: {exc}")
             log.error("%s: reloading the model failed: %s: %s", self._who, type(exc).__name__, exc)
             raise ProviderError(
-                f"{self._who}: {self.engine} could not reload the model: {type(exc).__name__}: {exc}", provider=self.provider_id
+                f"{self._who}: {self.engine} could not reload the model: {type(exc).__name__}: {exc}",
+                provider=self.provider_id,
             ) from None
         log.info("%s: model reloaded (%s process %d)", self._who, self.engine, self._process.pid)
         return self._process

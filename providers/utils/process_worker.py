@@ -68,7 +68,7 @@ class End:
 class Raised:
     """An exception of the child's, by type name and message (exception objects do not all pickle)."""
 
-    __slots__ = ("type_name", "message")
+    __slots__ = ("message", "type_name")
 
     def __init__(self, exc: BaseException):
         self.type_name = type(exc).__name__
@@ -133,7 +133,9 @@ class WorkerProcess:
         return self._process.pid
 
     @classmethod
-    def start(cls, opener: Opener, argument: Any, env: Mapping[str, str] | None = None, name: str = "") -> "WorkerProcess":
+    def start(
+        cls, opener: Opener, argument: Any, env: Mapping[str, str] | None = None, name: str = ""
+    ) -> WorkerProcess:
         """Spawn the child and wait until ``opener(argument)`` has loaded the engine there. ``name`` ends the
         child's command line, for ``ps`` to show what it serves.
 
@@ -260,7 +262,7 @@ class _Control(threading.Thread):
 class ChildJob:
     """What the engine's handler gets as its job: ``cancelled`` is read between tokens."""
 
-    __slots__ = ("seq", "_control")
+    __slots__ = ("_control", "seq")
 
     def __init__(self, control: _Control, seq: int):
         self.seq = seq

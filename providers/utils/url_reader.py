@@ -343,7 +343,10 @@ class URLReader:
         resolved = Path(os.path.realpath(path))
         if not any(resolved == root or resolved.is_relative_to(root) for root in self._roots):
             allowed = ", ".join(str(r) for r in self._roots)
-            raise self._bad(where, f"file {str(path)!r} is refused: it is outside the folders {self.noun}s may come from ({allowed})")
+            raise self._bad(
+                where,
+                f"file {str(path)!r} is refused: it is outside the folders {self.noun}s may come from ({allowed})",
+            )
         if not resolved.exists():
             raise self._bad(where, f"file {str(path)!r} does not exist")
         if not resolved.is_file():
@@ -376,7 +379,9 @@ class URLReader:
             f"({self.block}.http_timeout_s, {self.block}.http_deadline_s)"
         )
 
-    async def _read_http(self, client: httpx.AsyncClient, url: str, where: str, cap: int, limit: str) -> tuple[bytes, str | None]:
+    async def _read_http(
+        self, client: httpx.AsyncClient, url: str, where: str, cap: int, limit: str
+    ) -> tuple[bytes, str | None]:
         try:
             request = client.build_request("GET", url)
         except (httpx.InvalidURL, UnicodeError) as exc:

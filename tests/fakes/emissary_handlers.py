@@ -97,7 +97,9 @@ def script_reply(
 
     ``stop_reason`` is the completion choice's field of that name (the stop string that matched).
     """
-    state(fake)["replies"].append({"text": text, "finish_reason": finish_reason, "usage": usage, "stop_reason": stop_reason})
+    state(fake)["replies"].append(
+        {"text": text, "finish_reason": finish_reason, "usage": usage, "stop_reason": stop_reason}
+    )
 
 
 # ---------------------------------------------------------------------------------------------- install
@@ -114,7 +116,9 @@ def install(fake: FakeVendor) -> None:
             return refused
         messages = body["messages"]
         prompt = " ".join(m.get("content", "") for m in messages)
-        text, finish, usage = _answer(fake, f"You said: {messages[-1].get('content', '')}", body.get("max_tokens"), prompt)
+        text, finish, usage = _answer(
+            fake, f"You said: {messages[-1].get('content', '')}", body.get("max_tokens"), prompt
+        )
         choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text}, "refusal": None}
         if finish is not None:
             choice["finish_reason"] = finish
@@ -139,7 +143,11 @@ def install(fake: FakeVendor) -> None:
         stop_string = state(fake)["replies"][0]["stop_reason"] if state(fake)["replies"] else None
         text, finish, usage = _answer(fake, COMPLETION_TEXT, body.get("max_completion_tokens"), body["prompt"])
         choice: dict[str, Any] = {
-            "index": 0, "text": text, "logprobs": None, "prompt_logprobs": None, "stop_reason": stop_string
+            "index": 0,
+            "text": text,
+            "logprobs": None,
+            "prompt_logprobs": None,
+            "stop_reason": stop_string,
         }
         if finish is not None:
             choice["finish_reason"] = finish
@@ -178,7 +186,13 @@ def install(fake: FakeVendor) -> None:
         if _by_name(data, name) is not None:
             return Reply(fake.error_body(400, f"A deployment named {name} already exists"), 400)
         created = _new_deployment(
-            data, params["project_id"], name, "Deploying", body["training_job_id"], body["checkpoint"], body.get("description")
+            data,
+            params["project_id"],
+            name,
+            "Deploying",
+            body["training_job_id"],
+            body["checkpoint"],
+            body.get("description"),
         )
         return Reply(_summary(created), 201)
 
@@ -281,7 +295,11 @@ def _answer(fake: FakeVendor, default: str, limit: int | None, prompt: str) -> t
 
 def _usage(prompt: str, text: str) -> dict[str, Any]:
     prompt_tokens, completion_tokens = len(prompt.split()), len(text.split())
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def _vector(text: str) -> list[float]:
@@ -289,6 +307,6 @@ def _vector(text: str) -> list[float]:
 
 
 def _cosine(a: list[float], b: list[float]) -> float:
-    dot = sum(x * y for x, y in zip(a, b))
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
     norm = (sum(x * x for x in a) * sum(y * y for y in b)) ** 0.5
     return dot / norm if norm else 0.0

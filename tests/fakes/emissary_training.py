@@ -99,13 +99,18 @@ def _tick(job: dict[str, Any]) -> int:
 
 
 def _checkpoint(training: Training, job: dict[str, Any], number: int, url: str) -> None:
-    training.checkpoints[job["id"]].append({
-        "checkpoint": number,
-        "model_download_url": url,
-        "test_results": {"general_test_result": f"s3://emissary-results/{job['id']}/{number}.json", "aggregated_test_result": {}},
-        "created_at": job["updated_at"],
-        "updated_at": job["updated_at"],
-    })
+    training.checkpoints[job["id"]].append(
+        {
+            "checkpoint": number,
+            "model_download_url": url,
+            "test_results": {
+                "general_test_result": f"s3://emissary-results/{job['id']}/{number}.json",
+                "aggregated_test_result": {},
+            },
+            "created_at": job["updated_at"],
+            "updated_at": job["updated_at"],
+        }
+    )
 
 
 def advance(fake: FakeVendor, job_id: str) -> dict[str, Any]:
@@ -127,7 +132,9 @@ def advance(fake: FakeVendor, job_id: str) -> dict[str, Any]:
         _tick(job)
         job["status"] = "Success"
         for index, checkpoint in enumerate(training.checkpoints[job_id]):
-            checkpoint["test_results"]["aggregated_test_result"] = {fn: f"0.{7 + index}" for fn in job["test_functions"] or ["loss"]}
+            checkpoint["test_results"]["aggregated_test_result"] = dict.fromkeys(
+                job["test_functions"] or ["loss"], f"0.{7 + index}"
+            )
             checkpoint["updated_at"] = job["updated_at"]
     return job
 
@@ -140,9 +147,22 @@ def fail(fake: FakeVendor, job_id: str, status: str = "Failed") -> None:
 
 def _summary(job: dict[str, Any]) -> dict[str, Any]:
     keys = (
-        "id", "name", "training_technique", "task_type", "base_model_option", "base_model", "base_fine_tuned_model",
-        "base_fine_tuned_model_checkpoint", "train_dataset_name", "test_functions", "reward", "status", "progress",
-        "created_by", "created_at", "updated_at",
+        "id",
+        "name",
+        "training_technique",
+        "task_type",
+        "base_model_option",
+        "base_model",
+        "base_fine_tuned_model",
+        "base_fine_tuned_model_checkpoint",
+        "train_dataset_name",
+        "test_functions",
+        "reward",
+        "status",
+        "progress",
+        "created_by",
+        "created_at",
+        "updated_at",
     )
     return {key: job[key] for key in keys if key in job}
 
@@ -194,7 +214,9 @@ def _check_job_request(training: Training, project_id: str, body: dict[str, Any]
         earlier = training.jobs.get(body["base_model"])
         if earlier is None or earlier["status"] != "Success":
             return f"base_model {body['base_model']!r} is not a finished training job"
-        if body.get("checkpoint") is not None and body["checkpoint"] not in [c["checkpoint"] for c in training.checkpoints[earlier["id"]]]:
+        if body.get("checkpoint") is not None and body["checkpoint"] not in [
+            c["checkpoint"] for c in training.checkpoints[earlier["id"]]
+        ]:
             return f"training job {earlier['id']} has no checkpoint {body['checkpoint']}"
     elif body["base_model"] not in [m["name"] for m in BASE_MODELS]:
         return f"base_model {body['base_model']!r} is not available"
@@ -230,14 +252,23 @@ def install(fake: FakeVendor) -> None:
             return _bad("File size exceeds the 5MB limit")
         dataset_id = training.next_id("ds")
         training.datasets[dataset_id] = {
-            "id": dataset_id, "name": request.form.get("name") or filename, "created_at": START, "is_uploaded": True,
-            "project_id": params["project_id"], "filename": filename, "content": content,
+            "id": dataset_id,
+            "name": request.form.get("name") or filename,
+            "created_at": START,
+            "is_uploaded": True,
+            "project_id": params["project_id"],
+            "filename": filename,
+            "content": content,
         }
         return Reply(_dataset_summary(training, dataset_id), 201)
 
     @fake.route("GET", "/v1/projects/{project_id}/datasets")
     def list_datasets(request: Recorded, params: dict[str, str]) -> Any:
-        return [_dataset_summary(training, d) for d, found in training.datasets.items() if found["project_id"] == params["project_id"]]
+        return [
+            _dataset_summary(training, d)
+            for d, found in training.datasets.items()
+            if found["project_id"] == params["project_id"]
+        ]
 
     def create(request: Recorded, params: dict[str, str], grpo: bool) -> Any:
         body = request.json
@@ -246,15 +277,25 @@ def install(fake: FakeVendor) -> None:
             return _bad(problem)
         job_id = training.next_id("tr")
         job = {
-            "id": job_id, "name": body.get("name", job_id), "training_technique": "GRPO" if grpo else "SFT",
+            "id": job_id,
+            "name": body.get("name", job_id),
+            "training_technique": "GRPO" if grpo else "SFT",
             "task_type": body.get("task_type", "text-generation"),
-            "base_model_option": body.get("base_model_option", "pre-trained"), "base_model": body["base_model"],
+            "base_model_option": body.get("base_model_option", "pre-trained"),
+            "base_model": body["base_model"],
             "train_dataset_name": training.datasets[body["train_dataset_id"]]["name"],
-            "test_functions": body.get("test_functions", []), "status": "Pending", "progress": 0,
-            "created_by": "user-fake", "created_at": START, "updated_at": START,
+            "test_functions": body.get("test_functions", []),
+            "status": "Pending",
+            "progress": 0,
+            "created_by": "user-fake",
+            "created_at": START,
+            "updated_at": START,
             # Not in the answers' top level: what the job was created with.
-            "project_id": params["project_id"], "train_dataset_id": body["train_dataset_id"],
-            "test_dataset_id": body.get("test_dataset_id"), "parameters": body.get("parameters", {}), "training_loss": [],
+            "project_id": params["project_id"],
+            "train_dataset_id": body["train_dataset_id"],
+            "test_dataset_id": body.get("test_dataset_id"),
+            "parameters": body.get("parameters", {}),
+            "training_loss": [],
         }
         if grpo:
             job["reward"] = body["reward"]

@@ -72,18 +72,26 @@ def make_openai_compatible_fake() -> FakeVendor:
             words = text.split(" ")
             chunks = [
                 OpenAIChatCompletionChunk(
-                    id="chatcmpl-1", created=CREATED, model=body["model"],
-                    choices=[OpenAIChatChunkChoice(index=0, delta=OpenAIChoiceDelta(content=(" " if i else "") + word))],
+                    id="chatcmpl-1",
+                    created=CREATED,
+                    model=body["model"],
+                    choices=[
+                        OpenAIChatChunkChoice(index=0, delta=OpenAIChoiceDelta(content=(" " if i else "") + word))
+                    ],
                 )
                 for i, word in enumerate(words)
             ]
             last = OpenAIChatCompletionChunk(
-                id="chatcmpl-1", created=CREATED, model=body["model"],
+                id="chatcmpl-1",
+                created=CREATED,
+                model=body["model"],
                 choices=[OpenAIChatChunkChoice(index=0, delta=OpenAIChoiceDelta(), finish_reason="stop")],
             )
             return SSE([_dump(chunk) for chunk in [*chunks, last]])
         answer = OpenAIChatCompletion(
-            id="chatcmpl-1", created=CREATED, model=body["model"],
+            id="chatcmpl-1",
+            created=CREATED,
+            model=body["model"],
             choices=[OpenAIChatChoice(index=0, message=OpenAIAssistantMessage(content=text), finish_reason="stop")],
         )
         return _dump(answer)

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
-
 from support import REPO
 
 from .lap import check_request, find_endpoint, load_lap
@@ -59,7 +58,7 @@ def _lap_check(recorded: Recorded) -> list[str] | None:
     if recorded.body:
         body = recorded.json
         if not isinstance(body, dict):
-            return problems + ["the JSON body must be an object"]
+            return [*problems, "the JSON body must be an object"]
         values.update(body)
     path_params = {name.strip("{}") for name in endpoint.path.split("/") if name.startswith("{")}
     return problems + check_request(endpoint, path_params, values)
@@ -89,7 +88,7 @@ def _with_newer_lap_fields(spec: dict[str, Any]) -> dict[str, Any]:
     for method, path in _NEWER_IN_LAP:
         endpoint = find_endpoint(_LAP, method, path)
         schema = spec["paths"][path][method.lower()]["requestBody"]["content"]["application/json"]["schema"]
-        for name, declared in (endpoint.fields.items() if endpoint else ()):
+        for name, declared in endpoint.fields.items() if endpoint else ():
             schema["properties"].setdefault(name, _lap_field_schema(declared.type))
     return spec
 

@@ -43,7 +43,10 @@ LIMITS: dict[str, dict[str, Any]] = {
         "model_name": LLAMA_8B,
         "full_training": {"max_batch_size": 16, "max_batch_size_dpo": 8, "min_batch_size": 8},
         "lora_training": {
-            "max_batch_size": 32, "max_batch_size_dpo": 16, "min_batch_size": 8, "max_rank": 64,
+            "max_batch_size": 32,
+            "max_batch_size_dpo": 16,
+            "min_batch_size": 8,
+            "max_rank": 64,
             "target_modules": LINEAR_MODULES,
         },
         "max_num_epochs": 20,
@@ -59,7 +62,10 @@ LIMITS: dict[str, dict[str, Any]] = {
     QWEN_72B: {
         "model_name": QWEN_72B,
         "lora_training": {
-            "max_batch_size": 16, "max_batch_size_dpo": 8, "min_batch_size": 8, "max_rank": 32,
+            "max_batch_size": 16,
+            "max_batch_size_dpo": 8,
+            "min_batch_size": 8,
+            "max_rank": 32,
             "target_modules": LINEAR_MODULES,
         },
         "max_num_epochs": 10,
@@ -71,9 +77,24 @@ LIMITS: dict[str, dict[str, Any]] = {
 
 # POST /fine-tunes fields echoed in job answers (never the W&B key).
 ECHOED = (
-    "training_file", "validation_file", "model", "n_epochs", "n_checkpoints", "n_evals", "batch_size", "learning_rate",
-    "weight_decay", "lr_scheduler", "suffix", "training_type", "training_method", "wandb_project_name", "wandb_name",
-    "from_checkpoint", "from_hf_model", "hf_model_revision",
+    "training_file",
+    "validation_file",
+    "model",
+    "n_epochs",
+    "n_checkpoints",
+    "n_evals",
+    "batch_size",
+    "learning_rate",
+    "weight_decay",
+    "lr_scheduler",
+    "suffix",
+    "training_type",
+    "training_method",
+    "wandb_project_name",
+    "wandb_name",
+    "from_checkpoint",
+    "from_hf_model",
+    "hf_model_revision",
 )
 
 
@@ -127,12 +148,34 @@ def _tick(ft: FineTunes, job_id: str) -> str:
     return ft.jobs[job_id]["updated_at"]
 
 
-def _event(ft: FineTunes, job_id: str, kind: str, message: str, *, level: str = "info", step: int = 0, checkpoint_path: str = "") -> None:
-    ft.events[job_id].append({
-        "object": "fine-tune-event", "created_at": _stamp(ft, job_id), "level": level, "message": message, "type": kind,
-        "param_count": 8030261248, "token_count": 0, "total_steps": TOTAL_STEPS, "wandb_url": "", "step": step,
-        "checkpoint_path": checkpoint_path, "model_path": "", "training_offset": 0, "hash": "",
-    })
+def _event(
+    ft: FineTunes,
+    job_id: str,
+    kind: str,
+    message: str,
+    *,
+    level: str = "info",
+    step: int = 0,
+    checkpoint_path: str = "",
+) -> None:
+    ft.events[job_id].append(
+        {
+            "object": "fine-tune-event",
+            "created_at": _stamp(ft, job_id),
+            "level": level,
+            "message": message,
+            "type": kind,
+            "param_count": 8030261248,
+            "token_count": 0,
+            "total_steps": TOTAL_STEPS,
+            "wandb_url": "",
+            "step": step,
+            "checkpoint_path": checkpoint_path,
+            "model_path": "",
+            "training_offset": 0,
+            "hash": "",
+        }
+    )
 
 
 def advance(fake: FakeVendor, job_id: str) -> dict[str, Any]:
@@ -151,12 +194,21 @@ def advance(fake: FakeVendor, job_id: str) -> dict[str, Any]:
         ft.checkpoints[job_id].append(
             {"step": CHECKPOINT_STEP, "path": path, "created_at": job["updated_at"], "checkpoint_type": "intermediate"}
         )
-        _event(ft, job_id, "checkpoint_save", f"Checkpoint saved at step {CHECKPOINT_STEP}", step=CHECKPOINT_STEP, checkpoint_path=path)
+        _event(
+            ft,
+            job_id,
+            "checkpoint_save",
+            f"Checkpoint saved at step {CHECKPOINT_STEP}",
+            step=CHECKPOINT_STEP,
+            checkpoint_path=path,
+        )
         job.update(epochs_completed=max(1, job.get("n_epochs", 1) // 2), token_count=425000)
     elif status == "running":
         _tick(ft, job_id)
         path = f"s3://together-fine-tunes/{job_id}/final"
-        ft.checkpoints[job_id].append({"step": TOTAL_STEPS, "path": path, "created_at": job["updated_at"], "checkpoint_type": "final"})
+        ft.checkpoints[job_id].append(
+            {"step": TOTAL_STEPS, "path": path, "created_at": job["updated_at"], "checkpoint_type": "final"}
+        )
         _event(ft, job_id, "training_complete", "Training completed", step=TOTAL_STEPS)
         _event(ft, job_id, "job_complete", f"Job finished; model {job['model_output_name']}", step=TOTAL_STEPS)
         job.update(status="completed", epochs_completed=job.get("n_epochs", 1), token_count=850000, total_price=1500)
@@ -234,8 +286,15 @@ def install(fake: FakeVendor) -> None:
         file_id = f"file-{ft.next_id():06d}"
         ft.files[file_id] = {"filename": filename, "content": content, "purpose": "fine-tune"}
         return {
-            "id": file_id, "object": "file", "created_at": 1715021438, "filename": filename, "bytes": len(content),
-            "purpose": "fine-tune", "FileType": file_type, "Processed": True, "LineCount": lines,
+            "id": file_id,
+            "object": "file",
+            "created_at": 1715021438,
+            "filename": filename,
+            "bytes": len(content),
+            "purpose": "fine-tune",
+            "FileType": file_type,
+            "Processed": True,
+            "LineCount": lines,
         }
 
     @fake.route("GET", "/fine-tunes/models/supported")
@@ -245,7 +304,11 @@ def install(fake: FakeVendor) -> None:
     @fake.route("GET", "/fine-tunes/models/limits")
     def limits(request: Recorded, params: dict[str, str]) -> Any:
         found = LIMITS.get(request.query.get("model_name", ""))
-        return found if found is not None else Reply(error_body(404, "Model not found or not supported for fine-tuning"), 404)
+        return (
+            found
+            if found is not None
+            else Reply(error_body(404, "Model not found or not supported for fine-tuning"), 404)
+        )
 
     @fake.route("POST", "/fine-tunes")
     def create(request: Recorded, params: dict[str, str]) -> Any:
@@ -260,10 +323,16 @@ def install(fake: FakeVendor) -> None:
         ft.checkpoints[job_id] = []
         suffix = body.get("suffix", "ft")
         ft.jobs[job_id] = {
-            "id": job_id, "status": "pending", "created_at": _stamp(ft, job_id), "updated_at": _stamp(ft, job_id),
+            "id": job_id,
+            "status": "pending",
+            "created_at": _stamp(ft, job_id),
+            "updated_at": _stamp(ft, job_id),
             "model_output_name": f"fake-org/{body['model'].split('/')[-1]}-{suffix}",
             **{key: body[key] for key in ECHOED if key in body},
-            "token_count": 0, "param_count": 8030261248, "total_price": 0, "epochs_completed": 0,
+            "token_count": 0,
+            "param_count": 8030261248,
+            "total_price": 0,
+            "epochs_completed": 0,
         }
         _event(ft, job_id, "job_pending", "Fine tune request created")
         return _view(ft, job_id)
@@ -311,4 +380,10 @@ def install(fake: FakeVendor) -> None:
             return _bad(f"no checkpoint {step if step is not None else 'final'} for {job_id}")
         name = ft.jobs[job_id]["model_output_name"].split("/")[-1]
         size = len(json.dumps(saved.get(step or TOTAL_STEPS, {})))
-        return {"object": "local", "id": job_id, "checkpoint_step": step or TOTAL_STEPS, "filename": f"{name}.tar.zst", "size": size}
+        return {
+            "object": "local",
+            "id": job_id,
+            "checkpoint_step": step or TOTAL_STEPS,
+            "filename": f"{name}.tar.zst",
+            "size": size,
+        }

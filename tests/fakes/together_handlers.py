@@ -93,8 +93,11 @@ def install(fake: FakeVendor) -> None:
             "id": f"rerank-{_next_id(fake)}",
             "model": body["model"],
             "results": results,
-            "usage": {"prompt_tokens": _words(body["query"]) + sum(map(_words, documents)), "completion_tokens": 0,
-                      "total_tokens": _words(body["query"]) + sum(map(_words, documents))},
+            "usage": {
+                "prompt_tokens": _words(body["query"]) + sum(map(_words, documents)),
+                "completion_tokens": 0,
+                "total_tokens": _words(body["query"]) + sum(map(_words, documents)),
+            },
         }
 
 
@@ -155,23 +158,37 @@ def _chat(fake: FakeVendor, body: dict[str, Any]) -> Any:
     choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": finish}
     if body.get("logprobs"):
         choice["logprobs"] = _logprobs_part(words)
-    return {"id": ident, "object": "chat.completion", "created": CREATED, "model": body["model"],
-            "choices": [choice], "usage": usage}
+    return {
+        "id": ident,
+        "object": "chat.completion",
+        "created": CREATED,
+        "model": body["model"],
+        "choices": [choice],
+        "usage": usage,
+    }
 
 
 def _chat_events(
     ident: str, body: dict[str, Any], words: list[str], calls: list[dict[str, Any]], finish: str, usage: dict[str, int]
 ) -> list[dict[str, Any]]:
-    def event(delta: dict[str, Any], finish_reason: str | None = None, logprob: float | None = None,
-              last: bool = False) -> dict[str, Any]:
+    def event(
+        delta: dict[str, Any], finish_reason: str | None = None, logprob: float | None = None, last: bool = False
+    ) -> dict[str, Any]:
         choice: dict[str, Any] = {"index": 0, "delta": {"role": "assistant", **delta}, "finish_reason": finish_reason}
         if logprob is not None:
             choice["logprobs"] = logprob
-        return {"id": ident, "object": "chat.completion.chunk", "created": CREATED, "model": body["model"],
-                "choices": [choice], "usage": usage if last else None}
+        return {
+            "id": ident,
+            "object": "chat.completion.chunk",
+            "created": CREATED,
+            "model": body["model"],
+            "choices": [choice],
+            "usage": usage if last else None,
+        }
 
     events = [
-        event({"content": word}, logprob=-(i + 1) / 10 if body.get("logprobs") else None) for i, word in enumerate(words)
+        event({"content": word}, logprob=-(i + 1) / 10 if body.get("logprobs") else None)
+        for i, word in enumerate(words)
     ]
     for call in calls:
         arguments = call["function"]["arguments"]
@@ -190,12 +207,24 @@ def _completion(fake: FakeVendor, body: dict[str, Any]) -> Any:
     ident = f"cmpl-{_next_id(fake)}"
     if body.get("stream"):
         events = [
-            {"id": ident, "token": {"id": i, "text": word, "logprob": -(i + 1) / 10, "special": False},
-             "choices": [{"index": 0, "text": word}], "usage": None, "finish_reason": None}
+            {
+                "id": ident,
+                "token": {"id": i, "text": word, "logprob": -(i + 1) / 10, "special": False},
+                "choices": [{"index": 0, "text": word}],
+                "usage": None,
+                "finish_reason": None,
+            }
             for i, word in enumerate(words)
         ]
-        events.append({"id": ident, "token": {"id": 2, "text": "</s>", "logprob": -0.01, "special": True},
-                       "choices": [{"index": 0, "text": ""}], "usage": usage, "finish_reason": finish})
+        events.append(
+            {
+                "id": ident,
+                "token": {"id": 2, "text": "</s>", "logprob": -0.01, "special": True},
+                "choices": [{"index": 0, "text": ""}],
+                "usage": usage,
+                "finish_reason": finish,
+            }
+        )
         return SSE(events)
     choice: dict[str, Any] = {"text": text, "finish_reason": finish}
     prompt: dict[str, Any] = {"text": body["prompt"]}
@@ -203,8 +232,15 @@ def _completion(fake: FakeVendor, body: dict[str, Any]) -> Any:
         choice["logprobs"] = _logprobs_part(words)
         if body.get("echo"):
             prompt["logprobs"] = _logprobs_part(pieces(body["prompt"]))
-    return {"id": ident, "object": "text_completion", "created": CREATED, "model": body["model"],
-            "prompt": [prompt], "choices": [choice], "usage": usage}
+    return {
+        "id": ident,
+        "object": "text_completion",
+        "created": CREATED,
+        "model": body["model"],
+        "prompt": [prompt],
+        "choices": [choice],
+        "usage": usage,
+    }
 
 
 def _tool_calls(fake: FakeVendor, body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -223,8 +259,15 @@ def _tool_calls(fake: FakeVendor, body: dict[str, Any]) -> list[dict[str, Any]]:
         chosen = [t for _, t in sorted(named, key=lambda pair: pair[0])]
     raw = fake.state.get("tool_arguments")
     return [
-        {"id": f"call_fake_{i}", "type": "function", "index": i,
-         "function": {"name": t["name"], "arguments": raw if raw is not None else json.dumps(_arguments_for(t, text))}}
+        {
+            "id": f"call_fake_{i}",
+            "type": "function",
+            "index": i,
+            "function": {
+                "name": t["name"],
+                "arguments": raw if raw is not None else json.dumps(_arguments_for(t, text)),
+            },
+        }
         for i, t in enumerate(chosen)
     ]
 
@@ -250,8 +293,14 @@ def _value_for(schema: dict[str, Any], text: str) -> Any:
     kind = schema.get("type", "string")
     if kind == "object":
         return {name: _value_for(sub, text) for name, sub in (schema.get("properties") or {}).items()}
-    return {"string": text, "integer": len(text.split()), "number": 0.5, "boolean": True, "array": [],
-            "null": None}.get(kind, text)
+    return {
+        "string": text,
+        "integer": len(text.split()),
+        "number": 0.5,
+        "boolean": True,
+        "array": [],
+        "null": None,
+    }.get(kind, text)
 
 
 def _limited(text: str, body: dict[str, Any]) -> tuple[str, str]:
@@ -265,8 +314,11 @@ def _limited(text: str, body: dict[str, Any]) -> tuple[str, str]:
 
 
 def _logprobs_part(words: list[str]) -> dict[str, Any]:
-    return {"tokens": words, "token_logprobs": [-(i + 1) / 10 for i in range(len(words))],
-            "token_ids": list(range(len(words)))}
+    return {
+        "tokens": words,
+        "token_logprobs": [-(i + 1) / 10 for i in range(len(words))],
+        "token_ids": list(range(len(words))),
+    }
 
 
 def _usage(prompt: str, words: list[str]) -> dict[str, int]:
@@ -275,7 +327,9 @@ def _usage(prompt: str, words: list[str]) -> dict[str, int]:
 
 
 def _not_found(fake: FakeVendor, model: str) -> Reply:
-    return Reply(fake.error_body(404, f"Unable to access model {model}. Please visit https://api.together.ai/models"), 404)
+    return Reply(
+        fake.error_body(404, f"Unable to access model {model}. Please visit https://api.together.ai/models"), 404
+    )
 
 
 def _document_text(document: Any) -> str:

@@ -40,7 +40,10 @@ def image_bytes(prompt: str, index: int, seed: int | None) -> bytes:
 
 def chat_answer(model: str, content: str) -> dict[str, Any]:
     return {
-        "id": "chatcmpl-tools", "object": "chat.completion", "created": int(time.time()), "model": model,
+        "id": "chatcmpl-tools",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12},
     }
@@ -70,8 +73,17 @@ def install(fake: FakeVendor) -> None:
             session_id = f"ses_{len(sessions) + 1}"
             sessions[session_id] = []
         elif session_id not in sessions:
-            return Reply({"error": {"type": "not_found", "message": f"Session {session_id} not found", "param": None,
-                                    "code": None}}, status=404)
+            return Reply(
+                {
+                    "error": {
+                        "type": "not_found",
+                        "message": f"Session {session_id} not found",
+                        "param": None,
+                        "code": None,
+                    }
+                },
+                status=404,
+            )
         sessions[session_id].append(body["code"])
         return {"data": {"session_id": session_id, "status": "success", "outputs": _outputs(body)}, "errors": None}
 
@@ -107,17 +119,31 @@ def _judge(body: dict[str, Any]) -> dict[str, Any] | None:
 def _outputs(body: dict[str, Any]) -> list[dict[str, Any]]:
     code = body["code"]
     # Files are put in the session before the code runs.
-    outputs: list[dict[str, Any]] = [{"type": "stdout", "data": f"uploaded {f['name']}\n"} for f in body.get("files", [])]
+    outputs: list[dict[str, Any]] = [
+        {"type": "stdout", "data": f"uploaded {f['name']}\n"} for f in body.get("files", [])
+    ]
     for kind, text in re.findall(r"""(print|sys\.stderr\.write)\(\s*["']([^"']*)["']""", code):
         if kind == "print":
             outputs.append({"type": "stdout", "data": text + "\n"})
         else:
             outputs.append({"type": "stderr", "data": text})
     if "plt.show()" in code:
-        outputs.append({"type": "display_data", "data": {"image/png": base64.b64encode(PNG).decode(),
-                                                          "text/plain": "<Figure size 640x480 with 1 Axes>"}})
+        outputs.append(
+            {
+                "type": "display_data",
+                "data": {
+                    "image/png": base64.b64encode(PNG).decode(),
+                    "text/plain": "<Figure size 640x480 with 1 Axes>",
+                },
+            }
+        )
     if "raise" in code:
         error = re.search(r"raise (\w+)\(\s*[\"']([^\"']*)[\"']", code)
         name, message = (error.group(1), error.group(2)) if error else ("RuntimeError", "")
-        outputs.append({"type": "error", "data": f"Traceback (most recent call last):\n  File \"<stdin>\", line 1\n{name}: {message}"})
+        outputs.append(
+            {
+                "type": "error",
+                "data": f'Traceback (most recent call last):\n  File "<stdin>", line 1\n{name}: {message}',
+            }
+        )
     return outputs

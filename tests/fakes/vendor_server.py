@@ -33,7 +33,6 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
-
 from support import free_port
 
 
@@ -142,7 +141,7 @@ class FakeVendor:
         return [r for r in self.requests if r.method == method and re.fullmatch(path_pattern, r.path)]
 
     # --------------------------------------------------------------------------------------- lifecycle
-    def start(self) -> "FakeVendor":
+    def start(self) -> FakeVendor:
         app = Starlette(routes=[Route("/{path:path}", self._handle, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])])
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
         self._server = uvicorn.Server(config)
@@ -204,7 +203,9 @@ class FakeVendor:
     def _error(self, recorded: Recorded, status: int, message: str) -> Any:
         """The vendor's error body; with ``echo_headers_in_errors``, the message quotes the request's headers."""
         if self.echo_headers_in_errors:
-            message = f"{message} (request {recorded.method} {recorded.path} with headers {json.dumps(recorded.headers)})"
+            message = (
+                f"{message} (request {recorded.method} {recorded.path} with headers {json.dumps(recorded.headers)})"
+            )
         return self.error_body(status, message)
 
     def _validate(self, request: Request, recorded: Recorded) -> list[str]:
@@ -227,7 +228,11 @@ class FakeVendor:
         declared = self._declared_fields(recorded.method, recorded.path)
         if declared is None:
             return []
-        return [f"{name}: not a field the spec declares for {recorded.method} {recorded.path}" for name in body if name not in declared]
+        return [
+            f"{name}: not a field the spec declares for {recorded.method} {recorded.path}"
+            for name in body
+            if name not in declared
+        ]
 
     def _declared_fields(self, method: str, path: str) -> set[str] | None:
         raw = self._raw_spec
@@ -235,14 +240,20 @@ class FakeVendor:
         for template, item in raw["paths"].items():
             if re.fullmatch(re.sub(r"\{[^/]+\}", "[^/]+", template), local) and method.lower() in item:
                 schema = (
-                    item[method.lower()].get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
+                    item[method.lower()]
+                    .get("requestBody", {})
+                    .get("content", {})
+                    .get("application/json", {})
+                    .get("schema")
                 )
                 return _properties(raw, schema) if schema else None
         return None
 
     async def _fault(self, fault: Fault, recorded: Recorded) -> Response:
         if fault.kind == "status":
-            body = fault.body if fault.body is not None else self._error(recorded, fault.status, f"fault {fault.status}")
+            body = (
+                fault.body if fault.body is not None else self._error(recorded, fault.status, f"fault {fault.status}")
+            )
             return JSONResponse(body, status_code=fault.status, headers=fault.headers)
         if fault.kind == "invalid_json":
             return Response(b'{"id": "cut-off', media_type="application/json")
@@ -255,7 +266,11 @@ class FakeVendor:
         if isinstance(result, SSE):
             error = None
             if fault is not None:
-                error = fault.body if fault.body is not None else self._error(recorded, fault.status, f"fault {fault.status} mid-stream")
+                error = (
+                    fault.body
+                    if fault.body is not None
+                    else self._error(recorded, fault.status, f"fault {fault.status} mid-stream")
+                )
             return StreamingResponse(_sse_body(result, fault, error), media_type="text/event-stream")
         if isinstance(result, (bytes, str)):
             return Response(result, media_type="application/octet-stream")
@@ -265,9 +280,14 @@ class FakeVendor:
         response = JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
         openapi_response = StarletteOpenAPIResponse(response, data=response.body)
         openapi_request = StarletteOpenAPIRequest(request, b"")
-        if self._extra_check is None or self._extra_check(Recorded(request.method, request.url.path, {}, {}, b"")) is None:
+        if (
+            self._extra_check is None
+            or self._extra_check(Recorded(request.method, request.url.path, {}, {}, b"")) is None
+        ):
             for error in self.openapi.iter_response_errors(openapi_request, openapi_response):
-                self.violations.append(f"the fake's own answer to {request.method} {request.url.path}: {_describe(error)}")
+                self.violations.append(
+                    f"the fake's own answer to {request.method} {request.url.path}: {_describe(error)}"
+                )
         return response
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -15,7 +16,23 @@ from llama_stack.providers.utils.memory.chunking import (
     token_spans,
 )
 
-WORDS = "llama alpaca grass Andes wool herd the a of and is to in camelid pasture".split()
+WORDS = [
+    "llama",
+    "alpaca",
+    "grass",
+    "Andes",
+    "wool",
+    "herd",
+    "the",
+    "a",
+    "of",
+    "and",
+    "is",
+    "to",
+    "in",
+    "camelid",
+    "pasture",
+]
 
 
 def random_text(rng: random.Random, tokens: int) -> str:
@@ -39,13 +56,13 @@ def check_chunks(text: str, size: int, overlap: int) -> list[Span]:
     assert chunk_text(text, size, overlap) == [text[c.start : c.end] for c in chunks]
     covered = [tokens_of(c, tokens) for c in chunks]
     # Each chunk is a run of whole tokens, starting and ending on token boundaries.
-    for chunk, indices in zip(chunks, covered):
+    for chunk, indices in zip(chunks, covered, strict=True):
         assert indices == list(range(indices[0], indices[-1] + 1))
         assert (chunk.start, chunk.end) == (tokens[indices[0]].start, tokens[indices[-1]].end)
         assert 1 <= len(indices) <= size
     # Every token is in some chunk, from the first to the last.
     assert sorted({i for indices in covered for i in indices}) == list(range(len(tokens)))
-    for previous, following in zip(covered, covered[1:]):
+    for previous, following in itertools.pairwise(covered):
         # Consecutive chunks share exactly `overlap` tokens, and each one moves on.
         assert len(set(previous) & set(following)) == overlap
         assert following[0] == previous[-1] + 1 - overlap and following[-1] > previous[-1]

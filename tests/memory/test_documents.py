@@ -23,7 +23,9 @@ def make_pdf(pages: list[str], *, user_password: str | None = None, owner_passwo
     font = writer._add_object(DictionaryObject({NameObject(k): NameObject(v) for k, v in helvetica.items()}))
     for text in pages:
         page = writer.add_blank_page(612, 792)
-        page[NameObject("/Resources")] = DictionaryObject({NameObject("/Font"): DictionaryObject({NameObject("/F1"): font})})
+        page[NameObject("/Resources")] = DictionaryObject(
+            {NameObject("/Font"): DictionaryObject({NameObject("/F1"): font})}
+        )
         shown = " ".join(f"({line}) Tj T*" for line in text.split("\n")) if text else ""
         stream = DecodedStreamObject()
         stream.set_data(f"BT /F1 12 Tf 14 TL 72 720 Td {shown} ET".encode())

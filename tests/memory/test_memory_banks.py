@@ -15,14 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-
-from llama_stack.apis.errors import BadRequestError, ConflictError, NotFoundError, ValidationError
-from llama_stack.client import LlamaStackClient
-from llama_stack.config import ConfigError
-from llama_stack.plugins import discover_providers
-from llama_stack.providers.utils.memory.config import MemoryBankDefaults
-from llama_stack.resolver import Stack
-from llama_stack.server import create_app
 from memory_support import (
     MINILM,
     MINILM_DIMENSION,
@@ -35,6 +27,14 @@ from memory_support import (
     tiny_pdf,
 )
 from support import ReplayPlugin, serving, uvicorn_serving
+
+from llama_stack.apis.errors import BadRequestError, ConflictError, NotFoundError, ValidationError
+from llama_stack.client import LlamaStackClient
+from llama_stack.config import ConfigError
+from llama_stack.plugins import discover_providers
+from llama_stack.providers.utils.memory.config import MemoryBankDefaults
+from llama_stack.resolver import Stack
+from llama_stack.server import create_app
 
 MAX_DOCUMENT_BYTES = 8 * 1024
 DEFAULTS = MemoryBankDefaults()
@@ -77,7 +77,9 @@ async def client(memory_provider, tmp_path, memory_registry):
 
 
 async def register(client: LlamaStackClient, bank_uuid: str = "bank", **config: Any) -> Any:
-    return await client.memory_banks.register_memory_bank(bank_uuid=bank_uuid, bank_name=f"{bank_uuid} name", config=config)
+    return await client.memory_banks.register_memory_bank(
+        bank_uuid=bank_uuid, bank_name=f"{bank_uuid} name", config=config
+    )
 
 
 async def insert_facts(client: LlamaStackClient, bank_uuid: str = "bank") -> None:
@@ -116,9 +118,16 @@ async def test_a_bank_records_the_model_id_when_registered_with_an_alias(client)
 
 async def test_the_seed_create_makes_a_bank_with_defaults_holding_the_documents(client):
     documents = [document(key, text) for key, text in FACTS.items()]
-    assert await client.memory_banks.create_memory_bank(bank_uuid="seeded", bank_name="Facts", documents=documents) is None
+    assert (
+        await client.memory_banks.create_memory_bank(bank_uuid="seeded", bank_name="Facts", documents=documents) is None
+    )
     (bank,) = await client.memory_banks.list_memory_banks()
-    assert (bank.uuid, bank.name, bank.embedding_model, bank.chunk_size_tokens) == ("seeded", "Facts", MINILM, DEFAULTS.chunk_size_tokens)
+    assert (bank.uuid, bank.name, bank.embedding_model, bank.chunk_size_tokens) == (
+        "seeded",
+        "Facts",
+        MINILM,
+        DEFAULTS.chunk_size_tokens,
+    )
     assert (bank.document_count, bank.chunk_count) == (3, 3)
     assert (await query(client, "Where do llamas come from?", "seeded", k=1))[0].document_uuid == "llamas"
 
@@ -160,7 +169,9 @@ async def test_embedding_and_rerank_models_must_be_served_models_of_their_type(c
 
 
 async def test_an_overlap_from_the_defaults_must_fit_a_smaller_chunk_size(client):
-    with pytest.raises(BadRequestError, match=r"overlap_tokens: 32 must be smaller than chunk_size_tokens \(16\)") as error:
+    with pytest.raises(
+        BadRequestError, match=r"overlap_tokens: 32 must be smaller than chunk_size_tokens \(16\)"
+    ) as error:
         await register(client, chunk_size_tokens=16)
     assert error.value.param == "config.overlap_tokens"
     with pytest.raises(ValidationError):  # both in the request: the schema refuses it
@@ -189,7 +200,7 @@ async def test_a_query_answers_the_relevant_chunk_with_its_document_and_metadata
     await register(client)
     await insert_facts(client)
     chunks = await query(client, "What happens when a volcano erupts?", k=3)
-    assert [c.document_uuid for c in chunks][0] == "volcano"
+    assert next(c.document_uuid for c in chunks) == "volcano"
     top = chunks[0]
     assert (top.text, top.chunk_index, top.metadata) == (FACTS["volcano"], 0, {"topic": "volcano"})
     assert 0.3 < top.score <= 1.0001  # cosine similarity of unit vectors
@@ -203,10 +214,13 @@ HTML = """<!doctype html><html><head><title>Shop</title><style>p { color: red }<
 <body><h1>Opening hours</h1><p>The <b>bakery</b> opens at seven in the morning.</p></body></html>"""
 
 MIME_CASES = {
-    "text/plain": ("The bakery opens at seven in the morning.".encode(), "The bakery opens at seven in the morning."),
+    "text/plain": (b"The bakery opens at seven in the morning.", "The bakery opens at seven in the morning."),
     "text/markdown": (b"# Opening hours\n\nThe **bakery** opens at seven in the morning.", "**bakery** opens at seven"),
     "text/html": (HTML.encode(), "Opening hours\n\nThe bakery opens at seven in the morning."),
-    "application/pdf": (tiny_pdf("The bakery opens at seven", "in the morning."), "The bakery opens at seven\nin the morning."),
+    "application/pdf": (
+        tiny_pdf("The bakery opens at seven", "in the morning."),
+        "The bakery opens at seven\nin the morning.",
+    ),
     "application/json": (b'{"shop":"bakery","opens":"seven in the morning"}', '"opens": "seven in the morning"'),
 }
 
@@ -216,7 +230,9 @@ async def test_each_mime_type_is_read_as_text_and_found(client, mime_type):
     content, expected_text = MIME_CASES[mime_type]
     await register(client)
     await insert_facts(client)
-    await client.memory_banks.insert_memory_documents(bank_uuid="bank", documents=[document("shop", content, mime_type)])
+    await client.memory_banks.insert_memory_documents(
+        bank_uuid="bank", documents=[document("shop", content, mime_type)]
+    )
     (top,) = await query(client, "When does the bakery open?", k=1)
     assert top.document_uuid == "shop"
     assert expected_text in top.text
@@ -241,7 +257,9 @@ async def test_a_long_document_is_chunked_with_overlap_and_the_right_chunk_is_fo
 async def test_update_replaces_the_text_metadata_and_chunks(client):
     await register(client)
     await insert_facts(client)
-    new = document("llamas", "Penguins are flightless seabirds of the southern hemisphere.", "text/markdown", topic="birds")
+    new = document(
+        "llamas", "Penguins are flightless seabirds of the southern hemisphere.", "text/markdown", topic="birds"
+    )
     await client.memory_banks.update_memory_documents(bank_uuid="bank", documents=[new])
     (got,) = await client.memory_banks.get_memory_documents(bank_uuid="bank", document_uuids=["llamas"])
     assert got.model_dump() == new
@@ -265,7 +283,9 @@ async def test_update_of_documents_the_bank_lacks_is_a_404_naming_them_and_chang
 async def test_delete_answers_the_uuids_that_existed_and_removes_their_vectors(client):
     await register(client)
     await insert_facts(client)
-    deleted = await client.memory_banks.delete_memory_documents(bank_uuid="bank", document_uuids=["volcano", "nope", "llamas"])
+    deleted = await client.memory_banks.delete_memory_documents(
+        bank_uuid="bank", document_uuids=["volcano", "nope", "llamas"]
+    )
     assert deleted == ["volcano", "llamas"]
     assert [c.document_uuid for c in await query(client, "volcano lava magma", k=10)] == ["bread"]
     assert await client.memory_banks.get_memory_documents(bank_uuid="bank", document_uuids=["volcano", "llamas"]) == []
@@ -273,7 +293,9 @@ async def test_delete_answers_the_uuids_that_existed_and_removes_their_vectors(c
     assert (bank.document_count, bank.chunk_count) == (1, 1)
     assert await client.memory_banks.delete_memory_documents(bank_uuid="bank", document_uuids=["volcano"]) == []
     # A deleted uuid can be inserted again.
-    await client.memory_banks.insert_memory_documents(bank_uuid="bank", documents=[document("volcano", FACTS["volcano"])])
+    await client.memory_banks.insert_memory_documents(
+        bank_uuid="bank", documents=[document("volcano", FACTS["volcano"])]
+    )
     assert (await query(client, "volcano lava magma", k=1))[0].document_uuid == "volcano"
 
 
@@ -316,7 +338,9 @@ async def test_bad_base64_is_a_400_naming_the_document_and_nothing_is_stored(cli
 async def test_an_unsupported_mime_type_is_a_400_naming_the_supported_ones(client):
     await register(client)
     with pytest.raises(BadRequestError, match="unsupported media type 'image/png'; supported: text/plain") as error:
-        await client.memory_banks.insert_memory_documents(bank_uuid="bank", documents=[document("img", b"\x89PNG", "image/png")])
+        await client.memory_banks.insert_memory_documents(
+            bank_uuid="bank", documents=[document("img", b"\x89PNG", "image/png")]
+        )
     assert error.value.param == "documents[0].mime_type"
 
 
@@ -350,7 +374,9 @@ async def test_a_document_without_text_is_refused(client):
 async def test_a_failed_create_leaves_no_bank_behind(client):
     with pytest.raises(BadRequestError):
         await client.memory_banks.create_memory_bank(
-            bank_uuid="seeded", bank_name="x", documents=[document("a", "Fine."), document("b", b"\xff\xfe", "text/plain")]
+            bank_uuid="seeded",
+            bank_name="x",
+            documents=[document("a", "Fine."), document("b", b"\xff\xfe", "text/plain")],
         )
     assert await client.memory_banks.list_memory_banks() == []
     await client.memory_banks.create_memory_bank(bank_uuid="seeded", bank_name="x", documents=[document("a", "Fine.")])
@@ -406,7 +432,9 @@ FILTERED = {
 )
 async def test_filters_select_chunks_by_document_metadata(client, filters, expected):
     await register(client)
-    documents = [document(key, f"Meeting notes number {key[1]} about the budget.", **meta) for key, meta in FILTERED.items()]
+    documents = [
+        document(key, f"Meeting notes number {key[1]} about the budget.", **meta) for key, meta in FILTERED.items()
+    ]
     await client.memory_banks.insert_memory_documents(bank_uuid="bank", documents=documents)
     chunks = await query(client, "meeting notes", k=10, filters=filters)
     assert {c.document_uuid for c in chunks} == expected
@@ -447,8 +475,14 @@ async def test_hybrid_banks_merge_keyword_matches_by_rank(client):
 async def test_a_rerank_model_reorders_the_candidates_and_scores_them(client):
     bank = await register(client, rerank_model="replay-reranker")
     assert bank.rerank_model == "replay-reranker"
-    texts = {"llama": "llamas eat grass", "exact": "the capital of france", "partial": "france is a country with a capital"}
-    await client.memory_banks.insert_memory_documents(bank_uuid="bank", documents=[document(k, t) for k, t in texts.items()])
+    texts = {
+        "llama": "llamas eat grass",
+        "exact": "the capital of france",
+        "partial": "france is a country with a capital",
+    }
+    await client.memory_banks.insert_memory_documents(
+        bank_uuid="bank", documents=[document(k, t) for k, t in texts.items()]
+    )
     chunks = await query(client, "capital of france", k=2)
     # The replay reranker scores the share of the query's words a text holds.
     assert [(c.document_uuid, round(c.score, 3)) for c in chunks] == [("exact", 1.0), ("partial", 0.667)]
@@ -458,7 +492,9 @@ async def test_a_rerank_model_reorders_the_candidates_and_scores_them(client):
 # Embedding models and restarts
 
 
-async def test_a_bank_refuses_vectors_of_another_dimension_and_a_model_no_longer_served(memory_provider, tmp_path, memory_registry):
+async def test_a_bank_refuses_vectors_of_another_dimension_and_a_model_no_longer_served(
+    memory_provider, tmp_path, memory_registry
+):
     memory_provider["config"]["embedding_model"] = "embedder"
     replay_embedder = [{"model_id": "embedder", "provider_id": "replay", "model_type": "embedding"}]
     client = await start(memory_distribution(tmp_path, memory_provider, model_list=replay_embedder), memory_registry)
@@ -476,7 +512,10 @@ async def test_a_bank_refuses_vectors_of_another_dimension_and_a_model_no_longer
             client.memory_banks.insert_memory_documents(bank_uuid="bank", documents=[document("x", "New text.")]),
             query(client, "volcano"),
         ):
-            with pytest.raises(ConflictError, match="holds 4-dimensional vectors from embedding model 'embedder', which now answers 384-dimensional") as error:
+            with pytest.raises(
+                ConflictError,
+                match="holds 4-dimensional vectors from embedding model 'embedder', which now answers 384-dimensional",
+            ) as error:
                 await attempt
             assert error.value.code == "embedding_dimension_mismatch"
         # What needs no embedding still works.
@@ -486,7 +525,9 @@ async def test_a_bank_refuses_vectors_of_another_dimension_and_a_model_no_longer
     memory_provider["config"]["embedding_model"] = MINILM
     client = await start(memory_distribution(tmp_path, memory_provider), memory_registry)
     try:
-        with pytest.raises(ConflictError, match="embedded with 'embedder', which this distribution no longer serves") as error:
+        with pytest.raises(
+            ConflictError, match="embedded with 'embedder', which this distribution no longer serves"
+        ) as error:
             await query(client, "volcano")
         assert f"served embedding models: {MINILM}, replay-embedder" in error.value.message
         assert error.value.code == "embedding_model_not_served"
@@ -494,7 +535,9 @@ async def test_a_bank_refuses_vectors_of_another_dimension_and_a_model_no_longer
         await client.aclose()
 
 
-async def test_a_default_embedding_model_the_distribution_does_not_serve_fails_at_start(memory_provider, tmp_path, memory_registry):
+async def test_a_default_embedding_model_the_distribution_does_not_serve_fails_at_start(
+    memory_provider, tmp_path, memory_registry
+):
     memory_provider["config"]["embedding_model"] = "nomic-embed"
     with pytest.raises(ConfigError, match=f"config embedding_model: model 'nomic-embed' is not served.*{MINILM}"):
         await start(memory_distribution(tmp_path, memory_provider), memory_registry)
@@ -531,7 +574,9 @@ async def test_every_route_over_http(client):
     stack = client.transport.stack
     async with uvicorn_serving(create_app(stack)) as url, httpx.AsyncClient(base_url=url) as http:
         docs = [document(key, text, topic=key) for key, text in FACTS.items()]
-        created = await http.post("/memory_banks/create", params={"bank_uuid": "seeded", "bank_name": "Seeded"}, json=docs[:2])
+        created = await http.post(
+            "/memory_banks/create", params={"bank_uuid": "seeded", "bank_name": "Seeded"}, json=docs[:2]
+        )
         assert created.status_code == 200, created.text
         registered = await http.post(
             "/memory_banks/register", json={"bank_uuid": "custom", "bank_name": "Custom", "config": {"hybrid": True}}
@@ -544,7 +589,9 @@ async def test_every_route_over_http(client):
 
         inserted = await http.post("/memory_bank/insert", params={"bank_uuid": "seeded"}, json=docs[2:])
         assert inserted.status_code == 200
-        updated = await http.post("/memory_bank/update", params={"bank_uuid": "seeded"}, json=[document("llamas", "Alpacas are smaller.")])
+        updated = await http.post(
+            "/memory_bank/update", params={"bank_uuid": "seeded"}, json=[document("llamas", "Alpacas are smaller.")]
+        )
         assert updated.status_code == 200
         got = await http.post("/memory_bank/get", params={"bank_uuid": "seeded"}, json=["llamas", "bread"])
         assert [json.loads(line)["uuid"] for line in got.text.splitlines()] == ["llamas", "bread"]
@@ -561,7 +608,9 @@ async def test_every_route_over_http(client):
         unknown = await http.post("/memory_bank/query", params={"bank_uuid": "custom"}, json={"query": "x"})
         assert unknown.status_code == 404
         assert unknown.json()["error"]["message"] == "Memory bank 'custom' not found (banks: seeded)"
-        bad = await http.post("/memory_bank/insert", params={"bank_uuid": "seeded"}, json=[{**docs[0], "uuid": "z", "content": "%%%"}])
+        bad = await http.post(
+            "/memory_bank/insert", params={"bank_uuid": "seeded"}, json=[{**docs[0], "uuid": "z", "content": "%%%"}]
+        )
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "documents[0].content"
         conflict = await http.post("/memory_bank/insert", params={"bank_uuid": "seeded"}, json=[docs[1]])
         assert conflict.status_code == 409
@@ -576,11 +625,22 @@ async def test_every_route_over_http(client):
 @pytest.mark.slow
 def test_an_acknowledged_write_survives_kill_9(memory_provider, tmp_path):
     """A real server, killed (SIGKILL) right after answering; restarted on the same storage, it has the writes."""
-    inference = [{"provider_id": "sentence-transformers", "provider_type": "inline::sentence-transformers", "config": {"device": "cpu"}}]
+    inference = [
+        {
+            "provider_id": "sentence-transformers",
+            "provider_type": "inline::sentence-transformers",
+            "config": {"device": "cpu"},
+        }
+    ]
     path = memory_distribution(tmp_path, memory_provider, inference=inference, model_list=models()[:1])
     with serving(path) as server:
         http = httpx.Client(base_url=server.url, timeout=60)
-        assert http.post("/memory_banks/register", json={"bank_uuid": "b", "bank_name": "B", "config": {"index": "hnsw"}}).status_code == 200
+        assert (
+            http.post(
+                "/memory_banks/register", json={"bank_uuid": "b", "bank_name": "B", "config": {"index": "hnsw"}}
+            ).status_code
+            == 200
+        )
         docs = [document(key, text) for key, text in FACTS.items()]
         assert http.post("/memory_bank/insert", params={"bank_uuid": "b"}, json=docs).status_code == 200
         assert http.post("/memory_bank/delete", params={"bank_uuid": "b"}, json=["llamas"]).status_code == 200
@@ -592,7 +652,11 @@ def test_an_acknowledged_write_survives_kill_9(memory_provider, tmp_path):
         http = httpx.Client(base_url=server.url, timeout=60)
         got = http.post("/memory_bank/get", params={"bank_uuid": "b"}, json=["llamas", "volcano", "last"])
         assert [json.loads(line)["uuid"] for line in got.text.splitlines()] == ["volcano", "last"]
-        answer = http.post("/memory_bank/query", params={"bank_uuid": "b"}, json={"query": "When does the train to Vienna leave?", "k": 5})
+        answer = http.post(
+            "/memory_bank/query",
+            params={"bank_uuid": "b"},
+            json={"query": "When does the train to Vienna leave?", "k": 5},
+        )
         chunks = answer.json()["chunks"]
         assert chunks[0]["document_uuid"] == "last"
         assert "llamas" not in {c["document_uuid"] for c in chunks}
@@ -608,8 +672,14 @@ def test_the_local_distribution_serves_memory_banks_with_minilm(local_server):
     try:
         banks = {b["uuid"]: b for b in map(json.loads, http.get("/memory_banks/get").text.splitlines())}
         bank = banks["local-facts"]
-        assert (bank["embedding_model"], bank["embedding_dimension"], bank["index"]) == (MINILM, MINILM_DIMENSION, "flat")
-        answer = http.post("/memory_bank/query", params={"bank_uuid": "local-facts"}, json={"query": "How is bread made?", "k": 1})
+        assert (bank["embedding_model"], bank["embedding_dimension"], bank["index"]) == (
+            MINILM,
+            MINILM_DIMENSION,
+            "flat",
+        )
+        answer = http.post(
+            "/memory_bank/query", params={"bank_uuid": "local-facts"}, json={"query": "How is bread made?", "k": 1}
+        )
         assert answer.json()["chunks"][0]["document_uuid"] == "bread"
     finally:
         http.delete("/memory_banks/drop", params={"bank_uuid": "local-facts"})

@@ -7,6 +7,7 @@ Vectors are random unit vectors (no embedding model needed): what is under test 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -16,6 +17,7 @@ import numpy as np
 import psycopg
 import pytest
 from psycopg import sql
+from support import free_port
 
 from llama_stack.apis.errors import (
     BadRequestError,
@@ -29,7 +31,6 @@ from llama_stack.providers.remote.pgvector.config import PGVectorConfig
 from llama_stack.providers.remote.pgvector.store import PGVectorStore
 from llama_stack.providers.utils.memory.filters import matches, parse_filter
 from llama_stack.providers.utils.memory.store import BankRecord, StoredChunk, StoredDocument
-from support import free_port
 
 DIM = 16
 
@@ -40,16 +41,16 @@ def unit_vectors(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
 
 
 def bank(uuid_: str = "bank", dim: int = DIM, index: str = "flat", **kwargs: Any) -> BankRecord:
-    fields: dict[str, Any] = dict(
-        name=f"bank {uuid_}",
-        embedding_model="all-minilm-l6-v2",
-        embedding_dimension=dim,
-        chunk_size_tokens=256,
-        overlap_tokens=32,
-        index=index,
-        hybrid=False,
-        rerank_model=None,
-    )
+    fields: dict[str, Any] = {
+        "name": f"bank {uuid_}",
+        "embedding_model": "all-minilm-l6-v2",
+        "embedding_dimension": dim,
+        "chunk_size_tokens": 256,
+        "overlap_tokens": 32,
+        "index": index,
+        "hybrid": False,
+        "rerank_model": None,
+    }
     fields.update(kwargs)
     return BankRecord(uuid=uuid_, **fields)
 
@@ -57,7 +58,9 @@ def bank(uuid_: str = "bank", dim: int = DIM, index: str = "flat", **kwargs: Any
 def document(
     uuid_: str, texts: list[str], vectors: np.ndarray, metadata: dict[str, Any] | None = None
 ) -> StoredDocument:
-    chunks = [StoredChunk(index=i, text=t, vector=v.tolist()) for i, (t, v) in enumerate(zip(texts, vectors))]
+    chunks = [
+        StoredChunk(index=i, text=t, vector=v.tolist()) for i, (t, v) in enumerate(zip(texts, vectors, strict=True))
+    ]
     return StoredDocument(
         uuid=uuid_,
         content=" ".join(texts).encode(),
@@ -319,9 +322,9 @@ async def test_keyword_search_ranks_chunks_sharing_the_query_words(store: PGVect
 
     hits = await store.keyword_search("bank", "running foxes", 10, None)
     # english stemming: 'foxes' finds 'fox', 'running' finds 'run'; the chunk with both words ranks first.
-    assert [h.document_uuid for h in hits][0] == "fox"
+    assert next(h.document_uuid for h in hits) == "fox"
     assert {h.document_uuid for h in hits} == {"fox", "both", "dog"}
-    assert all(a.score >= b.score > 0 for a, b in zip(hits, hits[1:]))
+    assert all(a.score >= b.score > 0 for a, b in itertools.pairwise(hits))
     assert [h.document_uuid for h in await store.keyword_search("bank", "fox", 10, parse_filter({"kind": "both"}))] == [
         "both"
     ]
@@ -354,7 +357,7 @@ ORDERED = [v for v in SCALARS if not isinstance(v, bool) and v is not None]
 
 
 def random_metadata(rng: random.Random) -> dict[str, Any]:
-    return {key: rng.choice(VALUES) for key in KEYS + ["extra"] if rng.random() < 0.7}
+    return {key: rng.choice(VALUES) for key in [*KEYS, "extra"] if rng.random() < 0.7}
 
 
 def random_filter(rng: random.Random, depth: int = 0) -> dict[str, Any]:
@@ -363,7 +366,7 @@ def random_filter(rng: random.Random, depth: int = 0) -> dict[str, Any]:
         if depth < 2 and rng.random() < 0.3:
             raw[rng.choice(["$and", "$or"])] = [random_filter(rng, depth + 1) for _ in range(rng.randint(1, 3))]
             continue
-        key = rng.choice(KEYS + ["missing"])
+        key = rng.choice([*KEYS, "missing"])
         op = rng.choice(["eq", "$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin"])
         if op == "eq":
             raw[key] = rng.choice(SCALARS)
@@ -431,7 +434,7 @@ async def test_filters_with_nul_characters_follow_the_reference(store: PGVectorS
 async def test_sql_in_names_keys_and_values_is_only_data(
     store: PGVectorStore, db: psycopg.AsyncConnection[Any], prefix: str
 ):
-    evil = "x'); DROP TABLE {p}documents; --".format(p=prefix)
+    evil = f"x'); DROP TABLE {prefix}documents; --"
     key = "k' OR '1'='1"
     await store.create_bank(bank(evil, name=evil))
     vectors = unit_vectors(2)

@@ -11,10 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
-from llama_stack.client import LlamaStackClient
-from llama_stack.plugins import discover_providers
-from llama_stack.resolver import Stack
 from memory_support import (
     SharedSentenceTransformersPlugin,
     document,
@@ -24,6 +20,10 @@ from memory_support import (
     pgvector_provider,
 )
 from support import ReplayPlugin
+
+from llama_stack.client import LlamaStackClient
+from llama_stack.plugins import discover_providers
+from llama_stack.resolver import Stack
 
 RECALL_FLOOR = 0.8
 K = 3
@@ -36,10 +36,18 @@ def memory_registry():
 
 @pytest.mark.parametrize(
     ("backend", "config"),
-    [("faiss", {}), ("faiss", {"hybrid": True}), ("faiss", {"index": "hnsw"}), ("pgvector", {}), ("pgvector", {"hybrid": True})],
+    [
+        ("faiss", {}),
+        ("faiss", {"hybrid": True}),
+        ("faiss", {"index": "hnsw"}),
+        ("pgvector", {}),
+        ("pgvector", {"hybrid": True}),
+    ],
     ids=["faiss-flat", "faiss-hybrid", "faiss-hnsw", "pgvector-flat", "pgvector-hybrid"],
 )
-async def test_recall_at_3_over_the_corpus(backend: str, config: dict[str, Any], tmp_path, memory_registry, request, capsys):
+async def test_recall_at_3_over_the_corpus(
+    backend: str, config: dict[str, Any], tmp_path, memory_registry, request, capsys
+):
     corpus = load_corpus()
     provider = faiss_provider() if backend == "faiss" else pgvector_provider(request.getfixturevalue("postgres_uri"))
     path = memory_distribution(tmp_path, provider)

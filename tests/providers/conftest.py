@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from local_model_requests import SMOLLM2, TORCH_CUDA
 
 from llama_stack.apis.inspect import Model
 from llama_stack.apis.routes import Api
 from llama_stack.plugins import ProviderContext, build_provider, discover_providers
-from local_model_requests import SMOLLM2, TORCH_CUDA
-
 
 # What the behaviour suite (test_inference_behaviour.py) runs against: test id -> (provider type, config).
 # inline::torch runs in float32 and in bfloat16 on the CPU and, where torch sees a GPU, on CUDA in its

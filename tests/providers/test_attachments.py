@@ -40,7 +40,9 @@ async def inline_one(attachment: Attachment, config: AttachmentConfig | None = N
     return inlined.inline(attachment, where)
 
 
-async def refused(attachment: Attachment, config: AttachmentConfig | None = None, where: str = "content") -> BadRequestError:
+async def refused(
+    attachment: Attachment, config: AttachmentConfig | None = None, where: str = "content"
+) -> BadRequestError:
     with pytest.raises(BadRequestError) as error:
         await inline_one(attachment, config, where)
     assert error.value.status == 400
@@ -53,7 +55,10 @@ async def refused(attachment: Attachment, config: AttachmentConfig | None = None
 
 
 async def test_a_base64_data_url_is_inlined_with_a_header():
-    assert await inline_one(att(data_url(TEXT))) == f"[Attachment: data:text/plain (inline) (text/plain)]\n{TEXT}\n[End of attachment]"
+    assert (
+        await inline_one(att(data_url(TEXT)))
+        == f"[Attachment: data:text/plain (inline) (text/plain)]\n{TEXT}\n[End of attachment]"
+    )
 
 
 async def test_a_percent_encoded_data_url():
@@ -64,8 +69,13 @@ async def test_a_percent_encoded_data_url():
 
 async def test_json_and_charsets():
     assert '\n{"a": 1}\n' in await inline_one(att(data_url('{"a": 1}', "application/json"), "application/json"))
-    assert "\ncaf\u00e9\n" in await inline_one(att(data_url("caf\u00e9".encode("latin-1")), "text/plain; charset=latin-1"))
-    assert await inline_one(att(data_url("\ufeffbom"))) == "[Attachment: data:text/plain (inline) (text/plain)]\nbom\n[End of attachment]"
+    assert "\ncaf\u00e9\n" in await inline_one(
+        att(data_url("caf\u00e9".encode("latin-1")), "text/plain; charset=latin-1")
+    )
+    assert (
+        await inline_one(att(data_url("\ufeffbom")))
+        == "[Attachment: data:text/plain (inline) (text/plain)]\nbom\n[End of attachment]"
+    )
 
 
 async def test_bad_data_urls():
@@ -79,7 +89,10 @@ async def test_the_size_limit_applies_to_data_urls():
     config = AttachmentConfig(max_bytes=10)
     assert "\n0123456789\n" in await inline_one(att(data_url("0123456789")), config)
     for url in (data_url("0123456789A"), "data:,0123456789A"):
-        assert "larger" in (await refused(att(url), config)).message and "max_bytes" in (await refused(att(url), config)).message
+        assert (
+            "larger" in (await refused(att(url), config)).message
+            and "max_bytes" in (await refused(att(url), config)).message
+        )
 
 
 # -- what is not text -------------------------------------------------------------------------------------
@@ -100,7 +113,14 @@ async def test_binary_attachments_are_refused(mime):
 
 
 def test_text_mime_types():
-    for mime in ("text/plain", "text/markdown; charset=utf-8", "application/json", "application/ld+json", "application/xml", "application/yaml"):
+    for mime in (
+        "text/plain",
+        "text/markdown; charset=utf-8",
+        "application/json",
+        "application/ld+json",
+        "application/xml",
+        "application/yaml",
+    ):
         assert is_text_mime_type(mime), mime
     for mime in ("image/png", "application/pdf", "application/octet-stream", ""):
         assert not is_text_mime_type(mime), mime
@@ -134,7 +154,9 @@ async def test_a_file_inside_a_root(roots):
     text = await inline_one(att((inside / "notes.txt").as_uri()), config)
     assert text == f"[Attachment: {(inside / 'notes.txt').as_uri()} (text/plain)]\n{TEXT}\n[End of attachment]"
     assert "\n# Deep\n" in await inline_one(att((inside / "sub" / "deep file.md").as_uri(), "text/markdown"), config)
-    assert "\n# Deep\n" in await inline_one(att("file://localhost" + urllib.parse.quote(str(inside / "sub" / "deep file.md"))), config)
+    assert "\n# Deep\n" in await inline_one(
+        att("file://localhost" + urllib.parse.quote(str(inside / "sub" / "deep file.md"))), config
+    )
 
 
 async def test_files_outside_the_roots_are_refused(roots):
@@ -155,7 +177,12 @@ async def test_file_errors(roots, tmp_path):
     assert "does not exist" in (await refused(att((inside / "missing.txt").as_uri()), config)).message
     assert "not a regular file" in (await refused(att((inside / "sub").as_uri()), config)).message
     assert "local file" in (await refused(att("file://example.com/etc/passwd"), config)).message
-    assert "larger" in (await refused(att((inside / "notes.txt").as_uri()), AttachmentConfig(file_roots=[inside], max_bytes=5))).message
+    assert (
+        "larger"
+        in (
+            await refused(att((inside / "notes.txt").as_uri()), AttachmentConfig(file_roots=[inside], max_bytes=5))
+        ).message
+    )
 
 
 async def test_a_root_reached_through_a_symlink(tmp_path, roots):
@@ -234,19 +261,30 @@ def server():
 
 
 async def test_http_text_and_json(server):
-    assert await inline_one(att(f"{server}/notes.txt"), LOCAL) == f"[Attachment: {server}/notes.txt (text/plain)]\n{TEXT}\n[End of attachment]"
+    assert (
+        await inline_one(att(f"{server}/notes.txt"), LOCAL)
+        == f"[Attachment: {server}/notes.txt (text/plain)]\n{TEXT}\n[End of attachment]"
+    )
     assert '\n{"city": "Paris"}\n' in await inline_one(att(f"{server}/data.json", "application/json"), LOCAL)
-    assert TEXT in await inline_one(att(f"{server}/octet"), LOCAL)  # the declared type decides, unless the server says image
+    assert TEXT in await inline_one(
+        att(f"{server}/octet"), LOCAL
+    )  # the declared type decides, unless the server says image
     assert TEXT in await inline_one(att(f"{server}/redirect"), LOCAL)
 
 
 async def test_http_errors(server):
     assert "failed" in (await refused(att(f"{server}/missing.txt"), LOCAL)).message
     assert "text-only" in (await refused(att(f"{server}/cat.png"), LOCAL)).message
-    assert "5000 bytes" in (await refused(att(f"{server}/big"), AttachmentConfig(max_bytes=4096, **FROM_LOCAL_SERVER))).message
+    assert (
+        "5000 bytes"
+        in (await refused(att(f"{server}/big"), AttachmentConfig(max_bytes=4096, **FROM_LOCAL_SERVER))).message
+    )
     closed = f"http://127.0.0.1:{_closed_port()}/x.txt"
     assert "failed" in (await refused(att(closed), LOCAL)).message
-    assert "disabled on this server" in (await refused(att(f"{server}/notes.txt"), AttachmentConfig(allow_http=False))).message
+    assert (
+        "disabled on this server"
+        in (await refused(att(f"{server}/notes.txt"), AttachmentConfig(allow_http=False))).message
+    )
 
 
 async def test_the_size_limit_is_enforced_while_the_body_streams(server):
@@ -328,4 +366,3 @@ def test_config_is_strict_and_documented():
         AttachmentConfig(max_bytes=0)
     assert AttachmentConfig().max_bytes == 1024 * 1024 and AttachmentConfig().file_roots == []
     assert all(field.description for field in AttachmentConfig.model_fields.values())
-

@@ -50,7 +50,11 @@ WEATHER = {
 ADD = {
     "tool_name": "add",
     "description": "Add two numbers",
-    "parameters": {"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}, "required": ["a", "b"]},
+    "parameters": {
+        "type": "object",
+        "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
+        "required": ["a", "b"],
+    },
 }
 
 
@@ -96,7 +100,9 @@ async def test_paris_with_a_system_message(paris):
 
 async def test_usage_counts_tokens(local_provider, paris):
     assert paris.usage.completion_tokens >= 3
-    longer = await local_provider.chat_completion(chat(QUESTION + " Please answer in one short sentence, thank you.", max_tokens=1))
+    longer = await local_provider.chat_completion(
+        chat(QUESTION + " Please answer in one short sentence, thank you.", max_tokens=1)
+    )
     assert longer.usage.prompt_tokens > paris.usage.prompt_tokens > 5
     assert longer.usage.completion_tokens == 1
 
@@ -163,7 +169,9 @@ async def test_seeded_sampling_is_repeatable(local_provider):
 
 
 async def test_top_k_one_is_greedy(local_provider, paris):
-    answer = await local_provider.chat_completion(chat(sampling_params={"strategy": "top_k", "temperature": 1.0, "top_k": 1, "seed": 3}))
+    answer = await local_provider.chat_completion(
+        chat(sampling_params={"strategy": "top_k", "temperature": 1.0, "top_k": 1, "seed": 3})
+    )
     assert answer.content == paris.content
 
 
@@ -178,7 +186,11 @@ async def test_repetition_penalty_changes_a_repetitive_answer(local_provider):
 
 async def test_frequency_and_presence_penalties_count_the_answer(local_provider):
     async def answer(**sampling: float) -> str:
-        return (await local_provider.completion(completion("1, 2, 1, 2, 1, 2, 1, 2,", max_tokens=16, sampling_params=sampling))).content
+        return (
+            await local_provider.completion(
+                completion("1, 2, 1, 2, 1, 2, 1, 2,", max_tokens=16, sampling_params=sampling)
+            )
+        ).content
 
     plain = await answer()
     assert plain.startswith(" 1, 2, 1, 2")
@@ -213,7 +225,9 @@ async def test_logit_bias_bans_and_forces_tokens(local_provider, paris, token_id
     assert " Paris" in paris.content
     banned = await local_provider.chat_completion(chat(sampling_params={"logit_bias": {token_id(" Paris"): -100}}))
     assert " Paris" not in banned.content and banned.content != paris.content
-    forced = await local_provider.completion(completion(max_tokens=3, sampling_params={"logit_bias": {token_id(" banana"): 100}}))
+    forced = await local_provider.completion(
+        completion(max_tokens=3, sampling_params={"logit_bias": {token_id(" banana"): 100}})
+    )
     assert forced.content == " banana banana banana"
     with pytest.raises(BadRequestError) as outside:
         await local_provider.completion(completion(sampling_params={"logit_bias": {10**7: 1}}))
@@ -249,7 +263,7 @@ async def test_chat_logprobs(local_provider, paris):
     assert joined(chunks) == answer.content
     streamed = streamed_logprobs(chunks)
     assert [e.token for e in streamed] == [e.token for e in entries]
-    assert all(math.isclose(a.logprob, b.logprob, abs_tol=1e-4) for a, b in zip(streamed, entries))
+    assert all(math.isclose(a.logprob, b.logprob, abs_tol=1e-4) for a, b in zip(streamed, entries, strict=True))
     for chunk in chunks:  # each chunk carries the logprobs of its own tokens
         if chunk.text_delta:
             assert "".join(e.token for e in chunk.logprobs.content) == chunk.text_delta
@@ -265,7 +279,9 @@ async def test_logprobs_without_alternatives_and_for_completions(local_provider)
     assert len(sampled.logprobs.content) == sampled.usage.completion_tokens == 6
     check_entries(sampled.logprobs.content, 5, greedy=False)
     assert "".join(e.token for e in sampled.logprobs.content) == sampled.content
-    chunks = await collect(await local_provider.completion(completion(logprobs=True, top_logprobs=2, max_tokens=5, stream=True)))
+    chunks = await collect(
+        await local_provider.completion(completion(logprobs=True, top_logprobs=2, max_tokens=5, stream=True))
+    )
     assert len(streamed_logprobs(chunks)) == 5
     check_entries(streamed_logprobs(chunks), 2)
 
@@ -287,12 +303,16 @@ async def test_prompt_logprobs_score_the_prompt(local_provider):
     assert math.isclose(last.logprob, next_token.logprob, abs_tol=0.05)
     assert [a.token for a in last.top_logprobs] == [a.token for a in next_token.top_logprobs]
     # Generation after scoring is the generation without it (llama-cpp starts it from the scored prompt's cache).
-    asked = dict(max_tokens=4, logprobs=True, top_logprobs=2)
+    asked = {"max_tokens": 4, "logprobs": True, "top_logprobs": 2}
     plain = await local_provider.completion(completion(prompt, **asked))
     both = await local_provider.completion(completion(prompt, prompt_logprobs=0, **asked))
     assert both.content == plain.content and both.usage == plain.usage
-    assert [e.logprob for e in both.logprobs.content] == pytest.approx([e.logprob for e in plain.logprobs.content], abs=1e-4)
-    assert [[a.token for a in e.top_logprobs] for e in both.logprobs.content] == [[a.token for a in e.top_logprobs] for e in plain.logprobs.content]
+    assert [e.logprob for e in both.logprobs.content] == pytest.approx(
+        [e.logprob for e in plain.logprobs.content], abs=1e-4
+    )
+    assert [[a.token for a in e.top_logprobs] for e in both.logprobs.content] == [
+        [a.token for a in e.top_logprobs] for e in plain.logprobs.content
+    ]
 
     # What the model expects scores higher than what it does not; each prompt of a batch is scored.
     sensible, odd = STORY + " Paris.", STORY + " a banana."
@@ -303,7 +323,9 @@ async def test_prompt_logprobs_score_the_prompt(local_provider):
     tails = [sum(e.logprob for e in r.prompt_logprobs[len(entries) - 1 :]) for r in batch]
     assert tails[0] > tails[1] + 5
     assert all(e.top_logprobs == [] for r in batch for e in r.prompt_logprobs)
-    assert (await local_provider.completion(completion(prompt, max_tokens=1))).prompt_logprobs is None  # only when asked
+    assert (
+        await local_provider.completion(completion(prompt, max_tokens=1))
+    ).prompt_logprobs is None  # only when asked
 
 
 # -- batches -------------------------------------------------------------------------------------------------
@@ -312,7 +334,9 @@ async def test_prompt_logprobs_score_the_prompt(local_provider):
 async def test_batch_completion_keeps_the_order(local_provider):
     prompts = [STORY, "1, 2, 3, 4,", "The capital of Italy is"]
     one_by_one = [await local_provider.completion(completion(p, max_tokens=6)) for p in prompts]
-    batch = await local_provider.batch_completion(BatchCompletionRequest(model=MODEL, content_batch=prompts, max_tokens=6))
+    batch = await local_provider.batch_completion(
+        BatchCompletionRequest(model=MODEL, content_batch=prompts, max_tokens=6)
+    )
     assert [r.content for r in batch] == [r.content for r in one_by_one]
     assert len({r.content for r in batch}) == 3
     assert all(r.stop_reason == StopReason.max_tokens and r.usage.completion_tokens == 6 for r in batch)
@@ -340,7 +364,9 @@ CITY = {
 
 
 async def test_json_object_response_format(local_provider):
-    answer = await local_provider.chat_completion(chat(QUESTION + " Answer in JSON.", response_format={"type": "json_object"}, max_tokens=200))
+    answer = await local_provider.chat_completion(
+        chat(QUESTION + " Answer in JSON.", response_format={"type": "json_object"}, max_tokens=200)
+    )
     assert answer.stop_reason == StopReason.finished_ok
     assert isinstance(check_json(answer.content, {"type": "object"}), dict)
 
@@ -353,8 +379,14 @@ async def test_json_schema_response_format(local_provider):
     assert value["city"] == "Paris"
     chunks = await collect(await local_provider.chat_completion(request.model_copy(update={"stream": True})))
     assert joined(chunks) == answer.content
-    numbers = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "boolean"}}, "required": ["a", "b"]}
-    raw = await local_provider.completion(completion("Some JSON:", response_format={"type": "json_schema", "json_schema": numbers}, max_tokens=200))
+    numbers = {
+        "type": "object",
+        "properties": {"a": {"type": "integer"}, "b": {"type": "boolean"}},
+        "required": ["a", "b"],
+    }
+    raw = await local_provider.completion(
+        completion("Some JSON:", response_format={"type": "json_schema", "json_schema": numbers}, max_tokens=200)
+    )
     check_json(raw.content, numbers)
 
 
@@ -369,16 +401,22 @@ async def test_a_forced_tool_call_end_to_end(local_provider):
 
     chunks = await collect(await local_provider.chat_completion(request.model_copy(update={"stream": True})))
     calls = [c for c in chunks if c.tool_call is not None]
-    assert [(c.tool_call.tool_name, c.tool_call.arguments, c.tool_call_index, c.text_delta) for c in calls] == [("get_weather", {"city": "Paris"}, 0, "")]
+    assert [(c.tool_call.tool_name, c.tool_call.arguments, c.tool_call_index, c.text_delta) for c in calls] == [
+        ("get_weather", {"city": "Paris"}, 0, "")
+    ]
     # Every call has an id of its own: the same call asked again is another call.
     assert calls[0].tool_call.call_id.startswith("call_") and calls[0].tool_call.call_id != answer.tool_calls[0].call_id
     assert joined(chunks) == "" and chunks[-1].stop_reason == StopReason.finished_ok and chunks[-1].tool_call is None
 
 
 async def test_the_model_picks_the_tool_that_fits(local_provider):
-    answer = await local_provider.chat_completion(chat("What is 2 plus 3?", available_tools=[WEATHER, ADD], tool_choice="required"))
+    answer = await local_provider.chat_completion(
+        chat("What is 2 plus 3?", available_tools=[WEATHER, ADD], tool_choice="required")
+    )
     assert [(c.tool_name, c.arguments) for c in answer.tool_calls] == [("add", {"a": 2, "b": 3})]
-    named = await local_provider.chat_completion(chat("What is the weather in Rome?", available_tools=[WEATHER, ADD], tool_choice="get_weather"))
+    named = await local_provider.chat_completion(
+        chat("What is the weather in Rome?", available_tools=[WEATHER, ADD], tool_choice="get_weather")
+    )
     assert [(c.tool_name, c.arguments) for c in named.tool_calls] == [("get_weather", {"city": "Rome"})]
 
 
@@ -390,7 +428,11 @@ async def test_tool_choice_none_offers_no_tools(local_provider, paris):
 async def test_tool_results_are_rendered_back_and_answered(local_provider):
     history = [
         {"role": "user", "content": "What is the weather in Paris?"},
-        {"role": "assistant", "content": "", "tool_calls": [{"tool_name": "get_weather", "arguments": {"city": "Paris"}, "call_id": "call_0"}]},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"tool_name": "get_weather", "arguments": {"city": "Paris"}, "call_id": "call_0"}],
+        },
     ]
     tool_message = {"role": "tool", "content": "18 degrees Celsius and sunny"}
     request = ChatCompletionRequest(
@@ -405,7 +447,9 @@ async def test_tool_results_are_rendered_back_and_answered(local_provider):
     responses = {
         "role": "user",
         "content": "",
-        "tool_responses": [{"tool_name": "get_weather", "content": "minus 4 degrees and heavy snow", "call_id": "call_0"}],
+        "tool_responses": [
+            {"tool_name": "get_weather", "content": "minus 4 degrees and heavy snow", "call_id": "call_0"}
+        ],
     }
     request = ChatCompletionRequest(
         model=MODEL,
@@ -428,7 +472,9 @@ async def test_a_text_attachment_is_read(local_provider):
     document = {"url": data_url("The secret code is 4721."), "mime_type": "text/plain"}
     answer = await local_provider.chat_completion(chat(["What is the secret code in this document?", document]))
     assert "4721" in answer.content
-    answer = await local_provider.completion(completion([document, "\nQuestion: What is the secret code?\nAnswer: The secret code is"], max_tokens=8))
+    answer = await local_provider.completion(
+        completion([document, "\nQuestion: What is the secret code?\nAnswer: The secret code is"], max_tokens=8)
+    )
     assert "4721" in answer.content
 
 
@@ -438,7 +484,10 @@ async def test_an_image_for_a_text_only_model_is_a_bad_request(local_provider):
         (chat(["What is in this picture?", image]), local_provider.chat_completion),
         (chat(["What is in this picture?", image], stream=True), local_provider.chat_completion),
         (completion(image), local_provider.completion),
-        (BatchChatCompletionRequest(model=MODEL, batch_dialogs=[dialog(), dialog(image)]), local_provider.batch_chat_completion),
+        (
+            BatchChatCompletionRequest(model=MODEL, batch_dialogs=[dialog(), dialog(image)]),
+            local_provider.batch_chat_completion,
+        ),
     ]:
         with pytest.raises(BadRequestError) as error:
             await method(request)  # a stream is refused before it starts

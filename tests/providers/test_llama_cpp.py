@@ -21,14 +21,28 @@ import pytest
 
 pytest.importorskip("llama_cpp", reason="inline::llama-cpp needs llama-cpp-python")
 
-from llama_stack.apis.common import StopReason  # noqa: E402
-from llama_stack.apis.errors import (  # noqa: E402
+from local_model_requests import (
+    ENDLESS,
+    GERMANY,
+    MODEL,
+    PROMPTLY_S,
+    QUESTION,
+    SMOLLM2,
+    SYSTEM,
+    chat,
+    collect,
+    dialog,
+    endless,
+)
+
+from llama_stack.apis.common import StopReason
+from llama_stack.apis.errors import (
     BadRequestError,
     ConflictError,
     NotFoundError,
     ServiceUnavailableError,
 )
-from llama_stack.apis.inference import (  # noqa: E402
+from llama_stack.apis.inference import (
     BatchChatCompletionRequest,
     BatchCompletionRequest,
     ChatCompletionRequest,
@@ -38,19 +52,13 @@ from llama_stack.apis.inference import (  # noqa: E402
     CompletionResponse,
     CompletionResponseStreamChunk,
 )
-from llama_stack.apis.inspect import Model  # noqa: E402
-from llama_stack.plugins import ProviderContext  # noqa: E402
-from llama_stack.providers.inline.llama_cpp.config import LlamaCppConfig  # noqa: E402
-from llama_stack.providers.utils.gguf import resolve_gguf  # noqa: E402
-from llama_stack.providers.inline.llama_cpp.provider import LlamaCppInference, build  # noqa: E402
-from local_model_requests import (  # noqa: E402
-    ENDLESS, GERMANY, MODEL, PROMPTLY_S, QUESTION, SMOLLM2, SYSTEM, chat, collect, dialog, endless,
-)
+from llama_stack.apis.inspect import Model
+from llama_stack.plugins import ProviderContext
+from llama_stack.providers.inline.llama_cpp.config import LlamaCppConfig
+from llama_stack.providers.inline.llama_cpp.provider import LlamaCppInference, build
+from llama_stack.providers.utils.gguf import resolve_gguf
 
 pytestmark = pytest.mark.slow
-
-
-
 
 
 async def new_provider(
@@ -163,7 +171,9 @@ async def test_completion(provider):
     assert "Paris" in answer.content
     assert answer.stop_reason == StopReason.max_tokens
 
-    chunks = await collect(await provider.completion(CompletionRequest(model=MODEL, content=ENDLESS, max_tokens=4, stream=True)))
+    chunks = await collect(
+        await provider.completion(CompletionRequest(model=MODEL, content=ENDLESS, max_tokens=4, stream=True))
+    )
     assert all(isinstance(c, CompletionResponseStreamChunk) for c in chunks)
     assert [c.stop_reason for c in chunks[:-1]] == [None] * (len(chunks) - 1)
     assert chunks[-1].stop_reason == StopReason.max_tokens
@@ -172,7 +182,9 @@ async def test_completion(provider):
 
 async def test_content_as_a_list_of_strings(provider):
     whole = await provider.completion(CompletionRequest(model=MODEL, content=ENDLESS, max_tokens=4))
-    parts = await provider.completion(CompletionRequest(model=MODEL, content=["The capital", " of France is"], max_tokens=4))
+    parts = await provider.completion(
+        CompletionRequest(model=MODEL, content=["The capital", " of France is"], max_tokens=4)
+    )
     assert parts.content == whole.content
 
 
@@ -222,7 +234,10 @@ async def test_an_unknown_model_names_the_served_ones(provider):
         ({"$ref": "https://example.com/schema.json"}, "Fetching remote schemas is not allowed"),
         ({"type": "object", "properties": {"a": {"type": "strin"}}}, "Unrecognized schema"),
         ({"type": "string", "pattern": "^(?=a)b$"}, "Unsupported pattern syntax"),
-        ({"type": "object", "properties": {"age": {"type": "integer", "minimum": 0}}}, "#/properties/age: 'minimum' is not enforced"),
+        (
+            {"type": "object", "properties": {"age": {"type": "integer", "minimum": 0}}},
+            "#/properties/age: 'minimum' is not enforced",
+        ),
     ],
 )
 async def test_a_schema_llama_cpp_cannot_express_is_a_bad_request(provider, schema, reason):
@@ -231,11 +246,16 @@ async def test_a_schema_llama_cpp_cannot_express_is_a_bad_request(provider, sche
         (chat(response_format=response_format), provider.chat_completion),
         (chat(response_format=response_format, stream=True), provider.chat_completion),
         (CompletionRequest(model=MODEL, content="x", response_format=response_format), provider.completion),
-        (BatchCompletionRequest(model=MODEL, content_batch=["x"], response_format=response_format), provider.batch_completion),
+        (
+            BatchCompletionRequest(model=MODEL, content_batch=["x"], response_format=response_format),
+            provider.batch_completion,
+        ),
     ]:
         with pytest.raises(BadRequestError) as error:
             await method(request)
-        assert error.value.message.startswith("response_format.json_schema: llama.cpp cannot turn this JSON schema into a grammar")
+        assert error.value.message.startswith(
+            "response_format.json_schema: llama.cpp cannot turn this JSON schema into a grammar"
+        )
         assert reason in error.value.message
 
 
@@ -251,7 +271,9 @@ async def test_a_forced_call_to_a_tool_with_an_unusable_schema_is_a_bad_request(
 async def test_logprobs_need_no_logits_for_every_position(provider):
     slot = provider._slots[MODEL]
     assert slot.loaded.logits_all is False  # no n_ctx x n_vocab logits kept for every request (in the engine process)
-    answer = await provider.completion(CompletionRequest(model=MODEL, content=ENDLESS, max_tokens=3, logprobs=True, top_logprobs=20))
+    answer = await provider.completion(
+        CompletionRequest(model=MODEL, content=ENDLESS, max_tokens=3, logprobs=True, top_logprobs=20)
+    )
     assert [len(e.top_logprobs) for e in answer.logprobs.content] == [20, 20, 20]
     # The alternatives are the model's distribution: their probabilities sum to at most 1.
     assert 0.5 < sum(math.exp(a.logprob) for a in answer.logprobs.content[0].top_logprobs) <= 1.0 + 1e-6
@@ -284,10 +306,15 @@ async def test_file_attachments_within_the_configured_roots(with_files, tmp_path
     outside.write_text("elsewhere")
     with pytest.raises(BadRequestError) as error:
         await impl.chat_completion(chat(["Read this.", {"url": outside.as_uri(), "mime_type": "text/plain"}]))
-    assert error.value.message.startswith("dialog.message.content[1]: file ") and "outside the folders" in error.value.message
+    assert (
+        error.value.message.startswith("dialog.message.content[1]: file ")
+        and "outside the folders" in error.value.message
+    )
     (folder / "big.txt").write_text("x" * 1001)
     with pytest.raises(BadRequestError, match="max_bytes"):
-        await impl.completion(CompletionRequest(model=MODEL, content={"url": (folder / "big.txt").as_uri(), "mime_type": "text/plain"}))
+        await impl.completion(
+            CompletionRequest(model=MODEL, content={"url": (folder / "big.txt").as_uri(), "mime_type": "text/plain"})
+        )
     # The default config reads no files at all.
     from llama_stack.apis.common import Attachment
     from llama_stack.providers.utils.inference.attachments import AttachmentInliner
@@ -326,7 +353,9 @@ async def test_registering_a_missing_file_or_distribution(provider, tmp_path):
 async def test_registering_a_model_again(provider):
     await provider.register_model(Model(model_id=MODEL, provider_id="llama-cpp", provider_model_id=SMOLLM2))
     with pytest.raises(ConflictError, match="already registered"):
-        await provider.register_model(Model(model_id=MODEL, provider_id="llama-cpp", provider_model_id="/elsewhere.gguf"))
+        await provider.register_model(
+            Model(model_id=MODEL, provider_id="llama-cpp", provider_model_id="/elsewhere.gguf")
+        )
 
 
 # -- queueing, concurrency, cancellation ------------------------------------------------------------------
@@ -496,26 +525,45 @@ def test_llama3_tools_are_offered_once_through_the_template(provider, template):
     history = [
         {"role": "system", "content": SYSTEM},
         {"role": "user", "content": "Weather?"},
-        {"role": "assistant", "content": "", "tool_calls": [{"tool_name": "web_search", "arguments": {"query": "weather"}}]},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"tool_name": "web_search", "arguments": {"query": "weather"}}],
+        },
     ]
-    followup = ChatCompletionRequest(model=MODEL, dialog={"message": {"role": "tool", "content": "sunny"}, "message_history": history})
+    followup = ChatCompletionRequest(
+        model=MODEL, dialog={"message": {"role": "tool", "content": "sunny"}, "message_history": history}
+    )
     prompt = slot.render(followup.dialog, followup, InlinedAttachments(), "dialog")
     assert '<|python_tag|>brave_search.call(query="weather")<|eot_id|>' in prompt
-    assert prompt.endswith("<|start_header_id|>ipython<|end_header_id|>\n\nsunny<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n")
+    assert prompt.endswith(
+        "<|start_header_id|>ipython<|end_header_id|>\n\nsunny<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n"
+    )
 
 
 async def test_a_template_that_refuses_a_dialog_is_a_bad_request(provider, monkeypatch):
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    strict = "{% if messages[-1]['role'] != 'user' %}{{ raise_exception('the last message must be the user') }}{% endif %}x"
+    strict = (
+        "{% if messages[-1]['role'] != 'user' %}{{ raise_exception('the last message must be the user') }}{% endif %}x"
+    )
     slot = provider._slots[MODEL]
     monkeypatch.setattr(slot, "formatter", Jinja2ChatFormatter(template=strict, eos_token="", bos_token=""))
     with pytest.raises(BadRequestError, match="chat template refused dialog: the last message must be the user"):
-        await provider.chat_completion(ChatCompletionRequest(model=MODEL, dialog={"message": {"role": "assistant", "content": "x"}}))
+        await provider.chat_completion(
+            ChatCompletionRequest(model=MODEL, dialog={"message": {"role": "assistant", "content": "x"}})
+        )
 
 
 async def test_a_streamed_tool_call_with_logprobs_keeps_every_entry(provider):
-    request = chat("What is the weather in Paris?", available_tools=[WEATHER], tool_choice="required", logprobs=True, top_logprobs=1, stream=True)
+    request = chat(
+        "What is the weather in Paris?",
+        available_tools=[WEATHER],
+        tool_choice="required",
+        logprobs=True,
+        top_logprobs=1,
+        stream=True,
+    )
     chunks = await collect(await provider.chat_completion(request))
     calls = [c for c in chunks if c.tool_call]
     assert [(c.tool_call.tool_name, c.tool_call.arguments) for c in calls] == [("get_weather", {"city": "Paris"})]

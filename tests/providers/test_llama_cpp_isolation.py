@@ -25,18 +25,19 @@ import pytest
 
 pytest.importorskip("llama_cpp", reason="inline::llama-cpp needs llama-cpp-python")
 
-from llama_stack.apis.errors import BadRequestError, NotFoundError, ProviderError, ServiceUnavailableError  # noqa: E402
-from llama_stack.apis.inference import ChatCompletionRequest, SamplingParams  # noqa: E402
-from llama_stack.apis.inspect import Model  # noqa: E402
-from llama_stack.plugins import ProviderContext  # noqa: E402
-from llama_stack.providers.inline.llama_cpp.config import LlamaCppConfig  # noqa: E402
-from llama_stack.providers.inline.llama_cpp.provider import LlamaCppInference, build  # noqa: E402
-from llama_stack.providers.utils.inference import structured  # noqa: E402
-from llama_stack.providers.utils.model_worker import Job, ModelWorker  # noqa: E402
-from llama_stack.providers.utils.process_supervisor import SupervisedWorker  # noqa: E402
-from llama_stack.providers.utils.process_worker import EngineError  # noqa: E402
-from local_model_requests import ENDLESS, MODEL, PROMPTLY_S, SMOLLM2, chat, collect, dialog, endless  # noqa: E402
-from support import serving  # noqa: E402
+from local_model_requests import ENDLESS, MODEL, PROMPTLY_S, SMOLLM2, chat, collect, dialog, endless
+from support import serving
+
+from llama_stack.apis.errors import BadRequestError, NotFoundError, ProviderError, ServiceUnavailableError
+from llama_stack.apis.inference import ChatCompletionRequest, SamplingParams
+from llama_stack.apis.inspect import Model
+from llama_stack.plugins import ProviderContext
+from llama_stack.providers.inline.llama_cpp.config import LlamaCppConfig
+from llama_stack.providers.inline.llama_cpp.provider import LlamaCppInference, build
+from llama_stack.providers.utils.inference import structured
+from llama_stack.providers.utils.model_worker import Job, ModelWorker
+from llama_stack.providers.utils.process_supervisor import SupervisedWorker
+from llama_stack.providers.utils.process_worker import EngineError
 
 CRASHED = "llama.cpp crashed"
 # An answer after a crash waits for the model's reload (a second or two here, far more on a busy machine).
@@ -134,7 +135,10 @@ async def test_a_schema_that_crashes_the_grammar_parser_is_a_bad_request(provide
     engine = engine_pid(provider)
     vocabulary = provider._slots[MODEL].vocabulary
     many = {"type": "array", "items": {"type": "integer"}, "maxItems": 100000}
-    tool = {"tool_name": "record", "parameters": {"type": "object", "properties": {"values": many}, "required": ["values"]}}
+    tool = {
+        "tool_name": "record",
+        "parameters": {"type": "object", "properties": {"values": many}, "required": ["values"]},
+    }
     cases = [
         (chat(response_format={"type": "json_schema", "json_schema": many}), "response_format.json_schema"),
         (chat(available_tools=[tool], tool_choice="required"), "tool_choice"),
@@ -143,12 +147,16 @@ async def test_a_schema_that_crashes_the_grammar_parser_is_a_bad_request(provide
         crashed = vocabulary.pid
         with pytest.raises(BadRequestError) as error:
             await provider.chat_completion(request)
-        assert error.value.message.startswith(f"{field}: llama.cpp crashed parsing the grammar made from this JSON schema")
+        assert error.value.message.startswith(
+            f"{field}: llama.cpp crashed parsing the grammar made from this JSON schema"
+        )
         assert error.value.details[0]["loc"] == field
         assert not _alive(crashed)
 
     short = {"type": "object", "properties": {"capital": {"type": "string"}}, "required": ["capital"]}
-    answer = await provider.chat_completion(chat(response_format={"type": "json_schema", "json_schema": short}, max_tokens=32))
+    answer = await provider.chat_completion(
+        chat(response_format={"type": "json_schema", "json_schema": short}, max_tokens=32)
+    )
     assert list(json.loads(answer.content)) == ["capital"]  # its grammar checked by the reloaded vocabulary process
     await answers_paris(provider, paris)
     assert engine_pid(provider) == engine  # the generations were never touched
@@ -319,7 +327,12 @@ def open_fake_engine(name: str) -> tuple[dict[str, Any], Any]:
 async def fake_engine():
     worker = ModelWorker("fake", "fake-provider", "fake", 4, lambda job, fn, *args: fn(job, *args))
     engine = SupervisedWorker(
-        engine="the fake engine", model_id="fake", provider_id="fake-provider", opener=open_fake_engine, argument="x", worker=worker
+        engine="the fake engine",
+        model_id="fake",
+        provider_id="fake-provider",
+        opener=open_fake_engine,
+        argument="x",
+        worker=worker,
     )
     facts = await asyncio.to_thread(engine.start)
     assert facts["name"] == "x" and facts["pid"] == engine.pid
@@ -336,7 +349,9 @@ async def test_crashes_in_a_row_back_off_then_the_engine_is_reloaded(fake_engine
         return await worker.run(engine.run, engine.epoch, kind, payload)
 
     for _ in range(2):  # the first crash reloads at once; the second in a row waits a second
-        with pytest.raises(ProviderError, match=r"^model 'fake' of fake-provider: the fake engine crashed \(killed by SIGABRT\)"):
+        with pytest.raises(
+            ProviderError, match=r"^model 'fake' of fake-provider: the fake engine crashed \(killed by SIGABRT\)"
+        ):
             await run("abort")
     with pytest.raises(ServiceUnavailableError) as error:
         await run("echo", 1)
@@ -359,7 +374,9 @@ async def test_crashes_in_a_row_back_off_then_the_engine_is_reloaded(fake_engine
 async def test_the_engines_exceptions_come_back_by_type(fake_engine):
     worker, engine = fake_engine
     with pytest.raises(ValueError, match="^Requested tokens"):  # built-in exceptions keep their type
-        await worker.run(engine.run, engine.epoch, "raise", ValueError("Requested tokens (9) exceed context window of 8"))
+        await worker.run(
+            engine.run, engine.epoch, "raise", ValueError("Requested tokens (9) exceed context window of 8")
+        )
     with pytest.raises(EngineError) as error:  # others are named
         await worker.run(engine.run, engine.epoch, "raise", asyncio.InvalidStateError("odd"))
     assert (error.value.type_name, str(error.value)) == ("InvalidStateError", "odd")

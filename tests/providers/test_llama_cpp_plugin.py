@@ -44,7 +44,13 @@ def test_discovery_does_not_import_llama_cpp():
 
 def test_config_defaults_and_strictness():
     config = LlamaCppConfig()
-    assert (config.n_ctx, config.n_threads, config.n_batch, config.max_queue, config.verbose) == (2048, None, 512, 16, False)
+    assert (config.n_ctx, config.n_threads, config.n_batch, config.max_queue, config.verbose) == (
+        2048,
+        None,
+        512,
+        16,
+        False,
+    )
     assert LlamaCppConfig(n_ctx=0, max_queue=0).n_ctx == 0
     with pytest.raises(ValidationError, match="n_gpu"):
         LlamaCppConfig(n_gpu=1)

@@ -32,18 +32,38 @@ BYTES = llguidance.LLTokenizer("byte")  # one token per byte (and an end-of-sequ
 
 NOTE = {
     "type": "object",
-    "properties": {"title": {"type": "string"}, "body": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}}},
+    "properties": {
+        "title": {"type": "string"},
+        "body": {"type": "string"},
+        "tags": {"type": "array", "items": {"type": "string"}},
+    },
     "required": ["title", "body", "tags"],
     "additionalProperties": False,
 }
 SCHEMAS: dict[str, dict[str, Any]] = {
     "json_object": json_schema_for(ResponseFormat(type="json_object")),  # type: ignore[dict-item]
     "strings": NOTE,
-    "lengths": {"type": "object", "properties": {"code": {"type": "string", "minLength": 2, "maxLength": 4}}, "required": ["code"]},
+    "lengths": {
+        "type": "object",
+        "properties": {"code": {"type": "string", "minLength": 2, "maxLength": 4}},
+        "required": ["code"],
+    },
     "string map": {"type": "object", "additionalProperties": {"type": "string"}},
-    "enum with escapes": {"type": "object", "properties": {"path": {"enum": ["C:\\temp", 'say "hi"', "tab\there", "line\nbreak"]}}, "required": ["path"]},
-    "keys with escapes": {"type": "object", "properties": {'a"b': {"type": "integer"}, "c\\d": {"type": "boolean"}}, "required": ['a"b', "c\\d"]},
-    "pattern with dot": {"type": "object", "properties": {"line": {"type": "string", "pattern": "^x.+$"}}, "required": ["line"]},
+    "enum with escapes": {
+        "type": "object",
+        "properties": {"path": {"enum": ["C:\\temp", 'say "hi"', "tab\there", "line\nbreak"]}},
+        "required": ["path"],
+    },
+    "keys with escapes": {
+        "type": "object",
+        "properties": {'a"b': {"type": "integer"}, "c\\d": {"type": "boolean"}},
+        "required": ['a"b', "c\\d"],
+    },
+    "pattern with dot": {
+        "type": "object",
+        "properties": {"line": {"type": "string", "pattern": "^x.+$"}},
+        "required": ["line"],
+    },
     "pattern with classes": {"type": "string", "pattern": '^[^a-z]["A-Z]+[ -~]?$'},
     "pattern with a quote and a backslash": {"type": "string", "pattern": '^say "(hi|ho)" \\\\ [0-9]$'},
 }
@@ -109,11 +129,23 @@ def admits(grammar: Any, text: str) -> bool:
 @pytest.mark.parametrize(
     ("schema", "valid", "invalid"),
     [
-        (NOTE, ['{"title": "a\\nb\\u0001", "body": "\\"q\\" \\\\", "tags": []}'], ['{"title": "a\nb", "body": "", "tags": []}']),
+        (
+            NOTE,
+            ['{"title": "a\\nb\\u0001", "body": "\\"q\\" \\\\", "tags": []}'],
+            ['{"title": "a\nb", "body": "", "tags": []}'],
+        ),
         (SCHEMAS["json_object"], ['{"k\\t": "v\\r"}'], ['{"k\t": 1}', '{"k": "\x1f"}', '{"k": "\x7f"}']),
-        (SCHEMAS["pattern with dot"], ['{"line": "x\\"y"}', '{"line": "x\\\\"}'], ['{"line": "x"y"}', '{"line": "x\x02"}']),
+        (
+            SCHEMAS["pattern with dot"],
+            ['{"line": "x\\"y"}', '{"line": "x\\\\"}'],
+            ['{"line": "x"y"}', '{"line": "x\x02"}'],
+        ),
         (SCHEMAS["pattern with a quote and a backslash"], ['"say \\"hi\\" \\\\ 7"'], ['"say "hi" \\ 7"']),
-        (SCHEMAS["enum with escapes"], ['{"path": "C:\\\\temp"}', '{"path": "line\\nbreak"}'], ['{"path": "C:\\temp"}']),
+        (
+            SCHEMAS["enum with escapes"],
+            ['{"path": "C:\\\\temp"}', '{"path": "line\\nbreak"}'],
+            ['{"path": "C:\\temp"}'],
+        ),
     ],
 )
 def test_the_llama_cpp_grammar_writes_strings_escaped(schema, valid, invalid):
@@ -138,11 +170,17 @@ def test_llama_cpp_compiles_every_grammar():
     ("schema", "message"),
     [
         ({"type": "integer", "minimum": 0}, "#: 'minimum' is not enforced"),
-        ({"type": "object", "properties": {"tags": {"type": "array", "uniqueItems": True}}}, "#/properties/tags: 'uniqueItems'"),
+        (
+            {"type": "object", "properties": {"tags": {"type": "array", "uniqueItems": True}}},
+            "#/properties/tags: 'uniqueItems'",
+        ),
         ({"anyOf": [{"type": "string"}, {"type": "integer", "not": {"const": 3}}]}, "#/anyOf/1: 'not'"),
         ({"type": "array", "items": {"type": "number", "multipleOf": 2}}, "#/items: 'multipleOf'"),
         ({"type": "string", "pattern": "^a+$", "maxLength": 3}, "#: minLength/maxLength beside a pattern"),
-        ({"type": "object", "properties": {"a": {}}, "required": ["a", "b"]}, "#: required ['b'] are not among the properties"),
+        (
+            {"type": "object", "properties": {"a": {}}, "required": ["a", "b"]},
+            "#: required ['b'] are not among the properties",
+        ),
     ],
 )
 def test_keywords_the_llama_cpp_grammar_would_not_enforce_are_refused(schema, message):
@@ -155,7 +193,10 @@ def test_keywords_the_llama_cpp_grammar_would_not_enforce_are_refused(schema, me
     ("schema", "message"),
     [
         ({"type": "array", "items": {"type": "integer"}, "maxItems": 10**9}, "#: maxItems 1000000000 is more"),
-        ({"type": "object", "properties": {"s": {"type": "string", "minLength": 5000}}}, "#/properties/s: minLength 5000"),
+        (
+            {"type": "object", "properties": {"s": {"type": "string", "minLength": 5000}}},
+            "#/properties/s: minLength 5000",
+        ),
         ({"type": "string", "pattern": "^a{1,1000000000}$"}, "#: the pattern's count {1,1000000000}"),
         ({"type": "string", "pattern": "^(ab){20000}$"}, "#: the pattern's count {20000}"),
     ],
@@ -222,7 +263,9 @@ def notes(response_format: dict[str, Any]) -> BatchCompletionRequest:
 
 @pytest.mark.slow
 # Not torch-bfloat16: the grammar does not depend on the dtype.
-@pytest.mark.parametrize("local_provider", ["llama-cpp", "torch", *(["torch-cuda"] if TORCH_CUDA else [])], indirect=True)
+@pytest.mark.parametrize(
+    "local_provider", ["llama-cpp", "torch", *(["torch-cuda"] if TORCH_CUDA else [])], indirect=True
+)
 async def test_sampled_structured_answers_that_stop_are_valid_json(local_provider):
     # json_object's grammar (any object) is walked above; on the model each batch costs many seconds.
     answers = await local_provider.batch_completion(notes({"type": "json_schema", "json_schema": NOTE}))

@@ -37,7 +37,11 @@ WEATHER = ToolDefinition(
 ADD = ToolDefinition(
     tool_name="add",
     description="Add two numbers",
-    parameters={"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}, "required": ["a", "b"]},
+    parameters={
+        "type": "object",
+        "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
+        "required": ["a", "b"],
+    },
 )
 SEARCH = ToolDefinition(tool_name="web_search")
 MATH = ToolDefinition(tool_name="math")
@@ -48,7 +52,9 @@ LLAMA3_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
     "{{ message['content'] }}<|eot_id|>{% endfor %}"
 )
-CHATML_TEMPLATE = "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
+)
 
 
 def call(name: str, **arguments) -> tuple[str, dict]:
@@ -125,18 +131,30 @@ JSON_CASES = [
     # Not calls: they come back as text, unchanged.
     ("The capital of France is Paris.", "The capital of France is Paris.", []),
     ('{"name": "send_email", "arguments": {"to": "x"}}', '{"name": "send_email", "arguments": {"to": "x"}}', []),
-    ('{"name": "get_weather", "arguments": {"city": "Paris"', '{"name": "get_weather", "arguments": {"city": "Paris"', []),
-    ('{"name": "get_weather", "arguments": {"city": Paris}}', '{"name": "get_weather", "arguments": {"city": Paris}}', []),
+    (
+        '{"name": "get_weather", "arguments": {"city": "Paris"',
+        '{"name": "get_weather", "arguments": {"city": "Paris"',
+        [],
+    ),
+    (
+        '{"name": "get_weather", "arguments": {"city": Paris}}',
+        '{"name": "get_weather", "arguments": {"city": Paris}}',
+        [],
+    ),
     ('{"name": "get_weather", "arguments": ["Paris"]}', '{"name": "get_weather", "arguments": ["Paris"]}', []),
     ('{"name": "get_weather", "arguments": "not json"}', '{"name": "get_weather", "arguments": "not json"}', []),
     ('{"answer": "Paris", "confidence": 1}', '{"answer": "Paris", "confidence": 1}', []),
-    ('{"name": "get_weather", "arguments": {}, "extra": 1}', '{"name": "get_weather", "arguments": {}, "extra": 1}', []),
-    ("Use a dict like {a: 1} or {\"b\": 2}.", "Use a dict like {a: 1} or {\"b\": 2}.", []),
+    (
+        '{"name": "get_weather", "arguments": {}, "extra": 1}',
+        '{"name": "get_weather", "arguments": {}, "extra": 1}',
+        [],
+    ),
+    ('Use a dict like {a: 1} or {"b": 2}.', 'Use a dict like {a: 1} or {"b": 2}.', []),
     ("```python\nprint({'a': 1})\n```", "```python\nprint({'a': 1})\n```", []),
     ("[1, 2, 3] are numbers\n[link](http://x)", "[1, 2, 3] are numbers\n[link](http://x)", []),
     ("<b>bold</b> <tool_call>{broken</tool_call>", "<b>bold</b> <tool_call>{broken</tool_call>", []),
     ('{"name": "add", "arguments": {"a": 1}} {"name": "nope"}', ' {"name": "nope"}', [call("add", a=1)]),
-    ("<|python_tag|>brave_search.call(query=\"x\")", "<|python_tag|>brave_search.call(query=\"x\")", []),
+    ('<|python_tag|>brave_search.call(query="x")', '<|python_tag|>brave_search.call(query="x")', []),
 ]
 
 LLAMA3_CASES = [
@@ -147,7 +165,11 @@ LLAMA3_CASES = [
         "",
         [call("web_search", query="a"), call("math", query="b")],
     ),
-    ("<|python_tag|>import math\nprint(math.sqrt(2))", "", [call("code_interpreter", code="import math\nprint(math.sqrt(2))")]),
+    (
+        "<|python_tag|>import math\nprint(math.sqrt(2))",
+        "",
+        [call("code_interpreter", code="import math\nprint(math.sqrt(2))")],
+    ),
     ('<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}', "", [call("get_weather", city="Paris")]),
     (
         '<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}; {"name": "add", "parameters": {"a": 1, "b": 2}}',
@@ -155,7 +177,11 @@ LLAMA3_CASES = [
         [call("get_weather", city="Paris"), call("add", a=1, b=2)],
     ),
     ('{"name": "get_weather", "parameters": {"city": "Paris"}}', "", [call("get_weather", city="Paris")]),
-    ('I will search.<|python_tag|>brave_search.call(query="x")<|eom_id|>', "I will search.", [call("web_search", query="x")]),
+    (
+        'I will search.<|python_tag|>brave_search.call(query="x")<|eom_id|>',
+        "I will search.",
+        [call("web_search", query="x")],
+    ),
     ("Paris is the capital.", "Paris is the capital.", []),
     ('{"name": "delete_all", "parameters": {}}', '{"name": "delete_all", "parameters": {}}', []),
 ]
@@ -173,7 +199,12 @@ def test_parse_llama3_format(output, text, calls):
 
 def test_llama3_broken_or_unknown_python_tag_calls_come_back_as_text():
     without_code = [WEATHER, SEARCH]  # no code_interpreter: code after the tag is not a call
-    for body in ['brave_search.call(query="x"', "photogen.call(query='cat')", "print(1)", 'brave_search.call("positional")']:
+    for body in [
+        'brave_search.call(query="x"',
+        "photogen.call(query='cat')",
+        "print(1)",
+        'brave_search.call("positional")',
+    ]:
         assert parse_tool_calls("<|python_tag|>" + body, LLAMA3, without_code) == (body, [])
     assert parse_tool_calls("<|python_tag|>", LLAMA3, without_code) == ("", [])
 
@@ -185,7 +216,7 @@ def test_nothing_is_parsed_without_tools():
     assert offered_tools(TOOLS, "required") == TOOLS
 
 
-@pytest.mark.parametrize("output", ["", "   ", "{", "[", "```", "<", "<|python_tag|", "{\"", "\\", '"}', "}]{["])
+@pytest.mark.parametrize("output", ["", "   ", "{", "[", "```", "<", "<|python_tag|", '{"', "\\", '"}', "}]{["])
 def test_fragments_never_raise(output):
     for fmt in ToolFormat:
         text, calls = parse_tool_calls(output, fmt, TOOLS)
@@ -238,7 +269,11 @@ def test_results_answering_generated_ids_render_back():
         SYSTEM,
         {"role": "user", "content": "Weather in Paris?"},
         {"role": "assistant", "content": "", "tool_calls": [c.model_dump() for c in calls]},
-        message={"role": "user", "content": "", "tool_responses": [{"tool_name": "get_weather", "content": "22C", "call_id": calls[0].call_id}]},
+        message={
+            "role": "user",
+            "content": "",
+            "tool_responses": [{"tool_name": "get_weather", "content": "22C", "call_id": calls[0].call_id}],
+        },
     )
     messages = render(d, [WEATHER])
     assert messages[2]["content"] == '{"name": "get_weather", "arguments": {"city": "Paris"}}'
@@ -293,7 +328,9 @@ TODAY = datetime.date(2024, 7, 26)
 
 
 def dialog(*history, message=None) -> Dialog:
-    return Dialog(message=message or {"role": "user", "content": "What is the weather in Paris?"}, message_history=list(history))
+    return Dialog(
+        message=message or {"role": "user", "content": "What is the weather in Paris?"}, message_history=list(history)
+    )
 
 
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
@@ -321,7 +358,10 @@ def test_without_a_system_message_one_is_added_only_when_tools_are_offered():
     assert render(dialog(), [WEATHER])[0]["role"] == "system"
     assert render(dialog(), []) == [{"role": "user", "content": "What is the weather in Paris?"}]
     assert render(dialog(SYSTEM), [WEATHER], "none") == render(dialog(SYSTEM), [])
-    assert render(dialog(SYSTEM), [WEATHER], "none") == [SYSTEM, {"role": "user", "content": "What is the weather in Paris?"}]
+    assert render(dialog(SYSTEM), [WEATHER], "none") == [
+        SYSTEM,
+        {"role": "user", "content": "What is the weather in Paris?"},
+    ]
 
 
 @pytest.mark.parametrize("fmt", list(ToolFormat))
@@ -407,11 +447,21 @@ def test_llama3_format_follows_meta_prompt_format():
         "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
         "You have access to the following functions."
     )
-    assert 'Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}' in system
-    functions = [json.loads(block) for block in system.split("Do not use variables.\n\n")[1].split("\n\n") if block.startswith("{")]
+    assert (
+        'Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}'
+        in system
+    )
+    functions = [
+        json.loads(block)
+        for block in system.split("Do not use variables.\n\n")[1].split("\n\n")
+        if block.startswith("{")
+    ]
     assert [f["function"]["name"] for f in functions] == ["get_weather", "add"]  # built-ins are not JSON functions
     assert system.endswith("You are a helpful assistant.")
-    assert messages[2]["content"] == '{"name": "get_weather", "parameters": {"city": "Paris"}}\n{"name": "add", "parameters": {"a": 2, "b": 3}}'
+    assert (
+        messages[2]["content"]
+        == '{"name": "get_weather", "parameters": {"city": "Paris"}}\n{"name": "add", "parameters": {"a": 2, "b": 3}}'
+    )
     assert messages[3:5] == [{"role": "ipython", "content": "22C, sunny"}, {"role": "ipython", "content": "5"}]
 
 
@@ -420,7 +470,9 @@ def test_llama3_builtin_calls_render_through_python_tag_and_parse_back():
     messages = render(tool_round(calls), [SEARCH], fmt=LLAMA3)
     assert messages[2]["content"] == '<|python_tag|>brave_search.call(query="say \\"hi\\"")'
     assert parsed(messages[2]["content"], LLAMA3, [SEARCH])[1] == [call("web_search", query='say "hi"')]
-    code = render(tool_round([{"tool_name": "code_interpreter", "arguments": {"code": "print(1)"}}]), [CODE], fmt=LLAMA3)
+    code = render(
+        tool_round([{"tool_name": "code_interpreter", "arguments": {"code": "print(1)"}}]), [CODE], fmt=LLAMA3
+    )
     assert code[2]["content"] == "<|python_tag|>print(1)"
     assert "Tools:" not in code[0]["content"] and code[0]["content"].startswith("Environment: ipython\n")
 
@@ -453,7 +505,9 @@ def test_tool_call_schema():
     assert tool_call_schema([WEATHER], "auto", JSON) is None
     assert tool_call_schema([WEATHER], "none", JSON) is None
     one = tool_call_schema([WEATHER, ADD], "get_weather", JSON)
-    assert one["properties"]["name"] == {"const": "get_weather"} and one["properties"]["arguments"] == WEATHER.parameters
+    assert (
+        one["properties"]["name"] == {"const": "get_weather"} and one["properties"]["arguments"] == WEATHER.parameters
+    )
     check_json('{"name": "get_weather", "arguments": {"city": "Paris"}}', one)
     with pytest.raises(ValueError, match="does not match"):
         check_json('{"name": "add", "arguments": {"a": 1, "b": 2}}', one)
@@ -473,7 +527,11 @@ def test_json_schema_for_response_formats():
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
     assert json_schema_for(ResponseFormat(type="json_schema", json_schema=schema)) == schema
     assert check_json('{"a": 1}', schema) == {"a": 1}
-    for bad, reason in [('{"a": "x"}', "does not match the schema at a"), ("{", "not valid JSON"), ("{}", "does not match")]:
+    for bad, reason in [
+        ('{"a": "x"}', "does not match the schema at a"),
+        ("{", "not valid JSON"),
+        ("{}", "does not match"),
+    ]:
         with pytest.raises(ValueError, match=reason):
             check_json(bad, schema)
 
@@ -482,11 +540,35 @@ def test_random_outputs_never_raise_and_stream_like_they_parse():
     import random
 
     rng = random.Random(1234)  # fixed: the same outputs every run
-    alphabet = ['{"name": "add", "arguments": {"a": 1}}', '{"name"', "{", "}", "[", "]", '"', "\\", "\n", " ", "```", "json",
-                "<tool_call>", "</tool_call>", "<|python_tag|>", "brave_search.call(query='x')", "Paris", ",", ":", "<", "|"]
+    alphabet = [
+        '{"name": "add", "arguments": {"a": 1}}',
+        '{"name"',
+        "{",
+        "}",
+        "[",
+        "]",
+        '"',
+        "\\",
+        "\n",
+        " ",
+        "```",
+        "json",
+        "<tool_call>",
+        "</tool_call>",
+        "<|python_tag|>",
+        "brave_search.call(query='x')",
+        "Paris",
+        ",",
+        ":",
+        "<",
+        "|",
+    ]
     for _ in range(400):
         output = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
         for fmt in ToolFormat:
             text, calls = parsed(output, fmt, TOOLS)
             chunks = stream_pieces(fmt, output, rng.randint(1, 5))
-            assert ("".join(c.text_delta for c in chunks), named([c.tool_call for c in chunks if c.tool_call])) == (text, calls)
+            assert ("".join(c.text_delta for c in chunks), named([c.tool_call for c in chunks if c.tool_call])) == (
+                text,
+                calls,
+            )

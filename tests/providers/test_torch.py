@@ -14,9 +14,28 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from local_model_requests import (
+    ENDLESS,
+    GERMANY,
+    MODEL,
+    PROMPTLY_S,
+    QUESTION,
+    SMOLLM2,
+    TORCH_CUDA,
+    chat,
+    collect,
+    dialog,
+    endless,
+)
 
 from llama_stack.apis.common import StopReason
-from llama_stack.apis.errors import BadRequestError, ConflictError, NotFoundError, NotSupportedError, ServiceUnavailableError
+from llama_stack.apis.errors import (
+    BadRequestError,
+    ConflictError,
+    NotFoundError,
+    NotSupportedError,
+    ServiceUnavailableError,
+)
 from llama_stack.apis.inference import (
     BatchChatCompletionRequest,
     BatchCompletionRequest,
@@ -27,7 +46,6 @@ from llama_stack.apis.inference import (
     CompletionResponseStreamChunk,
 )
 from llama_stack.apis.inspect import Model
-from local_model_requests import ENDLESS, GERMANY, MODEL, PROMPTLY_S, QUESTION, SMOLLM2, TORCH_CUDA, chat, collect, dialog, endless
 from llama_stack.plugins import ProviderContext
 from llama_stack.providers.inline.torch import TorchConfig
 
@@ -118,7 +136,10 @@ def test_schemas_are_closed_where_they_list_properties():
 
     schema = {
         "type": "object",
-        "properties": {"a": {"type": "object", "properties": {"b": {"type": "integer"}}}, "c": {"type": "array", "items": {"properties": {}}}},
+        "properties": {
+            "a": {"type": "object", "properties": {"b": {"type": "integer"}}},
+            "c": {"type": "array", "items": {"properties": {}}},
+        },
         "anyOf": [{"properties": {"d": {}}, "additionalProperties": True}],
         "$defs": {"e": {"type": "object", "properties": {}, "patternProperties": {"^x": {}}}},
     }
@@ -150,8 +171,6 @@ def test_model_references(tmp_path):
 # -- real models ---------------------------------------------------------------------------------------------
 
 
-
-
 def streamed_text(chunks: list[Any]) -> str:
     return "".join(c.text_delta for c in chunks)
 
@@ -167,7 +186,9 @@ def device(request) -> str:
     return request.param
 
 
-async def new_provider(tmp_path_factory: pytest.TempPathFactory, *models: Model, device: str = "cpu", **config: Any) -> TorchInference:
+async def new_provider(
+    tmp_path_factory: pytest.TempPathFactory, *models: Model, device: str = "cpu", **config: Any
+) -> TorchInference:
     context = ProviderContext(provider_id="torch", storage_dir=tmp_path_factory.mktemp("torch"))
     impl = await build(TorchConfig(device=device, dtype="float32", **config), context)
     for model in models:
@@ -215,7 +236,9 @@ def lora_adapter(tiny_checkpoint, tmp_path_factory) -> Path:
 
     base = AutoModelForCausalLM.from_pretrained(tiny_checkpoint)
     torch.manual_seed(1)
-    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False))
+    peft_model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False)
+    )
     folder = tmp_path_factory.mktemp("tiny-lora")
     peft_model.save_pretrained(folder)
     assert (folder / "adapter_config.json").is_file()
@@ -225,7 +248,9 @@ def lora_adapter(tiny_checkpoint, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 async def provider(tmp_path_factory, device):
     impl = await new_provider(
-        tmp_path_factory, Model(model_id=MODEL, provider_id="torch", provider_model_id=SMOLLM2, context_length=2048), device=device
+        tmp_path_factory,
+        Model(model_id=MODEL, provider_id="torch", provider_model_id=SMOLLM2, context_length=2048),
+        device=device,
     )
     yield impl
     await impl.shutdown()
@@ -237,7 +262,13 @@ async def tiny(tmp_path_factory, tiny_checkpoint, lora_adapter, device):
     impl = await new_provider(
         tmp_path_factory,
         Model(model_id=TINY, provider_id="torch", provider_model_id=str(tiny_checkpoint), context_length=64),
-        Model(model_id="tiny-lora", provider_id="torch", provider_model_id=str(tiny_checkpoint), context_length=64, metadata={"lora_adapter": str(lora_adapter)}),
+        Model(
+            model_id="tiny-lora",
+            provider_id="torch",
+            provider_model_id=str(tiny_checkpoint),
+            context_length=64,
+            metadata={"lora_adapter": str(lora_adapter)},
+        ),
         max_batch_size=3,
         max_queue=1,
         device=device,
@@ -296,7 +327,9 @@ async def test_logprobs_are_the_models_distribution(provider, paris):
     for entry in entries:
         assert entry.logprob <= 0 and len(entry.top_logprobs) == 3
         # Greedy: the chosen token is the most likely one.
-        assert entry.top_logprobs[0].token == entry.token and entry.top_logprobs[0].logprob == pytest.approx(entry.logprob)
+        assert entry.top_logprobs[0].token == entry.token and entry.top_logprobs[0].logprob == pytest.approx(
+            entry.logprob
+        )
         assert [a.logprob for a in entry.top_logprobs] == sorted((a.logprob for a in entry.top_logprobs), reverse=True)
     chunks = await collect(await provider.chat_completion(chat(logprobs=True, stream=True)))
     streamed = [e for c in chunks if c.logprobs for e in c.logprobs.content]
@@ -311,7 +344,9 @@ async def test_sampling_is_repeatable_with_a_seed(provider):
     again = await provider.chat_completion(chat("Tell me a story.", sampling_params=params, max_tokens=12))
     assert first.content == again.content and first.content.strip()
     top_k = {"strategy": "top_k", "temperature": 0.7, "top_k": 5, "seed": 3, "repetition_penalty": 1.3}
-    chunks = await collect(await provider.chat_completion(chat("Tell me a story.", sampling_params=top_k, max_tokens=12, stream=True)))
+    chunks = await collect(
+        await provider.chat_completion(chat("Tell me a story.", sampling_params=top_k, max_tokens=12, stream=True))
+    )
     same = await provider.chat_completion(chat("Tell me a story.", sampling_params=top_k, max_tokens=12))
     assert streamed_text(chunks) == same.content
 
@@ -322,10 +357,14 @@ async def test_completion(provider):
     assert isinstance(answer, CompletionResponse)
     assert "Paris" in answer.content and answer.stop_reason == StopReason.max_tokens
     assert answer.usage.prompt_tokens == 5
-    chunks = await collect(await provider.completion(CompletionRequest(model=MODEL, content=ENDLESS, max_tokens=3, stream=True)))
+    chunks = await collect(
+        await provider.completion(CompletionRequest(model=MODEL, content=ENDLESS, max_tokens=3, stream=True))
+    )
     assert all(isinstance(c, CompletionResponseStreamChunk) for c in chunks)
     assert chunks[-1].stop_reason == StopReason.max_tokens and streamed_text(chunks) == answer.content
-    parts = await provider.completion(CompletionRequest(model=MODEL, content=["The capital", " of France is"], max_tokens=3))
+    parts = await provider.completion(
+        CompletionRequest(model=MODEL, content=["The capital", " of France is"], max_tokens=3)
+    )
     assert parts.content == answer.content
 
 
@@ -333,7 +372,9 @@ async def test_completion(provider):
 async def test_batch_chat_completion_is_one_batch_in_input_order(provider, paris):
     second = await provider.chat_completion(chat(GERMANY))
     batch = await provider.batch_chat_completion(
-        BatchChatCompletionRequest(model=MODEL, batch_dialogs=[dialog(QUESTION), dialog(GERMANY), dialog("Hi")], max_tokens=16)
+        BatchChatCompletionRequest(
+            model=MODEL, batch_dialogs=[dialog(QUESTION), dialog(GERMANY), dialog("Hi")], max_tokens=16
+        )
     )
     assert [r.content for r in batch[:2]] == [paris.content, second.content]
     assert [r.usage for r in batch[:2]] == [paris.usage, second.usage]
@@ -350,19 +391,33 @@ async def test_structured_output_follows_the_schema(provider):
         "additionalProperties": False,
     }
     answer = await provider.chat_completion(
-        chat("Give the capital of France as JSON.", response_format={"type": "json_schema", "json_schema": schema}, max_tokens=40)
+        chat(
+            "Give the capital of France as JSON.",
+            response_format={"type": "json_schema", "json_schema": schema},
+            max_tokens=40,
+        )
     )
     value = json.loads(answer.content)
     assert set(value) == {"city", "country"} and answer.stop_reason == StopReason.finished_ok
     chunks = await collect(
-        await provider.completion(CompletionRequest(model=MODEL, content="A JSON object:", response_format={"type": "json_object"}, max_tokens=24, stream=True))
+        await provider.completion(
+            CompletionRequest(
+                model=MODEL,
+                content="A JSON object:",
+                response_format={"type": "json_object"},
+                max_tokens=24,
+                stream=True,
+            )
+        )
     )
     text = streamed_text(chunks)
     assert text.startswith("{")
     if chunks[-1].stop_reason == StopReason.finished_ok:
         assert isinstance(json.loads(text), dict)
     with pytest.raises(BadRequestError, match="response_format"):
-        await provider.chat_completion(chat(response_format={"type": "json_schema", "json_schema": {"type": "no-such-type"}}))
+        await provider.chat_completion(
+            chat(response_format={"type": "json_schema", "json_schema": {"type": "no-such-type"}})
+        )
 
 
 @pytest.mark.slow
@@ -371,14 +426,29 @@ async def test_a_forced_tool_call_is_a_tool_call(provider):
         {
             "tool_name": "get_weather",
             "description": "The weather in a city",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"], "additionalProperties": False},
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string", "maxLength": 20}},
+                "required": ["city"],
+                "additionalProperties": False,
+            },
         }
     ]
-    answer = await provider.chat_completion(chat("What is the weather in Paris?", available_tools=tools, tool_choice="get_weather", max_tokens=40))
+    answer = await provider.chat_completion(
+        chat("What is the weather in Paris?", available_tools=tools, tool_choice="get_weather", max_tokens=40)
+    )
     assert [call.tool_name for call in answer.tool_calls] == ["get_weather"]
     assert set(answer.tool_calls[0].arguments) == {"city"}
     chunks = await collect(
-        await provider.chat_completion(chat("What is the weather in Paris?", available_tools=tools, tool_choice="get_weather", max_tokens=40, stream=True))
+        await provider.chat_completion(
+            chat(
+                "What is the weather in Paris?",
+                available_tools=tools,
+                tool_choice="get_weather",
+                max_tokens=40,
+                stream=True,
+            )
+        )
     )
     calls = [c.tool_call for c in chunks if c.tool_call is not None]
     assert [(c.tool_name, c.arguments) for c in calls] == [(c.tool_name, c.arguments) for c in answer.tool_calls]
@@ -396,24 +466,33 @@ async def test_a_checkpoint_directory_and_its_limits(tiny):
     full = await tiny.completion(CompletionRequest(model=TINY, content="Hello", max_tokens=0))
     assert full.stop_reason == StopReason.max_tokens
     assert full.usage.prompt_tokens + full.usage.completion_tokens == 64
-    assert (await tiny.completion(CompletionRequest(model=TINY, content="Hello", max_tokens=500))).usage.completion_tokens == 63
+    assert (
+        await tiny.completion(CompletionRequest(model=TINY, content="Hello", max_tokens=500))
+    ).usage.completion_tokens == 63
     with pytest.raises(BadRequestError, match="context window of 64 tokens") as error:
         await tiny.completion(CompletionRequest(model=TINY, content="word " * 80, stream=True))
     assert error.value.param == "content"
     with pytest.raises(BadRequestError, match=r"batch_dialogs\[1\]: .*context window"):
-        await tiny.batch_chat_completion(BatchChatCompletionRequest(model=TINY, batch_dialogs=[dialog(), dialog("word " * 80)]))
+        await tiny.batch_chat_completion(
+            BatchChatCompletionRequest(model=TINY, batch_dialogs=[dialog(), dialog("word " * 80)])
+        )
 
 
 @pytest.mark.slow
 async def test_batches_larger_than_max_batch_size_keep_their_order(tiny):
     prompts = [f"{n} apples and" + " pears" * n for n in range(7)]  # unequal lengths: left padding
-    one_by_one = [await tiny.completion(CompletionRequest(model=TINY, content=p, max_tokens=3 + i % 3)) for i, p in enumerate(prompts)]
+    one_by_one = [
+        await tiny.completion(CompletionRequest(model=TINY, content=p, max_tokens=3 + i % 3))
+        for i, p in enumerate(prompts)
+    ]
     batch = await tiny.batch_completion(BatchCompletionRequest(model=TINY, content_batch=prompts, max_tokens=5))
     assert [r.content for r in batch] == [
         (await tiny.completion(CompletionRequest(model=TINY, content=p, max_tokens=5))).content for p in prompts
     ]
     assert all(r.usage.completion_tokens == 5 for r in batch)
-    assert [r.content[: len(o.content)] for r, o in zip(batch, one_by_one)] == [o.content for o in one_by_one]
+    assert [r.content[: len(o.content)] for r, o in zip(batch, one_by_one, strict=True)] == [
+        o.content for o in one_by_one
+    ]
     assert len({r.content for r in batch}) > 1
 
 
@@ -427,18 +506,22 @@ async def test_penalties_count_each_rows_own_answer_in_a_batch(tiny):
     def request(content: str, sampling: dict[str, float]) -> CompletionRequest:
         return CompletionRequest(model=TINY, content=content, max_tokens=0, sampling_params=sampling)
 
-    batch = await tiny.batch_completion(BatchCompletionRequest(model=TINY, content_batch=prompts, max_tokens=0, sampling_params=penalized))
+    batch = await tiny.batch_completion(
+        BatchCompletionRequest(model=TINY, content_batch=prompts, max_tokens=0, sampling_params=penalized)
+    )
     assert [r.content for r in batch] == [(await tiny.completion(request(p, penalized))).content for p in prompts]
     assert len({r.usage.completion_tokens for r in batch}) == 3
     plain = [(await tiny.completion(request(p, {}))).content for p in prompts]
-    assert all(r.content != p for r, p in zip(batch, plain))
+    assert all(r.content != p for r, p in zip(batch, plain, strict=True))
 
 
 @pytest.mark.slow
 async def test_a_long_prompt_is_scored_in_chunks_with_the_same_numbers(tiny, monkeypatch):
     from llama_stack.providers.inline.torch import engine
 
-    request = CompletionRequest(model=TINY, content="one two three four five six seven eight nine ten", max_tokens=1, prompt_logprobs=2)
+    request = CompletionRequest(
+        model=TINY, content="one two three four five six seven eight nine ten", max_tokens=1, prompt_logprobs=2
+    )
     whole = (await tiny.completion(request)).prompt_logprobs
     monkeypatch.setattr(engine, "_SCORE_CHUNK", 3)  # 3 tokens per forward pass, the KV cache carried between them
     chunked = (await tiny.completion(request)).prompt_logprobs
@@ -450,18 +533,34 @@ async def test_a_long_prompt_is_scored_in_chunks_with_the_same_numbers(tiny, mon
 
 @pytest.mark.slow
 async def test_a_lora_adapter_changes_the_answers(tiny, tiny_checkpoint, tmp_path):
-    request = dict(content="Hello there", max_tokens=4, logprobs=True)
+    request = {"content": "Hello there", "max_tokens": 4, "logprobs": True}
     base = await tiny.completion(CompletionRequest(model=TINY, **request))
     adapted = await tiny.completion(CompletionRequest(model="tiny-lora", **request))
     assert [e.logprob for e in base.logprobs.content] != pytest.approx([e.logprob for e in adapted.logprobs.content])
     missing = tmp_path / "no-adapter"
     with pytest.raises(NotFoundError, match="lora_adapter .*no-adapter.* is not a directory"):
-        await tiny.register_model(Model(model_id="other", provider_id="torch", provider_model_id=str(tiny_checkpoint), metadata={"lora_adapter": str(missing)}))
+        await tiny.register_model(
+            Model(
+                model_id="other",
+                provider_id="torch",
+                provider_model_id=str(tiny_checkpoint),
+                metadata={"lora_adapter": str(missing)},
+            )
+        )
     missing.mkdir()
     with pytest.raises(BadRequestError, match="no adapter_config.json"):
-        await tiny.register_model(Model(model_id="other", provider_id="torch", provider_model_id=str(tiny_checkpoint), metadata={"lora_adapter": str(missing)}))
+        await tiny.register_model(
+            Model(
+                model_id="other",
+                provider_id="torch",
+                provider_model_id=str(tiny_checkpoint),
+                metadata={"lora_adapter": str(missing)},
+            )
+        )
     with pytest.raises(ConflictError, match="already registered"):
-        await tiny.register_model(Model(model_id="tiny-lora", provider_id="torch", provider_model_id=str(tiny_checkpoint)))
+        await tiny.register_model(
+            Model(model_id="tiny-lora", provider_id="torch", provider_model_id=str(tiny_checkpoint))
+        )
 
 
 @pytest.mark.slow
@@ -475,7 +574,9 @@ async def test_a_model_without_a_chat_template(tmp_path_factory, tiny_checkpoint
     config = json.loads((folder / "tokenizer_config.json").read_text())
     config.pop("chat_template", None)
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
-    impl = await new_provider(tmp_path_factory, Model(model_id="plain", provider_id="torch", provider_model_id=str(folder), context_length=32))
+    impl = await new_provider(
+        tmp_path_factory, Model(model_id="plain", provider_id="torch", provider_model_id=str(folder), context_length=32)
+    )
     try:
         with pytest.raises(NotSupportedError, match="no chat template"):
             await impl.chat_completion(chat(model="plain"))
@@ -515,13 +616,18 @@ async def test_a_full_queue_is_refused_with_503(tiny):
     long_context = "tiny-long"
     if long_context not in tiny._slots:
         checkpoint = tiny._slots[TINY].lm.source.directory
-        await tiny.register_model(Model(model_id=long_context, provider_id="torch", provider_model_id=str(checkpoint), context_length=4096))
+        await tiny.register_model(
+            Model(model_id=long_context, provider_id="torch", provider_model_id=str(checkpoint), context_length=4096)
+        )
     # The same files: the weights loaded for TINY serve it too.
     assert tiny._slots[long_context].lm.weights is tiny._slots[TINY].lm.weights
     running = await tiny.completion(endless(long_context))
     await running.__anext__()  # generating now
     waiting = await tiny.completion(CompletionRequest(model=long_context, content="Hi", max_tokens=2, stream=True))
-    for refused in (tiny.completion(CompletionRequest(model=long_context, content="Hi")), tiny.completion(endless(long_context))):
+    for refused in (
+        tiny.completion(CompletionRequest(model=long_context, content="Hi")),
+        tiny.completion(endless(long_context)),
+    ):
         with pytest.raises(ServiceUnavailableError, match="max_queue=1"):
             await refused
     await asyncio.wait_for(waiting.aclose(), PROMPTLY_S)  # a waiting request leaves the queue at once

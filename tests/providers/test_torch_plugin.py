@@ -42,9 +42,23 @@ def test_discovery_does_not_import_torch():
 
 def test_config_defaults_and_strictness():
     config = TorchConfig()
-    assert (config.device, config.dtype, config.context_length, config.max_batch_size, config.max_queue, config.torch_threads) == ("auto", "auto", 2048, 16, 16, None)
+    assert (
+        config.device,
+        config.dtype,
+        config.context_length,
+        config.max_batch_size,
+        config.max_queue,
+        config.torch_threads,
+    ) == ("auto", "auto", 2048, 16, 16, None)
     assert TorchConfig(device="cuda:1", dtype="bfloat16", max_queue=0).device == "cuda:1"
-    for bad in ({"device": "gpu"}, {"device": "cuda:x"}, {"dtype": "int8"}, {"max_batch_size": 0}, {"max_queue": -1}, {"n_ctx": 1}):
+    for bad in (
+        {"device": "gpu"},
+        {"device": "cuda:x"},
+        {"dtype": "int8"},
+        {"max_batch_size": 0},
+        {"max_queue": -1},
+        {"n_ctx": 1},
+    ):
         with pytest.raises(ValidationError):
             TorchConfig(**bad)
     for name, field in TorchConfig.model_fields.items():

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 import yaml
-
 from fakes.emissary import make_emissary_fake
 from fakes.together import make_together_fake
 from fakes.vendor_server import FakeVendor
+
 from llama_stack.client import LlamaStackClient
 from llama_stack.resolver import Stack
 

@@ -10,10 +10,12 @@ from typing import Any
 
 import httpx
 import pytest
-
 from fakes import emissary_handlers as handlers
 from fakes.emissary import API_KEY
 from fakes.vendor_server import Fault
+from remote.conftest import FAST_RETRIES
+from support import REPO, serving
+
 from llama_stack.apis.errors import (
     AuthenticationError,
     BadRequestError,
@@ -27,8 +29,6 @@ from llama_stack.plugins import discover_providers
 from llama_stack.providers.remote.emissary.config import EmissaryInferenceConfig
 from llama_stack.providers.remote.emissary.inference import EmissaryInference
 from llama_stack.providers.utils.remote.fan_out import fan_out
-from remote.conftest import FAST_RETRIES
-from support import REPO, serving
 
 BASE = "Llama-3.2-1B-Instruct"
 PROJECT = "ms-12345"
@@ -110,7 +110,9 @@ async def test_greedy_is_temperature_zero_and_unset_limits_are_left_out(emissary
     await client.inference.completion(model="llama", content="The capital of France is")
     assert emissary.calls("POST", CHAT)[0].json == {"model": BASE, "messages": [USER], "temperature": 0.0}
     assert emissary.calls("POST", COMPLETIONS)[0].json == {
-        "model": BASE, "prompt": "The capital of France is", "temperature": 0.0
+        "model": BASE,
+        "prompt": "The capital of France is",
+        "temperature": 0.0,
     }
 
 
@@ -161,7 +163,9 @@ async def test_a_streamed_chat_is_one_call_then_one_delta_and_a_final_chunk(emis
 
 async def test_a_streamed_completion_ends_with_the_mapped_stop_reason(emissary, start_stack):
     client = await start_stack(provider(emissary), [model()])
-    stream = await client.inference.completion(model="llama", content="The capital of France is", max_tokens=2, stream=True)
+    stream = await client.inference.completion(
+        model="llama", content="The capital of France is", max_tokens=2, stream=True
+    )
     chunks = await collect(stream)
     assert [(c.text_delta, c.stop_reason) for c in chunks] == [(" Paris.", "not_stopped"), ("", "max_tokens")]
     assert chunks[1].usage.completion_tokens == 1
@@ -169,7 +173,9 @@ async def test_a_streamed_completion_ends_with_the_mapped_stop_reason(emissary, 
 
 async def test_a_refused_stream_fails_when_called_not_mid_stream(emissary, start_stack):
     client = await start_stack(provider(emissary, max_retries=0), [model()])
-    emissary.fail("POST", "/v1/chat/completions", Fault("status", status=400, body={"status": 400, "error": "Bad request"}))
+    emissary.fail(
+        "POST", "/v1/chat/completions", Fault("status", status=400, body={"status": 400, "error": "Bad request"})
+    )
     with pytest.raises(BadRequestError) as refused:
         await client.inference.chat_completion(model="llama", dialog={"message": USER}, stream=True)
     assert "Emissary" in refused.value.message and "Bad request" in refused.value.message
@@ -205,14 +211,20 @@ CHAT_REFUSALS = [
     ({"sampling_params": {"presence_penalty": 0.5}}, "sampling_params.presence_penalty", "no presence_penalty"),
     ({"sampling_params": {"logit_bias": {"5": 1}}}, "sampling_params.logit_bias", "no logit bias"),
     (
-        {"dialog": {"message": {"role": "tool", "content": "18C", "tool_responses": [{"tool_name": "w", "content": "18C"}]}}},
+        {
+            "dialog": {
+                "message": {"role": "tool", "content": "18C", "tool_responses": [{"tool_name": "w", "content": "18C"}]}
+            }
+        },
         "dialog.message.role",
         "tool messages",
     ),
     (
         {
             "dialog": {
-                "message_history": [{"role": "assistant", "content": "", "tool_calls": [{"tool_name": "w", "arguments": {}}]}],
+                "message_history": [
+                    {"role": "assistant", "content": "", "tool_calls": [{"tool_name": "w", "arguments": {}}]}
+                ],
                 "message": USER,
             }
         },
@@ -220,7 +232,14 @@ CHAT_REFUSALS = [
         "tool calls",
     ),
     (
-        {"dialog": {"message": {"role": "user", "content": ["Look:", {"url": "data:text/plain,hi", "mime_type": "text/plain"}]}}},
+        {
+            "dialog": {
+                "message": {
+                    "role": "user",
+                    "content": ["Look:", {"url": "data:text/plain,hi", "mime_type": "text/plain"}],
+                }
+            }
+        },
         "dialog.message.content[1]",
         "attachments",
     ),
@@ -278,7 +297,9 @@ async def test_batch_chat_answers_in_input_order(emissary, start_stack):
     dialogs = [{"message": {"role": "user", "content": f"question {i}"}} for i in range(5)]
     answers = await client.inference.batch_chat_completion(model="llama", batch_dialogs=dialogs, max_tokens=4)
     assert [a.content for a in answers] == [f"You said: question {i}" for i in range(5)]
-    assert sorted(c.json["messages"][0]["content"] for c in emissary.calls("POST", CHAT)) == [f"question {i}" for i in range(5)]
+    assert sorted(c.json["messages"][0]["content"] for c in emissary.calls("POST", CHAT)) == [
+        f"question {i}" for i in range(5)
+    ]
     assert all(c.json["max_tokens"] == 4 for c in emissary.calls("POST", CHAT))
 
 
@@ -286,14 +307,19 @@ async def test_batch_completion_answers_in_input_order(emissary, start_stack):
     client = await start_stack(provider(emissary), [model()])
     answers = await client.inference.batch_completion(model="llama", content_batch=["a", "b c", "d e f"], max_tokens=2)
     assert [(a.content, a.stop_reason, a.usage.prompt_tokens) for a in answers] == [
-        (" Paris.", "max_tokens", 1), (" Paris.", "max_tokens", 2), (" Paris.", "max_tokens", 3)
+        (" Paris.", "max_tokens", 1),
+        (" Paris.", "max_tokens", 2),
+        (" Paris.", "max_tokens", 3),
     ]
     assert [c.json["max_completion_tokens"] for c in emissary.calls("POST", COMPLETIONS)] == [2, 2, 2]
 
 
 async def test_a_refused_dialog_refuses_the_whole_batch_before_any_call(emissary, start_stack):
     client = await start_stack(provider(emissary), [model()])
-    dialogs = [{"message": USER}, {"message": {"role": "user", "content": {"url": "data:,x", "mime_type": "text/plain"}}}]
+    dialogs = [
+        {"message": USER},
+        {"message": {"role": "user", "content": {"url": "data:,x", "mime_type": "text/plain"}}},
+    ]
     with pytest.raises(BadRequestError) as refused:
         await client.inference.batch_chat_completion(model="llama", batch_dialogs=dialogs)
     assert refused.value.param == "batch_dialogs[1].message.content"
@@ -370,8 +396,12 @@ async def test_embeddings_are_one_call_per_text_with_the_text_as_target(emissary
     assert sorted(c.json["input"] for c in calls) == sorted(texts)
     for call in calls:
         assert call.json == {
-            "model": BASE, "input": call.json["input"], "target": call.json["input"],
-            "cosine": False, "manhattan": False, "euclidean": False,
+            "model": BASE,
+            "input": call.json["input"],
+            "target": call.json["input"],
+            "cosine": False,
+            "manhattan": False,
+            "euclidean": False,
         }
 
 

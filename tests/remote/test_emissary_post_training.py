@@ -12,16 +12,16 @@ from typing import Any
 
 import httpx
 import pytest
-
 from fakes import emissary_training as training
 from fakes.emissary import API_KEY
 from fakes.vendor_server import Fault
+from remote.conftest import write_distribution
+from remote.training_support import TrainingProvider, inline_dataset, jsonl, training_config, training_request
+from support import serving
+
 from llama_stack.apis.errors import BadRequestError, ConflictError, NotFoundError, NotSupportedError, ProviderError
 from llama_stack.apis.post_training import PostTrainingJobStatus
 from llama_stack.client import LlamaStackClient
-from remote.conftest import write_distribution
-from support import serving
-from remote.training_support import TrainingProvider, inline_dataset, jsonl, training_config, training_request
 
 BASE = "Llama-3.2-1B-Instruct"
 TRAIN_ROWS = [
@@ -38,13 +38,21 @@ def dataset(content: bytes) -> dict[str, Any]:
 
 TRAINING_CONFIG = training_config(batch_size=2)
 OPTIMIZER_CONFIG = {"optimizer_type": "adamw", "lr": 2e-4, "lr_min": 0.0, "weight_decay": 0.0}
-LORA = {"lora_attn_modules": ["q_proj", "v_proj"], "apply_lora_to_mlp": False, "apply_lora_to_output": False, "rank": 8, "alpha": 16}
+LORA = {
+    "lora_attn_modules": ["q_proj", "v_proj"],
+    "apply_lora_to_mlp": False,
+    "apply_lora_to_output": False,
+    "rank": 8,
+    "alpha": 16,
+}
 
 
 def data_and_configs() -> dict[str, Any]:
     return {
-        "dataset": dataset(jsonl(TRAIN_ROWS)), "validation_dataset": dataset(jsonl(TEST_ROWS)),
-        "optimizer_config": OPTIMIZER_CONFIG, "training_config": TRAINING_CONFIG,
+        "dataset": dataset(jsonl(TRAIN_ROWS)),
+        "validation_dataset": dataset(jsonl(TEST_ROWS)),
+        "optimizer_config": OPTIMIZER_CONFIG,
+        "training_config": TRAINING_CONFIG,
     }
 
 
@@ -53,9 +61,16 @@ def sft(job_uuid: str, **overrides: Any) -> dict[str, Any]:
     return training_request(job_uuid, fields, overrides)
 
 
-def grpo(job_uuid: str, finetuned_model: str, rewards: dict[str, float] | None = None, **overrides: Any) -> dict[str, Any]:
+def grpo(
+    job_uuid: str, finetuned_model: str, rewards: dict[str, float] | None = None, **overrides: Any
+) -> dict[str, Any]:
     grpo_config = {"reward_functions": rewards or {"similarity_score_shared": 1.0}, "num_generations": 6}
-    fields = {"finetuned_model": finetuned_model, "algorithm": "grpo", "algorithm_config": grpo_config, **data_and_configs()}
+    fields = {
+        "finetuned_model": finetuned_model,
+        "algorithm": "grpo",
+        "algorithm_config": grpo_config,
+        **data_and_configs(),
+    }
     return training_request(job_uuid, fields, overrides)
 
 
@@ -100,7 +115,10 @@ async def test_sft_creates_the_project_once_uploads_the_datasets_and_maps_the_hy
         "description": "llama-stack SFT sft-1",
         "task_type": "text-generation",
         "parameters": {
-            "learning_rate": 2e-4, "num_train_epochs": 3, "per_device_train_batch_size": 2, "per_device_eval_batch_size": 2,
+            "learning_rate": 2e-4,
+            "num_train_epochs": 3,
+            "per_device_train_batch_size": 2,
+            "per_device_eval_batch_size": 2,
         },
     }
     assert training.dataset(emissary, train_id)["content"] == jsonl(TRAIN_ROWS)
@@ -178,8 +196,12 @@ async def test_a_model_id_is_mapped_by_base_models(emissary, start_stack):
 
 
 async def test_dpo_is_not_supported_by_emissary(client, emissary):
-    request = grpo("dpo-1", "https://huggingface.co/acme/m", algorithm="dpo",
-                   algorithm_config={"reward_scale": 1.0, "reward_clip": 5.0, "epsilon": 0.1, "gamma": 0.99})
+    request = grpo(
+        "dpo-1",
+        "https://huggingface.co/acme/m",
+        algorithm="dpo",
+        algorithm_config={"reward_scale": 1.0, "reward_clip": 5.0, "epsilon": 0.1, "gamma": 0.99},
+    )
     with pytest.raises(NotSupportedError, match="no DPO training: use algorithm 'grpo' .* remote::together"):
         await client.post_training.preference_optimize(**request)
     assert emissary.requests == []
@@ -199,7 +221,9 @@ async def test_a_job_uuid_is_used_once_and_creating_is_not_retried(client, emiss
 def test_the_fake_refuses_training_requests_outside_the_spec(emissary):
     headers = {"X-API-Key": API_KEY}
     project_id = training.add_project(emissary, "strict")
-    no_file = httpx.post(f"{emissary.url}/v1/projects/{project_id}/datasets", files={"name": (None, b"n")}, headers=headers)
+    no_file = httpx.post(
+        f"{emissary.url}/v1/projects/{project_id}/datasets", files={"name": (None, b"n")}, headers=headers
+    )
     misplaced = httpx.post(
         f"{emissary.url}/v1/projects/{project_id}/training-jobs",
         json={"base_model": BASE, "train_dataset_id": "ds-1", "learning_rate": 2e-4},
@@ -216,7 +240,9 @@ async def test_grpo_rewards_with_the_testing_functions(emissary, start_stack):
     client = await start_stack(post_training(emissary, preference_model=BASE))
     rewards = {"similarity_score_shared": 0.7, "exact_match_shared": 0.3}
 
-    await client.post_training.preference_optimize(**grpo("grpo-1", "https://huggingface.co/meta-llama/Llama-3.2-1B-Instruct", rewards))
+    await client.post_training.preference_optimize(
+        **grpo("grpo-1", "https://huggingface.co/meta-llama/Llama-3.2-1B-Instruct", rewards)
+    )
 
     assert len(emissary.calls("GET", "/v1/testing-functions")) == 1
     (body,) = created(emissary, "training-jobs/grpo")
@@ -232,7 +258,12 @@ async def test_grpo_rewards_with_the_testing_functions(emissary, start_stack):
         "name": "grpo-1",
         "description": "llama-stack GRPO grpo-1",
         "task_type": "text-generation",
-        "parameters": {"learning_rate": 2e-4, "num_train_epochs": 3, "num_generations": 6, "per_device_train_batch_size": 2},
+        "parameters": {
+            "learning_rate": 2e-4,
+            "num_train_epochs": 3,
+            "num_generations": 6,
+            "per_device_train_batch_size": 2,
+        },
     }
     assert training.job_by_name(emissary, "grpo-1")["training_technique"] == "GRPO"
 
@@ -247,7 +278,9 @@ async def test_grpo_with_an_unknown_reward_function_is_refused_naming_the_availa
 
 
 async def test_grpo_without_a_model_to_start_from_is_refused(client, emissary):
-    with pytest.raises(BadRequestError, match="is not an Emissary training job of this provider .* no preference_model"):
+    with pytest.raises(
+        BadRequestError, match="is not an Emissary training job of this provider .* no preference_model"
+    ):
         await client.post_training.preference_optimize(**grpo("grpo-nowhere", "https://example.com/m"))
     assert uploads(emissary) == []
 
@@ -280,8 +313,12 @@ async def test_status_follows_the_job_with_timestamps_and_checkpoints(client, em
     assert pending.scheduled_at.isoformat() == "2021-09-30T21:20:00+00:00"
     assert pending.started_at is None and pending.completed_at is None and pending.checkpoints == []
     assert pending.resources_allocated == {
-        "vendor_job_id": job["id"], "vendor_status": "Pending", "project_id": project_id, "progress": 0,
-        "training_technique": "SFT", "base_model": BASE,
+        "vendor_job_id": job["id"],
+        "vendor_status": "Pending",
+        "project_id": project_id,
+        "progress": 0,
+        "training_technique": "SFT",
+        "base_model": BASE,
     }
 
     training.advance(emissary, job["id"])
@@ -381,7 +418,9 @@ async def test_a_job_deleted_on_emissary_is_a_clear_404(client, emissary):
     await client.post_training.supervised_fine_tune(**sft("deleted-there"))
     job = training.job_by_name(emissary, "deleted-there")
     project_id = only_project(emissary)
-    deleted = httpx.delete(f"{emissary.url}/v1/projects/{project_id}/training-jobs/{job['id']}", headers={"X-API-Key": API_KEY})
+    deleted = httpx.delete(
+        f"{emissary.url}/v1/projects/{project_id}/training-jobs/{job['id']}", headers={"X-API-Key": API_KEY}
+    )
     assert deleted.status_code == 204
 
     with pytest.raises(NotFoundError) as missing:

@@ -7,13 +7,19 @@ import asyncio
 from typing import Any
 
 import pytest
-
 from fakes.emissary import API_KEY
 from fakes.vendor_server import Fault
-from llama_stack.apis.errors import BadRequestError, NotFoundError, NotSupportedError, ProviderError, ServiceUnavailableError
-from llama_stack.client import LlamaStackClient
 from remote.conftest import FAST_RETRIES, write_distribution
 from support import serving
+
+from llama_stack.apis.errors import (
+    BadRequestError,
+    NotFoundError,
+    NotSupportedError,
+    ProviderError,
+    ServiceUnavailableError,
+)
+from llama_stack.client import LlamaStackClient
 
 CLASSIFIER = "safety-classifier-deployment"
 REWARD = "reward-classifier-deployment"
@@ -62,7 +68,11 @@ async def test_an_unsafe_label_over_the_threshold_is_a_violation_with_the_probab
     violation = result.violation
     assert violation.violation_type == "unsafe"
     assert "messages[2] (user)" in violation.details and CLASSIFIER in violation.details
-    assert "unsafe=0.96" in violation.details and "safe=0.03" in violation.details and "threshold 0.50" in violation.details
+    assert (
+        "unsafe=0.96" in violation.details
+        and "safe=0.03" in violation.details
+        and "threshold 0.50" in violation.details
+    )
     assert violation.suggested_user_response
 
 
@@ -163,7 +173,10 @@ async def test_a_classification_answer_without_probabilities_is_a_502(emissary, 
 
 # ------------------------------------------------------------------------------------ reward scoring
 def dialog_generations(question: str, *answers: str, history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    return {"dialog": {"message": user(question), "message_history": history or []}, "k_generations": [assistant(a) for a in answers]}
+    return {
+        "dialog": {"message": user(question), "message_history": history or []},
+        "k_generations": [assistant(a) for a in answers],
+    }
 
 
 async def test_reward_scores_are_the_good_labels_probability_in_order(emissary, start_stack):
@@ -171,13 +184,21 @@ async def test_reward_scores_are_the_good_labels_probability_in_order(emissary, 
     result = await client.reward_scoring.reward_score(
         model=REWARD,
         prompt_generations=[
-            dialog_generations("Capital of France?", "Paris", "It is Paris, of course", history=[{"role": "system", "content": "Be brief."}]),
+            dialog_generations(
+                "Capital of France?",
+                "Paris",
+                "It is Paris, of course",
+                history=[{"role": "system", "content": "Be brief."}],
+            ),
             dialog_generations("2+2?", "four"),
         ],
     )
     first, second = result.scored_generations
     assert first.prompt.content == "Capital of France?"
-    assert [(s.message.content, s.score) for s in first.k_scored_generations] == [("Paris", 0.1), ("It is Paris, of course", 0.5)]
+    assert [(s.message.content, s.score) for s in first.k_scored_generations] == [
+        ("Paris", 0.1),
+        ("It is Paris, of course", 0.5),
+    ]
     assert [s.score for s in second.k_scored_generations] == [0.1]
     assert sorted(c["input"] for c in classified(emissary)) == [
         "system: Be brief.\n\nuser: Capital of France?\n\nassistant: It is Paris, of course",
@@ -190,7 +211,9 @@ async def test_reward_scores_are_the_good_labels_probability_in_order(emissary, 
 
 async def test_score_label_picks_the_label_and_an_unknown_one_is_a_502(emissary, start_stack):
     bad = await start_stack(emissary_api("reward_scoring", emissary, score_label="bad"))
-    result = await bad.reward_scoring.reward_score(model=REWARD, prompt_generations=[dialog_generations("Hi?", "Hello there")])
+    result = await bad.reward_scoring.reward_score(
+        model=REWARD, prompt_generations=[dialog_generations("Hi?", "Hello there")]
+    )
     assert result.scored_generations[0].k_scored_generations[0].score == 0.8
     wrong = await start_stack(emissary_api("reward_scoring", emissary, provider_id="emissary-2", score_label="reward"))
     with pytest.raises(ProviderError) as failure:
@@ -201,7 +224,9 @@ async def test_score_label_picks_the_label_and_an_unknown_one_is_a_502(emissary,
 async def test_an_unknown_reward_deployment_is_a_404_naming_the_model(emissary, start_stack):
     client = await start_stack(emissary_api("reward_scoring", emissary))
     with pytest.raises(NotFoundError) as missing:
-        await client.reward_scoring.reward_score(model="missing-deployment", prompt_generations=[dialog_generations("Hi?", "Hello")])
+        await client.reward_scoring.reward_score(
+            model="missing-deployment", prompt_generations=[dialog_generations("Hi?", "Hello")]
+        )
     assert missing.value.param == "model" and missing.value.provider == "emissary"
     assert "'missing-deployment'" in missing.value.message
 
@@ -239,7 +264,11 @@ async def _drive_server(url: str) -> None:
         with pytest.raises(NotSupportedError) as refused:
             await client.safety.run_shield(shield_type="code_guard", messages=[user("hi")])
         assert refused.value.status == 501 and refused.value.provider == "emissary"
-        scored = await client.reward_scoring.reward_score(model=REWARD, prompt_generations=[dialog_generations("Hi?", "Hello to you")])
+        scored = await client.reward_scoring.reward_score(
+            model=REWARD, prompt_generations=[dialog_generations("Hi?", "Hello to you")]
+        )
         assert scored.scored_generations[0].k_scored_generations[0].score == 0.3
         with pytest.raises(NotFoundError):
-            await client.reward_scoring.reward_score(model="missing-deployment", prompt_generations=[dialog_generations("Hi?", "x")])
+            await client.reward_scoring.reward_score(
+                model="missing-deployment", prompt_generations=[dialog_generations("Hi?", "x")]
+            )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import httpx
-
 from fakes import together as together_fake
 
 

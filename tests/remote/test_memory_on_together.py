@@ -6,12 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
-from llama_stack.apis.errors import ServiceUnavailableError
 from fakes.together import API_KEY
 from fakes.vendor_server import Fault
 from memory_support import document
 from remote.conftest import FAST_RETRIES
+
+from llama_stack.apis.errors import ServiceUnavailableError
 
 EMBEDDER = "togethercomputer/m2-bert-80M-8k-retrieval"
 RERANKER = "Salesforce/Llama-Rank-V1"
@@ -68,6 +68,8 @@ async def test_a_failing_embedding_vendor_is_a_503_naming_it_and_stores_nothing(
     await client.memory_banks.register_memory_bank(bank_uuid="facts", bank_name="Facts")
     together.fail("POST", "/embeddings", Fault("status", status=503), times=FAST_RETRIES["max_retries"] + 1)
     with pytest.raises(ServiceUnavailableError) as failure:
-        await client.memory_banks.insert_memory_documents(bank_uuid="facts", documents=[document("paris", FACTS["paris"])])
+        await client.memory_banks.insert_memory_documents(
+            bank_uuid="facts", documents=[document("paris", FACTS["paris"])]
+        )
     assert failure.value.provider == "together" and "Together" in failure.value.message
     assert await client.memory_banks.get_memory_documents(bank_uuid="facts", document_uuids=["paris"]) == []

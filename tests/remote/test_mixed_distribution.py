@@ -9,13 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-
 from fakes.together import API_KEY
 from fakes.vendor_server import FakeVendor
-from llama_stack.apis.common import StopReason
-from llama_stack.client import LlamaStackClient
 from remote.conftest import FAST_RETRIES, write_distribution
 from support import serving
+
+from llama_stack.apis.common import StopReason
+from llama_stack.client import LlamaStackClient
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +66,10 @@ async def test_each_model_is_served_by_its_own_provider(mixed_server, together):
 
         remote = await client.inference.chat_completion(model="llama-3.3-70b", dialog=dialog("What is 1 + 1?"))
         streamed = [
-            c async for c in await client.inference.chat_completion(model="smollm2-135m-instruct", dialog=dialog("Hi"), stream=True, max_tokens=8)
+            c
+            async for c in await client.inference.chat_completion(
+                model="smollm2-135m-instruct", dialog=dialog("Hi"), stream=True, max_tokens=8
+            )
         ]
 
     assert local.content.strip() and local.content != remote.content

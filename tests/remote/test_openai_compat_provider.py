@@ -14,8 +14,8 @@ The slow tests at the end go through ``llama-stack run local`` and the real Smol
 
 from __future__ import annotations
 
-import contextlib
 import base64
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -23,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from remote.conftest import FAST_RETRIES
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from support import TOOL_CALLS, free_port, uvicorn_serving, write_replay_distribution
 
 from llama_stack.apis.common import Attachment, ToolCall
 from llama_stack.apis.errors import (
@@ -42,8 +44,6 @@ from llama_stack.client import LlamaStackClient
 from llama_stack.config import ConfigError
 from llama_stack.resolver import Stack
 from llama_stack.server import create_app
-from remote.conftest import FAST_RETRIES
-from support import TOOL_CALLS, free_port, uvicorn_serving, write_replay_distribution
 
 REPLY = "The capital of France is Paris."
 WORDS = ["The", " capital", " of", " France", " is", " Paris."]
@@ -187,7 +187,11 @@ def keyed_upstream(keyed_upstream_server: Upstream) -> Upstream:
 def provider(url: str, **config: Any) -> dict[str, Any]:
     return {
         "inference": [
-            {"provider_id": "upstream", "provider_type": "remote::openai-compat", "config": {"url": url, **FAST_RETRIES, **config}}
+            {
+                "provider_id": "upstream",
+                "provider_type": "remote::openai-compat",
+                "config": {"url": url, **FAST_RETRIES, **config},
+            }
         ]
     }
 
@@ -203,8 +207,12 @@ def models(mapping: dict[str, str] = MODELS, model_type: str = "llm") -> list[di
 def connect(start_stack, upstream):
     """``await connect(**config)``: a client of a stack whose remote::openai-compat points at the upstream."""
 
-    async def make(model_list: list[dict[str, Any]] | None = None, provider_data: dict[str, Any] | None = None, **config: Any):
-        client = await start_stack(provider(f"{upstream.url}/v1", **config), model_list or models(), provider_data=provider_data)
+    async def make(
+        model_list: list[dict[str, Any]] | None = None, provider_data: dict[str, Any] | None = None, **config: Any
+    ):
+        client = await start_stack(
+            provider(f"{upstream.url}/v1", **config), model_list or models(), provider_data=provider_data
+        )
         upstream.reset()  # start-up's GET /models is not what a test asks about
         return client
 
@@ -296,12 +304,21 @@ async def test_tool_calls_come_back_with_their_ids(connect, upstream):
     client = await connect()
     answer = await client.inference.chat_completion(model="remote-tools", dialog=ASK, available_tools=[WEATHER, TIME])
     assert answer.content == "" and answer.stop_reason == "finished_ok"
-    assert [(c.tool_name, c.arguments) for c in answer.tool_calls] == [(c["tool_name"], c["arguments"]) for c in TOOL_CALLS]
+    assert [(c.tool_name, c.arguments) for c in answer.tool_calls] == [
+        (c["tool_name"], c["arguments"]) for c in TOOL_CALLS
+    ]
     assert answer.tool_calls[0].call_id == "call_weather_1"
     assert answer.tool_calls[1].call_id.startswith("call_")  # the upstream made one up
     (body,) = chat_bodies(upstream)
     assert body["tools"] == [
-        {"type": "function", "function": {"name": "get_weather", "parameters": WEATHER["parameters"], "description": "The weather in a city."}},
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": WEATHER["parameters"],
+                "description": "The weather in a city.",
+            },
+        },
         {"type": "function", "function": {"name": "get_time", "parameters": TIME["parameters"]}},
     ]
     assert body["tool_choice"] == "auto"
@@ -309,7 +326,9 @@ async def test_tool_calls_come_back_with_their_ids(connect, upstream):
 
 async def test_streamed_tool_calls_arrive_in_order_after_the_text(connect, upstream):
     client = await connect()
-    stream = await client.inference.chat_completion(model="remote-tools", dialog=ASK, available_tools=[WEATHER, TIME], stream=True)
+    stream = await client.inference.chat_completion(
+        model="remote-tools", dialog=ASK, available_tools=[WEATHER, TIME], stream=True
+    )
     chunks = await collect(stream)
     calls = [(c.tool_call_index, c.tool_call.tool_name, c.tool_call.arguments) for c in chunks if c.tool_call]
     assert calls == [(0, "get_weather", TOOL_CALLS[0]["arguments"]), (1, "get_time", TOOL_CALLS[1]["arguments"])]
@@ -319,9 +338,14 @@ async def test_streamed_tool_calls_arrive_in_order_after_the_text(connect, upstr
 async def test_tool_choice_and_built_in_tools_are_mapped(connect, upstream):
     client = await connect()
     await client.inference.chat_completion(
-        model="remote-tools", dialog=ASK, available_tools=[WEATHER, {"tool_name": "web_search"}], tool_choice="get_weather"
+        model="remote-tools",
+        dialog=ASK,
+        available_tools=[WEATHER, {"tool_name": "web_search"}],
+        tool_choice="get_weather",
     )
-    none = await client.inference.chat_completion(model="remote-tools", dialog=ASK, available_tools=[WEATHER], tool_choice="none")
+    none = await client.inference.chat_completion(
+        model="remote-tools", dialog=ASK, available_tools=[WEATHER], tool_choice="none"
+    )
     named, refused = chat_bodies(upstream)
     assert named["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
     assert named["tools"][1] == {
@@ -355,7 +379,11 @@ async def test_tool_results_are_linked_to_their_calls(connect, upstream):
             },
             # Results may leave out call_id: they are matched by tool name.
             {"role": "tool", "content": "", "tool_responses": [{"tool_name": "get_time", "content": "14:00"}]},
-            {"role": "tool", "content": "", "tool_responses": [{"tool_name": "get_weather", "content": "Sunny", "call_id": "call_w"}]},
+            {
+                "role": "tool",
+                "content": "",
+                "tool_responses": [{"tool_name": "get_weather", "content": "Sunny", "call_id": "call_w"}],
+            },
         ],
         "message": {"role": "user", "content": "Thanks. Summarize."},
     }
@@ -366,8 +394,16 @@ async def test_tool_results_are_linked_to_their_calls(connect, upstream):
             "role": "assistant",
             "content": None,
             "tool_calls": [
-                {"id": "call_w", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
-                {"id": "call_1_1", "type": "function", "function": {"name": "get_time", "arguments": '{"zone": "Europe/Paris"}'}},
+                {
+                    "id": "call_w",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                },
+                {
+                    "id": "call_1_1",
+                    "type": "function",
+                    "function": {"name": "get_time", "arguments": '{"zone": "Europe/Paris"}'},
+                },
             ],
         },
         {"role": "tool", "tool_call_id": "call_1_1", "content": "14:00"},
@@ -375,7 +411,10 @@ async def test_tool_results_are_linked_to_their_calls(connect, upstream):
     ]
     # The upstream linked them back to the same calls.
     history = upstream.replay.requests[0].dialog.message_history
-    assert [(r.tool_name, r.call_id) for m in history[2:4] for r in m.tool_responses] == [("get_time", "call_1_1"), ("get_weather", "call_w")]
+    assert [(r.tool_name, r.call_id) for m in history[2:4] for r in m.tool_responses] == [
+        ("get_time", "call_1_1"),
+        ("get_weather", "call_w"),
+    ]
 
 
 async def test_a_tool_result_that_answers_no_call_is_refused_before_sending(connect, upstream):
@@ -397,15 +436,36 @@ async def test_a_tool_result_that_answers_no_call_is_refused_before_sending(conn
 async def test_sampling_fields_and_extensions_reach_the_upstream(connect, upstream):
     client = await connect()
     sampling = {
-        "strategy": "top_k", "temperature": 0.7, "top_p": 0.9, "top_k": 40, "repetition_penalty": 1.1, "seed": 42,
-        "frequency_penalty": 0.4, "presence_penalty": -0.2,
+        "strategy": "top_k",
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_k": 40,
+        "repetition_penalty": 1.1,
+        "seed": 42,
+        "frequency_penalty": 0.4,
+        "presence_penalty": -0.2,
     }
     await client.inference.chat_completion(model="remote-replay", dialog=ASK, sampling_params=sampling, max_tokens=50)
     (body,) = chat_bodies(upstream)
-    fields = ("temperature", "top_p", "top_k", "repetition_penalty", "seed", "frequency_penalty", "presence_penalty", "max_tokens")
+    fields = (
+        "temperature",
+        "top_p",
+        "top_k",
+        "repetition_penalty",
+        "seed",
+        "frequency_penalty",
+        "presence_penalty",
+        "max_tokens",
+    )
     assert {k: body[k] for k in fields} == {
-        "temperature": 0.7, "top_p": 0.9, "top_k": 40, "repetition_penalty": 1.1, "seed": 42,
-        "frequency_penalty": 0.4, "presence_penalty": -0.2, "max_tokens": 50,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_k": 40,
+        "repetition_penalty": 1.1,
+        "seed": 42,
+        "frequency_penalty": 0.4,
+        "presence_penalty": -0.2,
+        "max_tokens": 50,
     }
     received = upstream.replay.requests[0].sampling_params
     assert (received.strategy, received.top_k, received.repetition_penalty, received.seed) == ("top_k", 40, 1.1, 42)
@@ -420,7 +480,9 @@ async def test_without_sampling_extensions_top_k_is_refused_before_sending(conne
     assert "sampling_params.top_k" in caught.value.message and "sampling_extensions" in caught.value.message
     assert upstream.received == []
     # What OpenAI's API has still goes through.
-    await client.inference.chat_completion(model="remote-replay", dialog=ASK, sampling_params={"strategy": "top_p", "temperature": 0.5})
+    await client.inference.chat_completion(
+        model="remote-replay", dialog=ASK, sampling_params={"strategy": "top_p", "temperature": 0.5}
+    )
     (body,) = chat_bodies(upstream)
     assert body["temperature"] == 0.5 and body["top_p"] == 0.95 and "top_k" not in body
 
@@ -431,7 +493,9 @@ async def test_stop_and_max_tokens(connect, upstream):
     assert stopped.content == "The capital of" and stopped.stop_reason == "finished_ok"
     cut = await client.inference.chat_completion(model="remote-replay", dialog=ASK, max_tokens=3)
     assert cut.content == "The capital of" and cut.stop_reason == "max_tokens"
-    chunks = await collect(await client.inference.chat_completion(model="remote-replay", dialog=ASK, max_tokens=2, stream=True))
+    chunks = await collect(
+        await client.inference.chat_completion(model="remote-replay", dialog=ASK, max_tokens=2, stream=True)
+    )
     assert chunks[-1].stop_reason == "max_tokens"
     first, second, _ = chat_bodies(upstream)
     assert first["stop"] == [" France", "zzz"] and second["max_tokens"] == 3
@@ -442,9 +506,15 @@ async def test_logprobs_with_top_alternatives(connect, upstream):
     answer = await client.inference.chat_completion(model="remote-replay", dialog=ASK, logprobs=True, top_logprobs=2)
     assert [t.token for t in answer.logprobs.content] == WORDS
     assert answer.logprobs.content[1] == TokenLogprob(
-        token=" capital", logprob=-0.2, top_logprobs=[TopLogprob(token=" capital", logprob=-0.2), TopLogprob(token="alt1", logprob=-1.2)]
+        token=" capital",
+        logprob=-0.2,
+        top_logprobs=[TopLogprob(token=" capital", logprob=-0.2), TopLogprob(token="alt1", logprob=-1.2)],
     )
-    chunks = await collect(await client.inference.chat_completion(model="remote-replay", dialog=ASK, logprobs=True, top_logprobs=3, stream=True))
+    chunks = await collect(
+        await client.inference.chat_completion(
+            model="remote-replay", dialog=ASK, logprobs=True, top_logprobs=3, stream=True
+        )
+    )
     streamed = [t for c in chunks if c.logprobs for t in c.logprobs.content]
     assert [t.token for t in streamed] == WORDS
     assert [a.token for a in streamed[0].top_logprobs] == ["The", "alt1", "alt2"]
@@ -455,10 +525,15 @@ async def test_logprobs_with_top_alternatives(connect, upstream):
 async def test_response_format_json_schema(connect, upstream):
     client = await connect()
     schema = {"type": "object", "properties": {"city": {"type": "string"}}}
-    await client.inference.chat_completion(model="remote-replay", dialog=ASK, response_format={"type": "json_schema", "json_schema": schema})
+    await client.inference.chat_completion(
+        model="remote-replay", dialog=ASK, response_format={"type": "json_schema", "json_schema": schema}
+    )
     await client.inference.chat_completion(model="remote-replay", dialog=ASK, response_format={"type": "json_object"})
     with_schema, with_object = chat_bodies(upstream)
-    assert with_schema["response_format"] == {"type": "json_schema", "json_schema": {"name": "response", "schema": schema}}
+    assert with_schema["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "response", "schema": schema},
+    }
     assert with_object["response_format"] == {"type": "json_object"}
     assert [r.response_format.type for r in upstream.replay.requests] == ["json_schema", "json_object"]
     assert upstream.replay.requests[0].response_format.json_schema == schema
@@ -478,10 +553,16 @@ async def test_images_travel_as_image_url_parts(connect, upstream):
     assert body["messages"] == [
         {
             "role": "user",
-            "content": [{"type": "text", "text": "What is in this picture?"}, {"type": "image_url", "image_url": {"url": PNG}}],
+            "content": [
+                {"type": "text", "text": "What is in this picture?"},
+                {"type": "image_url", "image_url": {"url": PNG}},
+            ],
         }
     ]
-    assert upstream.replay.requests[0].dialog.message.content == ["What is in this picture?", Attachment(url=PNG, mime_type="image/png")]
+    assert upstream.replay.requests[0].dialog.message.content == [
+        "What is in this picture?",
+        Attachment(url=PNG, mime_type="image/png"),
+    ]
 
 
 async def test_text_attachments_are_inlined(connect, upstream):
@@ -498,8 +579,16 @@ async def test_text_attachments_are_inlined(connect, upstream):
 @pytest.mark.parametrize(
     ("message", "where", "why"),
     [
-        ({"role": "user", "content": {"url": "file:///tmp/cat.png", "mime_type": "image/png"}}, "dialog.message.content", "data: URL"),
-        ({"role": "system", "content": [{"url": PNG, "mime_type": "image/png"}]}, "dialog.message.content[0]", "only be sent in user messages"),
+        (
+            {"role": "user", "content": {"url": "file:///tmp/cat.png", "mime_type": "image/png"}},
+            "dialog.message.content",
+            "data: URL",
+        ),
+        (
+            {"role": "system", "content": [{"url": PNG, "mime_type": "image/png"}]},
+            "dialog.message.content[0]",
+            "only be sent in user messages",
+        ),
     ],
 )
 async def test_images_the_server_cannot_take_are_refused_before_sending(connect, upstream, message, where, why):
@@ -523,19 +612,31 @@ async def test_completion_plain_and_streamed(connect, upstream):
     assert chunks[-1].stop_reason == "finished_ok" and chunks[-1].usage.prompt_tokens == 1
     plain, streamed = [r.json for r in upstream.calls("/v1/completions")]
     # Our max_tokens 0 means "until the model stops"; /completions would stop after 16 without one.
-    assert plain == {"model": "counting-model", "prompt": "The capital of France is", "temperature": 0.0, "max_tokens": 1024}
+    assert plain == {
+        "model": "counting-model",
+        "prompt": "The capital of France is",
+        "temperature": 0.0,
+        "max_tokens": 1024,
+    }
     assert streamed["stream"] is True and streamed["stream_options"] == {"include_usage": True}
 
 
 async def test_completion_logprobs_stop_and_max_tokens(connect, upstream):
     client = await connect(completion_max_tokens=64)
-    answer = await client.inference.completion(model="remote-replay", content="Q", logprobs=True, top_logprobs=2, stop=[" is"])
+    answer = await client.inference.completion(
+        model="remote-replay", content="Q", logprobs=True, top_logprobs=2, stop=[" is"]
+    )
     assert answer.content == "The capital of France"
     assert [t.token for t in answer.logprobs.content] == WORDS[:4]
-    assert answer.logprobs.content[0].top_logprobs == [TopLogprob(token="The", logprob=-0.1), TopLogprob(token="alt1", logprob=-1.1)]
+    assert answer.logprobs.content[0].top_logprobs == [
+        TopLogprob(token="The", logprob=-0.1),
+        TopLogprob(token="alt1", logprob=-1.1),
+    ]
     cut = await client.inference.completion(model="remote-replay", content="Q", max_tokens=2)
     assert cut.content == "The capital" and cut.stop_reason == "max_tokens"
-    chunks = await collect(await client.inference.completion(model="remote-replay", content="Q", logprobs=True, stream=True))
+    chunks = await collect(
+        await client.inference.completion(model="remote-replay", content="Q", logprobs=True, stream=True)
+    )
     assert [t.token for c in chunks if c.logprobs for t in c.logprobs.content] == WORDS
     first, second, _ = [r.json for r in upstream.calls("/v1/completions")]
     assert (first["logprobs"], first["stop"], first["max_tokens"]) == (2, [" is"], 64)
@@ -545,7 +646,9 @@ async def test_completion_logprobs_stop_and_max_tokens(connect, upstream):
 async def test_a_completion_prompt_with_an_image_is_refused(connect, upstream):
     client = await connect()
     with pytest.raises(BadRequestError) as caught:
-        await client.inference.completion(model="remote-replay", content=["Describe", {"url": PNG, "mime_type": "image/png"}])
+        await client.inference.completion(
+            model="remote-replay", content=["Describe", {"url": PNG, "mime_type": "image/png"}]
+        )
     assert "content[1]" in caught.value.message and "chat_completion" in caught.value.message
     assert upstream.received == []
 
@@ -564,7 +667,9 @@ async def test_batches_answer_in_input_order_with_bounded_concurrency(connect, u
 
     upstream.reset()
     dialogs = [{"message": {"role": "user", "content": "a " * n}} for n in (3, 1, 2)]
-    chats = await client.inference.batch_chat_completion(model="remote-tools", batch_dialogs=dialogs, available_tools=[WEATHER, TIME])
+    chats = await client.inference.batch_chat_completion(
+        model="remote-tools", batch_dialogs=dialogs, available_tools=[WEATHER, TIME]
+    )
     assert [len(c.tool_calls) for c in chats] == [2, 2, 2]
     assert all(c.tool_calls[0].call_id == "call_weather_1" for c in chats)
     assert len(chat_bodies(upstream)) == 3 and upstream.most_in_flight <= 2
@@ -610,7 +715,11 @@ async def test_start_up_goes_on_when_the_upstream_is_down(start_stack):
     client = await start_stack(provider(f"http://127.0.0.1:{free_port()}/v1", max_retries=0), models({"m": "m"}))
     with pytest.raises(ServiceUnavailableError) as caught:
         await client.inference.chat_completion(model="m", dialog=ASK)
-    assert caught.value.status == 503 and "cannot be reached" in caught.value.message and caught.value.provider == "upstream"
+    assert (
+        caught.value.status == 503
+        and "cannot be reached" in caught.value.message
+        and caught.value.provider == "upstream"
+    )
 
 
 async def test_rerank_models_are_refused_at_start_up(start_stack, upstream):
@@ -660,14 +769,18 @@ async def test_a_stream_that_breaks_upstream_raises_mid_stream(connect, upstream
 
 
 async def test_the_configured_key_is_sent_as_a_bearer_token(start_stack, keyed_upstream):
-    client = await start_stack(provider(f"{keyed_upstream.url}/v1", api_key=UPSTREAM_KEY), models({"m": "replay-model"}))
+    client = await start_stack(
+        provider(f"{keyed_upstream.url}/v1", api_key=UPSTREAM_KEY), models({"m": "replay-model"})
+    )
     assert (await client.inference.chat_completion(model="m", dialog=ASK)).content == REPLY
     assert {r.headers["authorization"] for r in keyed_upstream.received} == {f"Bearer {UPSTREAM_KEY}"}
 
 
 async def test_a_request_can_bring_its_own_key(start_stack, keyed_upstream):
     config = provider(f"{keyed_upstream.url}/v1", check_models=False)
-    client = await start_stack(config, models({"m": "replay-model"}), provider_data={"openai_compat_api_key": UPSTREAM_KEY})
+    client = await start_stack(
+        config, models({"m": "replay-model"}), provider_data={"openai_compat_api_key": UPSTREAM_KEY}
+    )
     assert (await client.inference.completion(model="m", content="Hi")).content == REPLY
     # A stream is read after the call returns, outside the request's context: the key went with its start.
     chunks = await collect(await client.inference.chat_completion(model="m", dialog=ASK, stream=True))
@@ -702,7 +815,10 @@ async def test_a_required_key_is_asked_for_before_anything_is_sent(start_stack, 
 
 
 async def test_a_wrong_key_never_shows_up_in_the_error(start_stack, keyed_upstream):
-    client = await start_stack(provider(f"{keyed_upstream.url}/v1", api_key="sk-wrong-secret", check_models=False), models({"m": "replay-model"}))
+    client = await start_stack(
+        provider(f"{keyed_upstream.url}/v1", api_key="sk-wrong-secret", check_models=False),
+        models({"m": "replay-model"}),
+    )
     with pytest.raises(ProviderError) as caught:
         await client.inference.chat_completion(model="m", dialog=ASK)
     assert "rejected its configured API key" in caught.value.message
@@ -759,34 +875,57 @@ def scripted(scripted_server, start_stack):
     server.bodies.clear()
 
     async def connect(model_type: str = "llm", **config: Any) -> tuple[Scripted, LlamaStackClient]:
-        client = await start_stack(provider(f"{url}/v1", check_models=False, **config), models({"m": "their-model"}, model_type))
+        client = await start_stack(
+            provider(f"{url}/v1", check_models=False, **config), models({"m": "their-model"}, model_type)
+        )
         return server, client
 
     return connect
 
 
 def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-    return {"id": "c", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    return {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
 
 
 async def test_tool_call_deltas_are_accumulated_by_index(scripted):
     server, client = await scripted()
     server.answers["/v1/chat/completions"] = [
         chunk({"role": "assistant", "content": ""}),
-        chunk({"tool_calls": [{"index": 0, "id": "a", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]}),
-        chunk({"tool_calls": [{"index": 1, "id": "b", "type": "function", "function": {"name": "get_time", "arguments": '{"zo'}}]}),
+        chunk(
+            {
+                "tool_calls": [
+                    {"index": 0, "id": "a", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
+                ]
+            }
+        ),
+        chunk(
+            {
+                "tool_calls": [
+                    {"index": 1, "id": "b", "type": "function", "function": {"name": "get_time", "arguments": '{"zo'}}
+                ]
+            }
+        ),
         chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]}),
         chunk({"tool_calls": [{"index": 1, "function": {"arguments": 'ne": "UTC"}'}}]}),
         chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}, finish="tool_calls"),
         {"id": "c", "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}},
         "[DONE]",
     ]
-    chunks = await collect(await client.inference.chat_completion(model="m", dialog=ASK, available_tools=[WEATHER, TIME], stream=True))
+    chunks = await collect(
+        await client.inference.chat_completion(model="m", dialog=ASK, available_tools=[WEATHER, TIME], stream=True)
+    )
     assert [(c.tool_call_index, c.tool_call) for c in chunks if c.tool_call] == [
         (0, ToolCall(tool_name="get_weather", arguments={"city": "Paris"}, call_id="a")),
         (1, ToolCall(tool_name="get_time", arguments={"zone": "UTC"}, call_id="b")),
     ]
-    assert chunks[-1].stop_reason == "finished_ok" and chunks[-1].usage.model_dump() == {"prompt_tokens": 9, "completion_tokens": 4}
+    assert chunks[-1].stop_reason == "finished_ok" and chunks[-1].usage.model_dump() == {
+        "prompt_tokens": 9,
+        "completion_tokens": 4,
+    }
 
 
 async def test_a_tool_call_with_unreadable_arguments_keeps_them_as_raw_text(scripted):
@@ -800,7 +939,11 @@ async def test_a_tool_call_with_unreadable_arguments_keeps_them_as_raw_text(scri
                     "role": "assistant",
                     "content": None,
                     "tool_calls": [
-                        {"id": "a", "type": "function", "function": {"name": "get_weather", "arguments": "{city: Paris"}},
+                        {
+                            "id": "a",
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": "{city: Paris"},
+                        },
                         {"id": "b", "type": "function", "function": {"name": "get_time", "arguments": ""}},
                     ],
                 },
@@ -826,7 +969,10 @@ async def test_finish_reason_length_is_max_tokens(scripted):
 
 async def test_llama_cpp_extension_fields(scripted):
     server, client = await scripted(sampling_extensions="llama.cpp")
-    server.answers["/v1/chat/completions"] = {"id": "x", "choices": [{"index": 0, "message": {"content": "ok"}, "finish_reason": "stop"}]}
+    server.answers["/v1/chat/completions"] = {
+        "id": "x",
+        "choices": [{"index": 0, "message": {"content": "ok"}, "finish_reason": "stop"}],
+    }
     sampling = {"strategy": "top_k", "temperature": 0.8, "top_k": 20, "repetition_penalty": 1.3}
     await client.inference.chat_completion(model="m", dialog=ASK, sampling_params=sampling)
     (body,) = server.bodies
@@ -837,7 +983,10 @@ async def test_embeddings_are_put_back_in_input_order(scripted):
     server, client = await scripted(model_type="embedding")
     server.answers["/v1/embeddings"] = {
         "object": "list",
-        "data": [{"object": "embedding", "index": 1, "embedding": [0.5, 0.5]}, {"object": "embedding", "index": 0, "embedding": [1.0, 0.0]}],
+        "data": [
+            {"object": "embedding", "index": 1, "embedding": [0.5, 0.5]},
+            {"object": "embedding", "index": 0, "embedding": [1.0, 0.0]},
+        ],
     }
     answer = await client.inference.embeddings(model="m", contents=["first", "second"])
     assert answer.embeddings == [[1.0, 0.0], [0.5, 0.5]]
@@ -879,7 +1028,8 @@ QUESTION = {"message": {"role": "user", "content": "What is the capital of Franc
 async def through_local(local_server, start_stack):
     """A stack whose remote::openai-compat points at `llama-stack run local`'s /v1."""
     return await start_stack(
-        provider(f"{local_server}/v1", timeout=120.0), [{"model_id": "smol", "provider_id": "upstream", "provider_model_id": LOCAL_MODEL}]
+        provider(f"{local_server}/v1", timeout=120.0),
+        [{"model_id": "smol", "provider_id": "upstream", "provider_model_id": LOCAL_MODEL}],
     )
 
 
@@ -899,7 +1049,11 @@ async def test_smollm2_chat_plain_and_streamed_through_openai_compat(through_loc
 async def test_smollm2_completion_through_openai_compat(through_local):
     answer = await through_local.inference.completion(model="smol", content="The capital of France is", max_tokens=8)
     assert answer.content and answer.usage.completion_tokens <= 8
-    chunks = await collect(await through_local.inference.completion(model="smol", content="The capital of France is", max_tokens=8, stream=True))
+    chunks = await collect(
+        await through_local.inference.completion(
+            model="smol", content="The capital of France is", max_tokens=8, stream=True
+        )
+    )
     assert "".join(c.text_delta for c in chunks) == answer.content
     assert chunks[-1].stop_reason == answer.stop_reason
 
@@ -923,8 +1077,20 @@ async def test_smollm2_scores_a_prompt_through_openai_compat(through_local):
 async def test_an_echo_that_is_not_the_prompt_is_a_502(scripted):
     server, client = await scripted()
     server.answers["/v1/completions"] = {
-        "id": "x", "object": "text_completion", "choices": [{"index": 0, "text": "something else", "finish_reason": "stop",
-        "logprobs": {"tokens": ["something", " else"], "token_logprobs": [None, -1.0], "top_logprobs": [None, {" else": -1.0}]}}],
+        "id": "x",
+        "object": "text_completion",
+        "choices": [
+            {
+                "index": 0,
+                "text": "something else",
+                "finish_reason": "stop",
+                "logprobs": {
+                    "tokens": ["something", " else"],
+                    "token_logprobs": [None, -1.0],
+                    "top_logprobs": [None, {" else": -1.0}],
+                },
+            }
+        ],
     }
     with pytest.raises(ProviderError) as caught:
         await client.inference.completion(model="m", content="Hello there", prompt_logprobs=0)

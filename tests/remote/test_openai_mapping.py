@@ -34,12 +34,17 @@ def dialog(*messages: Message) -> Dialog:
 ASKED = Message(
     role=Role.assistant,
     content="",
-    tool_calls=[ToolCall(tool_name="get_weather", arguments={"city": "Zürich"}), ToolCall(tool_name="get_time", arguments={})],
+    tool_calls=[
+        ToolCall(tool_name="get_weather", arguments={"city": "Zürich"}),
+        ToolCall(tool_name="get_time", arguments={}),
+    ],
 )
 
 
 def test_finish_reasons():
-    assert [stop_reason(r) for r in (None, "", "length", "max_tokens", "stop", "eos", "tool_calls", "content_filter")] == [
+    assert [
+        stop_reason(r) for r in (None, "", "length", "max_tokens", "stop", "eos", "tool_calls", "content_filter")
+    ] == [
         StopReason.not_stopped,
         StopReason.not_stopped,
         StopReason.max_tokens,
@@ -49,8 +54,14 @@ def test_finish_reasons():
 
 
 def test_usage_needs_both_counts():
-    assert usage_of({"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}) == Usage(prompt_tokens=3, completion_tokens=4)
-    assert usage_of({"prompt_tokens": 3}) is None and usage_of(None) is None and usage_of({"prompt_tokens": True, "completion_tokens": 1}) is None
+    assert usage_of({"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}) == Usage(
+        prompt_tokens=3, completion_tokens=4
+    )
+    assert (
+        usage_of({"prompt_tokens": 3}) is None
+        and usage_of(None) is None
+        and usage_of({"prompt_tokens": True, "completion_tokens": 1}) is None
+    )
 
 
 def test_the_first_choice_is_choice_zero_and_none_is_a_502():
@@ -82,13 +93,22 @@ def test_streamed_fragments_are_gathered_by_index_or_else_by_id():
     by_index.add([{"index": 1, "id": "b", "function": {"name": "g", "arguments": '{"y"'}}])
     by_index.add([{"index": 0, "id": "a", "function": {"name": "f", "arguments": "{}"}}])
     by_index.add([{"index": 1, "function": {"arguments": ": 2}"}}])
-    assert by_index.calls() == [ToolCall(tool_name="f", arguments={}, call_id="a"), ToolCall(tool_name="g", arguments={"y": 2}, call_id="b")]
+    assert by_index.calls() == [
+        ToolCall(tool_name="f", arguments={}, call_id="a"),
+        ToolCall(tool_name="g", arguments={"y": 2}, call_id="b"),
+    ]
 
     no_index = ToolCallAssembler()
-    for fragment in ({"id": "a", "function": {"name": "f", "arguments": '{"x"'}}, {"function": {"arguments": ": 1}"}},
-                     {"id": "b", "function": {"name": "g", "arguments": {"z": 3}}}):
+    for fragment in (
+        {"id": "a", "function": {"name": "f", "arguments": '{"x"'}},
+        {"function": {"arguments": ": 1}"}},
+        {"id": "b", "function": {"name": "g", "arguments": {"z": 3}}},
+    ):
         no_index.add([fragment])
-    assert no_index.calls() == [ToolCall(tool_name="f", arguments={"x": 1}, call_id="a"), ToolCall(tool_name="g", arguments={"z": 3}, call_id="b")]
+    assert no_index.calls() == [
+        ToolCall(tool_name="f", arguments={"x": 1}, call_id="a"),
+        ToolCall(tool_name="g", arguments={"z": 3}, call_id="b"),
+    ]
 
 
 def test_sampling_fields_send_only_what_changes_sampling():
@@ -97,7 +117,10 @@ def test_sampling_fields_send_only_what_changes_sampling():
     assert sampling_fields(sampled) == {"temperature": 0.7, "top_p": 0.9, "top_k": 40, "repetition_penalty": 1.1}
     penalized = SamplingParams(frequency_penalty=0.5, presence_penalty=-1, logit_bias={42: -100})
     assert sampling_fields(penalized) == {
-        "temperature": 0.0, "frequency_penalty": 0.5, "presence_penalty": -1, "logit_bias": {"42": -100}
+        "temperature": 0.0,
+        "frequency_penalty": 0.5,
+        "presence_penalty": -1,
+        "logit_bias": {"42": -100},
     }
 
 
@@ -105,7 +128,10 @@ def test_results_are_linked_to_their_calls_by_id_else_by_name():
     results = Message(
         role=Role.tool,
         content="ignored: it repeats the responses",
-        tool_responses=[ToolResponse(tool_name="get_time", content="12:00"), ToolResponse(tool_name="get_weather", content="sun")],
+        tool_responses=[
+            ToolResponse(tool_name="get_time", content="12:00"),
+            ToolResponse(tool_name="get_weather", content="sun"),
+        ],
     )
     messages = openai_messages(dialog(Message(role=Role.user, content="?"), ASKED, results), text, SERVICE)
     assert [c["id"] for c in messages[1]["tool_calls"]] == ["call_1_0", "call_1_1"]

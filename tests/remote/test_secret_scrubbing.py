@@ -25,21 +25,21 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-
 from fakes.openai_compatible import make_openai_compatible_fake
 from fakes.together_fine_tunes import LLAMA_8B
 from fakes.vendor_server import FakeVendor, Fault, FaultKind
+from memory_support import document
+from remote.conftest import FAST_RETRIES, write_distribution
+from remote.training_support import inline_dataset, jsonl, training_config, training_request
+from support import uvicorn_serving
+
 from llama_stack.apis.errors import LlamaStackError
 from llama_stack.client import LlamaStackClient
 from llama_stack.providers.utils.remote import RemoteServiceConfig
 from llama_stack.providers.utils.remote.redaction import REDACTED, Redactor, excerpt
 from llama_stack.request_context import using_provider_data
 from llama_stack.resolver import Stack
-from memory_support import document
 from llama_stack.server import create_app
-from remote.conftest import FAST_RETRIES, write_distribution
-from remote.training_support import inline_dataset, jsonl, training_config, training_request
-from support import uvicorn_serving
 
 CONFIG_KEY = "sk-config-Zk3v9Qw7Lp2x/Hd8+"
 REQUEST_KEY = "sk-request-Mb8Tn4Rc6Ys1Vq0"
@@ -89,13 +89,19 @@ def test_a_configured_key_is_caught_written_any_way(echo):
 def test_credentials_nobody_configured_are_caught_by_their_labels(echo, kept):
     scrubbed = Redactor().error_text(echo)
     assert REDACTED in scrubbed and kept in scrubbed
-    assert not any(secret in scrubbed for secret in ("unknown-proxy-token", "abcdef", "wandb-secret", "abcd1234", "hunter2", "Ym9iOnB3"))
+    assert not any(
+        secret in scrubbed
+        for secret in ("unknown-proxy-token", "abcdef", "wandb-secret", "abcd1234", "hunter2", "Ym9iOnB3")
+    )
 
 
 def test_the_requests_own_credentials_are_caught_but_not_other_provider_data():
     redactor = Redactor(RemoteServiceConfig(url="https://vendor.test/v1"))
     with using_provider_data({"vendor_api_key": REQUEST_KEY, "eos_token": "</s>", "region": "eu-west-1"}):
-        assert redactor.error_text(f"bad key {REQUEST_KEY} near </s> in eu-west-1") == f"bad key {REDACTED} near </s> in eu-west-1"
+        assert (
+            redactor.error_text(f"bad key {REQUEST_KEY} near </s> in eu-west-1")
+            == f"bad key {REDACTED} near </s> in eu-west-1"
+        )
 
 
 def test_messages_without_credentials_and_answers_are_left_alone():
@@ -155,7 +161,9 @@ def _config(fake: FakeVendor, **extra: Any) -> dict[str, Any]:
 
 def _together_stack(fake: FakeVendor) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     def provider(api: str, **extra: Any) -> list[dict[str, Any]]:
-        return [{"provider_id": f"together-{api}", "provider_type": "remote::together", "config": _config(fake, **extra)}]
+        return [
+            {"provider_id": f"together-{api}", "provider_type": "remote::together", "config": _config(fake, **extra)}
+        ]
 
     providers = {
         "inference": provider("inference"),
@@ -163,19 +171,37 @@ def _together_stack(fake: FakeVendor) -> tuple[dict[str, Any], list[dict[str, An
         "tool_runtime": provider("tools", image_model="fake/flux"),
         "reward_scoring": provider("scoring", judge_model="fake/judge-70b"),
         "post_training": provider("training"),
-        "memory_banks": [{"provider_id": "faiss", "provider_type": "inline::faiss", "config": {"embedding_model": "embedder"}}],
+        "memory_banks": [
+            {"provider_id": "faiss", "provider_type": "inline::faiss", "config": {"embedding_model": "embedder"}}
+        ],
     }
     models = [
-        {"model_id": "chat", "provider_id": "together-inference", "provider_model_id": "meta-llama/Llama-3.3-70B-Instruct-Turbo"},
-        {"model_id": "embedder", "provider_id": "together-inference", "provider_model_id": "togethercomputer/m2-bert-80M-8k-retrieval", "model_type": "embedding"},
-        {"model_id": "reranker", "provider_id": "together-inference", "provider_model_id": "Salesforce/Llama-Rank-V1", "model_type": "rerank"},
+        {
+            "model_id": "chat",
+            "provider_id": "together-inference",
+            "provider_model_id": "meta-llama/Llama-3.3-70B-Instruct-Turbo",
+        },
+        {
+            "model_id": "embedder",
+            "provider_id": "together-inference",
+            "provider_model_id": "togethercomputer/m2-bert-80M-8k-retrieval",
+            "model_type": "embedding",
+        },
+        {
+            "model_id": "reranker",
+            "provider_id": "together-inference",
+            "provider_model_id": "Salesforce/Llama-Rank-V1",
+            "model_type": "rerank",
+        },
     ]
     return providers, models
 
 
 def _emissary_stack(fake: FakeVendor) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     def provider(api: str, **extra: Any) -> list[dict[str, Any]]:
-        return [{"provider_id": f"emissary-{api}", "provider_type": "remote::emissary", "config": _config(fake, **extra)}]
+        return [
+            {"provider_id": f"emissary-{api}", "provider_type": "remote::emissary", "config": _config(fake, **extra)}
+        ]
 
     providers = {
         "inference": provider("inference"),
@@ -185,7 +211,12 @@ def _emissary_stack(fake: FakeVendor) -> tuple[dict[str, Any], list[dict[str, An
     }
     models = [
         {"model_id": "chat", "provider_id": "emissary-inference", "provider_model_id": "Llama-3.2-1B-Instruct"},
-        {"model_id": "embedder", "provider_id": "emissary-inference", "provider_model_id": "Llama-3.2-1B-Instruct", "model_type": "embedding"},
+        {
+            "model_id": "embedder",
+            "provider_id": "emissary-inference",
+            "provider_model_id": "Llama-3.2-1B-Instruct",
+            "model_type": "embedding",
+        },
     ]
     return providers, models
 
@@ -195,13 +226,22 @@ def _openai_compat_stack(fake: FakeVendor) -> tuple[dict[str, Any], list[dict[st
     providers = {"inference": [{"provider_id": "compat", "provider_type": "remote::openai-compat", "config": config}]}
     models = [
         {"model_id": "chat", "provider_id": "compat", "provider_model_id": "served-chat"},
-        {"model_id": "embedder", "provider_id": "compat", "provider_model_id": "served-embedder", "model_type": "embedding"},
+        {
+            "model_id": "embedder",
+            "provider_id": "compat",
+            "provider_model_id": "served-embedder",
+            "model_type": "embedding",
+        },
     ]
     return providers, models
 
 
 STACKS = {"together": _together_stack, "emissary": _emissary_stack, "openai-compat": _openai_compat_stack}
-PROVIDER_DATA_KEYS = {"together": "together_api_key", "emissary": "emissary_api_key", "openai-compat": "openai_compat_api_key"}
+PROVIDER_DATA_KEYS = {
+    "together": "together_api_key",
+    "emissary": "emissary_api_key",
+    "openai-compat": "openai_compat_api_key",
+}
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +282,9 @@ async def servers(
             await stack.start()
             running.push_async_callback(stack.shutdown)
             record = Served(url="", fake=fakes[vendor])
-            record.url = await running.enter_async_context(uvicorn_serving(_recording(create_app(stack), record.answers)))
+            record.url = await running.enter_async_context(
+                uvicorn_serving(_recording(create_app(stack), record.answers))
+            )
             served[vendor] = record
         yield served
 
@@ -271,11 +313,22 @@ async def _drain(stream: Any) -> None:
         pass
 
 
-def _sft(job_uuid: str, model: str, rows: list[dict[str, Any]], columns: dict[str, str], batch_size: int) -> dict[str, Any]:
+def _sft(
+    job_uuid: str, model: str, rows: list[dict[str, Any]], columns: dict[str, str], batch_size: int
+) -> dict[str, Any]:
     dataset = inline_dataset(jsonl(rows), columns)
     fields = {
-        "model": model, "dataset": dataset, "validation_dataset": dataset, "algorithm": "lora",
-        "algorithm_config": {"lora_attn_modules": ["q_proj", "v_proj"], "apply_lora_to_mlp": False, "apply_lora_to_output": False, "rank": 8, "alpha": 16},
+        "model": model,
+        "dataset": dataset,
+        "validation_dataset": dataset,
+        "algorithm": "lora",
+        "algorithm_config": {
+            "lora_attn_modules": ["q_proj", "v_proj"],
+            "apply_lora_to_mlp": False,
+            "apply_lora_to_output": False,
+            "rank": 8,
+            "alpha": 16,
+        },
         "optimizer_config": {"optimizer_type": "adamw", "lr": 1e-4, "lr_min": 0.0, "weight_decay": 0.0},
         "training_config": training_config(batch_size=batch_size),
     }
@@ -358,7 +411,9 @@ async def _together_memory(c: Call) -> None:
     bank = f"bank-{uuid.uuid4().hex[:8]}"
     await c.client.memory_banks.register_memory_bank(bank_uuid=bank, bank_name="Facts")
     c.fail("POST", "/embeddings")
-    await c.client.memory_banks.insert_memory_documents(bank_uuid=bank, documents=[document("paris", "Paris is the capital of France.")])
+    await c.client.memory_banks.insert_memory_documents(
+        bank_uuid=bank, documents=[document("paris", "Paris is the capital of France.")]
+    )
 
 
 async def _openai_route(c: Call, *, stream: bool, kind: FaultKind = "status") -> None:
@@ -393,7 +448,9 @@ async def _emissary_training(c: Call) -> None:
     c.fake.fail("POST", "/v1/projects/{project_id}/training-jobs", Fault("status", status=500))
     rows = [{"prompt": "1 + 1?", "completion": "2"}]
     await c.client.post_training.supervised_fine_tune(
-        **_sft(f"job-{uuid.uuid4().hex[:8]}", "Llama-3.2-1B-Instruct", rows, {"prompt": "text", "completion": "text"}, 2)
+        **_sft(
+            f"job-{uuid.uuid4().hex[:8]}", "Llama-3.2-1B-Instruct", rows, {"prompt": "text", "completion": "text"}, 2
+        )
     )
 
 
@@ -511,7 +568,9 @@ async def test_every_relayed_vendor_status_is_scrubbed(status, expected, servers
     served.answers.clear()
     caplog.set_level(logging.DEBUG)
     async with LlamaStackClient.http(served.url) as client:
-        together.fail("POST", "/chat/completions", Fault("status", status=status), times=FAST_RETRIES["max_retries"] + 1)
+        together.fail(
+            "POST", "/chat/completions", Fault("status", status=status), times=FAST_RETRIES["max_retries"] + 1
+        )
         with pytest.raises(LlamaStackError) as failure:
             await client.inference.chat_completion(model="chat", dialog=ASK)
     assert failure.value.status == expected and f"fault {status}" in failure.value.message

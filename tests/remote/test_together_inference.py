@@ -19,10 +19,12 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-
 from fakes.together import API_KEY
 from fakes.together_handlers import embedding_of, relevance
 from fakes.vendor_server import Fault
+from remote.conftest import FAST_RETRIES
+from support import REPO, serving
+
 from llama_stack.apis.common import StopReason, ToolCall
 from llama_stack.apis.errors import AuthenticationError, BadRequestError, NotFoundError, ProviderError
 from llama_stack.apis.inference import BatchCompletionRequest
@@ -34,8 +36,6 @@ from llama_stack.providers.remote.together.config import TogetherInferenceConfig
 from llama_stack.providers.remote.together.inference import TogetherInference
 from llama_stack.providers.remote.together.service import together_service
 from llama_stack.request_context import PROVIDER_DATA_HEADER
-from remote.conftest import FAST_RETRIES
-from support import REPO, serving
 
 CHAT_MODEL = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
 EMBEDDING_MODEL = "togethercomputer/m2-bert-80M-8k-retrieval"
@@ -43,7 +43,12 @@ RERANK_MODEL = "Salesforce/Llama-Rank-V1"
 
 MODELS = [
     {"model_id": "chat", "provider_id": "together", "provider_model_id": CHAT_MODEL, "model_type": "llm"},
-    {"model_id": "embedder", "provider_id": "together", "provider_model_id": EMBEDDING_MODEL, "model_type": "embedding"},
+    {
+        "model_id": "embedder",
+        "provider_id": "together",
+        "provider_model_id": EMBEDDING_MODEL,
+        "model_type": "embedding",
+    },
     {"model_id": "reranker", "provider_id": "together", "provider_model_id": RERANK_MODEL, "model_type": "rerank"},
     {"model_id": "gone", "provider_id": "together", "provider_model_id": "missing/model", "model_type": "llm"},
 ]
@@ -113,7 +118,10 @@ async def test_chat_sends_the_dialog_and_maps_the_answer_back(client, together):
 @pytest.mark.parametrize(
     ("sampling", "expected"),
     [
-        ({"strategy": "greedy", "repetition_penalty": 1.2, "seed": 3}, {"temperature": 0.0, "repetition_penalty": 1.2, "seed": 3}),
+        (
+            {"strategy": "greedy", "repetition_penalty": 1.2, "seed": 3},
+            {"temperature": 0.0, "repetition_penalty": 1.2, "seed": 3},
+        ),
         (
             {"strategy": "greedy", "frequency_penalty": 0.5, "presence_penalty": 0.25, "logit_bias": {"13": -100}},
             {"temperature": 0.0, "frequency_penalty": 0.5, "presence_penalty": 0.25, "logit_bias": {"13": -100}},
@@ -149,7 +157,9 @@ async def test_stop_and_max_tokens_end_the_answer_with_their_stop_reasons(client
 
 
 async def test_streaming_chat_yields_the_text_in_pieces_then_the_stop_reason_and_usage(client, together):
-    chunks = [c async for c in await client.inference.chat_completion(model="chat", dialog=user("stream this"), stream=True)]
+    chunks = [
+        c async for c in await client.inference.chat_completion(model="chat", dialog=user("stream this"), stream=True)
+    ]
 
     texts = [c.text_delta for c in chunks if c.text_delta]
     assert texts == ["You", " said:", " stream", " this"]
@@ -186,7 +196,14 @@ async def test_a_tool_call_round_trip_reuses_togethers_call_id(client, together)
     offered = sent(together)[0]
     assert offered["tool_choice"] == "auto"
     assert offered["tools"] == [
-        {"type": "function", "function": {"name": "get_weather", "description": "Current weather for a city", "parameters": WEATHER["parameters"]}},
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Current weather for a city",
+                "parameters": WEATHER["parameters"],
+            },
+        },
         {
             "type": "function",
             "function": {
@@ -269,18 +286,29 @@ async def test_a_tool_messages_own_content_answers_the_call_before_it(client, to
     dialog = {
         "message_history": [
             {"role": "user", "content": "What is 6 x 7?"},
-            {"role": "assistant", "content": "Let me compute.", "tool_calls": [{"tool_name": "math", "arguments": {"expression": "6*7"}}]},
+            {
+                "role": "assistant",
+                "content": "Let me compute.",
+                "tool_calls": [{"tool_name": "math", "arguments": {"expression": "6*7"}}],
+            },
         ],
         "message": {"role": "tool", "content": "42"},
     }
-    answer = await client.inference.chat_completion(model="chat", dialog=dialog, available_tools=[{"tool_name": "math"}])
+    answer = await client.inference.chat_completion(
+        model="chat", dialog=dialog, available_tools=[{"tool_name": "math"}]
+    )
     assert answer.content == "The tools answered: 42"
     assert sent(together)[0]["messages"][1:] == [
         {
             "role": "assistant",
             "content": "Let me compute.",
             "tool_calls": [
-                {"id": "call_1_0", "type": "function", "index": 0, "function": {"name": "math", "arguments": '{"expression": "6*7"}'}}
+                {
+                    "id": "call_1_0",
+                    "type": "function",
+                    "index": 0,
+                    "function": {"name": "math", "arguments": '{"expression": "6*7"}'},
+                }
             ],
         },
         {"role": "tool", "content": "42", "tool_call_id": "call_1_0"},
@@ -288,7 +316,9 @@ async def test_a_tool_messages_own_content_answers_the_call_before_it(client, to
 
 
 async def test_a_tool_result_that_answers_no_call_is_refused(client, together):
-    dialog = {"message": {"role": "tool", "content": "", "tool_responses": [{"tool_name": "get_time", "content": "12:00"}]}}
+    dialog = {
+        "message": {"role": "tool", "content": "", "tool_responses": [{"tool_name": "get_time", "content": "12:00"}]}
+    }
     with pytest.raises(BadRequestError) as refused:
         await client.inference.chat_completion(model="chat", dialog=dialog, available_tools=[TIME])
     assert refused.value.param == "dialog.message.tool_responses[0]"
@@ -354,33 +384,60 @@ async def test_logprobs_are_asked_as_one_and_mapped_per_token(client, together):
     answer = await client.inference.chat_completion(model="chat", dialog=user("hi"), logprobs=True, top_logprobs=1)
     assert sent(together)[0]["logprobs"] == 1
     assert [(t.token, t.logprob) for t in answer.logprobs.content] == [("You", -0.1), (" said:", -0.2), (" hi", -0.3)]
-    assert [[(a.token, a.logprob) for a in t.top_logprobs] for t in answer.logprobs.content][0] == [("You", -0.1)]
+    assert next([(a.token, a.logprob) for a in t.top_logprobs] for t in answer.logprobs.content) == [("You", -0.1)]
 
-    chunks = [c async for c in await client.inference.chat_completion(model="chat", dialog=user("hi"), logprobs=True, stream=True)]
+    chunks = [
+        c
+        async for c in await client.inference.chat_completion(
+            model="chat", dialog=user("hi"), logprobs=True, stream=True
+        )
+    ]
     streamed = [(t.token, t.logprob, t.top_logprobs) for c in chunks if c.logprobs for t in c.logprobs.content]
     assert streamed == [("You", -0.1, []), (" said:", -0.2, []), (" hi", -0.3, [])]
 
 
 async def test_prompt_logprobs_come_from_an_echoed_completion(client, together):
-    answer = await client.inference.completion(model="chat", content="Once upon a time", max_tokens=2, prompt_logprobs=0)
+    answer = await client.inference.completion(
+        model="chat", content="Once upon a time", max_tokens=2, prompt_logprobs=0
+    )
     assert sent(together, "/completions") == [
-        {"model": CHAT_MODEL, "prompt": "Once upon a time", "temperature": 0.0, "max_tokens": 2, "echo": True, "logprobs": 1}
+        {
+            "model": CHAT_MODEL,
+            "prompt": "Once upon a time",
+            "temperature": 0.0,
+            "max_tokens": 2,
+            "echo": True,
+            "logprobs": 1,
+        }
     ]
     assert [(e.token, e.logprob, e.top_logprobs) for e in answer.prompt_logprobs] == [
-        ("Once", -0.1, []), (" upon", -0.2, []), (" a", -0.3, []), (" time", -0.4, [])
+        ("Once", -0.1, []),
+        (" upon", -0.2, []),
+        (" a", -0.3, []),
+        (" time", -0.4, []),
     ]
     assert answer.logprobs is None and answer.content == "Continuing 'Once"  # the completion's own: not asked for
     batch = await client.inference.batch_completion(model="chat", content_batch=["a b", "c"], prompt_logprobs=1)
     assert [[e.token for e in r.prompt_logprobs] for r in batch] == [["a", " b"], ["c"]]
 
     # An echoed answer that lacks them is the vendor's failure, named, not a silently missing result.
-    bare = {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": CHAT_MODEL,
-            "prompt": [{"text": "x"}], "choices": [{"text": "y", "finish_reason": "eos"}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+    bare = {
+        "id": "cmpl-1",
+        "object": "text_completion",
+        "created": 1,
+        "model": CHAT_MODEL,
+        "prompt": [{"text": "x"}],
+        "choices": [{"text": "y", "finish_reason": "eos"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
     together.fail("POST", "/completions", Fault("status", status=200, body=bare))
     with pytest.raises(ProviderError) as failed:
         await client.inference.completion(model="chat", content="x", prompt_logprobs=0)
-    assert failed.value.status == 502 and "prompt[0].logprobs" in failed.value.message and failed.value.provider == "together"
+    assert (
+        failed.value.status == 502
+        and "prompt[0].logprobs" in failed.value.message
+        and failed.value.provider == "together"
+    )
 
 
 async def test_more_than_one_alternative_per_token_is_refused_naming_togethers_limit(client, together):
@@ -402,7 +459,9 @@ async def test_json_schema_and_json_object_use_togethers_response_format(client,
         model="chat", dialog=user("Paris"), response_format={"type": "json_schema", "json_schema": schema}
     )
     assert json.loads(answer.content) == {"city": "Paris", "degrees": 1}
-    plain = await client.inference.chat_completion(model="chat", dialog=user("hi"), response_format={"type": "json_object"})
+    plain = await client.inference.chat_completion(
+        model="chat", dialog=user("hi"), response_format={"type": "json_object"}
+    )
     assert json.loads(plain.content) == {"answer": "You said: hi"}
     assert [b["response_format"] for b in sent(together)] == [
         {"type": "json_schema", "json_schema": {"name": "Weather_report", "schema": schema}},
@@ -416,9 +475,16 @@ async def test_completion_plain_and_streamed(client, together):
     assert answer.content == "Continuing 'Once upon': and so on."
     assert answer.stop_reason == StopReason.finished_ok
     assert [t.token for t in answer.logprobs.content] == ["Continuing", " 'Once", " upon':", " and", " so", " on."]
-    assert sent(together, "/completions")[0] == {"model": CHAT_MODEL, "prompt": "Once upon", "temperature": 0.0, "logprobs": 1}
+    assert sent(together, "/completions")[0] == {
+        "model": CHAT_MODEL,
+        "prompt": "Once upon",
+        "temperature": 0.0,
+        "logprobs": 1,
+    }
 
-    chunks = [c async for c in await client.inference.completion(model="chat", content="Once upon", max_tokens=3, stream=True)]
+    chunks = [
+        c async for c in await client.inference.completion(model="chat", content="Once upon", max_tokens=3, stream=True)
+    ]
     assert "".join(c.text_delta for c in chunks) == "Continuing 'Once upon':"
     assert chunks[-1].stop_reason == StopReason.max_tokens
     assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (2, 3)
@@ -426,7 +492,9 @@ async def test_completion_plain_and_streamed(client, together):
 
 
 async def test_streamed_completion_logprobs_leave_out_special_tokens(client):
-    chunks = [c async for c in await client.inference.completion(model="chat", content="Hi", logprobs=True, stream=True)]
+    chunks = [
+        c async for c in await client.inference.completion(model="chat", content="Hi", logprobs=True, stream=True)
+    ]
     tokens = [t.token for c in chunks if c.logprobs for t in c.logprobs.content]
     assert "".join(tokens) == "".join(c.text_delta for c in chunks) == "Continuing 'Hi': and so on."
 
@@ -495,7 +563,10 @@ async def test_rerank_orders_by_relevance_and_keeps_top_n(client, together):
     documents = ["The giant panda is a bear", "The llama is a South American camelid", "A camelid of South America"]
     query = "South American camelid"
     result = await client.inference.rerank(model="reranker", query=query, documents=documents, top_n=2)
-    assert [(r.index, r.relevance_score) for r in result.results] == [(1, relevance(query, documents[1])), (2, relevance(query, documents[2]))]
+    assert [(r.index, r.relevance_score) for r in result.results] == [
+        (1, relevance(query, documents[1])),
+        (2, relevance(query, documents[2])),
+    ]
     assert result.results[0].relevance_score > result.results[1].relevance_score
     assert sent(together, "/rerank") == [
         {"model": RERANK_MODEL, "query": query, "documents": documents, "return_documents": False, "top_n": 2}
@@ -589,7 +660,8 @@ def _runnable_distribution(directory: Path) -> Path:
     """distributions/together.yaml, less the APIs whose remote::together adapter is not installed yet."""
     document = yaml.safe_load((REPO / "distributions" / "together.yaml").read_text())
     present = [
-        api for api in document["apis"]
+        api
+        for api in document["apis"]
         if importlib.util.find_spec(f"llama_stack.providers.remote.together.{api}") is not None
     ]
     document["apis"] = present
@@ -619,7 +691,9 @@ async def test_the_distribution_serves_with_the_callers_key_over_http(together_s
 
     async with LlamaStackClient.http(together_stack, provider_data={"together_api_key": API_KEY}) as client:
         answer = await client.inference.chat_completion(model="llama-3.3-70b-instruct", dialog=user("hi"))
-        chunks = [c async for c in await client.inference.chat_completion(model=CHAT_MODEL, dialog=user("go on"), stream=True)]
+        chunks = [
+            c async for c in await client.inference.chat_completion(model=CHAT_MODEL, dialog=user("go on"), stream=True)
+        ]
         vectors = await client.inference.embeddings(model="m2-bert-80m-8k-retrieval", contents=["a", "b"])
         ranked = await client.inference.rerank(model="llama-rank-v1", query="camelid", documents=["panda", "camelid"])
     assert answer.content == "You said: hi"
@@ -660,8 +734,13 @@ async def test_the_openai_sdk_talks_to_together_through_the_server(together_stac
     assert streamed == "You said: Hello"
     (call,) = called.choices[0].message.tool_calls
     assert (call.id, call.function.name, json.loads(call.function.arguments)) == (
-        "call_fake_0", "get_weather", {"city": "get_weather in Paris"}
+        "call_fake_0",
+        "get_weather",
+        {"city": "get_weather in Paris"},
     )
     assert called.choices[0].finish_reason == "tool_calls"
-    assert [d.embedding for d in vectors.data] == [pytest.approx(embedding_of("Llamas")), pytest.approx(embedding_of("Andes"))]
+    assert [d.embedding for d in vectors.data] == [
+        pytest.approx(embedding_of("Llamas")),
+        pytest.approx(embedding_of("Andes")),
+    ]
     assert sent(together)[0]["messages"] == [{"role": "user", "content": "Hello"}]

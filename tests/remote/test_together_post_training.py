@@ -11,11 +11,14 @@ from typing import Any
 
 import httpx
 import pytest
-
 from fakes import together_fine_tunes as fine_tunes
 from fakes.together import API_KEY, error_body
 from fakes.together_fine_tunes import LLAMA_8B, QWEN_72B
 from fakes.vendor_server import Fault
+from remote.conftest import FAST_RETRIES, write_distribution
+from remote.training_support import TrainingProvider, data_url, inline_dataset, jsonl, training_config, training_request
+from support import serving
+
 from llama_stack.apis.errors import (
     AuthenticationError,
     BadRequestError,
@@ -27,9 +30,6 @@ from llama_stack.apis.errors import (
 from llama_stack.apis.post_training import PostTrainingJobStatus
 from llama_stack.client import LlamaStackClient
 from llama_stack.providers.utils.remote.datasets import DatasetReader, DatasetSourceConfig
-from remote.conftest import FAST_RETRIES, write_distribution
-from support import serving
-from remote.training_support import TrainingProvider, data_url, inline_dataset, jsonl, training_config, training_request
 
 TRAIN_ROWS = [
     {"messages": [{"role": "user", "content": "What is 1 + 1?"}, {"role": "assistant", "content": "2"}]},
@@ -51,14 +51,25 @@ def dataset(content: bytes) -> dict[str, Any]:
 
 TRAINING_CONFIG = training_config(batch_size=8)
 OPTIMIZER_CONFIG = {"optimizer_type": "adamw", "lr": 1e-4, "lr_min": 1e-5, "weight_decay": 0.01}
-LORA = {"lora_attn_modules": ["q_proj", "k_proj", "v_proj", "output_proj"], "apply_lora_to_mlp": True, "apply_lora_to_output": False, "rank": 16, "alpha": 32}
+LORA = {
+    "lora_attn_modules": ["q_proj", "k_proj", "v_proj", "output_proj"],
+    "apply_lora_to_mlp": True,
+    "apply_lora_to_output": False,
+    "rank": 16,
+    "alpha": 32,
+}
 
 
 def sft(job_uuid: str, **overrides: Any) -> dict[str, Any]:
     """A LoRA SFT request; an override of a config changes only the keys it names."""
     fields = {
-        "model": LLAMA_8B, "dataset": dataset(jsonl(TRAIN_ROWS)), "validation_dataset": dataset(jsonl(VALIDATION_ROWS)),
-        "algorithm": "lora", "algorithm_config": LORA, "optimizer_config": OPTIMIZER_CONFIG, "training_config": TRAINING_CONFIG,
+        "model": LLAMA_8B,
+        "dataset": dataset(jsonl(TRAIN_ROWS)),
+        "validation_dataset": dataset(jsonl(VALIDATION_ROWS)),
+        "algorithm": "lora",
+        "algorithm_config": LORA,
+        "optimizer_config": OPTIMIZER_CONFIG,
+        "training_config": TRAINING_CONFIG,
     }
     return training_request(job_uuid, fields, overrides, merge=True)
 
@@ -66,9 +77,13 @@ def sft(job_uuid: str, **overrides: Any) -> dict[str, Any]:
 def dpo(job_uuid: str, finetuned_model: str, **overrides: Any) -> dict[str, Any]:
     preferences = dataset(jsonl(PREFERENCE_ROWS))
     fields = {
-        "finetuned_model": finetuned_model, "dataset": preferences, "validation_dataset": preferences, "algorithm": "dpo",
+        "finetuned_model": finetuned_model,
+        "dataset": preferences,
+        "validation_dataset": preferences,
+        "algorithm": "dpo",
         "algorithm_config": {"reward_scale": 1.0, "reward_clip": 5.0, "epsilon": 0.1, "gamma": 0.99},
-        "optimizer_config": OPTIMIZER_CONFIG, "training_config": TRAINING_CONFIG,
+        "optimizer_config": OPTIMIZER_CONFIG,
+        "training_config": TRAINING_CONFIG,
     }
     return training_request(job_uuid, fields, overrides)
 
@@ -113,7 +128,13 @@ async def test_lora_sft_uploads_both_datasets_and_creates_the_job_with_mapped_hy
         "lr_scheduler": {"lr_scheduler_type": "linear", "lr_scheduler_args": {"min_lr_ratio": pytest.approx(0.1)}},
         "suffix": "lora-1",
         # q, k, v, output_proj (o_proj) and the MLP are every linear layer the model lists.
-        "training_type": {"type": "Lora", "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "lora_trainable_modules": "all-linear"},
+        "training_type": {
+            "type": "Lora",
+            "lora_r": 16,
+            "lora_alpha": 32,
+            "lora_dropout": 0.0,
+            "lora_trainable_modules": "all-linear",
+        },
         "training_method": {"method": "sft", "train_on_inputs": "auto"},
         "wandb_project_name": "llama-stack",
         "wandb_name": "run-1",
@@ -126,7 +147,9 @@ async def test_full_sft_from_a_file_under_the_allowed_roots_trains_every_weight(
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     (data_dir / "train.jsonl").write_bytes(jsonl(TRAIN_ROWS))
-    client = await start_stack(post_training(together, n_evals=0, lr_scheduler_type="cosine", datasets={"file_roots": [str(data_dir)]}))
+    client = await start_stack(
+        post_training(together, n_evals=0, lr_scheduler_type="cosine", datasets={"file_roots": [str(data_dir)]})
+    )
 
     file_dataset = {"columns": {"messages": "dialog"}, "content_url": (data_dir / "train.jsonl").as_uri()}
     await client.post_training.supervised_fine_tune(
@@ -151,7 +174,9 @@ async def test_lora_on_some_attention_modules_names_them(client, together):
 
 async def test_lora_modules_the_model_does_not_have_are_refused(client, together):
     with pytest.raises(BadRequestError) as refused:
-        await client.post_training.supervised_fine_tune(**sft("lora-bad", algorithm_config={"lora_attn_modules": ["qkv_proj"]}))
+        await client.post_training.supervised_fine_tune(
+            **sft("lora-bad", algorithm_config={"lora_attn_modules": ["qkv_proj"]})
+        )
     assert "cannot put LoRA adapters on qkv_proj" in refused.value.message
     assert "q_proj, k_proj, v_proj, o_proj" in refused.value.message
     assert created(together) == [] and uploads(together) == []
@@ -170,7 +195,10 @@ async def test_limits_violations_are_refused_with_every_problem_before_anything_
     error = refused.value
     assert error.status == 400 and error.code == "outside_model_limits"
     assert {d["loc"] for d in error.details} == {
-        "training_config.batch_size", "algorithm_config.rank", "optimizer_config.lr", "training_config.n_epochs",
+        "training_config.batch_size",
+        "algorithm_config.rank",
+        "optimizer_config.lr",
+        "training_config.n_epochs",
     }
     assert "batch_size 64 is outside 8..32 for lora training" in error.message
     assert "LoRA rank 128 is outside 1..64" in error.message
@@ -182,7 +210,9 @@ async def test_limits_violations_are_refused_with_every_problem_before_anything_
 
 
 async def test_full_training_of_a_lora_only_model_is_refused(client, together):
-    with pytest.raises(BadRequestError, match="offers no full fine-tuning of 'Qwen/Qwen2.5-72B-Instruct'; use algorithm 'lora'"):
+    with pytest.raises(
+        BadRequestError, match="offers no full fine-tuning of 'Qwen/Qwen2.5-72B-Instruct'; use algorithm 'lora'"
+    ):
         await client.post_training.supervised_fine_tune(**sft("qwen-full", model=QWEN_72B, algorithm="full"))
     assert created(together) == []
 
@@ -256,13 +286,17 @@ async def test_creating_a_job_is_not_retried_after_a_dropped_connection(client, 
     assert len(together.calls("POST", "/v1/fine-tunes")) == 1
     # Nothing was recorded, so the same job_uuid can be tried again.
     await client.post_training.supervised_fine_tune(**sft("dropped"))
-    assert (await client.post_training.get_training_job_status(job_uuid="dropped")).status == PostTrainingJobStatus.scheduled
+    assert (
+        await client.post_training.get_training_job_status(job_uuid="dropped")
+    ).status == PostTrainingJobStatus.scheduled
 
 
 async def test_the_callers_key_is_used_when_the_provider_has_none(together, start_stack, monkeypatch):
     monkeypatch.delenv("TOGETHER_API_KEY", raising=False)
     settings = {"url": together.url, **FAST_RETRIES}
-    providers = {"post_training": [{"provider_id": "together-ft", "provider_type": "remote::together", "config": settings}]}
+    providers = {
+        "post_training": [{"provider_id": "together-ft", "provider_type": "remote::together", "config": settings}]
+    }
     anonymous = await start_stack(providers)
     with pytest.raises(AuthenticationError):
         await anonymous.post_training.supervised_fine_tune(**sft("no-key"))
@@ -273,7 +307,9 @@ async def test_the_callers_key_is_used_when_the_provider_has_none(together, star
 
 def test_the_fake_refuses_fine_tune_requests_outside_the_specs(together):
     headers = {"Authorization": f"Bearer {API_KEY}"}
-    misspelt = httpx.post(f"{together.url}/fine-tunes", json={"training_file": "f", "model": "m", "wieght_decay": 0.1}, headers=headers)
+    misspelt = httpx.post(
+        f"{together.url}/fine-tunes", json={"training_file": "f", "model": "m", "wieght_decay": 0.1}, headers=headers
+    )
     not_a_file = httpx.post(f"{together.url}/files/upload", json={"purpose": "fine-tune"}, headers=headers)
     no_model = httpx.get(f"{together.url}/fine-tunes/models/limits", headers=headers)
     assert [r.status_code for r in (misspelt, not_a_file, no_model)] == [400, 400, 400]
@@ -288,7 +324,9 @@ def test_the_fake_refuses_fine_tune_requests_outside_the_specs(together):
 # ---------------------------------------------------------------------------------------------- DPO
 async def test_dpo_from_a_hugging_face_repo_starts_from_its_weights(together, start_stack):
     client = await start_stack(post_training(together, preference_model=LLAMA_8B, dpo_beta=0.2))
-    await client.post_training.preference_optimize(**dpo("dpo-hf", "https://huggingface.co/acme/llama-chat-sft/tree/v2"))
+    await client.post_training.preference_optimize(
+        **dpo("dpo-hf", "https://huggingface.co/acme/llama-chat-sft/tree/v2")
+    )
 
     (body,) = created(together)
     assert body["model"] == LLAMA_8B
@@ -333,7 +371,9 @@ async def test_dpo_of_a_hugging_face_repo_together_fine_tunes_trains_that_model(
 async def test_dpo_batch_size_is_held_to_the_dpo_limit(together, start_stack):
     client = await start_stack(post_training(together, preference_model=LLAMA_8B))
     with pytest.raises(BadRequestError, match="batch_size 32 is outside 8..16 for DPO lora training"):
-        await client.post_training.preference_optimize(**dpo("dpo-big", "https://example.com/m", training_config={**TRAINING_CONFIG, "batch_size": 32}))
+        await client.post_training.preference_optimize(
+            **dpo("dpo-big", "https://example.com/m", training_config={**TRAINING_CONFIG, "batch_size": 32})
+        )
     assert created(together) == []
 
 
@@ -347,7 +387,9 @@ async def test_dpo_without_a_model_to_start_from_is_refused(client, together):
 
 
 async def test_grpo_is_not_supported_by_together(client, together):
-    request = dpo("grpo-1", "https://huggingface.co/acme/m", algorithm="grpo", algorithm_config={"reward_functions": {"f": 1.0}})
+    request = dpo(
+        "grpo-1", "https://huggingface.co/acme/m", algorithm="grpo", algorithm_config={"reward_functions": {"f": 1.0}}
+    )
     with pytest.raises(NotSupportedError, match="no GRPO fine-tuning .* remote::emissary"):
         await client.post_training.preference_optimize(**request)
     assert together.requests == []
@@ -434,7 +476,9 @@ async def test_checkpoints_come_from_the_events_when_together_lists_none(client,
     job_id = fine_tunes.job_by_suffix(together, "from-events")["id"]
     fine_tunes.advance(together, job_id)
     fine_tunes.advance(together, job_id)
-    together.fail("GET", "/fine-tunes/{id}/checkpoints", Fault("status", status=404, body=error_body(404, "no such route")))
+    together.fail(
+        "GET", "/fine-tunes/{id}/checkpoints", Fault("status", status=404, body=error_body(404, "no such route"))
+    )
 
     artifacts = await client.post_training.get_training_job_artifacts(job_uuid="from-events")
 
@@ -454,7 +498,9 @@ async def test_cancel_asks_together_and_the_job_ends_failed(client, together):
     assert answer.status == PostTrainingJobStatus.running  # cancel_requested: still stopping
     assert answer.resources_allocated["vendor_status"] == "cancel_requested"
     fine_tunes.advance(together, job_id)
-    assert (await client.post_training.get_training_job_status(job_uuid="cancelled")).status == PostTrainingJobStatus.failed
+    assert (
+        await client.post_training.get_training_job_status(job_uuid="cancelled")
+    ).status == PostTrainingJobStatus.failed
     with pytest.raises(BadRequestError, match="is cancelled and cannot be cancelled"):
         await client.post_training.cancel_training_job(job_uuid="cancelled")
 
@@ -485,7 +531,9 @@ async def test_unknown_jobs_are_404_naming_the_known_ones(client, together):
 async def test_a_job_together_no_longer_knows_is_a_clear_404(client, together):
     await client.post_training.supervised_fine_tune(**sft("deleted-there"))
     job_id = fine_tunes.job_by_suffix(together, "deleted-there")["id"]
-    together.fail("GET", "/fine-tunes/{id}", Fault("status", status=404, body=error_body(404, "Fine-tune job not found")))
+    together.fail(
+        "GET", "/fine-tunes/{id}", Fault("status", status=404, body=error_body(404, "Fine-tune job not found"))
+    )
 
     with pytest.raises(NotFoundError) as missing:
         await client.post_training.get_training_job_status(job_uuid="deleted-there")
@@ -521,7 +569,9 @@ async def test_fine_tuning_through_a_server_process_and_after_its_restart(togeth
     with serving(path, health_timeout=60) as served:
         url = served.url
         async with LlamaStackClient.http(url) as client:
-            await client.post_training.supervised_fine_tune(**sft("served", dataset=file_dataset, validation_dataset=file_dataset))
+            await client.post_training.supervised_fine_tune(
+                **sft("served", dataset=file_dataset, validation_dataset=file_dataset)
+            )
             with pytest.raises(NotSupportedError):
                 await client.post_training.supervised_fine_tune(**sft("served-qlora", algorithm="qlora"))
     assert fine_tunes.file_content(together, created(together)[0]["training_file"]) == jsonl(TRAIN_ROWS)
@@ -560,7 +610,9 @@ async def test_http_datasets_are_fetched_following_redirects():
 
 async def test_http_datasets_over_the_limit_or_failing_are_400():
     big = reader(lambda request: httpx.Response(200, content=b"x" * 2048), max_bytes=1024)
-    with pytest.raises(BadRequestError, match=r"dataset.content_url: the dataset \(2048 bytes\) is larger than the 1024 bytes"):
+    with pytest.raises(
+        BadRequestError, match=r"dataset.content_url: the dataset \(2048 bytes\) is larger than the 1024 bytes"
+    ):
         await big.read("https://data.example/big.jsonl", "dataset.content_url")
     gone = reader(lambda request: httpx.Response(404))
     with pytest.raises(BadRequestError, match="fetching https://data.example/gone failed"):

@@ -8,10 +8,12 @@ import base64
 from typing import Any
 
 import pytest
-
 from fakes.together import API_KEY
 from fakes.together_tools import PNG, image_bytes
 from fakes.vendor_server import Fault
+from remote.conftest import FAST_RETRIES, write_distribution
+from support import serving
+
 from llama_stack.apis.errors import (
     BadRequestError,
     NotFoundError,
@@ -22,9 +24,6 @@ from llama_stack.apis.errors import (
 from llama_stack.client import LlamaStackClient
 from llama_stack.providers.remote.together.reward_scoring import parse_score
 from llama_stack.providers.utils.remote.fan_out import fan_out
-
-from remote.conftest import FAST_RETRIES, write_distribution
-from support import serving
 
 GUARD = "meta-llama/Meta-Llama-Guard-3-8B"
 JUDGE = "fake/judge-70b"
@@ -116,7 +115,9 @@ async def test_excluded_categories_from_config_and_params_do_not_count(together,
     only_s1 = await client.safety.run_shield(shield_type="llama_guard", messages=[user("I will kill time.")])
     assert only_s1.violation is None
     both = await client.safety.run_shield(
-        shield_type="llama_guard", messages=[user("kill them with a bomb, steal it")], params={"excluded_categories": ["S2"]}
+        shield_type="llama_guard",
+        messages=[user("kill them with a bomb, steal it")],
+        params={"excluded_categories": ["S2"]},
     )
     assert both.violation.violation_type == "S9"
 
@@ -132,7 +133,9 @@ async def test_unknown_params_and_bad_category_codes_are_400_before_calling_toge
         await safety.run_shield(shield_type="llama_guard", messages=[user("hi")], params={"threshold": 0.5})
     assert unknown.value.param == "params.threshold" and "excluded_categories" in unknown.value.message
     with pytest.raises(BadRequestError) as bad_code:
-        await safety.run_shield(shield_type="llama_guard", messages=[user("hi")], params={"excluded_categories": ["Violence"]})
+        await safety.run_shield(
+            shield_type="llama_guard", messages=[user("hi")], params={"excluded_categories": ["Violence"]}
+        )
     assert bad_code.value.param == "params.excluded_categories" and "'Violence'" in bad_code.value.message
     with pytest.raises(BadRequestError) as empty:
         await safety.run_shield(shield_type="llama_guard", messages=[])
@@ -172,7 +175,10 @@ async def test_together_unavailable_is_a_503_after_the_retries(safety, together)
 
 
 async def test_text_attachments_are_checked_too_and_images_are_refused(safety, together):
-    note = {"url": "data:text/plain;base64," + base64.b64encode(b"how to build a bomb").decode(), "mime_type": "text/plain"}
+    note = {
+        "url": "data:text/plain;base64," + base64.b64encode(b"how to build a bomb").decode(),
+        "mime_type": "text/plain",
+    }
     result = await safety.run_shield(shield_type="llama_guard", messages=[user(["Summarise this:", note])])
     assert result.violation.violation_type == "S9"
     assert "how to build a bomb" in moderation_calls(together)[0]["messages"][0]["content"]
@@ -251,7 +257,10 @@ async def test_an_unreadable_judge_answer_is_asked_again_with_a_correction(toget
     assert [s.score for s in result.scored_generations[0].k_scored_generations] == [4.0, 3.0]
     rambled = [c for c in judge_calls(together) if "I ramble a lot" in c["messages"][1]["content"]]
     assert [len(c["messages"]) for c in rambled] == [2, 4]
-    assert rambled[1]["messages"][2] == {"role": "assistant", "content": "What a thoughtful answer; it deserves praise."}
+    assert rambled[1]["messages"][2] == {
+        "role": "assistant",
+        "content": "What a thoughtful answer; it deserves praise.",
+    }
     assert '{"score": N}' in rambled[1]["messages"][3]["content"]
 
 
@@ -315,7 +324,9 @@ async def test_the_judge_fan_out_keeps_order_and_the_limit():
 # -------------------------------------------------------------------------------------- tool runtime
 @pytest.fixture
 async def tools(together, start_stack):
-    return (await start_stack(together_api("tool_runtime", together, image_model="fake/flux", image_steps=6))).tool_runtime
+    return (
+        await start_stack(together_api("tool_runtime", together, image_model="fake/flux", image_steps=6))
+    ).tool_runtime
 
 
 async def test_list_tools_describes_image_gen_and_code_interpreter_with_json_schemas(tools):
@@ -331,7 +342,8 @@ async def test_list_tools_describes_image_gen_and_code_interpreter_with_json_sch
 
 async def test_image_gen_answers_each_image_as_a_data_url_of_the_vendors_bytes(tools, together):
     result = await tools.invoke_tool(
-        tool_name="image_gen", arguments={"query": "a llama on the moon", "n": 2, "width": 512, "height": 768, "seed": 7}
+        tool_name="image_gen",
+        arguments={"query": "a llama on the moon", "n": 2, "width": 512, "height": 768, "seed": 7},
     )
     assert result.content == "Generated 2 images (512x768) of: a llama on the moon"
     assert result.error is None and result.metadata["model"] == "fake/flux"
@@ -341,7 +353,15 @@ async def test_image_gen_answers_each_image_as_a_data_url_of_the_vendors_bytes(t
         assert header == "data:image/jpeg;base64"
         assert base64.b64decode(data) == image_bytes("a llama on the moon", index, 7)
     assert [c.json for c in together.calls("POST", r"/v1/images/generations")] == [
-        {"model": "fake/flux", "prompt": "a llama on the moon", "steps": 6, "n": 2, "width": 512, "height": 768, "seed": 7}
+        {
+            "model": "fake/flux",
+            "prompt": "a llama on the moon",
+            "steps": 6,
+            "n": 2,
+            "width": 512,
+            "height": 768,
+            "seed": 7,
+        }
     ]
 
 
@@ -363,13 +383,13 @@ async def test_bad_image_gen_arguments_are_400_naming_the_field(tools, together,
 
 
 async def test_code_interpreter_returns_stdout_and_the_session(tools, together):
-    result = await tools.invoke_tool(
-        tool_name="code_interpreter", arguments={"code": "print('hello')\nprint('world')"}
-    )
+    result = await tools.invoke_tool(tool_name="code_interpreter", arguments={"code": "print('hello')\nprint('world')"})
     assert result.content == "hello\nworld" and result.error is None
     session = result.metadata["session_id"]
     assert session.startswith("ses_") and result.metadata["status"] == "success"
-    again = await tools.invoke_tool(tool_name="code_interpreter", arguments={"code": "print('again')", "session_id": session})
+    again = await tools.invoke_tool(
+        tool_name="code_interpreter", arguments={"code": "print('again')", "session_id": session}
+    )
     assert again.metadata["session_id"] == session
     assert [c.json for c in together.calls("POST", r"/v1/tci/execute")] == [
         {"code": "print('hello')\nprint('world')", "language": "python"},
@@ -432,22 +452,32 @@ async def test_a_dropped_code_execution_is_not_run_again(tools, together):
     ("answer", "content", "error", "metadata"),
     [
         (
-            {"data": {"session_id": "s1", "outputs": [
-                {"type": "execute_result", "data": {"text/plain": "42"}},
-                {"type": "error", "data": {"ename": "KeyError", "evalue": "'x'", "traceback": []}},
-                {"type": "a_kind_added_later", "data": 1},
-            ]}},
-            "42\nKeyError: 'x'", "KeyError: 'x'", {"session_id": "s1"},
+            {
+                "data": {
+                    "session_id": "s1",
+                    "outputs": [
+                        {"type": "execute_result", "data": {"text/plain": "42"}},
+                        {"type": "error", "data": {"ename": "KeyError", "evalue": "'x'", "traceback": []}},
+                        {"type": "a_kind_added_later", "data": 1},
+                    ],
+                }
+            },
+            "42\nKeyError: 'x'",
+            "KeyError: 'x'",
+            {"session_id": "s1"},
         ),
         (
             {"data": {"session_id": "s2", "status": "failed", "outputs": []}, "errors": None},
-            "the execution ended with status 'failed'", "the execution ended with status 'failed'",
+            "the execution ended with status 'failed'",
+            "the execution ended with status 'failed'",
             {"session_id": "s2", "status": "failed"},
         ),
         ({"data": {"session_id": "s3"}}, "The code ran and printed nothing.", None, {"session_id": "s3"}),
     ],
 )
-async def test_execution_answers_in_other_shapes_are_read_tolerantly(tools, together, monkeypatch, answer, content, error, metadata):
+async def test_execution_answers_in_other_shapes_are_read_tolerantly(
+    tools, together, monkeypatch, answer, content, error, metadata
+):
     monkeypatch.setitem(together.state, "tci_answer", answer)
     result = await tools.invoke_tool(tool_name="code_interpreter", arguments={"code": "x"})
     assert (result.content, result.error, result.metadata) == (content, error, metadata)
@@ -482,7 +512,9 @@ async def _drive_server(url: str) -> None:
         with pytest.raises(NotSupportedError) as refused:
             await client.safety.run_shield(shield_type="prompt_guard", messages=[user("hi")])
         assert refused.value.status == 501 and refused.value.provider == "together"
-        ran = await client.tool_runtime.invoke_tool(tool_name="code_interpreter", arguments={"code": "raise KeyError('k')"})
+        ran = await client.tool_runtime.invoke_tool(
+            tool_name="code_interpreter", arguments={"code": "raise KeyError('k')"}
+        )
         assert ran.error.endswith("KeyError: k")
         with pytest.raises(NotFoundError) as unknown:
             await client.tool_runtime.invoke_tool(tool_name="calculator", arguments={})

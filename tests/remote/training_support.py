@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-
 from fakes.vendor_server import FakeVendor
-from llama_stack.client import LlamaStackClient
 from remote.conftest import FAST_RETRIES
+
+from llama_stack.client import LlamaStackClient
 
 # The parts of a request that are config objects: an override of one (with merge) changes only the keys it names.
 CONFIGS = ("algorithm_config", "optimizer_config", "training_config")
@@ -36,12 +36,19 @@ def inline_dataset(content: bytes, columns: dict[str, str]) -> dict[str, Any]:
 def training_config(*, batch_size: int) -> dict[str, Any]:
     """training_config with 3 epochs; the batch size is each vendor's, inside its limits."""
     return {
-        "n_epochs": 3, "batch_size": batch_size, "shuffle": True, "n_iters": 100, "enable_activation_checkpointing": False,
-        "memory_efficient_fsdp_wrap": False, "fsdp_cpu_offload": False,
+        "n_epochs": 3,
+        "batch_size": batch_size,
+        "shuffle": True,
+        "n_iters": 100,
+        "enable_activation_checkpointing": False,
+        "memory_efficient_fsdp_wrap": False,
+        "fsdp_cpu_offload": False,
     }
 
 
-def training_request(job_uuid: str, fields: dict[str, Any], overrides: dict[str, Any], *, merge: bool = False) -> dict[str, Any]:
+def training_request(
+    job_uuid: str, fields: dict[str, Any], overrides: dict[str, Any], *, merge: bool = False
+) -> dict[str, Any]:
     """A supervised_fine_tune or preference_optimize request: ``fields`` with ``overrides`` on top.
 
     Every part is a copy, so that a test may change its request without changing the next test's. With
@@ -69,7 +76,11 @@ class TrainingProvider:
     def providers(self, fake: FakeVendor, **config: Any) -> dict[str, list[dict[str, Any]]]:
         """The providers block of a distribution with this provider on ``fake``, ``config`` on top of its settings."""
         settings = {"url": fake.url, "api_key": self.api_key, **FAST_RETRIES, **config}
-        return {"post_training": [{"provider_id": self.provider_id, "provider_type": self.provider_type, "config": settings}]}
+        return {
+            "post_training": [
+                {"provider_id": self.provider_id, "provider_type": self.provider_type, "config": settings}
+            ]
+        }
 
     def fixtures(self) -> tuple[Any, Any]:
         """The fixtures ``fresh`` (autouse: every test starts with no jobs on the fake) and ``client`` (a stack

@@ -5,7 +5,7 @@ Only the declaration; faiss and numpy are imported when a distribution selects t
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from llama_stack.plugins import ProviderSpec, hookimpl
 

@@ -14,13 +14,22 @@ class FaissConfig(MemoryBankDefaults):
         default=None, description="The SQLite file; unset: memory.sqlite in the provider's storage directory."
     )
     hnsw_m: int = Field(
-        default=32, ge=4, le=128, description="HNSW banks: graph neighbours per vector (more: better recall, more memory)."
+        default=32,
+        ge=4,
+        le=128,
+        description="HNSW banks: graph neighbours per vector (more: better recall, more memory).",
     )
     hnsw_ef_construction: int = Field(
-        default=64, ge=8, le=2048, description="HNSW banks: candidates considered while inserting (more: better graph, slower inserts)."
+        default=64,
+        ge=8,
+        le=2048,
+        description="HNSW banks: candidates considered while inserting (more: better graph, slower inserts).",
     )
     hnsw_ef_search: int = Field(
-        default=128, ge=1, le=8192, description="HNSW banks: candidates considered per query (more: better recall, slower queries)."
+        default=128,
+        ge=1,
+        le=8192,
+        description="HNSW banks: candidates considered per query (more: better recall, slower queries).",
     )
     index_save_changes: int = Field(
         default=10_000,

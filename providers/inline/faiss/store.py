@@ -201,7 +201,7 @@ class FaissStore:
         self._worker: ThreadPoolExecutor | None = None
 
     @classmethod
-    def from_config(cls, config: FaissConfig, storage_dir: Path) -> "FaissStore":
+    def from_config(cls, config: FaissConfig, storage_dir: Path) -> FaissStore:
         return cls(
             config.db_path or Path(storage_dir) / "memory.sqlite",
             hnsw_m=config.hnsw_m,
@@ -363,7 +363,11 @@ class FaissStore:
                 f"Memory bank {bank.uuid!r} already exists", param="bank_uuid", provider=self.provider
             ) from None
         self._banks[bank.uuid] = _BankIndex(
-            bank_id, bank.uuid, bank.index, bank.embedding_dimension, self._new_index(bank.index, bank.embedding_dimension),
+            bank_id,
+            bank.uuid,
+            bank.index,
+            bank.embedding_dimension,
+            self._new_index(bank.index, bank.embedding_dimension),
             build=self._hnsw_build(),
         )
 
@@ -459,8 +463,7 @@ class FaissStore:
                 raise BadRequestError(f"{where}: expected a list of numbers", param=where) from None
             if row.shape != (state.dimension,):
                 raise BadRequestError(
-                    f"{where}: expected {state.dimension} numbers (the bank's embedding dimension), got "
-                    f"{row.size}",
+                    f"{where}: expected {state.dimension} numbers (the bank's embedding dimension), got {row.size}",
                     param=where,
                 )
             if not np.isfinite(row).all():
@@ -567,7 +570,9 @@ class FaissStore:
         if state.kind == "hnsw" and len(state.tombstones) > self.hnsw_rebuild_share * max(state.index.ntotal, 1):
             logger.info(
                 "memory bank %r: %d of %d HNSW vectors are deleted; rebuilding the index",
-                state.uuid, len(state.tombstones), state.index.ntotal,
+                state.uuid,
+                len(state.tombstones),
+                state.index.ntotal,
             )
             self._rebuild(state)
             self._save_quietly(state)
@@ -639,7 +644,9 @@ class FaissStore:
             if not rows:
                 return
             ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
-            matrix = np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32).reshape(len(rows), state.dimension)
+            matrix = np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32).reshape(
+                len(rows), state.dimension
+            )
             yield ids, matrix
             last = int(ids[-1])
 
@@ -696,7 +703,11 @@ class FaissStore:
             load = IndexLoad(uuid, "file", None, from_file, added, removed)
             logger.info(
                 "memory bank %r: index loaded from %s (%d vectors); %d newer chunks added, %d deleted chunks removed",
-                uuid, path, from_file, added, removed,
+                uuid,
+                path,
+                from_file,
+                added,
+                removed,
             )
         except _Stale as stale:
             added = self._rebuild(state)
@@ -790,13 +801,17 @@ class FaissStore:
             ids, scores = self._hnsw_search(state, query, k, allowed)
         return self._hits(ids, scores)
 
-    def _flat_search(self, state: _BankIndex, query: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[list[int], list[float]]:
+    def _flat_search(
+        self, state: _BankIndex, query: np.ndarray, k: int, allowed: np.ndarray | None
+    ) -> tuple[list[int], list[float]]:
         keep = None if allowed is None else faiss.IDSelectorBatch(allowed)
         params = faiss.SearchParameters(sel=keep) if keep is not None else None
         scores, ids = state.index.search(query, k, params=params)
         return _found(ids[0], scores[0])
 
-    def _hnsw_search(self, state: _BankIndex, query: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[list[int], list[float]]:
+    def _hnsw_search(
+        self, state: _BankIndex, query: np.ndarray, k: int, allowed: np.ndarray | None
+    ) -> tuple[list[int], list[float]]:
         """Approximate search; the candidate list grows until k results turn up (filters, tombstones)."""
         if allowed is not None:
             keep = faiss.IDSelectorBatch(allowed)
@@ -859,7 +874,7 @@ class FaissStore:
         )
         by_id = {row[0]: row for row in rows}
         hits = []
-        for chunk_id, score in zip(ids, scores):
+        for chunk_id, score in zip(ids, scores, strict=True):
             row = by_id.get(chunk_id)
             if row is None:  # the index and SQLite disagree: a bug, but the answer stays truthful
                 logger.warning("chunk %d is in a faiss index but not in SQLite", chunk_id)
@@ -962,10 +977,7 @@ def _exact_search(index: Any, query: np.ndarray, k: int, allowed: np.ndarray) ->
     """The k best of ``allowed`` by inner product, computed over their vectors (read back from the index)."""
     vectors = index.reconstruct_batch(allowed)
     scores = vectors @ query[0]
-    if len(scores) > k:
-        top = np.argpartition(-scores, k - 1)[:k]
-    else:
-        top = np.arange(len(scores))
+    top = np.argpartition(-scores, k - 1)[:k] if len(scores) > k else np.arange(len(scores))
     top = top[np.argsort(-scores[top], kind="stable")]
     return allowed[top].tolist(), scores[top].tolist()
 

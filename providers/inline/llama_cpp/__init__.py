@@ -6,7 +6,7 @@ itself is imported by :mod:`.provider`, when a distribution selects the provider
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from llama_stack.plugins import ProviderSpec, hookimpl
 
@@ -34,4 +34,4 @@ def register_providers(register: Callable[[ProviderSpec], None]) -> None:
     )
 
 
-__all__ = ["LlamaCppConfig", "PROVIDER_TYPE", "register_providers"]
+__all__ = ["PROVIDER_TYPE", "LlamaCppConfig", "register_providers"]

@@ -101,7 +101,9 @@ class VocabularyFacts:
     bos_text: str
 
 
-def open_vocabulary(spec: VocabularySpec) -> tuple[VocabularyFacts, Callable[[Any, str, Any, Callable[[Any], None]], Any]]:
+def open_vocabulary(
+    spec: VocabularySpec,
+) -> tuple[VocabularyFacts, Callable[[Any, str, Any, Callable[[Any], None]], Any]]:
     """Load the GGUF's vocabulary (in its process); raises ValueError when the file is no GGUF model."""
     params = llama_cpp.llama_model_default_params()
     params.vocab_only = True
@@ -123,7 +125,9 @@ def open_vocabulary(spec: VocabularySpec) -> tuple[VocabularyFacts, Callable[[An
         if kind != CHECK_GRAMMAR:
             raise RuntimeError(f"unknown job kind {kind!r}")
         grammar: str = payload
-        sampler = llama_cpp.llama_sampler_init_grammar(vocab.vocab, grammar.encode(), LLAMA_GRAMMAR_DEFAULT_ROOT.encode())
+        sampler = llama_cpp.llama_sampler_init_grammar(
+            vocab.vocab, grammar.encode(), LLAMA_GRAMMAR_DEFAULT_ROOT.encode()
+        )
         if not sampler:
             return False
         llama_cpp.llama_sampler_free(sampler)

@@ -80,7 +80,16 @@ class Gen:
     """One generation: a prompt (a rendered chat, or raw completion text) and how to continue it."""
 
     __slots__ = (
-        "prompt", "chat", "max_tokens", "options", "logit_bias", "seed", "stop", "grammar", "top_logprobs", "prompt_logprobs",
+        "chat",
+        "grammar",
+        "logit_bias",
+        "max_tokens",
+        "options",
+        "prompt",
+        "prompt_logprobs",
+        "seed",
+        "stop",
+        "top_logprobs",
     )
 
     def __init__(
@@ -112,7 +121,7 @@ class Gen:
 class Outcome:
     """What a finished generation reports besides its text."""
 
-    __slots__ = ("finish", "prompt_tokens", "completion_tokens", "logprobs", "prompt_logprobs")
+    __slots__ = ("completion_tokens", "finish", "logprobs", "prompt_logprobs", "prompt_tokens")
 
     def __init__(
         self,
@@ -204,7 +213,9 @@ class LoadedModel:
         return float(logits[token]) - normalizer, alternatives
 
 
-def _prompt_logprobs(job: CancellableJob, model: LoadedModel, prompt: list[int], top: int) -> list[PromptTokenLogprob] | None:
+def _prompt_logprobs(
+    job: CancellableJob, model: LoadedModel, prompt: list[int], top: int
+) -> list[PromptTokenLogprob] | None:
     """Score the prompt: each token after the ones llama.cpp put in front (``model.added``) with its logprob under the logits of the position before it, and ``top`` alternatives; None when
     the job is cancelled (checked between batches).
 
@@ -354,4 +365,3 @@ def collect(job: CancellableJob, model: LoadedModel, gens: list[Gen]) -> list[tu
         entries.extend(outcome.logprobs)
         results.append(("".join(pieces), entries, outcome))
     return results
-

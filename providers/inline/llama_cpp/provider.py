@@ -129,7 +129,7 @@ _CHATML_TEMPLATE = (
 _CHECKS_QUEUED = 64
 
 
-async def build(config: LlamaCppConfig, context: ProviderContext) -> "LlamaCppInference":
+async def build(config: LlamaCppConfig, context: ProviderContext) -> LlamaCppInference:
     return LlamaCppInference(config, context)
 
 
@@ -190,7 +190,11 @@ class _ModelSlot:
         )
         # Grammar checks do not wait behind a generation: the vocabulary process has its own queue.
         self.checks = ModelWorker(
-            model.model_id, provider_id, "llama-cpp-vocab", _CHECKS_QUEUED, partial(_run_job, model.model_id, provider_id)
+            model.model_id,
+            provider_id,
+            "llama-cpp-vocab",
+            _CHECKS_QUEUED,
+            partial(_run_job, model.model_id, provider_id),
         )
         self.workers = [self.worker, self.checks]
         supervised = {"model_id": model.model_id, "provider_id": provider_id, "env": _engine_env(config)}
@@ -212,7 +216,9 @@ class _ModelSlot:
             verbose=config.verbose,
             python_tag=False,
         )
-        self.engine = SupervisedWorker(engine="llama.cpp", opener=open_llama, argument=self._spec, worker=self.worker, **supervised)
+        self.engine = SupervisedWorker(
+            engine="llama.cpp", opener=open_llama, argument=self._spec, worker=self.worker, **supervised
+        )
         self.loaded: LoadedFacts | None = None
 
     def load(self) -> LoadedFacts:
@@ -255,13 +261,20 @@ class _ModelSlot:
             if builtins:
                 extra["builtin_tools"] = builtins
         messages = render_messages(
-            dialog, request.available_tools, request.tool_choice, self.tool_format, inlined, where=where, llama3_header=header
+            dialog,
+            request.available_tools,
+            request.tool_choice,
+            self.tool_format,
+            inlined,
+            where=where,
+            llama3_header=header,
         )
         try:
             return self.formatter(messages=messages, **extra).prompt
         except (jinja2.TemplateError, ValueError) as exc:  # templates may refuse a dialog (raise_exception)
             raise BadRequestError(
-                f"model {self.model.model_id!r}: its chat template refused {where}: {exc}", details=[{"loc": where, "in": "body", "message": str(exc)}]
+                f"model {self.model.model_id!r}: its chat template refused {where}: {exc}",
+                details=[{"loc": where, "in": "body", "message": str(exc)}],
             ) from exc
 
     async def run(self, kind: str, payload: Any) -> Any:
@@ -273,7 +286,7 @@ class _ChunkStream(WorkerStream):
     """The chunks of one streamed generation: the worker's text pieces (through the tool-call parser when
     tools are offered), then a last chunk with the stop reason and usage."""
 
-    __slots__ = ("_chunk", "_tools", "_ready")
+    __slots__ = ("_chunk", "_ready", "_tools")
 
     def __init__(
         self,
@@ -312,11 +325,15 @@ class _ChunkStream(WorkerStream):
                     if outcome.logprobs:
                         last = self._ready[-1]
                         held = last.logprobs.content if last.logprobs else []
-                        self._ready[-1] = last.model_copy(update={"logprobs": Logprobs(content=[*held, *outcome.logprobs])})
+                        self._ready[-1] = last.model_copy(
+                            update={"logprobs": Logprobs(content=[*held, *outcome.logprobs])}
+                        )
                 else:
                     logprobs = Logprobs(content=outcome.logprobs) if outcome.logprobs else None
                     self._ready.append(
-                        self._chunk(text_delta="", stop_reason=outcome.stop_reason, usage=outcome.usage, logprobs=logprobs)
+                        self._chunk(
+                            text_delta="", stop_reason=outcome.stop_reason, usage=outcome.usage, logprobs=logprobs
+                        )
                     )
 
     def _stop(self) -> None:
@@ -368,7 +385,12 @@ class LlamaCppInference:
         self._slots[model.model_id] = slot
         log.info(
             "%s: model %s loaded from %s (n_ctx %d) in llama.cpp process %s (vocabulary: process %s)",
-            self.provider_id, model.model_id, path, loaded.n_ctx, slot.engine.pid, slot.vocabulary.pid,
+            self.provider_id,
+            model.model_id,
+            path,
+            loaded.n_ctx,
+            slot.engine.pid,
+            slot.vocabulary.pid,
         )
         return model
 
@@ -389,7 +411,8 @@ class LlamaCppInference:
         except Exception as exc:
             kind = exc.type_name if isinstance(exc, EngineError) else type(exc).__name__
             raise ProviderError(
-                f"model {model_id!r}: llama.cpp could not load {str(slot.path)!r}: {kind}: {exc}", provider=self.provider_id
+                f"model {model_id!r}: llama.cpp could not load {str(slot.path)!r}: {kind}: {exc}",
+                provider=self.provider_id,
             ) from exc
 
     async def shutdown(self) -> None:
@@ -412,7 +435,11 @@ class LlamaCppInference:
         """A llama.cpp grammar for the response format (or, without one, for a forced tool call), once
         llama.cpp has parsed it (in the model's vocabulary process: a schema can crash the parser)."""
         schema = json_schema_for(response_format)
-        where = "response_format.json_schema" if response_format and response_format.type == "json_schema" else "response_format"
+        where = (
+            "response_format.json_schema"
+            if response_format and response_format.type == "json_schema"
+            else "response_format"
+        )
         if schema is None:
             schema, where = forced_call, "tool_choice"
         if schema is None:
@@ -464,7 +491,9 @@ class LlamaCppInference:
 
     async def _chat_grammar(self, slot: _ModelSlot, request: Any) -> str | None:
         tools = offered_tools(request.available_tools, request.tool_choice)
-        return await self._grammar(slot, request.response_format, tool_call_schema(tools, request.tool_choice, slot.tool_format))
+        return await self._grammar(
+            slot, request.response_format, tool_call_schema(tools, request.tool_choice, slot.tool_format)
+        )
 
     # -- the Inference API --------------------------------------------------------------------------
 
@@ -510,7 +539,9 @@ class LlamaCppInference:
         """One queue place for the whole batch; the dialogs run one after another, in input order."""
         slot = self._slot(request)
         grammar = await self._chat_grammar(slot, request)
-        contents = [item for i, d in enumerate(request.batch_dialogs) for item in dialog_contents(d, f"batch_dialogs[{i}]")]
+        contents = [
+            item for i, d in enumerate(request.batch_dialogs) for item in dialog_contents(d, f"batch_dialogs[{i}]")
+        ]
         inlined = await self._attachments.fetch(contents, model=request.model)
         gens = [
             self._gen(slot, slot.render(d, request, inlined, f"batch_dialogs[{i}]"), True, request, grammar)
@@ -520,14 +551,19 @@ class LlamaCppInference:
             return []
         tools = offered_tools(request.available_tools, request.tool_choice)
         results = await slot.run(COLLECT, gens)
-        return [_chat_response(text, entries, outcome, slot.tool_format, tools, request.logprobs) for text, entries, outcome in results]
+        return [
+            _chat_response(text, entries, outcome, slot.tool_format, tools, request.logprobs)
+            for text, entries, outcome in results
+        ]
 
 
 def _logprobs(wanted: bool, entries: list[TokenLogprob]) -> Logprobs | None:
     return Logprobs(content=entries) if wanted else None
 
 
-def _completion_response(text: str, entries: list[TokenLogprob], outcome: Outcome, logprobs: bool) -> CompletionResponse:
+def _completion_response(
+    text: str, entries: list[TokenLogprob], outcome: Outcome, logprobs: bool
+) -> CompletionResponse:
     return CompletionResponse(
         content=text,
         stop_reason=outcome.stop_reason,
@@ -538,9 +574,18 @@ def _completion_response(text: str, entries: list[TokenLogprob], outcome: Outcom
 
 
 def _chat_response(
-    text: str, entries: list[TokenLogprob], outcome: Outcome, fmt: ToolFormat, tools: list[ToolDefinition], logprobs: bool
+    text: str,
+    entries: list[TokenLogprob],
+    outcome: Outcome,
+    fmt: ToolFormat,
+    tools: list[ToolDefinition],
+    logprobs: bool,
 ) -> ChatCompletionResponse:
     content, calls = parse_tool_calls(text, fmt, tools)
     return ChatCompletionResponse(
-        content=content, tool_calls=calls, stop_reason=outcome.stop_reason, logprobs=_logprobs(logprobs, entries), usage=outcome.usage
+        content=content,
+        tool_calls=calls,
+        stop_reason=outcome.stop_reason,
+        logprobs=_logprobs(logprobs, entries),
+        usage=outcome.usage,
     )

@@ -7,7 +7,7 @@ declaration here; torch and sentence-transformers are imported when a distributi
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from llama_stack.plugins import ProviderSpec, hookimpl
 

@@ -49,7 +49,7 @@ _MODEL_MARKERS = ("modules.json", "config_sentence_transformers.json")
 _LOADABLE_MARKERS = (*_MODEL_MARKERS, "config.json")
 
 
-async def build(config: SentenceTransformersConfig, context: ProviderContext) -> "SentenceTransformersInference":
+async def build(config: SentenceTransformersConfig, context: ProviderContext) -> SentenceTransformersInference:
     return SentenceTransformersInference(config, context.provider_id, resolve_device(config.device))
 
 
@@ -250,7 +250,9 @@ class SentenceTransformersInference:
             f"model {request.model!r}: {self.provider_id} is shutting down", provider=self.provider_id
         )
         try:
-            future = asyncio.get_running_loop().run_in_executor(slot.encoder.executor, self._encode, slot.encoder, texts)
+            future = asyncio.get_running_loop().run_in_executor(
+                slot.encoder.executor, self._encode, slot.encoder, texts
+            )
         except RuntimeError:  # the executor is shut down
             raise stopping from None
         try:

@@ -6,7 +6,7 @@ transformers are imported by :mod:`.provider`, when a distribution selects the p
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from llama_stack.plugins import ProviderSpec, hookimpl
 

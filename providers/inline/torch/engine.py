@@ -297,7 +297,9 @@ def _with_adapter(model: Any, adapter: Path) -> Any:
     try:
         from peft import PeftModel
     except ImportError as exc:
-        raise BadRequestError(f"lora_adapter {str(adapter)!r} needs peft: pip install 'llama-stack-runtime[torch]'") from exc
+        raise BadRequestError(
+            f"lora_adapter {str(adapter)!r} needs peft: pip install 'llama-stack-runtime[torch]'"
+        ) from exc
     try:
         return PeftModel.from_pretrained(model, str(adapter), is_trainable=False).merge_and_unload()
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
@@ -323,7 +325,7 @@ class Sampling:
     logit_bias: dict[int, float]
 
     @classmethod
-    def of(cls, params: SamplingParams) -> "Sampling":
+    def of(cls, params: SamplingParams) -> Sampling:
         greedy = params.strategy == "greedy"
         return cls(
             greedy=greedy,
@@ -381,24 +383,24 @@ class Row:
     """
 
     __slots__ = (
-        "prompt_ids",
+        "_longest_stop",
+        "completion_tokens",
+        "ids",
         "limit",
-        "stops",
-        "top_logprobs",
+        "logprobs",
         "matcher",
         "on_text",
-        "ids",
-        "prefix_offset",
-        "read_offset",
-        "text",
-        "sent",
         "pending",
-        "logprobs",
-        "completion_tokens",
-        "stop_reason",
-        "prompt_logprobs",
         "prefilled",
-        "_longest_stop",
+        "prefix_offset",
+        "prompt_ids",
+        "prompt_logprobs",
+        "read_offset",
+        "sent",
+        "stop_reason",
+        "stops",
+        "text",
+        "top_logprobs",
     )
 
     def __init__(
@@ -443,12 +445,14 @@ class Row:
 
     def piece(self, token: int, decode: Callable[[list[int]], str], context_text: str) -> str:
         """A token's text where this row stands (for logprob alternatives)."""
-        text = decode(self.ids[self.prefix_offset :] + [token])
+        text = decode([*self.ids[self.prefix_offset :], token])
         return text[len(context_text) :] if text.startswith(context_text) else decode([token])
 
     # -- advancing
 
-    def advance(self, token: int, eos: frozenset[int], decode: Callable[[list[int]], str], entry: TokenLogprob | None) -> bool:
+    def advance(
+        self, token: int, eos: frozenset[int], decode: Callable[[list[int]], str], entry: TokenLogprob | None
+    ) -> bool:
         """Take the next token; False when the row has finished."""
         if token in eos:
             self._finish(StopReason.finished_ok, decode)
@@ -509,7 +513,9 @@ class Row:
     def _finish(self, reason: StopReason, decode: Callable[[list[int]], str], flush: bool = True) -> None:
         if flush and self.read_offset < len(self.ids):
             # Bytes of a character the limit cut in two: what the tokenizer makes of them.
-            tail = decode(self.ids[self.prefix_offset :])[len(decode(self.ids[self.prefix_offset : self.read_offset])) :]
+            tail = decode(self.ids[self.prefix_offset :])[
+                len(decode(self.ids[self.prefix_offset : self.read_offset])) :
+            ]
             self.text += tail
         self.stop_reason = reason
         end = len(self.text)
@@ -573,8 +579,15 @@ def score_prompt(lm: LoadedModel, row: Row, top: int, cancelled: Callable[[], bo
             for i, target in enumerate(range(first, last + 1)):
                 alternatives = []
                 if top_values is not None and top_ids is not None:
-                    alternatives = [TopLogprob(token=lm.token_text(t), logprob=_finite(v)) for t, v in zip(top_ids[i], top_values[i])]
-                entries.append(PromptTokenLogprob(token=texts[target - added], logprob=_finite(chosen[i]), top_logprobs=alternatives))
+                    alternatives = [
+                        TopLogprob(token=lm.token_text(t), logprob=_finite(v))
+                        for t, v in zip(top_ids[i], top_values[i], strict=True)
+                    ]
+                entries.append(
+                    PromptTokenLogprob(
+                        token=texts[target - added], logprob=_finite(chosen[i]), top_logprobs=alternatives
+                    )
+                )
     row.prompt_logprobs = entries
     row.prefilled = (cache, logits[-1:].clone())
 
@@ -583,7 +596,9 @@ class Cancelled(Exception):
     """The job's cancelled flag was set between two tokens."""
 
 
-def generate(lm: LoadedModel, rows: list[Row], sampling: Sampling, cancelled: Callable[[], bool], max_batch_size: int) -> None:
+def generate(
+    lm: LoadedModel, rows: list[Row], sampling: Sampling, cancelled: Callable[[], bool], max_batch_size: int
+) -> None:
     """Run every row to its end, ``max_batch_size`` rows per batch; rows keep their results."""
     # Rows of similar prompt length together: less padding.
     order = sorted(range(len(rows)), key=lambda i: len(rows[i].prompt_ids))
@@ -616,7 +631,9 @@ def _generate_batch(lm: LoadedModel, rows: list[Row], sampling: Sampling, cancel
     bias = None
     if sampling.logit_bias:
         bias = torch.zeros(lm.vocab_size, dtype=torch.float32, device=device)
-        bias[torch.tensor(list(sampling.logit_bias), device=device)] = torch.tensor(list(sampling.logit_bias.values()), device=device)
+        bias[torch.tensor(list(sampling.logit_bias), device=device)] = torch.tensor(
+            list(sampling.logit_bias.values()), device=device
+        )
     counts = None
     if sampling.frequency_penalty or sampling.presence_penalty:
         counts = torch.zeros((len(rows), lm.vocab_size), dtype=torch.float32, device=device)
@@ -646,10 +663,7 @@ def _generate_batch(lm: LoadedModel, rows: list[Row], sampling: Sampling, cancel
             chosen_logits = chosen_logits + bias
         if constrained:
             chosen_logits = _constrain(lm, active, chosen_logits)
-        if sampling.greedy:
-            tokens = chosen_logits.argmax(dim=-1)
-        else:
-            tokens = _sample(chosen_logits, sampling, generators)
+        tokens = chosen_logits.argmax(dim=-1) if sampling.greedy else _sample(chosen_logits, sampling, generators)
         token_list = tokens.tolist()
         entries = _logprobs(lm, active, logits, tokens, top_n, decode) if top_n is not None else None
 
@@ -709,7 +723,12 @@ def _constrain(lm: LoadedModel, active: list[Row], logits: torch.Tensor) -> torc
 
 
 def _logprobs(
-    lm: LoadedModel, active: list[Row], logits: torch.Tensor, tokens: torch.Tensor, top_n: int, decode: Callable[[list[int]], str]
+    lm: LoadedModel,
+    active: list[Row],
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    top_n: int,
+    decode: Callable[[list[int]], str],
 ) -> list[TokenLogprob]:
     """Each row's token logprob (log-softmax of the raw logits: before penalty, grammar and temperature),
     with its ``top_n`` most likely alternatives."""
@@ -727,7 +746,7 @@ def _logprobs(
             context_text = decode(row.ids[row.prefix_offset :])
             alternatives = [
                 TopLogprob(token=row.piece(t, decode, context_text), logprob=_finite(v))
-                for t, v in zip(top_ids[i][:n], top_values[i][:n])
+                for t, v in zip(top_ids[i][:n], top_values[i][:n], strict=True)
             ]
         # token: filled in by Row.advance with the text the token added to the answer.
         entries.append(TokenLogprob(token="", logprob=_finite(chosen[i]), top_logprobs=alternatives))

@@ -59,7 +59,6 @@ from llama_stack.apis.inference import (
 )
 from llama_stack.apis.inspect import Model
 from llama_stack.plugins import ProviderContext
-from llama_stack.providers.utils.model_worker import Job, ModelWorker, WorkerStream, close_slots, served_slot
 from llama_stack.providers.utils.inference.attachments import AttachmentInliner, InlinedAttachments, dialog_contents
 from llama_stack.providers.utils.inference.sampling import check_logit_bias
 from llama_stack.providers.utils.inference.structured import json_schema_for
@@ -72,10 +71,21 @@ from llama_stack.providers.utils.inference.tool_calls import (
     tool_call_schema,
     tool_format_for,
 )
+from llama_stack.providers.utils.model_worker import Job, ModelWorker, WorkerStream, close_slots, served_slot
 
 from . import PROVIDER_TYPE
 from .config import TorchConfig
-from .engine import Cancelled, LoadedModel, Row, Sampling, generate, load_model, resolve_device, resolve_dtype, score_prompt
+from .engine import (
+    Cancelled,
+    LoadedModel,
+    Row,
+    Sampling,
+    generate,
+    load_model,
+    resolve_device,
+    resolve_dtype,
+    score_prompt,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +94,7 @@ log = logging.getLogger(__name__)
 _GRAMMAR_DEFAULTS = {"whitespace_flexible": False}
 
 
-async def build(config: TorchConfig, context: ProviderContext) -> "TorchInference":
+async def build(config: TorchConfig, context: ProviderContext) -> TorchInference:
     if config.torch_threads is not None:
         torch.set_num_threads(config.torch_threads)
     return TorchInference(config, context)
@@ -123,7 +133,7 @@ def _closed(schema: Any) -> Any:
 class _Prepared:
     """One row of a request, checked and tokenized: what the worker needs to generate it."""
 
-    __slots__ = ("prompt_ids", "limit")
+    __slots__ = ("limit", "prompt_ids")
 
     def __init__(self, prompt_ids: list[int], limit: int):
         self.prompt_ids = prompt_ids
@@ -133,7 +143,7 @@ class _Prepared:
 class _Options:
     """What a request asks of every row: sampling, stops, logprobs, a grammar, tools."""
 
-    __slots__ = ("sampling", "stops", "top_logprobs", "grammar", "tools", "tool_format", "prompt_logprobs")
+    __slots__ = ("grammar", "prompt_logprobs", "sampling", "stops", "tool_format", "tools", "top_logprobs")
 
     def __init__(
         self,
@@ -155,7 +165,9 @@ class _Options:
         self.prompt_logprobs = prompt_logprobs  # completions only: alternatives per prompt token
 
     def row(self, prepared: _Prepared, on_text: Callable[[str, list[TokenLogprob] | None], Any] | None = None) -> Row:
-        return Row(prepared.prompt_ids, prepared.limit, stops=self.stops, top_logprobs=self.top_logprobs, on_text=on_text)
+        return Row(
+            prepared.prompt_ids, prepared.limit, stops=self.stops, top_logprobs=self.top_logprobs, on_text=on_text
+        )
 
 
 def _usage(row: Row) -> Usage:
@@ -168,7 +180,11 @@ def _logprobs(row: Row) -> Logprobs | None:
 
 def _completion_response(row: Row) -> CompletionResponse:
     return CompletionResponse(
-        content=row.text, stop_reason=row.stop_reason, logprobs=_logprobs(row), usage=_usage(row), prompt_logprobs=row.prompt_logprobs
+        content=row.text,
+        stop_reason=row.stop_reason,
+        logprobs=_logprobs(row),
+        usage=_usage(row),
+        prompt_logprobs=row.prompt_logprobs,
     )
 
 
@@ -220,7 +236,9 @@ def _generate_job(
 
 
 # Given the worker's emit, a stream sink's (on_text, finish) (see the stream sinks below).
-_MakeSink = Callable[[Callable[[Any], Any]], tuple[Callable[[str, list[TokenLogprob] | None], Any], Callable[[Row], None]]]
+_MakeSink = Callable[
+    [Callable[[Any], Any]], tuple[Callable[[str, list[TokenLogprob] | None], Any], Callable[[Row], None]]
+]
 
 
 def _stream_job(
@@ -248,7 +266,9 @@ def _run_job(model_id: str, provider_id: str, job: Job, fn: Callable[..., Any], 
     except torch.cuda.OutOfMemoryError as exc:
         raise ServiceUnavailableError(f"model {model_id!r}: out of GPU memory: {exc}", provider=provider_id) from exc
     except Exception as exc:
-        raise ProviderError(f"model {model_id!r}: torch failed: {type(exc).__name__}: {exc}", provider=provider_id) from exc
+        raise ProviderError(
+            f"model {model_id!r}: torch failed: {type(exc).__name__}: {exc}", provider=provider_id
+        ) from exc
     # Stopped: whoever asked is gone (a closed stream, a cancelled task), or the provider is shutting down.
     raise ServiceUnavailableError(
         f"model {model_id!r}: the generation was stopped ({provider_id} is shutting down)", provider=provider_id
@@ -363,7 +383,9 @@ class TorchInference:
         return served_slot(self._slots, model_id, self.provider_id, PROVIDER_TYPE)
 
     async def _collect(self, slot: _ModelSlot, rows: list[Row], options: _Options) -> list[Row]:
-        return await slot.worker.run(_generate_job, slot.lm, rows, options, slot.model.model_id, self.config.max_batch_size)
+        return await slot.worker.run(
+            _generate_job, slot.lm, rows, options, slot.model.model_id, self.config.max_batch_size
+        )
 
     def _open_stream(
         self,
@@ -373,7 +395,14 @@ class TorchInference:
         make_sink: _MakeSink,
     ) -> AsyncIterator[Any]:
         return _ChunkStream(
-            slot.worker, _stream_job, slot.lm, prepared, options, slot.model.model_id, self.config.max_batch_size, make_sink
+            slot.worker,
+            _stream_job,
+            slot.lm,
+            prepared,
+            options,
+            slot.model.model_id,
+            self.config.max_batch_size,
+            make_sink,
         )
 
     # -- checking and tokenizing (event loop) --------------------------------------------------------
@@ -394,7 +423,9 @@ class TorchInference:
             raise self._bad(f"{where}: the prompt is empty", param=where)
         return _Prepared(prompt_ids, min(max_tokens, room) if max_tokens else room)
 
-    def _grammar(self, slot: _ModelSlot, response_format: ResponseFormat | None, forced_call: dict[str, Any] | None) -> str | None:
+    def _grammar(
+        self, slot: _ModelSlot, response_format: ResponseFormat | None, forced_call: dict[str, Any] | None
+    ) -> str | None:
         schema = json_schema_for(response_format)
         where = "response_format"
         if schema is None:
@@ -427,7 +458,9 @@ class TorchInference:
                 exc.provider = self.provider_id
             raise
 
-    def _chat_prompt(self, slot: _ModelSlot, dialog: Dialog, tools: list[ToolDefinition], tool_choice: str, inline: Any, where: str) -> list[int]:
+    def _chat_prompt(
+        self, slot: _ModelSlot, dialog: Dialog, tools: list[ToolDefinition], tool_choice: str, inline: Any, where: str
+    ) -> list[int]:
         lm = slot.lm
         if not lm.chat_template:
             raise NotSupportedError(
@@ -439,11 +472,18 @@ class TorchInference:
         try:
             text = lm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         except jinja2.TemplateError as exc:  # templates refuse some dialogs (say, roles that do not alternate)
-            raise self._bad(f"{where}: model {slot.model.model_id!r}'s chat template refused the dialog: {exc}", param=where) from exc
+            raise self._bad(
+                f"{where}: model {slot.model.model_id!r}'s chat template refused the dialog: {exc}", param=where
+            ) from exc
         return lm.encode(text, add_special_tokens=False)
 
     async def _chat_rows(
-        self, slot: _ModelSlot, dialogs: list[tuple[Dialog, str]], tools: list[ToolDefinition], tool_choice: str, max_tokens: int
+        self,
+        slot: _ModelSlot,
+        dialogs: list[tuple[Dialog, str]],
+        tools: list[ToolDefinition],
+        tool_choice: str,
+        max_tokens: int,
     ) -> list[_Prepared]:
         contents = [item for dialog, where in dialogs for item in dialog_contents(dialog, where)]
         inlined = await self._inlined(contents, slot.model.model_id)
@@ -452,10 +492,14 @@ class TorchInference:
             for dialog, where in dialogs
         ]
 
-    async def _completion_rows(self, slot: _ModelSlot, contents: list[tuple[Content, str]], max_tokens: int) -> list[_Prepared]:
+    async def _completion_rows(
+        self, slot: _ModelSlot, contents: list[tuple[Content, str]], max_tokens: int
+    ) -> list[_Prepared]:
         inlined = await self._inlined(contents, slot.model.model_id)
         return [
-            self._prepare(slot, slot.lm.encode(inlined.inline(content, where), add_special_tokens=True), max_tokens, where)
+            self._prepare(
+                slot, slot.lm.encode(inlined.inline(content, where), add_special_tokens=True), max_tokens, where
+            )
             for content, where in contents
         ]
 
@@ -528,7 +572,9 @@ class TorchInference:
         slot = self._slot(request.model)
         options = self._chat_options(slot, request)
         dialogs = [(dialog, f"batch_dialogs[{i}]") for i, dialog in enumerate(request.batch_dialogs)]
-        prepared = await self._chat_rows(slot, dialogs, request.available_tools, request.tool_choice, request.max_tokens)
+        prepared = await self._chat_rows(
+            slot, dialogs, request.available_tools, request.tool_choice, request.max_tokens
+        )
         if not prepared:
             return []
         rows = await self._collect(slot, [options.row(p) for p in prepared], options)

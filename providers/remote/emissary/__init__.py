@@ -6,23 +6,34 @@ torch, faiss or llama.cpp). See docs/providers/README.md (emissary-*.md).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from llama_stack.plugins import ProviderSpec, hookimpl
 from llama_stack.providers.utils.remote import remote_provider_specs
 
-from .config import EmissaryInferenceConfig, EmissaryPostTrainingConfig, EmissaryRewardScoringConfig, EmissarySafetyConfig
+from .config import (
+    EmissaryInferenceConfig,
+    EmissaryPostTrainingConfig,
+    EmissaryRewardScoringConfig,
+    EmissarySafetyConfig,
+)
 
 PROVIDER_TYPE = "remote::emissary"
 _MODULE = "llama_stack.providers.remote.emissary"
 
 _APIS = (
-    ("inference", EmissaryInferenceConfig,
-     "Chat and text completion (streaming emulated), embeddings, and fine-tuned models through deployments."),
+    (
+        "inference",
+        EmissaryInferenceConfig,
+        "Chat and text completion (streaming emulated), embeddings, and fine-tuned models through deployments.",
+    ),
     ("safety", EmissarySafetyConfig, "Shields through a classification deployment."),
     ("reward_scoring", EmissaryRewardScoringConfig, "Scores generations with a classifier."),
-    ("post_training", EmissaryPostTrainingConfig,
-     "Supervised fine-tuning jobs (and GRPO as an extension), their checkpoints and cancel."),
+    (
+        "post_training",
+        EmissaryPostTrainingConfig,
+        "Supervised fine-tuning jobs (and GRPO as an extension), their checkpoints and cancel.",
+    ),
 )
 
 

@@ -85,7 +85,7 @@ REACTIVATION_TIME = "about 8 to 20 minutes"
 REACTIVATION_RETRY_AFTER = 60.0
 
 
-async def build(config: EmissaryInferenceConfig, context: ProviderContext) -> "EmissaryInference":
+async def build(config: EmissaryInferenceConfig, context: ProviderContext) -> EmissaryInference:
     return EmissaryInference(config, emissary_service(config, context), context.provider_id)
 
 
@@ -105,9 +105,11 @@ class DeploymentSpec(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _both_or_neither(self) -> "DeploymentSpec":
+    def _both_or_neither(self) -> DeploymentSpec:
         if (self.training_job_id is None) != (self.checkpoint is None):
-            raise ValueError("training_job_id and checkpoint go together (both to create the deployment, neither to use an existing one)")
+            raise ValueError(
+                "training_job_id and checkpoint go together (both to create the deployment, neither to use an existing one)"
+            )
         return self
 
     @property
@@ -161,7 +163,9 @@ class Deployments:
                 raise
             log.warning(
                 "%s: could not set up %s at start-up (%s); the first request to it tries again",
-                self._svc.name, deployment.label, exc.message,
+                self._svc.name,
+                deployment.label,
+                exc.message,
             )
             return
         if deployment.status in TERMINAL:
@@ -174,7 +178,10 @@ class Deployments:
                 log.warning(
                     "%s: %s is still %s after %g s; serving starts anyway and requests to the model answer 503 "
                     "until it is Deployed",
-                    self._svc.name, deployment.label, deployment.status, self._config.deployment_wait,
+                    self._svc.name,
+                    deployment.label,
+                    deployment.status,
+                    self._config.deployment_wait,
                 )
                 return
             await asyncio.sleep(self._config.poll_interval)  # the deployment's poll interval, not a race cover
@@ -282,7 +289,11 @@ class Deployments:
 
     async def _create(self, deployment: Deployment) -> None:
         spec = deployment.spec
-        body: dict[str, Any] = {"training_job_id": spec.training_job_id, "checkpoint": spec.checkpoint, "name": deployment.name}
+        body: dict[str, Any] = {
+            "training_job_id": spec.training_job_id,
+            "checkpoint": spec.checkpoint,
+            "name": deployment.name,
+        }
         body["description"] = spec.description or f"llama-stack model {deployment.model_id}"
         if spec.inactive_timeout is not None:
             body["inactive_timeout"] = spec.inactive_timeout
@@ -293,7 +304,11 @@ class Deployments:
         deployment.checked_at = time.monotonic()
         log.info(
             "%s: created %s from %s checkpoint %s (%s)",
-            self._svc.name, deployment.label, spec.training_job_id, spec.checkpoint, deployment.status,
+            self._svc.name,
+            deployment.label,
+            spec.training_job_id,
+            spec.checkpoint,
+            deployment.status,
         )
 
     async def _fetch(self, deployment: Deployment, check_spec: bool = False) -> None:
@@ -406,7 +421,8 @@ class EmissaryInference:
             log.warning(
                 "%s: model '%s' is a rerank model, but Emissary has no rerank endpoint: requests to it answer 501; "
                 "serve it with remote::together instead",
-                self._svc.name, model.model_id,
+                self._svc.name,
+                model.model_id,
             )
             return
         name = vendor_model_name(model)
@@ -431,7 +447,9 @@ class EmissaryInference:
         response = await self._chat(request.model, body)
         if not request.stream:
             return response
-        return _emulated_stream(ChatCompletionResponseStreamChunk, response.content, response.stop_reason, response.usage)
+        return _emulated_stream(
+            ChatCompletionResponseStreamChunk, response.content, response.stop_reason, response.usage
+        )
 
     async def completion(
         self, request: CompletionRequest
@@ -455,7 +473,9 @@ class EmissaryInference:
 
     async def embeddings(self, request: EmbeddingsRequest) -> EmbeddingsResponse:
         await self._ready(request.model)
-        vectors = await fan_out(request.contents, lambda text: self._embed(request.model, text), self._config.max_concurrency)
+        vectors = await fan_out(
+            request.contents, lambda text: self._embed(request.model, text), self._config.max_concurrency
+        )
         if len({len(v) for v in vectors}) > 1:
             raise ProviderError(
                 f"{self._svc.name} answered vectors of different sizes ({sorted({len(v) for v in vectors})}) "
@@ -474,7 +494,9 @@ class EmissaryInference:
         if not content:
             # A refusal comes instead of content; it is what the model said.
             content = message.get("refusal") or choice.get("refusal") or ""
-        return ChatCompletionResponse(content=str(content), stop_reason=_stop_reason(choice), usage=usage_of(answer.get("usage")))
+        return ChatCompletionResponse(
+            content=str(content), stop_reason=_stop_reason(choice), usage=usage_of(answer.get("usage"))
+        )
 
     async def _complete(self, model_id: str, body: dict[str, Any]) -> CompletionResponse:
         answer = await self._post(model_id, "/v1/completions", body)
@@ -529,7 +551,8 @@ class EmissaryInference:
         self._refuse_common(request)
         if request.available_tools:
             raise self._unsupported(
-                "available_tools", "Emissary has no tool calling",
+                "available_tools",
+                "Emissary has no tool calling",
                 "remove available_tools, or serve the model with a provider that calls tools (remote::together, inline::llama-cpp)",
             )
         # tool_choice needs no check: any value but 'auto' and 'none' requires available_tools (validated).
@@ -556,7 +579,8 @@ class EmissaryInference:
         if request.logprobs or request.top_logprobs:
             name = "logprobs" if request.logprobs else "top_logprobs"
             raise self._unsupported(
-                name, "Emissary returns no token log-probabilities",
+                name,
+                "Emissary returns no token log-probabilities",
                 "leave logprobs off, or use a provider with logprobs (remote::together, inline::llama-cpp)",
             )
         if request.stop:
@@ -566,12 +590,14 @@ class EmissaryInference:
         response_format: ResponseFormat | None = request.response_format
         if response_format is not None and response_format.type != "text":
             raise self._unsupported(
-                "response_format", "Emissary cannot constrain its output to JSON",
+                "response_format",
+                "Emissary cannot constrain its output to JSON",
                 "remove response_format and ask for JSON in the prompt, or use a provider with structured output",
             )
         if sampling.seed is not None:
             raise self._unsupported(
-                "sampling_params.seed", "Emissary has no seed, so its sampling cannot be repeated",
+                "sampling_params.seed",
+                "Emissary has no seed, so its sampling cannot be repeated",
                 "remove seed (strategy 'greedy' gives repeatable answers)",
             )
         if sampling.repetition_penalty != 1.0:
@@ -582,12 +608,15 @@ class EmissaryInference:
             if getattr(sampling, name):
                 raise self._unsupported(f"sampling_params.{name}", f"Emissary has no {name}", "leave it at 0")
         if sampling.logit_bias:
-            raise self._unsupported("sampling_params.logit_bias", "Emissary has no logit bias", "leave logit_bias empty")
+            raise self._unsupported(
+                "sampling_params.logit_bias", "Emissary has no logit bias", "leave logit_bias empty"
+            )
 
     def _message(self, message: Message, where: str) -> dict[str, str]:
         if message.role == Role.tool or message.tool_responses:
             raise self._unsupported(
-                f"{where}.role", "Emissary's chat has no tool messages (only system, user and assistant)",
+                f"{where}.role",
+                "Emissary's chat has no tool messages (only system, user and assistant)",
                 "put the tool's result into a user message",
             )
         if message.tool_calls:
@@ -663,7 +692,10 @@ class EmissaryInference:
             log.warning(
                 "%s: model '%s' names '%s', which is not a base model Emissary lists (%s); requests to it fail "
                 "unless it is the name of a deployment",
-                self._svc.name, model.model_id, name, ", ".join(sorted(self._base_models)) or "none",
+                self._svc.name,
+                model.model_id,
+                name,
+                ", ".join(sorted(self._base_models)) or "none",
             )
 
 

@@ -64,7 +64,13 @@ STATUSES: dict[str, PostTrainingJobStatus] = {
     "Cancelled": PostTrainingJobStatus.failed,
 }
 LOG_LEVELS = {"Failed": "error", "TimedOut": "error", "Cancelled": "warning"}
-RESOURCE_FIELDS = ("progress", "training_technique", "base_model", "base_fine_tuned_model", "base_fine_tuned_model_checkpoint")
+RESOURCE_FIELDS = (
+    "progress",
+    "training_technique",
+    "base_model",
+    "base_fine_tuned_model",
+    "base_fine_tuned_model_checkpoint",
+)
 LS_URL = re.compile(r"^(https?://|file://|data:)")
 DATASET_LIMIT = (
     f"the 5 MiB ({EMISSARY_MAX_DATASET_BYTES} bytes) {VENDOR} accepts per dataset file; "
@@ -342,7 +348,9 @@ def _log_lines(job: dict[str, Any]) -> list[str]:
     ]
     points = [p for p in job.get("training_loss") or [] if isinstance(p, dict)]
     for index, point in enumerate(points, 1):
-        lines.append(f"{iso(parse_timestamp(point.get('timestamp')))} [info] training_loss point={index}/{len(points)}: loss={point.get('loss')}")
+        lines.append(
+            f"{iso(parse_timestamp(point.get('timestamp')))} [info] training_loss point={index}/{len(points)}: loss={point.get('loss')}"
+        )
     status = job.get("status")
     lines.append(
         f"{iso(parse_timestamp(job.get('updated_at')))} [{LOG_LEVELS.get(status, 'info')}] status: {status}, "

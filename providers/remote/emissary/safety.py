@@ -17,11 +17,10 @@ from llama_stack.apis.common import Message, Role, SafetyViolation, ShieldType
 from llama_stack.apis.errors import BadRequestError, NotSupportedError, ProviderError
 from llama_stack.apis.safety import RunShieldRequest, RunShieldResponse
 from llama_stack.plugins import ProviderContext
-from llama_stack.providers.utils.inference.attachments import AttachmentInliner, InlinedAttachments
+from llama_stack.providers.utils.inference.attachments import AttachmentInliner, InlinedAttachments, located
 from llama_stack.providers.utils.remote import RemoteService, VendorStatusError
 from llama_stack.providers.utils.remote.adapter import RemoteAdapter
 from llama_stack.providers.utils.remote.fan_out import fan_out
-from llama_stack.providers.utils.inference.attachments import located
 from llama_stack.providers.utils.remote.messages import message_text, transcript
 from llama_stack.providers.utils.remote.shields import conversation_texts, violation
 
@@ -41,12 +40,14 @@ class EmissarySafety(RemoteAdapter[EmissarySafetyConfig]):
     async def run_shield(self, request: RunShieldRequest) -> RunShieldResponse:
         self._check_shield_type(request.shield_type)
         threshold = self._threshold(request.params)
-        texts = await conversation_texts(self._inliner, request.messages, model=self.config.classifier, provider=self._id)
+        texts = await conversation_texts(
+            self._inliner, request.messages, model=self.config.classifier, provider=self._id
+        )
         inputs = self._inputs(request.messages, texts)
         if not inputs:
             return RunShieldResponse()  # only system messages or empty ones: nothing to classify
         verdicts = await fan_out([text for _, text in inputs], self._classify, self.config.max_concurrency)
-        for (where, _), probs in zip(inputs, verdicts):
+        for (where, _), probs in zip(inputs, verdicts, strict=True):
             flagged = self._flagged(probs, threshold)
             if flagged:
                 return RunShieldResponse(violation=self._violation(where, flagged, probs, threshold))

@@ -6,7 +6,7 @@ Ollama, TGI, or another llama-stack server's /v1 routes. See docs/providers/open
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from llama_stack.plugins import ProviderSpec, hookimpl
 

@@ -52,10 +52,9 @@ from llama_stack.apis.inference import (
 from llama_stack.apis.inspect import Model
 from llama_stack.config import ConfigError
 from llama_stack.plugins import ProviderContext
-from llama_stack.providers.utils.inference.attachments import AttachmentInliner, InlinedAttachments
+from llama_stack.providers.utils.inference.attachments import AttachmentInliner, InlinedAttachments, attachments_of
 from llama_stack.providers.utils.inference.tool_calls import iter_messages
 from llama_stack.providers.utils.remote import RemoteService, VendorStatusError
-from llama_stack.providers.utils.inference.attachments import attachments_of
 from llama_stack.providers.utils.remote.fan_out import fan_out
 from llama_stack.providers.utils.remote.openai_answers import (
     ToolCallAssembler,
@@ -251,7 +250,9 @@ class _Piece:
 def _dialog_pieces(dialog: Dialog, where: str = "dialog") -> list[_Piece]:
     pieces = []
     for at, message in iter_messages(dialog, where):
-        pieces.append(_Piece(message.content, f"{at}.content", None if message.role == Role.user else _USER_IMAGES_ONLY))
+        pieces.append(
+            _Piece(message.content, f"{at}.content", None if message.role == Role.user else _USER_IMAGES_ONLY)
+        )
         for index, response in enumerate(message.tool_responses):
             pieces.append(_Piece(response.content, f"{at}.tool_responses[{index}].content", _USER_IMAGES_ONLY))
     return pieces
@@ -351,11 +352,13 @@ def completion_logprobs(value: _CompletionLogprobsOut | None) -> Logprobs | None
     return Logprobs(content=content)
 
 
-def _legacy_entries(value: _CompletionLogprobsOut, top: int | None = None) -> list[tuple[str, float | None, list[TopLogprob]]]:
+def _legacy_entries(
+    value: _CompletionLogprobsOut, top: int | None = None
+) -> list[tuple[str, float | None, list[TopLogprob]]]:
     """(token, logprob, alternatives most likely first, at most ``top`` of them) per position."""
     tops = value.top_logprobs or []
     entries = []
-    for index, (token, logprob) in enumerate(zip(value.tokens, value.token_logprobs)):
+    for index, (token, logprob) in enumerate(zip(value.tokens, value.token_logprobs, strict=False)):
         alternatives = tops[index] if index < len(tops) and tops[index] else {}
         ranked = sorted(alternatives.items(), key=lambda kv: -kv[1])[:top]
         entries.append((token, logprob, [TopLogprob(token=t, logprob=lp) for t, lp in ranked]))
@@ -377,13 +380,19 @@ def _echoed(
     if length != len(prompt):
         return None
     scored = [
-        PromptTokenLogprob(token=token, logprob=logprob, top_logprobs=alternatives[:prompt_top] if logprob is not None else [])
+        PromptTokenLogprob(
+            token=token, logprob=logprob, top_logprobs=alternatives[:prompt_top] if logprob is not None else []
+        )
         for token, logprob, alternatives in entries[:split]
     ]
     answer = None
     if answer_top is not None:
         answer = Logprobs(
-            content=[TokenLogprob(token=t, logprob=lp, top_logprobs=alts[:answer_top]) for t, lp, alts in entries[split:] if lp is not None]
+            content=[
+                TokenLogprob(token=t, logprob=lp, top_logprobs=alts[:answer_top])
+                for t, lp, alts in entries[split:]
+                if lp is not None
+            ]
         )
     return text[len(prompt) :], scored, answer
 
@@ -447,7 +456,9 @@ class OpenAICompatInference:
             self._served = self._parse(_ModelList, answer, "GET /models").data
         except LlamaStackError as exc:
             hint = " (does url end in /v1?)" if isinstance(exc, VendorStatusError) and exc.vendor_status == 404 else ""
-            log.warning("%s: not checking its models, the model list cannot be read%s: %s", self.service.name, hint, exc.message)
+            log.warning(
+                "%s: not checking its models, the model list cannot be read%s: %s", self.service.name, hint, exc.message
+            )
         return self._served
 
     # ------------------------------------------------------------------------------------- inference
@@ -544,7 +555,10 @@ class OpenAICompatInference:
             **({"logprobs": request.top_logprobs} if request.logprobs else {}),
             # Scoring the prompt: echo it, with the most alternatives either part asks for.
             **(
-                {"echo": True, "logprobs": max(request.prompt_logprobs, request.top_logprobs if request.logprobs else 0)}
+                {
+                    "echo": True,
+                    "logprobs": max(request.prompt_logprobs, request.top_logprobs if request.logprobs else 0),
+                }
                 if request.prompt_logprobs is not None
                 else {}
             ),
@@ -552,7 +566,10 @@ class OpenAICompatInference:
 
     def _generation_fields(self, request: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
         fields = _with_extensions(
-            sampling_fields(request.sampling_params), self.config.sampling_extensions, self.service.name, self.provider_id
+            sampling_fields(request.sampling_params),
+            self.config.sampling_extensions,
+            self.service.name,
+            self.provider_id,
         )
         if request.stop:
             fields["stop"] = list(request.stop)
@@ -687,11 +704,13 @@ class OpenAICompatInference:
                 code="model_not_found",
             )
         if exc.vendor_status == 501:
-            return NotSupportedError(f"{name} does not support this request (501 on {path}): {exc.vendor_message}", provider=self.provider_id)
+            return NotSupportedError(
+                f"{name} does not support this request (501 on {path}): {exc.vendor_message}", provider=self.provider_id
+            )
         if exc.vendor_status in (401, 403) and not self.service.api_key()[0]:
             return ProviderError(
                 f"{name} wants an API key ({exc.vendor_status} on {path}) and none was given: set api_key in the "
-                f"provider's config or ${ENV_VAR}, or send {{\"{PROVIDER_DATA_KEY}\": \"...\"}} in the "
+                f'provider\'s config or ${ENV_VAR}, or send {{"{PROVIDER_DATA_KEY}": "..."}} in the '
                 "X-LlamaStack-Provider-Data header (and api_key_required: true to refuse requests without one)",
                 provider=self.provider_id,
                 code="provider_auth_failed",

@@ -5,7 +5,7 @@ Only the declaration; psycopg is imported when a distribution selects the provid
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from llama_stack.plugins import ProviderSpec, hookimpl
 

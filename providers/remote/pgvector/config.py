@@ -58,7 +58,7 @@ class PGVectorConfig(MemoryBankDefaults):
     )
 
     @model_validator(mode="after")
-    def _ef_construction_fits(self) -> "PGVectorConfig":
+    def _ef_construction_fits(self) -> PGVectorConfig:
         # pgvector refuses CREATE INDEX otherwise; better to say so when the distribution starts.
         if self.hnsw_ef_construction < 2 * self.hnsw_m:
             raise ValueError(

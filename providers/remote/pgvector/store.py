@@ -319,9 +319,7 @@ class PGVectorStore:
                 provider=self.provider_id,
                 code="database_unreachable",
             )
-        return ProviderError(
-            f"{self._name}: PostgreSQL at {self._where} failed: {message}", provider=self.provider_id
-        )
+        return ProviderError(f"{self._name}: PostgreSQL at {self._where} failed: {message}", provider=self.provider_id)
 
     def _scrub(self, text: str) -> str:
         # libpq does not echo passwords, but a message that quotes the connection string would: the config's
@@ -330,9 +328,7 @@ class PGVectorStore:
         return Redactor(self.config).error_text(text, [str(password)] if password else [])
 
     def _no_bank(self, bank_uuid: str) -> NotFoundError:
-        return NotFoundError(
-            f"memory bank {bank_uuid!r} not found", param="bank_uuid", provider=self.provider_id
-        )
+        return NotFoundError(f"memory bank {bank_uuid!r} not found", param="bank_uuid", provider=self.provider_id)
 
     # -- banks -------------------------------------------------------------------------------------
 
@@ -383,8 +379,9 @@ class PGVectorStore:
                 raise ConflictError(
                     f"memory bank {bank.uuid!r} already exists", param="bank_uuid", provider=self.provider_id
                 )
-            await self._create_chunk_table(conn, _Bank(row[0], bank.uuid, bank.embedding_dimension, bank.index,
-                                                       self.config.text_search_config))
+            await self._create_chunk_table(
+                conn, _Bank(row[0], bank.uuid, bank.embedding_dimension, bank.index, self.config.text_search_config)
+            )
 
         await self._transaction(work)
 
@@ -437,7 +434,9 @@ class PGVectorStore:
     async def list_banks(self, counts: bool = True) -> list[BankRecord]:
         return await self._bank_records(sql.SQL(""), (), counts)
 
-    async def _bank_records(self, where: sql.Composable, params: Sequence[Any], counts: bool = True) -> list[BankRecord]:
+    async def _bank_records(
+        self, where: sql.Composable, params: Sequence[Any], counts: bool = True
+    ) -> list[BankRecord]:
         if counts:  # reads every document row of the banks: only when asked for
             query = sql.SQL(
                 "SELECT {settings}, count(d.id), coalesce(sum(d.chunk_count), 0) "

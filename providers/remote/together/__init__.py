@@ -7,7 +7,7 @@ or llama.cpp. See docs/providers/README.md (together-*.md).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from llama_stack.plugins import ProviderSpec, hookimpl
 from llama_stack.providers.utils.remote import remote_provider_specs
@@ -24,14 +24,23 @@ PROVIDER_TYPE = "remote::together"
 _MODULE = "llama_stack.providers.remote.together"
 
 _APIS = (
-    ("inference", TogetherInferenceConfig,
-     "Chat and text completion (streaming, tools, logprobs), embeddings and rerank on Together's models."),
+    (
+        "inference",
+        TogetherInferenceConfig,
+        "Chat and text completion (streaming, tools, logprobs), embeddings and rerank on Together's models.",
+    ),
     ("safety", TogetherSafetyConfig, "llama_guard shields through a Together moderation model."),
-    ("post_training", TogetherPostTrainingConfig,
-     "Supervised fine-tuning (full, LoRA) and DPO as Together fine-tuning jobs, with file upload."),
+    (
+        "post_training",
+        TogetherPostTrainingConfig,
+        "Supervised fine-tuning (full, LoRA) and DPO as Together fine-tuning jobs, with file upload.",
+    ),
     ("reward_scoring", TogetherRewardScoringConfig, "Scores generations with a judge prompt."),
-    ("tool_runtime", TogetherToolRuntimeConfig,
-     "image_gen through Together's image models, code_interpreter through its code execution sandbox."),
+    (
+        "tool_runtime",
+        TogetherToolRuntimeConfig,
+        "image_gen through Together's image models, code_interpreter through its code execution sandbox.",
+    ),
 )
 
 

@@ -94,7 +94,9 @@ class TogetherPostTrainingConfig(TogetherConfig):
         pattern="^(linear|cosine)$",
         description="How the learning rate decays from optimizer_config.lr to lr_min: linear or cosine.",
     )
-    dpo_beta: float = Field(default=0.1, gt=0, description="DPO's beta (how far the policy may move from the reference).")
+    dpo_beta: float = Field(
+        default=0.1, gt=0, description="DPO's beta (how far the policy may move from the reference)."
+    )
     datasets: DatasetSourceConfig = Field(
         default_factory=DatasetSourceConfig,
         description=(

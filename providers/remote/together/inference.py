@@ -49,7 +49,12 @@ from llama_stack.providers.utils.remote.openai_answers import (
     tool_calls,
     usage_of,
 )
-from llama_stack.providers.utils.remote.openai_chat import openai_messages, openai_response_format, openai_tools, sampling_fields
+from llama_stack.providers.utils.remote.openai_chat import (
+    openai_messages,
+    openai_response_format,
+    openai_tools,
+    sampling_fields,
+)
 from llama_stack.providers.utils.remote.registered_models import registered_model, vendor_model_name
 
 from .config import TogetherInferenceConfig
@@ -61,7 +66,7 @@ MAX_TOGETHER_LOGPROBS = 1
 R = TypeVar("R")
 
 
-async def build(config: TogetherInferenceConfig, context: ProviderContext) -> "TogetherInference":
+async def build(config: TogetherInferenceConfig, context: ProviderContext) -> TogetherInference:
     return TogetherInference(config, together_service(config, context))
 
 
@@ -193,7 +198,9 @@ class TogetherInference:
 
     def _chat_body(self, request: ChatCompletionRequest, vendor_model: str, where: str = "dialog") -> dict[str, Any]:
         # Together's spec requires an index on each call of an assistant message, and content as a string.
-        messages = openai_messages(request.dialog, self._text, self.service, where=where, numbered_calls=True, no_text="")
+        messages = openai_messages(
+            request.dialog, self._text, self.service, where=where, numbered_calls=True, no_text=""
+        )
         body: dict[str, Any] = {"model": vendor_model, "messages": messages}
         if request.available_tools:
             body["tools"] = openai_tools(request.available_tools)
@@ -304,13 +311,15 @@ class TogetherInference:
     def _prompt_logprobs(self, answer: Any) -> list[PromptTokenLogprob]:
         """``prompt[0].logprobs`` of an echoed completion: each prompt token and its logprob (null: none)."""
         prompt = answer.get("prompt")
-        part = prompt[0].get("logprobs") if isinstance(prompt, list) and prompt and isinstance(prompt[0], dict) else None
+        part = (
+            prompt[0].get("logprobs") if isinstance(prompt, list) and prompt and isinstance(prompt[0], dict) else None
+        )
         if not isinstance(part, dict) or not isinstance(part.get("tokens"), list):
             raise self._bad_answer("an echoed completion without the prompt's logprobs (prompt[0].logprobs)")
         tokens, values = part["tokens"], part.get("token_logprobs") or []
         return [
             PromptTokenLogprob(token=str(token), logprob=float(value) if isinstance(value, (int, float)) else None)
-            for token, value in zip(tokens, [*values, *[None] * (len(tokens) - len(values))])
+            for token, value in zip(tokens, [*values, *[None] * (len(tokens) - len(values))], strict=False)
         ]
 
     async def _chat_chunks(
@@ -333,7 +342,9 @@ class TogetherInference:
                 text = delta.get("content") or ""
                 logprobs = _chunk_logprobs(text, choice.get("logprobs"), top_logprobs)
                 if text or logprobs:
-                    yield ChatCompletionResponseStreamChunk(text_delta=text, stop_reason=StopReason.not_stopped, logprobs=logprobs)
+                    yield ChatCompletionResponseStreamChunk(
+                        text_delta=text, stop_reason=StopReason.not_stopped, logprobs=logprobs
+                    )
         for position, call in enumerate(calls.calls()):
             yield ChatCompletionResponseStreamChunk(
                 text_delta="", tool_call=call, tool_call_index=position, stop_reason=StopReason.not_stopped
@@ -363,7 +374,9 @@ class TogetherInference:
                 logprob = None if token.get("special") else token.get("logprob")
                 logprobs = _chunk_logprobs(str(token.get("text", text)), logprob, top_logprobs)
                 if text or logprobs:
-                    yield CompletionResponseStreamChunk(text_delta=text, stop_reason=StopReason.not_stopped, logprobs=logprobs)
+                    yield CompletionResponseStreamChunk(
+                        text_delta=text, stop_reason=StopReason.not_stopped, logprobs=logprobs
+                    )
         yield CompletionResponseStreamChunk(text_delta="", stop_reason=stop_reason(finish), usage=usage)
 
 
@@ -387,7 +400,7 @@ def _logprobs(part: Any, top_logprobs: int | None) -> Logprobs | None:
     tokens, values = part.get("tokens") or [], part.get("token_logprobs") or []
     content = [
         _token_logprob(str(token), float(value), top_logprobs)
-        for token, value in zip(tokens, values)
+        for token, value in zip(tokens, values, strict=False)
         if isinstance(value, (int, float))
     ]
     return Logprobs(content=content)
@@ -398,4 +411,3 @@ def _chunk_logprobs(token: str, value: Any, top_logprobs: int | None) -> Logprob
     if top_logprobs is None or not isinstance(value, (int, float)) or isinstance(value, bool):
         return None
     return Logprobs(content=[_token_logprob(token, float(value), top_logprobs)])
-

@@ -63,8 +63,15 @@ STATUSES: dict[str, PostTrainingJobStatus] = {
 
 # The job fields worth showing as resources_allocated, when Together reports them.
 RESOURCE_FIELDS = (
-    "model", "model_output_name", "token_count", "param_count", "total_price", "epochs_completed", "progress",
-    "queue_depth", "wandb_url",
+    "model",
+    "model_output_name",
+    "token_count",
+    "param_count",
+    "total_price",
+    "epochs_completed",
+    "progress",
+    "queue_depth",
+    "wandb_url",
 )
 
 # Llama Stack names LoRA modules as torchtune does; Together (like PEFT) uses the Hugging Face names.
@@ -121,7 +128,9 @@ class TogetherPostTraining(RemotePostTraining[TogetherPostTrainingConfig]):
                     "lora_dropout": 0.0,
                     "lora_trainable_modules": self._lora_modules(lora, limits, model),
                 }
-                self._check_limits(limits, model, "lora", request.optimizer_config, request.training_config, rank=lora.rank)
+                self._check_limits(
+                    limits, model, "lora", request.optimizer_config, request.training_config, rank=lora.rank
+                )
             files = await self._upload_datasets(request.job_uuid, request.dataset, request.validation_dataset)
             body = {
                 "model": model,
@@ -261,13 +270,20 @@ class TogetherPostTraining(RemotePostTraining[TogetherPostTrainingConfig]):
                 param="algorithm",
             )
         problems: list[tuple[str, str]] = []
-        max_batch = section.get("max_batch_size_dpo") if dpo and section.get("max_batch_size_dpo") else section.get("max_batch_size")
+        max_batch = (
+            section.get("max_batch_size_dpo")
+            if dpo and section.get("max_batch_size_dpo")
+            else section.get("max_batch_size")
+        )
         min_batch = section.get("min_batch_size")
         batch = training.batch_size
         if (min_batch is not None and batch < min_batch) or (max_batch is not None and batch > max_batch):
             what = "DPO " if dpo else ""
             problems.append(
-                ("training_config.batch_size", f"batch_size {batch} is outside {min_batch or 1}..{max_batch} for {what}{kind} training")
+                (
+                    "training_config.batch_size",
+                    f"batch_size {batch} is outside {min_batch or 1}..{max_batch} for {what}{kind} training",
+                )
             )
         max_rank = section.get("max_rank")
         if rank is not None and (rank < 1 or (max_rank is not None and rank > max_rank)):
@@ -278,10 +294,14 @@ class TogetherPostTraining(RemotePostTraining[TogetherPostTrainingConfig]):
             problems.append(("optimizer_config.lr", f"learning rate {optimizer.lr:g} is outside {bounds}"))
         max_epochs = limits.get("max_num_epochs")
         if max_epochs is not None and training.n_epochs > max_epochs:
-            problems.append(("training_config.n_epochs", f"n_epochs {training.n_epochs} is above the maximum of {max_epochs}"))
+            problems.append(
+                ("training_config.n_epochs", f"n_epochs {training.n_epochs} is above the maximum of {max_epochs}")
+            )
         max_evals = limits.get("max_num_evals")
         if max_evals is not None and self.config.n_evals > max_evals:
-            problems.append(("n_evals", f"the provider's n_evals {self.config.n_evals} is above the maximum of {max_evals}"))
+            problems.append(
+                ("n_evals", f"the provider's n_evals {self.config.n_evals} is above the maximum of {max_evals}")
+            )
         if problems:
             raise BadRequestError(
                 f"the request breaks {VENDOR}'s limits for {model!r}: " + "; ".join(text for _, text in problems),
@@ -356,7 +376,12 @@ class TogetherPostTraining(RemotePostTraining[TogetherPostTrainingConfig]):
                 param="finetuned_model",
             )
         if self.config.preference_model:
-            log.info("%s: finetuned_model %s names no Together job or Hugging Face repo; training %s", self._id, url, self.config.preference_model)
+            log.info(
+                "%s: finetuned_model %s names no Together job or Hugging Face repo; training %s",
+                self._id,
+                url,
+                self.config.preference_model,
+            )
             return StartingPoint(self.config.preference_model)
         raise BadRequestError(
             f"finetuned_model {url!r} names neither a Hugging Face repo (https://huggingface.co/<org>/<name>) nor a "
@@ -391,7 +416,9 @@ class TogetherPostTraining(RemotePostTraining[TogetherPostTrainingConfig]):
     async def _from_together_job(self, url: str, name: str, step: int | None, is_model_name: bool) -> StartingPoint:
         if is_model_name:
             listed = await self.service.json("GET", "/fine-tunes")
-            jobs = [j for j in (listed or {}).get("data", []) if isinstance(j, dict) and j.get("model_output_name") == name]
+            jobs = [
+                j for j in (listed or {}).get("data", []) if isinstance(j, dict) and j.get("model_output_name") == name
+            ]
             model = jobs[0].get("model") if jobs else self.config.preference_model
         else:
             name = self.store.vendor_job_id(name)
@@ -425,7 +452,9 @@ class TogetherPostTraining(RemotePostTraining[TogetherPostTrainingConfig]):
         files: dict[str, Any] = {"training_file": await self._upload(job_uuid, "train", train_data)}
         if use_validation:
             files["validation_file"] = (
-                await self._upload(job_uuid, "validation", validation_data) if validation_data else files["training_file"]
+                await self._upload(job_uuid, "validation", validation_data)
+                if validation_data
+                else files["training_file"]
             )
             files["n_evals"] = self.config.n_evals
         return files
@@ -439,7 +468,9 @@ class TogetherPostTraining(RemotePostTraining[TogetherPostTrainingConfig]):
     async def _upload(self, job_uuid: str, role: str, data: bytes) -> str:
         filename = f"{upload_name(job_uuid, role)}{file_extension(data)}"
         form = {"purpose": "fine-tune", "file_name": filename}
-        return await self._upload_file("/files/upload", filename, data, form, answered=f"the upload of {filename} without a file id")
+        return await self._upload_file(
+            "/files/upload", filename, data, form, answered=f"the upload of {filename} without a file id"
+        )
 
     async def _create(self, job_uuid: str, kind: str, body: dict[str, Any]) -> None:
         await self._start_job(
@@ -466,7 +497,11 @@ class TogetherPostTraining(RemotePostTraining[TogetherPostTrainingConfig]):
     async def _checkpoints(self, record: TrainingJobRecord) -> list[Checkpoint]:
         try:
             answer = await self.service.json("GET", f"{self._job_path(record)}/checkpoints")
-            items = [(item.get("step"), item.get("checkpoint_type")) for item in (answer or {}).get("data", []) if isinstance(item, dict)]
+            items = [
+                (item.get("step"), item.get("checkpoint_type"))
+                for item in (answer or {}).get("data", [])
+                if isinstance(item, dict)
+            ]
         except VendorStatusError as exc:
             if exc.vendor_status != 404:
                 raise
@@ -474,7 +509,10 @@ class TogetherPostTraining(RemotePostTraining[TogetherPostTrainingConfig]):
             events = await self._events(record)
             items = [(event.get("step"), "intermediate") for event in events if event.get("type") == "checkpoint_save"]
         return in_step_order(
-            Checkpoint(iters=step, path=self._download_url(record.vendor_job_id, None if "final" in str(kind or "").lower() else step))
+            Checkpoint(
+                iters=step,
+                path=self._download_url(record.vendor_job_id, None if "final" in str(kind or "").lower() else step),
+            )
             for step, kind in items
             if step_number(step) is not None
         )
@@ -498,7 +536,9 @@ def _log_line(event: dict[str, Any]) -> str:
     step, total = event.get("step"), event.get("total_steps")
     progress = f" step={step}/{total}" if isinstance(step, int) and isinstance(total, int) and total else ""
     level = event.get("level") or "info"
-    return f"{event.get('created_at', '-')} [{level}] {event.get('type', 'event')}{progress}: {event.get('message', '')}"
+    return (
+        f"{event.get('created_at', '-')} [{level}] {event.get('type', 'event')}{progress}: {event.get('message', '')}"
+    )
 
 
 async def build(config: TogetherPostTrainingConfig, context: ProviderContext) -> TogetherPostTraining:

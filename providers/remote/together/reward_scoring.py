@@ -32,7 +32,7 @@ MIN_SCORE, MAX_SCORE = 0.0, 10.0
 
 INSTRUCTIONS = (
     "You are an impartial judge. You rate how well an AI assistant's response answers the conversation "
-    "before it: a good response is {criteria}. Reply with only a JSON object {{\"score\": N}}, where N is an "
+    'before it: a good response is {criteria}. Reply with only a JSON object {{"score": N}}, where N is an '
     "integer from 0 (useless or harmful) to 10 (excellent). Write nothing else."
 )
 CORRECTION = (
@@ -65,7 +65,7 @@ class TogetherRewardScoring(RemoteAdapter[TogetherRewardScoringConfig]):
             {"role": "system", "content": INSTRUCTIONS.format(criteria=self.config.criteria)},
             {"role": "user", "content": judge_prompt(conversation, response)},
         ]
-        for attempt in range(self.config.parse_retries + 1):
+        for _attempt in range(self.config.parse_retries + 1):
             body = {"model": judge, "messages": messages, "temperature": 0, "max_tokens": self.config.judge_max_tokens}
             answer = await self.service.json("POST", "/chat/completions", json_body=body)
             text = message_content(answer, self.service, "the judge request")
@@ -83,9 +83,7 @@ class TogetherRewardScoring(RemoteAdapter[TogetherRewardScoringConfig]):
 
 def judge_prompt(conversation: str, response: str) -> str:
     return (
-        f"<conversation>\n{conversation}\n</conversation>\n\n"
-        f"<response>\n{response}\n</response>\n\n"
-        "Rate the response."
+        f"<conversation>\n{conversation}\n</conversation>\n\n<response>\n{response}\n</response>\n\nRate the response."
     )
 
 

@@ -18,8 +18,8 @@ from llama_stack.plugins import ProviderContext
 from llama_stack.providers.utils.inference.attachments import AttachmentInliner, InlinedAttachments
 from llama_stack.providers.utils.remote import RemoteService, VendorStatusError
 from llama_stack.providers.utils.remote.adapter import RemoteAdapter
-from llama_stack.providers.utils.remote.openai_answers import message_content
 from llama_stack.providers.utils.remote.messages import message_text
+from llama_stack.providers.utils.remote.openai_answers import message_content
 from llama_stack.providers.utils.remote.shields import conversation_texts, violation
 
 from .config import TogetherSafetyConfig
@@ -55,7 +55,9 @@ class TogetherSafety(RemoteAdapter[TogetherSafetyConfig]):
 
     async def run_shield(self, request: RunShieldRequest) -> RunShieldResponse:
         self._check_shield_type(request.shield_type)
-        excluded = {code.upper() for code in self.config.excluded_categories} | self._excluded_from_params(request.params)
+        excluded = {code.upper() for code in self.config.excluded_categories} | self._excluded_from_params(
+            request.params
+        )
         texts = await conversation_texts(
             self._inliner, request.messages, model=self.config.moderation_model, provider=self._id
         )
@@ -120,7 +122,9 @@ class TogetherSafety(RemoteAdapter[TogetherSafetyConfig]):
 
     def _violation(self, codes: list[str]) -> SafetyViolation:
         if not codes:
-            details = f"Llama Guard ({self.config.moderation_model}) found the conversation unsafe (it named no category)"
+            details = (
+                f"Llama Guard ({self.config.moderation_model}) found the conversation unsafe (it named no category)"
+            )
             return violation(["unsafe"], details)
         named = ", ".join(f"{code} ({LLAMA_GUARD_CATEGORIES.get(code, 'unknown category')})" for code in codes)
         details = f"Llama Guard ({self.config.moderation_model}) found the conversation unsafe: {named}"
@@ -129,7 +133,7 @@ class TogetherSafety(RemoteAdapter[TogetherSafetyConfig]):
 
 def check_categories(codes: list[str], where: str, service: RemoteService) -> list[str]:
     normalized = [code.strip().upper() for code in codes]
-    wrong = [code for code, norm in zip(codes, normalized) if not CATEGORY_CODE.fullmatch(norm)]
+    wrong = [code for code, norm in zip(codes, normalized, strict=True) if not CATEGORY_CODE.fullmatch(norm)]
     if wrong:
         raise BadRequestError(
             f"{where}: {', '.join(map(repr, wrong))} {'is' if len(wrong) == 1 else 'are'} not Llama Guard "

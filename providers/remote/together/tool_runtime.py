@@ -278,7 +278,9 @@ class Execution:
             return
         if not isinstance(data, dict):
             return
-        image = next((t for t in ("image/png", "image/jpeg", "image/gif", "image/webp") if isinstance(data.get(t), str)), None)
+        image = next(
+            (t for t in ("image/png", "image/jpeg", "image/gif", "image/webp") if isinstance(data.get(t), str)), None
+        )
         if image is not None:
             encoded = "".join(data[image].split())
             self.attachments.append(Attachment(url=f"data:{image};base64,{encoded}", mime_type=image))

@@ -38,9 +38,9 @@ __all__ = [
     "AttachmentInliner",
     "InlinedAttachments",
     "dialog_contents",
+    "is_text_mime_type",
     "located",
     "message_contents",
-    "is_text_mime_type",
 ]
 
 # How an attachment's text appears in the prompt.
@@ -149,13 +149,15 @@ def attachments_of(content: Content, where: str) -> Iterable[tuple[Attachment, s
                 yield part, f"{where}[{index}]"
 
 
-
 def _check_kind(attachment: Attachment, where: str, model: str | None, mime_type: str | None = None) -> None:
     mime_type = mime_type or attachment.mime_type
     essence = mime_type.split(";", 1)[0].strip().lower()
     who = f"model {model!r}" if model else "this model"
     if essence.startswith("image/"):
-        raise _bad(where, f"an image attachment ({essence}) cannot be read: {who} is text-only; send images to a model that accepts them")
+        raise _bad(
+            where,
+            f"an image attachment ({essence}) cannot be read: {who} is text-only; send images to a model that accepts them",
+        )
     if not is_text_mime_type(mime_type):
         raise _bad(
             where,
@@ -195,7 +197,9 @@ class InlinedAttachments:
     def _block(self, attachment: Attachment, where: str) -> str:
         _check_kind(attachment, where, None)
         if attachment.url not in self._texts:
-            raise RuntimeError(f"{where}: attachment {attachment.url!r} was not fetched (call AttachmentInliner.fetch first)")
+            raise RuntimeError(
+                f"{where}: attachment {attachment.url!r} was not fetched (call AttachmentInliner.fetch first)"
+            )
         return ATTACHMENT_BLOCK.format(
             name=_display_name(attachment.url), mime_type=attachment.mime_type, text=self._texts[attachment.url]
         )
@@ -226,7 +230,8 @@ class AttachmentInliner:
             client = self._urls.client()
         try:
             results = await asyncio.gather(
-                *(self._read(attachment, at, model, client) for attachment, at in wanted.values()), return_exceptions=True
+                *(self._read(attachment, at, model, client) for attachment, at in wanted.values()),
+                return_exceptions=True,
             )
         finally:
             if client is not None:
@@ -234,9 +239,11 @@ class AttachmentInliner:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-        return InlinedAttachments(dict(zip(wanted, results)))  # type: ignore[arg-type]
+        return InlinedAttachments(dict(zip(wanted, results, strict=True)))  # type: ignore[arg-type]
 
-    async def _read(self, attachment: Attachment, where: str, model: str | None, client: httpx.AsyncClient | None) -> str:
+    async def _read(
+        self, attachment: Attachment, where: str, model: str | None, client: httpx.AsyncClient | None
+    ) -> str:
         url = attachment.url
         scheme = url.split(":", 1)[0].lower()
         data, mime_type = await self._urls.read(url, where, client=client)
@@ -250,5 +257,7 @@ class AttachmentInliner:
         except LookupError:
             raise _bad(where, f"unknown charset {charset!r}") from None
         except UnicodeDecodeError as exc:
-            raise _bad(where, f"the attachment is not valid {charset} text ({exc.reason} at byte {exc.start})") from None
+            raise _bad(
+                where, f"the attachment is not valid {charset} text ({exc.reason} at byte {exc.start})"
+            ) from None
         return text.removeprefix("\ufeff")

@@ -138,7 +138,9 @@ def _check_repetition_counts(schema: Any, path: str) -> None:
     for keyword in _COUNT_KEYWORDS:
         value = schema.get(keyword)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value > MAX_GRAMMAR_REPETITIONS:
-            raise ValueError(f"{path}: {keyword} {value} is more than llama.cpp's grammar can count ({MAX_GRAMMAR_REPETITIONS} at most)")
+            raise ValueError(
+                f"{path}: {keyword} {value} is more than llama.cpp's grammar can count ({MAX_GRAMMAR_REPETITIONS} at most)"
+            )
     pattern = schema.get("pattern")
     if isinstance(pattern, str):
         for match in _PATTERN_COUNT.finditer(pattern):
@@ -159,12 +161,16 @@ def _check_enforceable(schema: Any, path: str) -> None:
         if keyword in schema:
             raise ValueError(f"{path}: {keyword!r} is not enforced by llama.cpp's JSON schema grammar; leave it out")
     if "pattern" in schema and ("minLength" in schema or "maxLength" in schema):
-        raise ValueError(f"{path}: minLength/maxLength beside a pattern are not enforced by llama.cpp's grammar; put the length in the pattern")
+        raise ValueError(
+            f"{path}: minLength/maxLength beside a pattern are not enforced by llama.cpp's grammar; put the length in the pattern"
+        )
     properties = schema.get("properties")
     if isinstance(properties, dict) and isinstance(schema.get("required"), list):
         missing = [name for name in schema["required"] if name not in properties]
         if missing:
-            raise ValueError(f"{path}: required {missing} are not among the properties, and llama.cpp's grammar writes only those")
+            raise ValueError(
+                f"{path}: required {missing} are not among the properties, and llama.cpp's grammar writes only those"
+            )
     for key in _SCHEMA_LISTS:
         for index, sub in enumerate(schema.get(key) or []):
             _check_enforceable(sub, f"{path}/{key}/{index}")
@@ -256,10 +262,14 @@ def _json_safe_class(body: str) -> str | None:
             safe = ""
         else:
             safe = "[" + "".join(_gbnf_char(lo) + (f"-{_gbnf_char(hi)}" if hi != lo else "") for lo, hi in kept) + "]"
-    escaped = '"\\\\" [' + "".join("\\\\" if e == "\\" else '\\"' if e == '"' else e for e in escapes) + "]" if escapes else ""
+    escaped = (
+        '"\\\\" [' + "".join("\\\\" if e == "\\" else '\\"' if e == '"' else e for e in escapes) + "]"
+        if escapes
+        else ""
+    )
     parts = [p for p in (safe, escaped) if p]
     if not parts:
-        return '[^\\x00-\\U0010FFFF]'
+        return "[^\\x00-\\U0010FFFF]"
     return parts[0] if len(parts) == 1 else f"({' | '.join(parts)})"
 
 

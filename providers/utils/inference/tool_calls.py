@@ -56,10 +56,10 @@ from llama_stack.apis.inference import ChatCompletionResponseStreamChunk, Logpro
 __all__ = [
     "BUILTIN_TOOLS",
     "JSON_TOOL_PROMPT",
+    "LLAMA3_CUSTOM_TOOLS_PROMPT",
     "NAMED_TOOL_PROMPT",
     "REQUIRED_TOOL_PROMPT",
     "TOOL_RESULTS_PROMPT",
-    "LLAMA3_CUSTOM_TOOLS_PROMPT",
     "ToolCallStream",
     "ToolFormat",
     "function_definition",
@@ -100,7 +100,10 @@ class _Builtin:
 BUILTIN_TOOLS: dict[str, _Builtin] = {
     BuiltinTool.web_search.value: _Builtin("brave_search", "Search the web.", "query", "What to search for."),
     BuiltinTool.math.value: _Builtin(
-        "wolfram_alpha", "Compute or look up a mathematical or scientific answer.", "query", "The question or expression."
+        "wolfram_alpha",
+        "Compute or look up a mathematical or scientific answer.",
+        "query",
+        "The question or expression.",
     ),
     BuiltinTool.image_gen.value: _Builtin("photogen", "Generate an image.", "query", "A description of the image."),
     BuiltinTool.code_interpreter.value: _Builtin(
@@ -141,7 +144,9 @@ def offered_tools(tools: list[ToolDefinition], tool_choice: str) -> list[ToolDef
 def tool_format_for(model_name: str, chat_template: str | None) -> ToolFormat:
     """``llama3`` for Llama 3.x models (recognized by their chat template, or by name without one)."""
     if chat_template:
-        if "<|start_header_id|>" in chat_template and ("<|eot_id|>" in chat_template or "<|python_tag|>" in chat_template):
+        if "<|start_header_id|>" in chat_template and (
+            "<|eot_id|>" in chat_template or "<|python_tag|>" in chat_template
+        ):
             return ToolFormat.llama3
         return ToolFormat.json
     if re.search(r"llama[-_ .]?3", model_name, re.IGNORECASE):
@@ -194,7 +199,9 @@ def llama3_builtin_names(tools: list[ToolDefinition]) -> list[str]:
     return [BUILTIN_TOOLS[tool_name(t)].llama_name for t in tools if tool_name(t) in BUILTIN_TOOLS]
 
 
-def _llama3_system_prompt(tools: list[ToolDefinition], tool_choice: str, today: datetime.date, header: bool) -> tuple[str, str]:
+def _llama3_system_prompt(
+    tools: list[ToolDefinition], tool_choice: str, today: datetime.date, header: bool
+) -> tuple[str, str]:
     """(the part before the user's system message, the part after it)."""
     builtins = llama3_builtin_names(tools)
     custom = [t for t in tools if tool_name(t) not in BUILTIN_TOOLS]
@@ -207,7 +214,9 @@ def _llama3_system_prompt(tools: list[ToolDefinition], tool_choice: str, today: 
         head += f"Cutting Knowledge Date: December 2023\nToday Date: {today.strftime('%d %b %Y')}\n\n"
     tail = ""
     if custom:
-        functions = "".join(json.dumps({"type": "function", "function": function_definition(t)}, indent=4) + "\n\n" for t in custom)
+        functions = "".join(
+            json.dumps({"type": "function", "function": function_definition(t)}, indent=4) + "\n\n" for t in custom
+        )
         head += LLAMA3_CUSTOM_TOOLS_PROMPT.replace("{tools}", functions)
     choice = _choice_prompt(tool_choice)
     if choice:
@@ -283,7 +292,9 @@ def render_messages(
     for at, message in iter_messages(dialog, where):
         text = inline(message.content, f"{at}.content")
         for index, response in enumerate(message.tool_responses):
-            add_result(response.tool_name, response.call_id, inline(response.content, f"{at}.tool_responses[{index}].content"))
+            add_result(
+                response.tool_name, response.call_id, inline(response.content, f"{at}.tool_responses[{index}].content")
+            )
             results_since_calls += 1
         if message.role == Role.tool:
             if text or not message.tool_responses:
@@ -526,7 +537,9 @@ class ToolCallStream:
 
     # -- the public side --
 
-    def feed(self, text_delta: str, logprobs: list[TokenLogprob] | None = None) -> list[ChatCompletionResponseStreamChunk]:
+    def feed(
+        self, text_delta: str, logprobs: list[TokenLogprob] | None = None
+    ) -> list[ChatCompletionResponseStreamChunk]:
         if logprobs:
             self._held_logprobs.extend(logprobs)
         if not self._active:
@@ -536,7 +549,9 @@ class ToolCallStream:
         self._pending += text_delta
         return self._drain(final=False)
 
-    def finish(self, stop_reason: StopReason | str | None, usage: Usage | None = None) -> list[ChatCompletionResponseStreamChunk]:
+    def finish(
+        self, stop_reason: StopReason | str | None, usage: Usage | None = None
+    ) -> list[ChatCompletionResponseStreamChunk]:
         chunks = self._drain(final=True) if self._active else []
         last = self._chunk("", stop_reason=stop_reason, usage=usage)
         return [*chunks, last]
@@ -617,9 +632,7 @@ class ToolCallStream:
                 rest = s[index:]
                 if any(rest.startswith(m) or m.startswith(rest) for m in markers):
                     return index
-            elif char == "{":
-                return index
-            elif line_start and char == "[":
+            elif char == "{" or (line_start and char == "["):
                 return index
             elif line_start and char == "`":
                 rest = s[index : index + 3]

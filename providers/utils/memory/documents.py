@@ -58,7 +58,9 @@ def parse_mime_type(mime_type: str, where: str) -> tuple[str, dict[str, str]]:
     essence, *raw_params = mime_type.split(";")
     essence = essence.strip().lower()
     if not _MIME.fullmatch(essence):
-        raise _bad(where, f"{mime_type!r} is not a mime type (type/subtype); supported: {', '.join(SUPPORTED_MIME_TYPES)}")
+        raise _bad(
+            where, f"{mime_type!r} is not a mime type (type/subtype); supported: {', '.join(SUPPORTED_MIME_TYPES)}"
+        )
     params: dict[str, str] = {}
     for raw in raw_params:
         if not raw.strip():
@@ -131,7 +133,10 @@ def _json(content: bytes, charset: str | None, where: str) -> str:
     # Parsing and pretty-printing recurse once per level: measure the depth before either does.
     depth = nesting_depth(text.encode("utf-8", "surrogatepass"))
     if depth > MAX_JSON_DEPTH:
-        raise _bad(f"{where}.content", f"the JSON nests arrays and objects {depth} levels deep; at most {MAX_JSON_DEPTH} are accepted")
+        raise _bad(
+            f"{where}.content",
+            f"the JSON nests arrays and objects {depth} levels deep; at most {MAX_JSON_DEPTH} are accepted",
+        )
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -195,7 +200,9 @@ def _readable(soup: object) -> str:
         if node.name in _CELLS:
             parts.append(" ")  # cells of a row apart on its line
         else:
-            mark = _PARAGRAPH_MARK if node.name in _PARAGRAPH_BLOCKS else _LINE_MARK if node.name in _LINE_BLOCKS else ""
+            mark = (
+                _PARAGRAPH_MARK if node.name in _PARAGRAPH_BLOCKS else _LINE_MARK if node.name in _LINE_BLOCKS else ""
+            )
             parts.append(mark)
             stack.append(mark)
         inner = preformatted or node.name == "pre"

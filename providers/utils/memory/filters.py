@@ -32,19 +32,21 @@ class Compare:
 
 @dataclass(frozen=True)
 class All:
-    parts: tuple["Filter", ...]
+    parts: tuple[Filter, ...]
 
 
 @dataclass(frozen=True)
 class Any_:
-    parts: tuple["Filter", ...]
+    parts: tuple[Filter, ...]
 
 
 Filter = Union[Compare, All, Any_]
 
 
 def _bad(where: str, message: str) -> BadRequestError:
-    return BadRequestError(f"{where}: {message}", param=where, details=[{"loc": where, "in": "body", "message": message}])
+    return BadRequestError(
+        f"{where}: {message}", param=where, details=[{"loc": where, "in": "body", "message": message}]
+    )
 
 
 def _scalar(value: Any) -> bool:

@@ -288,8 +288,10 @@ class MemoryBanksService:
         texts = [text for _, chunks in parsed for text in chunks]
         vectors = await self._embed(bank, texts)
         prepared, row = [], 0
-        for document, (content, chunks) in zip(documents, parsed):
-            stored = [StoredChunk(index=i, text=text, vector=vectors[row + i].tolist()) for i, text in enumerate(chunks)]
+        for document, (content, chunks) in zip(documents, parsed, strict=True):
+            stored = [
+                StoredChunk(index=i, text=text, vector=vectors[row + i].tolist()) for i, text in enumerate(chunks)
+            ]
             row += len(chunks)
             prepared.append(StoredDocument(document.uuid, content, document.mime_type, document.metadata, stored))
         return prepared
@@ -386,7 +388,9 @@ def _unique_uuids(documents: list[MemoryBankDocument]) -> list[str]:
     seen: dict[str, int] = {}
     for i, document in enumerate(documents):
         if not document.uuid:
-            raise BadRequestError(f"documents[{i}].uuid: a document needs a non-empty uuid", param=f"documents[{i}].uuid")
+            raise BadRequestError(
+                f"documents[{i}].uuid: a document needs a non-empty uuid", param=f"documents[{i}].uuid"
+            )
         if document.uuid in seen:
             raise BadRequestError(
                 f"documents[{i}].uuid: '{document.uuid}' is also the uuid of documents[{seen[document.uuid]}]; "

@@ -36,10 +36,14 @@ class DatasetSourceConfig(URLSourceConfig):
         default=100 * MIB, ge=1, description="The largest dataset read, in bytes; larger ones get 400."
     )
     http_timeout_s: float = Field(
-        default=30.0, gt=0, description="Seconds allowed to connect to, and then between reads from, a dataset's server."
+        default=30.0,
+        gt=0,
+        description="Seconds allowed to connect to, and then between reads from, a dataset's server.",
     )
     http_deadline_s: float = Field(
-        default=600.0, gt=0, description="Seconds one http(s):// dataset may take in all: resolving, redirects and the whole body."
+        default=600.0,
+        gt=0,
+        description="Seconds one http(s):// dataset may take in all: resolving, redirects and the whole body.",
     )
     allow_http: bool = Field(
         default=False,
@@ -109,7 +113,11 @@ def check_jsonl(data: bytes, where: str, provider: str | None = None) -> int:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise _bad(where, f"the dataset is not UTF-8 text ({exc.reason} at byte {exc.start}); send JSON Lines or Parquet", provider) from None
+        raise _bad(
+            where,
+            f"the dataset is not UTF-8 text ({exc.reason} at byte {exc.start}); send JSON Lines or Parquet",
+            provider,
+        ) from None
     records = 0
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -117,7 +125,11 @@ def check_jsonl(data: bytes, where: str, provider: str | None = None) -> int:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise _bad(where, f"line {number} is not JSON ({exc.msg}); the dataset must be JSON Lines, one object per line", provider) from None
+            raise _bad(
+                where,
+                f"line {number} is not JSON ({exc.msg}); the dataset must be JSON Lines, one object per line",
+                provider,
+            ) from None
         if not isinstance(record, dict):
             raise _bad(where, f"line {number} is a JSON {type(record).__name__}, not an object", provider)
         records += 1

@@ -28,7 +28,9 @@ RenderContent = Callable[[Content, str, Role], str | list[dict[str, Any]]]
 
 # OpenAI's own sampling fields. sampling_fields() adds top_k and repetition_penalty beyond them, by the
 # names vLLM and Together take; an adapter whose server may not take them checks for fields outside this set.
-OPENAI_SAMPLING_FIELDS = frozenset({"temperature", "top_p", "seed", "frequency_penalty", "presence_penalty", "logit_bias"})
+OPENAI_SAMPLING_FIELDS = frozenset(
+    {"temperature", "top_p", "seed", "frequency_penalty", "presence_penalty", "logit_bias"}
+)
 
 
 def openai_tools(tools: list[ToolDefinition]) -> list[dict[str, Any]]:
@@ -66,7 +68,9 @@ def openai_tool_choice(choice: str) -> str | dict[str, Any]:
 def sampling_fields(params: SamplingParams) -> dict[str, Any]:
     """The sampling parameters as request fields; only what changes sampling (greedy ignores top_p, top_k)."""
     greedy = params.strategy == "greedy"
-    fields: dict[str, Any] = {"temperature": 0.0} if greedy else {"temperature": params.temperature, "top_p": params.top_p}
+    fields: dict[str, Any] = (
+        {"temperature": 0.0} if greedy else {"temperature": params.temperature, "top_p": params.top_p}
+    )
     if not greedy and params.top_k > 0:
         fields["top_k"] = params.top_k
     if params.repetition_penalty != 1.0:
@@ -112,11 +116,20 @@ def openai_messages(
         if message.role == Role.tool:
             if not message.tool_responses:
                 call_id = links.answer(None, None, at, at)
-                out.append({"role": "tool", "tool_call_id": call_id, "content": render(message.content, f"{at}.content", Role.tool)})
+                out.append(
+                    {
+                        "role": "tool",
+                        "tool_call_id": call_id,
+                        "content": render(message.content, f"{at}.content", Role.tool),
+                    }
+                )
             continue
         if message.role != Role.assistant and message.tool_responses and message.content in ("", []):
             continue  # it only carried tool results, sent above
-        entry: dict[str, Any] = {"role": message.role.value, "content": render(message.content, f"{at}.content", message.role)}
+        entry: dict[str, Any] = {
+            "role": message.role.value,
+            "content": render(message.content, f"{at}.content", message.role),
+        }
         if message.role == Role.assistant and message.tool_calls:
             entry["content"] = entry["content"] or no_text
             entry["tool_calls"] = links.calls(turn, message.tool_calls, numbered_calls)

@@ -66,7 +66,9 @@ _TEXT_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     ),
     # A header line, "Authorization: Bearer x": the rest of the line is the value.
     (
-        re.compile(rf"(?P<key>^[ \t]*(?:{_CREDENTIAL_NAME})[ \t]*:[ \t]*)(?P<value>\S.*)$", re.IGNORECASE | re.MULTILINE),
+        re.compile(
+            rf"(?P<key>^[ \t]*(?:{_CREDENTIAL_NAME})[ \t]*:[ \t]*)(?P<value>\S.*)$", re.IGNORECASE | re.MULTILINE
+        ),
         rf"\g<key>{REDACTED}",
     ),
     # Inline: "api_key=x&...", "authorization: Bearer x, host: ...", "password: x".
@@ -83,7 +85,9 @@ _TEXT_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Basic credentials: base64, so letters with a digit, a symbol or a lower-upper change ("Basic
     # authentication failed" stays as it is).
     (
-        re.compile(r"(?P<key>\bbasic\s+)(?=[A-Za-z0-9+/]*(?:[0-9+/=]|(?-i:[a-z][A-Z])))[A-Za-z0-9+/]{4,}=*", re.IGNORECASE),
+        re.compile(
+            r"(?P<key>\bbasic\s+)(?=[A-Za-z0-9+/]*(?:[0-9+/=]|(?-i:[a-z][A-Z])))[A-Za-z0-9+/]{4,}=*", re.IGNORECASE
+        ),
         rf"\g<key>{REDACTED}",
     ),
     # The password in a URL: scheme://user:password@host
@@ -187,7 +191,9 @@ def _scrub_tree(value: Any, secrets: frozenset[str]) -> Any:
             return scrub_text(known.sub(REDACTED, item) if known else item)
         if isinstance(item, Mapping):
             return {
-                scrub(str(key)): REDACTED if isinstance(field, str) and _CREDENTIAL_KEY.search(str(key)) else scrub(field)
+                scrub(str(key)): REDACTED
+                if isinstance(field, str) and _CREDENTIAL_KEY.search(str(key))
+                else scrub(field)
                 for key, field in item.items()
             }
         if isinstance(item, (list, tuple)):
@@ -219,9 +225,9 @@ def _known_pattern(secrets: frozenset[str]) -> re.Pattern[str]:
     plain = {form for secret in secrets for form in _plain_forms(secret)}
     cores = {core for secret in secrets for core in _base64_cores(secret.encode())} - plain
     # A base64 core goes with the whole base64 run around it: its neighbours still carry bits of the secret.
-    alternatives = [
-        (len(form), re.escape(form)) for form in plain
-    ] + [(len(core), f"[A-Za-z0-9+/_-]*{re.escape(core)}[A-Za-z0-9+/_-]*=*") for core in cores]
+    alternatives = [(len(form), re.escape(form)) for form in plain] + [
+        (len(core), f"[A-Za-z0-9+/_-]*{re.escape(core)}[A-Za-z0-9+/_-]*=*") for core in cores
+    ]
     return re.compile("|".join(text for _, text in sorted(alternatives, key=lambda item: -item[0])))
 
 

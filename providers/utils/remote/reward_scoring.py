@@ -64,4 +64,3 @@ async def score_generations(
             for item in request.prompt_generations
         ]
     )
-

@@ -64,9 +64,9 @@ class Vendor:
     def service(
         self,
         config: RemoteServiceConfig,
-        context: "ProviderContext",
+        context: ProviderContext,
         transport: httpx.AsyncBaseTransport | None = None,
-    ) -> "RemoteService":
+    ) -> RemoteService:
         return RemoteService(
             provider_id=context.provider_id,
             vendor=self.name,
@@ -165,7 +165,9 @@ class RemoteService:
             method, path, json=json_body, params=params, files=files, data=data, headers=self._auth_headers(key)
         )
         # Read from the body as it was built, not parsed back from its bytes after every answer.
-        request.extensions[_BODY_CREDENTIALS] = list(request_credentials(json_body)) if isinstance(json_body, Mapping) else []
+        request.extensions[_BODY_CREDENTIALS] = (
+            list(request_credentials(json_body)) if isinstance(json_body, Mapping) else []
+        )
         attempt = 0
         while True:
             try:
@@ -247,7 +249,9 @@ class RemoteService:
             async for event in EventSource(response).aiter_sse():
                 if event.event == "error":
                     message = vendor_error_text(self.redactor.error_body(_loads(event.data), sent))
-                    raise ProviderError(f"{self.name} reported an error mid-stream: {message}", provider=self.provider_id)
+                    raise ProviderError(
+                        f"{self.name} reported an error mid-stream: {message}", provider=self.provider_id
+                    )
                 if end_marker is not None and event.data.strip() == end_marker:
                     return
                 if not event.data.strip():
@@ -280,14 +284,18 @@ class RemoteService:
         await self._http.aclose()
 
     # ---------------------------------------------------------------------------------------- helpers
-    async def _backoff(
-        self, attempt: int, method: str, path: str, why: str, retry_after: float | None = None
-    ) -> int:
+    async def _backoff(self, attempt: int, method: str, path: str, why: str, retry_after: float | None = None) -> int:
         delay = min(MAX_BACKOFF, self.config.retry_backoff * 2**attempt)
         delay = min(MAX_BACKOFF, retry_after) if retry_after is not None else random.uniform(0, delay)
         log.warning(
             "%s: %s %s failed (%s); retry %d of %d in %.2f s",
-            self.name, method, path, why, attempt + 1, self.config.max_retries, delay,
+            self.name,
+            method,
+            path,
+            why,
+            attempt + 1,
+            self.config.max_retries,
+            delay,
         )
         await asyncio.sleep(delay)  # backoff between attempts, not a race cover
         return attempt + 1

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from llama_stack.apis.common import Message, SafetyViolation
 from llama_stack.apis.errors import BadRequestError
-from llama_stack.providers.utils.inference.attachments import AttachmentInliner, InlinedAttachments, located, message_contents
+from llama_stack.providers.utils.inference.attachments import (
+    AttachmentInliner,
+    InlinedAttachments,
+    located,
+    message_contents,
+)
 
 SUGGESTED_USER_RESPONSE = "I can't answer that. Can I help with something else?"
 

@@ -105,13 +105,21 @@ class TrainingJobStore:
     def add(self, record: TrainingJobRecord) -> None:
         self._db.execute(
             "INSERT INTO jobs (job_uuid, vendor_job_id, kind, created_at, details) VALUES (?, ?, ?, ?, ?)",
-            (record.job_uuid, record.vendor_job_id, record.kind, record.created_at.isoformat(), json.dumps(record.details)),
+            (
+                record.job_uuid,
+                record.vendor_job_id,
+                record.kind,
+                record.created_at.isoformat(),
+                json.dumps(record.details),
+            ),
         )
 
     def get(self, job_uuid: str) -> TrainingJobRecord:
         row = self._row(job_uuid)
         if row is None:
-            raise NotFoundError(self._unknown(job_uuid), provider=self.provider_id, param="job_uuid", code="job_not_found")
+            raise NotFoundError(
+                self._unknown(job_uuid), provider=self.provider_id, param="job_uuid", code="job_not_found"
+            )
         return _record(row)
 
     def find_vendor_job(self, vendor_job_id: str) -> TrainingJobRecord | None:
@@ -260,7 +268,9 @@ class RemotePostTraining(RemoteAdapter[ConfigT], abc.ABC):
         self.log = logging.getLogger(type(self).__module__)
 
     @classmethod
-    def for_context(cls: type[AdapterT], config: _TrainingConfig, service: RemoteService, context: ProviderContext) -> AdapterT:
+    def for_context(
+        cls: type[AdapterT], config: _TrainingConfig, service: RemoteService, context: ProviderContext
+    ) -> AdapterT:
         """The adapter for a provider: its jobs kept in the provider's storage folder, datasets read as its
         config's ``datasets`` block allows."""
         return cls(
@@ -297,7 +307,10 @@ class RemotePostTraining(RemoteAdapter[ConfigT], abc.ABC):
                 except NotFoundError:
                     self.log.warning(
                         "%s: job %s (%s) is gone from %s; not listed",
-                        self._id, record.job_uuid, record.vendor_job_id, self.vendor,
+                        self._id,
+                        record.job_uuid,
+                        record.vendor_job_id,
+                        self.vendor,
                     )
                     continue
             infos.append(PostTrainingJobInfo(job_uuid=record.job_uuid, status=self._map_status(record, job)))
@@ -407,7 +420,12 @@ class RemotePostTraining(RemoteAdapter[ConfigT], abc.ABC):
         self.store.add(record)
         self.log.info(
             "%s: started %s job %s as %s job %s%s",
-            self._id, kind, job_uuid, self.vendor, vendor_id, self._job_location(record),
+            self._id,
+            kind,
+            job_uuid,
+            self.vendor,
+            vendor_id,
+            self._job_location(record),
         )
         return record
 

@@ -72,7 +72,9 @@ class EchoInference:
 
     async def batch_completion(self, request: BatchCompletionRequest) -> list[CompletionResponse]:
         self._check(request.model)
-        return [CompletionResponse(content=self.prefix + _text(c), stop_reason="finished_ok") for c in request.content_batch]
+        return [
+            CompletionResponse(content=self.prefix + _text(c), stop_reason="finished_ok") for c in request.content_batch
+        ]
 
     async def batch_chat_completion(self, request: BatchChatCompletionRequest) -> list[ChatCompletionResponse]:
         self._check(request.model)
