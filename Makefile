@@ -1,11 +1,12 @@
-# `make run` serves the default `local` distribution; `make test` runs the whole suite.
+# `make run` serves the default `local` distribution; `make test` runs `make lint` (ruff and mypy), then the whole
+# suite; `make format` rewrites the tree as `make lint` wants it.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # torch comes with the torch/embeddings extras, pinned in pyproject.toml to a range torch==2.13.0 satisfies.
 PIP_INSTALL := $(BIN)/python -m pip install --disable-pip-version-check -q
 
-.PHONY: run test test-quick fuzz bench install clean
+.PHONY: run lint format test test-quick fuzz bench install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +18,7 @@ $(VENV)/.installed-run: pyproject.toml setup.py | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml setup.py | $(BIN)/python
-	$(PIP_INSTALL) -e ".[llama-cpp,torch,embeddings,faiss,pgvector,test]"
+	$(PIP_INSTALL) -e ".[llama-cpp,torch,embeddings,faiss,pgvector,test,lint]"
 	touch $@
 
 install: $(VENV)/.installed-run
@@ -25,10 +26,21 @@ install: $(VENV)/.installed-run
 run: $(VENV)/.installed-run
 	$(BIN)/llama-stack run local $(ARGS)
 
-test: $(VENV)/.installed-test
+# mypy checks the providers too, so it needs their libraries: the test install has them all.
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python tools/typecheck.py
+	$(BIN)/mypy tools
+
+format: $(VENV)/.installed-test
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The quick subset for iterating: no real model, no server subprocesses.
+# The quick subset for iterating: no real model, no server subprocesses, no lint.
 test-quick: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
