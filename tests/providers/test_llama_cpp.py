@@ -499,7 +499,7 @@ def llama3_slot(provider, template: str):
 
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    from llama_stack.providers.utils.inference.tool_calls import ToolFormat, tool_format_for
+    from llama_stack.providers.utils.inference.tool_calls.formats import ToolFormat, tool_format_for
 
     slot = copy.copy(provider._slots[MODEL])
     slot.tool_format = tool_format_for("any", template)

@@ -12,19 +12,21 @@ from llama_stack.apis.common import Dialog, StopReason, ToolCall, ToolDefinition
 from llama_stack.apis.inference import TokenLogprob, Usage
 from llama_stack.providers.utils.inference.attachments import InlinedAttachments
 from llama_stack.providers.utils.inference.structured import check_json, json_schema_for
-from llama_stack.providers.utils.inference.tool_calls import (
+from llama_stack.providers.utils.inference.tool_calls.formats import (
+    ToolFormat,
+    offered_tools,
+    tool_call_schema,
+    tool_format_for,
+)
+from llama_stack.providers.utils.inference.tool_calls.parse import parse_tool_calls
+from llama_stack.providers.utils.inference.tool_calls.render import (
     JSON_TOOL_PROMPT,
     NAMED_TOOL_PROMPT,
     REQUIRED_TOOL_PROMPT,
     TOOL_RESULTS_PROMPT,
-    ToolCallStream,
-    ToolFormat,
-    offered_tools,
-    parse_tool_calls,
     render_messages,
-    tool_call_schema,
-    tool_format_for,
 )
+from llama_stack.providers.utils.inference.tool_calls.stream import ToolCallStream
 
 LLAMA3 = ToolFormat.llama3
 JSON = ToolFormat.json

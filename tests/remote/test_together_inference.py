@@ -346,7 +346,7 @@ async def test_builtin_tools_are_offered_with_json_schemas(client, together):
     assert {name: (schema["required"], list(schema["properties"])) for name, schema in functions.items()} == {
         "web_search": (["query"], ["query"]),
         "code_interpreter": (["code"], ["code"]),
-        # The schemas every provider offers (providers.utils.inference.tool_calls.BUILTIN_TOOLS): "query" is
+        # The schemas every provider offers (providers.utils.inference.tool_calls.formats.BUILTIN_TOOLS): "query" is
         # what Together's own tool runtime takes for image_gen.
         "image_gen": (["query"], ["query"]),
         "math": (["query"], ["query"]),

@@ -35,7 +35,7 @@ logprobs) is in :mod:`.generation`.
 
 Chat, tools, structured output
 ------------------------------
-Chat messages go through :func:`~llama_stack.providers.utils.inference.tool_calls.render_messages` (tools
+Chat messages go through :func:`~llama_stack.providers.utils.inference.tool_calls.render.render_messages` (tools
 offered in the model's format: Llama 3.x models get Meta's Llama 3.1 format, others the documented json
 format) and then the GGUF's own chat template. Answers are split into text and tool calls by the shared
 parser, streamed through ``ToolCallStream``. A ``response_format`` becomes a llama.cpp grammar (GBNF
@@ -87,16 +87,15 @@ from llama_stack.providers.utils.gguf import resolve_gguf
 from llama_stack.providers.utils.inference.attachments import AttachmentInliner, InlinedAttachments, dialog_contents
 from llama_stack.providers.utils.inference.sampling import check_logit_bias
 from llama_stack.providers.utils.inference.structured import json_schema_for, llama_cpp_json_grammar
-from llama_stack.providers.utils.inference.tool_calls import (
-    ToolCallStream,
+from llama_stack.providers.utils.inference.tool_calls.formats import (
     ToolFormat,
-    llama3_builtin_names,
     offered_tools,
-    parse_tool_calls,
-    render_messages,
     tool_call_schema,
     tool_format_for,
 )
+from llama_stack.providers.utils.inference.tool_calls.parse import parse_tool_calls
+from llama_stack.providers.utils.inference.tool_calls.render import llama3_builtin_names, render_messages
+from llama_stack.providers.utils.inference.tool_calls.stream import ToolCallStream
 from llama_stack.providers.utils.model_worker import Job, ModelWorker, WorkerStream, close_slots, served_slot
 from llama_stack.providers.utils.process_supervisor import EngineCrashedError, SupervisedWorker, no_backoff
 from llama_stack.providers.utils.process_worker import EngineError, WorkerCrashed

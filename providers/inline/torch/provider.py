@@ -62,15 +62,15 @@ from llama_stack.plugins import ProviderContext
 from llama_stack.providers.utils.inference.attachments import AttachmentInliner, InlinedAttachments, dialog_contents
 from llama_stack.providers.utils.inference.sampling import check_logit_bias
 from llama_stack.providers.utils.inference.structured import json_schema_for
-from llama_stack.providers.utils.inference.tool_calls import (
-    ToolCallStream,
+from llama_stack.providers.utils.inference.tool_calls.formats import (
     ToolFormat,
     offered_tools,
-    parse_tool_calls,
-    render_messages,
     tool_call_schema,
     tool_format_for,
 )
+from llama_stack.providers.utils.inference.tool_calls.parse import parse_tool_calls
+from llama_stack.providers.utils.inference.tool_calls.render import render_messages
+from llama_stack.providers.utils.inference.tool_calls.stream import ToolCallStream
 from llama_stack.providers.utils.model_worker import Job, ModelWorker, WorkerStream, close_slots, served_slot
 
 from . import PROVIDER_TYPE

@@ -53,7 +53,7 @@ from llama_stack.apis.inspect import Model
 from llama_stack.config import ConfigError
 from llama_stack.plugins import ProviderContext
 from llama_stack.providers.utils.inference.attachments import AttachmentInliner, InlinedAttachments, attachments_of
-from llama_stack.providers.utils.inference.tool_calls import iter_messages
+from llama_stack.providers.utils.inference.dialog import iter_messages
 from llama_stack.providers.utils.remote import RemoteService, VendorStatusError
 from llama_stack.providers.utils.remote.fan_out import fan_out
 from llama_stack.providers.utils.remote.openai_answers import (

@@ -28,7 +28,7 @@ import httpx
 from pydantic import Field
 
 from llama_stack.apis.common import Attachment, Content, Dialog, Message
-from llama_stack.providers.utils.inference.tool_calls import iter_messages
+from llama_stack.providers.utils.inference.dialog import iter_messages
 from llama_stack.providers.utils.url_reader import MIB, URLReader, URLSourceConfig
 from llama_stack.providers.utils.url_reader import bad_field as _bad
 

@@ -17,7 +17,8 @@ from typing import Any
 from llama_stack.apis.common import Content, Dialog, Role, ToolCall, ToolDefinition
 from llama_stack.apis.errors import BadRequestError
 from llama_stack.apis.inference import ResponseFormat, SamplingParams
-from llama_stack.providers.utils.inference.tool_calls import function_definition, iter_messages
+from llama_stack.providers.utils.inference.dialog import iter_messages
+from llama_stack.providers.utils.inference.tool_calls.formats import function_definition
 
 from .service import RemoteService
 

@@ -17,7 +17,7 @@ from llama_stack.apis.reward_scoring import (
     ScoredMessage,
 )
 from llama_stack.providers.utils.inference.attachments import AttachmentInliner, located, message_contents
-from llama_stack.providers.utils.inference.tool_calls import iter_messages
+from llama_stack.providers.utils.inference.dialog import iter_messages
 
 from .fan_out import fan_out
 from .messages import message_text, transcript
