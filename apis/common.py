@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -30,7 +30,7 @@ class Attachment(Schema):
 
 
 # Message content: plain text, one attachment, or a sequence mixing both.
-Content = Union[str, Attachment, list[str | Attachment]]
+Content = str | Attachment | list[str | Attachment]
 
 
 class Role(str, Enum):

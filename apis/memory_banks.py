@@ -35,12 +35,15 @@ class MemoryBankConfig(Schema):
 
     @model_validator(mode="after")
     def _overlap_fits(self) -> MemoryBankConfig:
-        if self.chunk_size_tokens is not None and self.overlap_tokens is not None:
-            if self.overlap_tokens >= self.chunk_size_tokens:
-                raise ValueError(
-                    f"overlap_tokens ({self.overlap_tokens}) must be smaller than chunk_size_tokens "
-                    f"({self.chunk_size_tokens})"
-                )
+        if (
+            self.chunk_size_tokens is not None
+            and self.overlap_tokens is not None
+            and self.overlap_tokens >= self.chunk_size_tokens
+        ):
+            raise ValueError(
+                f"overlap_tokens ({self.overlap_tokens}) must be smaller than chunk_size_tokens "
+                f"({self.chunk_size_tokens})"
+            )
         return self
 
 

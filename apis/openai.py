@@ -20,7 +20,7 @@ them), ``response_format`` on completions, and ``aliases`` / ``context_length`` 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal, Protocol, Union, runtime_checkable
+from typing import Annotated, Any, Literal, Protocol, runtime_checkable
 
 from pydantic import ConfigDict, Field, model_serializer, model_validator
 
@@ -137,7 +137,7 @@ class OpenAINamedToolChoice(Schema):
     function: OpenAINamedFunction
 
 
-OpenAIToolChoice = Union[Literal["none", "auto", "required"], OpenAINamedToolChoice]
+OpenAIToolChoice = Literal["none", "auto", "required"] | OpenAINamedToolChoice
 
 
 class OpenAIResponseFormatText(Schema):

@@ -270,7 +270,6 @@ async def latency(
     from llama_stack.providers.inline.sentence_transformers.provider import resolve_device
 
     device = resolve_device(device)
-    workdir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     pool = sentence_pool(device)
     query_vectors = synthetic(pool, queries, rng)
@@ -344,6 +343,8 @@ def main() -> None:
             asyncio.run(ingestion(args.documents, args.per_request, args.runs, args.device, workdir / "ingestion"))
         if not args.skip_latency:
             stores = [s.strip() for s in args.stores.split(",") if s.strip()]
+            # Made here, not in the event loop, where a blocking file-system call would stall it.
+            (workdir / "latency").mkdir()
             asyncio.run(latency(args.sizes, args.queries, stores, args.pg_dsn, args.device, workdir / "latency"))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
+from types import MappingProxyType
 from typing import Any
 
 from llama_stack.apis.errors import BadRequestError
@@ -18,7 +19,8 @@ from .json_input import load_json
 
 PROVIDER_DATA_HEADER = "X-LlamaStack-Provider-Data"
 
-_provider_data: ContextVar[Mapping[str, Any]] = ContextVar("llama_stack_provider_data", default={})
+# The default is read-only: it is one object shared by every request that sent no provider data.
+_provider_data: ContextVar[Mapping[str, Any]] = ContextVar("llama_stack_provider_data", default=MappingProxyType({}))
 
 
 def provider_data() -> Mapping[str, Any]:

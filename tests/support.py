@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -371,26 +371,23 @@ def serving(
     message; never a pipe, which nobody drains: a server logging past the pipe's 64 KiB would block).
     """
     port = free_port()
-    sink: IO[bytes] = log.open("wb") if log is not None else tempfile.TemporaryFile()
-    try:
-        process = subprocess.Popen(
-            [*llama_stack_command(), "run", str(distribution), "--port", str(port), *args],
-            stdout=subprocess.DEVNULL if log is None else sink,
-            stderr=sink if log is None else subprocess.STDOUT,
-            env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"},
-        )
-    finally:
-        if log is not None:
-            sink.close()  # the server has its own descriptor; the caller reads the file
-    stderr = sink if log is None else None
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_health(url, process, timeout=health_timeout, output=stderr)
-        yield Served(url, process)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        sink.close()
+    command = [*llama_stack_command(), "run", str(distribution), "--port", str(port), *args]
+    environment = {**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"}
+    with ExitStack() as open_files:
+        stderr: IO[bytes] | None = None
+        if log is None:
+            stderr = open_files.enter_context(tempfile.TemporaryFile())
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=environment)
+        else:
+            with log.open("wb") as sink:  # the server has its own descriptor; the caller reads the file
+                process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=environment)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_for_health(url, process, timeout=health_timeout, output=stderr)
+            yield Served(url, process)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
 
 
 @asynccontextmanager

@@ -58,7 +58,7 @@ async def test_both_transports_give_the_same_answers(clients):
 
 async def test_both_transports_raise_the_same_errors(clients):
     for client in clients.values():
-        with pytest.raises(NotFoundError, match="served models: .*replay-model"):
+        with pytest.raises(NotFoundError, match=r"served models: .*replay-model"):
             await client.inference.chat_completion(model="nope", dialog=DIALOG)
         with pytest.raises(ValidationError) as info:
             await client.inference.chat_completion(

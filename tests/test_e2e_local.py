@@ -133,10 +133,10 @@ async def test_http_and_library_clients_agree(local_server, tmp_path):
             client = await LlamaStackClient.library("local", env={"LLAMA_STACK_STORAGE": str(tmp_path)})
         try:
             chats = [await client.inference.chat_completion(**r) for r in requests]
-            streamed = [
-                "".join([c.text_delta async for c in await client.inference.chat_completion(**r, stream=True)])
-                for r in requests
-            ]
+            streamed = []
+            for r in requests:
+                chunks = await client.inference.chat_completion(**r, stream=True)
+                streamed.append("".join([c.text_delta async for c in chunks]))
             completion = await client.inference.completion(model=MODEL, content="Once upon a time", max_tokens=16)
             answers[name] = (chats, streamed, completion)
         finally:

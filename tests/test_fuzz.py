@@ -299,9 +299,9 @@ def bounded(value: Any) -> Any:
         ("n", LOCAL_MAX_CHOICES),
     ):
         number = capped.get(key)
-        if isinstance(number, (int, float)) and not isinstance(number, bool) and float(number).is_integer():
-            if number > limit or (number == 0 and key != "n"):  # 0 tokens means "until the model stops"
-                capped[key] = limit
+        whole = isinstance(number, (int, float)) and not isinstance(number, bool) and float(number).is_integer()
+        if whole and (number > limit or (number == 0 and key != "n")):  # 0 tokens means "until the model stops"
+            capped[key] = limit
     return capped
 
 

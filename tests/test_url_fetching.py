@@ -398,7 +398,7 @@ async def test_datasets_follow_the_same_policy(service):
         match=r"dataset.content_url: refused to fetch .*127.0.0.1 is a loopback address.*datasets.allowed_hosts",
     ):
         await dataset.read(f"{service.url}/secret", "dataset.content_url")
-    with pytest.raises(BadRequestError, match="disabled on this server.*datasets.allow_http"):
+    with pytest.raises(BadRequestError, match=r"disabled on this server.*datasets\.allow_http"):
         await DatasetReader(DatasetSourceConfig()).read(f"{service.url}/secret", "dataset.content_url")
     assert service.requests == []
 

@@ -133,6 +133,14 @@ class FakeVendor:
 
         return add
 
+    def _handler_for(self, method: str, path: str) -> tuple[str, Handler, re.Match[str]] | None:
+        """The first registered route matching the request: its template, its handler and the path's match."""
+        for route_method, pattern, template, handler in self.handlers:
+            match = pattern.match(path)
+            if route_method == method and match:
+                return template, handler, match
+        return None
+
     def fail(self, method: str, template: str, fault: Fault, times: int = 1) -> None:
         """The next ``times`` requests to the route get ``fault`` instead of the handler's answer."""
         self.faults.setdefault((method, template), []).extend([fault] * times)
@@ -183,15 +191,13 @@ class FakeVendor:
             return JSONResponse(self._error(recorded, 401, refused), status_code=401)
 
         local = request.url.path.removeprefix(self.base_path) or "/"
-        for method, pattern, template, handler in self.handlers:
-            match = pattern.match(local)
-            if method == request.method and match:
-                break
-        else:
+        found = self._handler_for(request.method, local)
+        if found is None:
             self.violations.append(f"{request.method} {request.url.path}: the fake has no handler for it")
             return JSONResponse(self._error(recorded, 404, "Not found"), status_code=404)
+        template, handler, match = found
 
-        queued = self.faults.get((method, template))
+        queued = self.faults.get((request.method, template))
         fault = queued.pop(0) if queued else None
         if fault is not None and fault.kind not in ("cut", "error_event"):
             return await self._fault(fault, recorded)

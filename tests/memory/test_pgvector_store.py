@@ -133,7 +133,7 @@ async def test_banks_are_created_listed_and_refused_twice(store: PGVectorStore):
 
 
 async def test_hnsw_refuses_dimensions_pgvector_cannot_index(store: PGVectorStore):
-    with pytest.raises(NotSupportedError, match="up to 2000 dimensions.*Use index 'flat'"):
+    with pytest.raises(NotSupportedError, match=r"up to 2000 dimensions.*Use index 'flat'"):
         await store.create_bank(bank("big", dim=3072, index="hnsw"))
     await store.create_bank(bank("big", dim=3072, index="flat"))
     vectors = unit_vectors(2, dim=3072)
@@ -342,7 +342,7 @@ async def test_simple_text_search_config_keeps_words_as_written(make_store: Call
 
 
 async def test_unknown_text_search_config_is_refused_at_start(make_store: Callable[..., Any]):
-    with pytest.raises(ProviderError, match="text_search_config 'klingon'.*it has: .*english"):
+    with pytest.raises(ProviderError, match=r"text_search_config 'klingon'.*it has: .*english"):
         await make_store(text_search_config="klingon")
 
 

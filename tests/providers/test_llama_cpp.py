@@ -261,7 +261,7 @@ async def test_a_schema_llama_cpp_cannot_express_is_a_bad_request(provider, sche
 
 async def test_a_forced_call_to_a_tool_with_an_unusable_schema_is_a_bad_request(provider):
     tool = {"tool_name": "lookup", "parameters": {"type": "object", "properties": {"q": {"type": "strin"}}}}
-    with pytest.raises(BadRequestError, match="^tool_choice: llama.cpp cannot turn"):
+    with pytest.raises(BadRequestError, match=r"^tool_choice: llama\.cpp cannot turn"):
         await provider.chat_completion(chat(available_tools=[tool], tool_choice="required"))
     # Not forced: no grammar is needed, the tool is only described to the model.
     answer = await provider.chat_completion(chat(available_tools=[tool], max_tokens=8))
@@ -320,7 +320,7 @@ async def test_file_attachments_within_the_configured_roots(with_files, tmp_path
     from llama_stack.providers.utils.inference.attachments import AttachmentInliner
 
     default = AttachmentInliner(LlamaCppConfig().attachments)
-    with pytest.raises(BadRequestError, match="no attachments.file_roots"):
+    with pytest.raises(BadRequestError, match=r"no attachments\.file_roots"):
         await default.fetch([(Attachment(url=(folder / "code.txt").as_uri(), mime_type="text/plain"), "content")])
 
 

@@ -373,7 +373,7 @@ async def test_crashes_in_a_row_back_off_then_the_engine_is_reloaded(fake_engine
 
 async def test_the_engines_exceptions_come_back_by_type(fake_engine):
     worker, engine = fake_engine
-    with pytest.raises(ValueError, match="^Requested tokens"):  # built-in exceptions keep their type
+    with pytest.raises(ValueError, match=r"^Requested tokens"):  # built-in exceptions keep their type
         await worker.run(
             engine.run, engine.epoch, "raise", ValueError("Requested tokens (9) exceed context window of 8")
         )

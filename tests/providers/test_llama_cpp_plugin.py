@@ -62,7 +62,7 @@ def test_config_defaults_and_strictness():
 
 def test_a_missing_file_is_named(tmp_path):
     missing = tmp_path / "nope.gguf"
-    with pytest.raises(NotFoundError, match="nope.gguf' does not exist"):
+    with pytest.raises(NotFoundError, match=r"nope\.gguf' does not exist"):
         resolve_gguf(str(missing))
     with pytest.raises(NotFoundError, match="is a directory"):
         resolve_gguf(str(tmp_path))

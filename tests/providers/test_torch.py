@@ -154,12 +154,12 @@ def test_schemas_are_closed_where_they_list_properties():
 
 
 def test_model_references(tmp_path):
-    with pytest.raises(NotFoundError, match="does not exist.*never downloaded"):
+    with pytest.raises(NotFoundError, match=r"does not exist.*never downloaded"):
         resolve_source("HuggingFaceTB/SmolLM2-135M-Instruct")
-    with pytest.raises(BadRequestError, match="without config.json"):
+    with pytest.raises(BadRequestError, match=r"without config\.json"):
         resolve_source(str(tmp_path))
     (tmp_path / "weights.bin").write_bytes(b"x")
-    with pytest.raises(BadRequestError, match="neither a .gguf file nor a checkpoint directory"):
+    with pytest.raises(BadRequestError, match=r"neither a \.gguf file nor a checkpoint directory"):
         resolve_source(str(tmp_path / "weights.bin"))
     (tmp_path / "model.gguf").write_bytes(b"GGUF")
     source = resolve_source(str(tmp_path / "model.gguf"))
@@ -538,7 +538,7 @@ async def test_a_lora_adapter_changes_the_answers(tiny, tiny_checkpoint, tmp_pat
     adapted = await tiny.completion(CompletionRequest(model="tiny-lora", **request))
     assert [e.logprob for e in base.logprobs.content] != pytest.approx([e.logprob for e in adapted.logprobs.content])
     missing = tmp_path / "no-adapter"
-    with pytest.raises(NotFoundError, match="lora_adapter .*no-adapter.* is not a directory"):
+    with pytest.raises(NotFoundError, match=r"lora_adapter .*no-adapter.* is not a directory"):
         await tiny.register_model(
             Model(
                 model_id="other",
@@ -548,7 +548,7 @@ async def test_a_lora_adapter_changes_the_answers(tiny, tiny_checkpoint, tmp_pat
             )
         )
     missing.mkdir()
-    with pytest.raises(BadRequestError, match="no adapter_config.json"):
+    with pytest.raises(BadRequestError, match=r"no adapter_config\.json"):
         await tiny.register_model(
             Model(
                 model_id="other",
@@ -599,7 +599,7 @@ async def test_registering_what_does_not_load(tiny, tmp_path):
         with pytest.raises(error_type) as error:
             await tiny.register_model(Model(model_id="other", provider_id="torch", provider_model_id=reference))
         assert "model 'other'" in error.value.message and expected in error.value.message
-    with pytest.raises(NotFoundError, match="'other'.*its models: 'tiny', 'tiny-lora'"):
+    with pytest.raises(NotFoundError, match=r"'other'.*its models: 'tiny', 'tiny-lora'"):
         await tiny.completion(CompletionRequest(model="other", content="x"))
 
 

@@ -202,7 +202,7 @@ async def test_dpo_is_not_supported_by_emissary(client, emissary):
         algorithm="dpo",
         algorithm_config={"reward_scale": 1.0, "reward_clip": 5.0, "epsilon": 0.1, "gamma": 0.99},
     )
-    with pytest.raises(NotSupportedError, match="no DPO training: use algorithm 'grpo' .* remote::together"):
+    with pytest.raises(NotSupportedError, match=r"no DPO training: use algorithm 'grpo' .* remote::together"):
         await client.post_training.preference_optimize(**request)
     assert emissary.requests == []
 
@@ -279,7 +279,7 @@ async def test_grpo_with_an_unknown_reward_function_is_refused_naming_the_availa
 
 async def test_grpo_without_a_model_to_start_from_is_refused(client, emissary):
     with pytest.raises(
-        BadRequestError, match="is not an Emissary training job of this provider .* no preference_model"
+        BadRequestError, match=r"is not an Emissary training job of this provider .* no preference_model"
     ):
         await client.post_training.preference_optimize(**grpo("grpo-nowhere", "https://example.com/m"))
     assert uploads(emissary) == []

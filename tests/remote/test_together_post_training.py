@@ -211,7 +211,7 @@ async def test_limits_violations_are_refused_with_every_problem_before_anything_
 
 async def test_full_training_of_a_lora_only_model_is_refused(client, together):
     with pytest.raises(
-        BadRequestError, match="offers no full fine-tuning of 'Qwen/Qwen2.5-72B-Instruct'; use algorithm 'lora'"
+        BadRequestError, match=r"offers no full fine-tuning of 'Qwen/Qwen2\.5-72B-Instruct'; use algorithm 'lora'"
     ):
         await client.post_training.supervised_fine_tune(**sft("qwen-full", model=QWEN_72B, algorithm="full"))
     assert created(together) == []
@@ -263,10 +263,12 @@ async def test_what_together_cannot_do_is_refused_before_calling_it(client, toge
 
 async def test_datasets_are_checked_before_upload(client, together):
     broken = {"columns": {"text": "text"}, "content_url": data_url(b'{"text": "ok"}\nnot json\n')}
-    with pytest.raises(BadRequestError, match="dataset.content_url: line 2 is not JSON"):
+    with pytest.raises(BadRequestError, match=r"dataset\.content_url: line 2 is not JSON"):
         await client.post_training.supervised_fine_tune(**sft("broken", dataset=broken))
     on_disk = {"columns": {"text": "text"}, "content_url": "file:///etc/hostname"}
-    with pytest.raises(BadRequestError, match="file:// datasets are refused: the provider has no datasets.file_roots"):
+    with pytest.raises(
+        BadRequestError, match=r"file:// datasets are refused: the provider has no datasets\.file_roots"
+    ):
         await client.post_training.supervised_fine_tune(**sft("on-disk", validation_dataset=on_disk))
     assert uploads(together) == [] and created(together) == []
 
@@ -370,7 +372,7 @@ async def test_dpo_of_a_hugging_face_repo_together_fine_tunes_trains_that_model(
 
 async def test_dpo_batch_size_is_held_to_the_dpo_limit(together, start_stack):
     client = await start_stack(post_training(together, preference_model=LLAMA_8B))
-    with pytest.raises(BadRequestError, match="batch_size 32 is outside 8..16 for DPO lora training"):
+    with pytest.raises(BadRequestError, match=r"batch_size 32 is outside 8\.\.16 for DPO lora training"):
         await client.post_training.preference_optimize(
             **dpo("dpo-big", "https://example.com/m", training_config={**TRAINING_CONFIG, "batch_size": 32})
         )
@@ -390,7 +392,7 @@ async def test_grpo_is_not_supported_by_together(client, together):
     request = dpo(
         "grpo-1", "https://huggingface.co/acme/m", algorithm="grpo", algorithm_config={"reward_functions": {"f": 1.0}}
     )
-    with pytest.raises(NotSupportedError, match="no GRPO fine-tuning .* remote::emissary"):
+    with pytest.raises(NotSupportedError, match=r"no GRPO fine-tuning .* remote::emissary"):
         await client.post_training.preference_optimize(**request)
     assert together.requests == []
 
@@ -615,9 +617,9 @@ async def test_http_datasets_over_the_limit_or_failing_are_400():
     ):
         await big.read("https://data.example/big.jsonl", "dataset.content_url")
     gone = reader(lambda request: httpx.Response(404))
-    with pytest.raises(BadRequestError, match="fetching https://data.example/gone failed"):
+    with pytest.raises(BadRequestError, match=r"fetching https://data\.example/gone failed"):
         await gone.read("https://data.example/gone", "dataset.content_url")
-    with pytest.raises(BadRequestError, match="disabled on this server.*datasets.allow_http"):
+    with pytest.raises(BadRequestError, match=r"disabled on this server.*datasets\.allow_http"):
         await reader(allow_http=False).read("https://data.example/x", "dataset.content_url")
 
 

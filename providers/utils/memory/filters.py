@@ -12,13 +12,13 @@ Comparisons ($gt $gte $lt $lte) take numbers or strings and never match a value 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from llama_stack.apis.errors import BadRequestError
 
 COMPARISONS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte")
 MEMBERSHIP = ("$in", "$nin")
-Scalar = Union[str, int, float, bool, None]
+Scalar = str | int | float | bool | None
 # Filters nested deeper than any query needs are refused: stores evaluate and compile them recursively.
 MAX_FILTER_DEPTH = 16
 
@@ -40,7 +40,7 @@ class Any_:
     parts: tuple[Filter, ...]
 
 
-Filter = Union[Compare, All, Any_]
+Filter = Compare | All | Any_
 
 
 def _bad(where: str, message: str) -> BadRequestError:
