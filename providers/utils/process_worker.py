@@ -24,6 +24,7 @@ SupervisedWorker` turns that into errors for the requests and a reload.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import itertools
 import json
 import os
@@ -208,10 +209,8 @@ class WorkerProcess:
         with self._control_lock:
             if self._control < 0:
                 return
-            try:
+            with contextlib.suppress(OSError):  # the child is gone: nothing runs any more
                 os.write(self._control, seq.to_bytes(_CANCEL_RECORD, "little"))
-            except OSError:  # the child is gone: nothing runs any more
-                pass
 
     def _reap(self, timeout: float = 10.0) -> str:
         """How the child ended, once it has (killed if it lingers on after closing its channel)."""

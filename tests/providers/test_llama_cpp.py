@@ -270,7 +270,8 @@ async def test_a_forced_call_to_a_tool_with_an_unusable_schema_is_a_bad_request(
 
 async def test_logprobs_need_no_logits_for_every_position(provider):
     slot = provider._slots[MODEL]
-    assert slot.loaded.logits_all is False  # no n_ctx x n_vocab logits kept for every request (in the engine process)
+    # No n_ctx x n_vocab logits kept for every request (in the engine process).
+    assert slot.engine.loaded.logits_all is False
     answer = await provider.completion(
         CompletionRequest(model=MODEL, content=ENDLESS, max_tokens=3, logprobs=True, top_logprobs=20)
     )

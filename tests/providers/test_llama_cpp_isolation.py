@@ -133,7 +133,7 @@ async def test_a_schema_that_crashes_the_grammar_parser_is_a_bad_request(provide
     switched off here to reach the second line: a grammar that crashes llama.cpp's parser."""
     monkeypatch.setattr(structured, "_check_repetition_counts", lambda schema, path: None)
     engine = engine_pid(provider)
-    vocabulary = provider._slots[MODEL].vocabulary
+    model_engine = provider._slots[MODEL].engine
     many = {"type": "array", "items": {"type": "integer"}, "maxItems": 100000}
     tool = {
         "tool_name": "record",
@@ -144,7 +144,7 @@ async def test_a_schema_that_crashes_the_grammar_parser_is_a_bad_request(provide
         (chat(available_tools=[tool], tool_choice="required"), "tool_choice"),
     ]
     for request, field in cases:
-        crashed = vocabulary.pid
+        crashed = model_engine.vocabulary_pid
         with pytest.raises(BadRequestError) as error:
             await provider.chat_completion(request)
         assert error.value.message.startswith(

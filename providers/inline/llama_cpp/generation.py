@@ -25,6 +25,7 @@ from llama_cpp import Llama, LlamaGrammar, LogitsProcessorList
 
 from llama_stack.apis.common import StopReason
 from llama_stack.apis.inference import PromptTokenLogprob, SamplingParams, TokenLogprob, TopLogprob, Usage
+from llama_stack.providers.utils.stop_strings import StopStrings
 
 # Why a generation ended: "stop" (an end-of-generation token or a stop sequence), "length" (max_tokens or
 # the context window), or None (stopped from outside).
@@ -171,10 +172,8 @@ class LoadedModel:
     def piece(self, token: int) -> bytes:
         piece = self.pieces.get(token)
         if piece is None:
-            if token == self.python_tag:
-                piece = PYTHON_TAG.encode()  # a control token: rendered, so the tool-call parser sees it
-            else:
-                piece = self.llm.detokenize([token])
+            # <|python_tag|> is a control token: rendered, so that the tool-call parser sees it.
+            piece = PYTHON_TAG.encode() if token == self.python_tag else self.llm.detokenize([token])
             self.pieces[token] = piece
         return piece
 
@@ -252,17 +251,6 @@ def _prompt_logprobs(
     return entries
 
 
-def _stop_prefix_length(text: str, stops: list[str]) -> int:
-    """How many characters at the end of ``text`` could start a stop sequence."""
-    longest = 0
-    for stop in stops:
-        for size in range(min(len(stop) - 1, len(text)), longest, -1):
-            if text.endswith(stop[:size]):
-                longest = size
-                break
-    return longest
-
-
 def pump(job: CancellableJob, model: LoadedModel, gen: Gen, emit: Callable[[Any], Any]) -> Outcome | None:
     """Run one generation, handing each text piece to ``emit``; None when stopped from outside.
 
@@ -294,7 +282,7 @@ def pump(job: CancellableJob, model: LoadedModel, gen: Gen, emit: Callable[[Any]
 
     decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
     is_eog, vocab, piece_of = llama_cpp.llama_vocab_is_eog, model.vocab, model.piece
-    stops, top = gen.stop, gen.top_logprobs
+    stops, top = StopStrings(gen.stop), gen.top_logprobs
     entries: list[TokenLogprob] = []
     held = ""
     count = 0
@@ -313,12 +301,12 @@ def pump(job: CancellableJob, model: LoadedModel, gen: Gen, emit: Callable[[Any]
             text = decode(piece_of(token))
             if stops:
                 held += text
-                cut = min((at for at in (held.find(s) for s in stops) if at >= 0), default=-1)
+                cut = stops.first(held)
                 if cut >= 0:
                     held, text = "", held[:cut]
                     finish = "stop"
                 else:
-                    keep = _stop_prefix_length(held, stops)
+                    keep = stops.held_back(held)
                     held, text = held[len(held) - keep :], held[: len(held) - keep]
             if text:
                 if top is None:
@@ -344,24 +332,34 @@ def pump(job: CancellableJob, model: LoadedModel, gen: Gen, emit: Callable[[Any]
     return Outcome(finish, len(prompt), count, entries, scored_prompt)
 
 
+class _Collected:
+    """The pieces of one generation, kept (``keep`` is its emit)."""
+
+    __slots__ = ("entries", "texts")
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.entries: list[TokenLogprob] = []
+
+    def keep(self, piece: Any) -> None:
+        if piece.__class__ is str:
+            self.texts.append(piece)
+        else:
+            self.texts.append(piece[0])
+            self.entries.extend(piece[1])
+
+
 def collect(job: CancellableJob, model: LoadedModel, gens: list[Gen]) -> list[tuple[str, list[TokenLogprob], Outcome]]:
+    """Run the generations in order; the text, logprob entries and outcome of each one that finished (those
+    after a cancellation are left out)."""
     results = []
     for gen in gens:
         if job.cancelled:
             break
-        pieces: list[str] = []
-        entries: list[TokenLogprob] = []
-
-        def keep(piece: Any) -> None:
-            if piece.__class__ is str:
-                pieces.append(piece)
-            else:
-                pieces.append(piece[0])
-                entries.extend(piece[1])
-
-        outcome = pump(job, model, gen, keep)
+        kept = _Collected()
+        outcome = pump(job, model, gen, kept.keep)
         if outcome is None:
             break
-        entries.extend(outcome.logprobs)
-        results.append(("".join(pieces), entries, outcome))
+        kept.entries.extend(outcome.logprobs)
+        results.append(("".join(kept.texts), kept.entries, outcome))
     return results

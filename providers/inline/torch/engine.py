@@ -1,4 +1,5 @@
-"""The torch side of inline::torch: loading a model, and the batched decode loop (runs in a model's thread).
+"""The torch side of inline::torch: loading a model, the batched decode loop, and the jobs a model's worker
+thread runs (:func:`generate_job`, :func:`stream_job`).
 
 Generation is this module's own loop over the model's forward pass rather than ``model.generate``: it
 gives every row of a batch its own stopping (end-of-generation token, token limit, stop strings, a
@@ -22,7 +23,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import transformers
@@ -30,8 +31,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from llama_stack.apis.common import StopReason
 from llama_stack.apis.errors import BadRequestError, NotFoundError
-from llama_stack.apis.inference import PromptTokenLogprob, SamplingParams, TokenLogprob, TopLogprob
+from llama_stack.apis.inference import PromptTokenLogprob, SamplingParams, TokenLogprob, TopLogprob, Usage
+from llama_stack.providers.utils.chunk_stream import Piece, piece_emitter
 from llama_stack.providers.utils.gguf import PYPI_PREFIX, resolve_gguf
+from llama_stack.providers.utils.model_worker import Cancelled, Job
+from llama_stack.providers.utils.stop_strings import StopStrings
 
 log = logging.getLogger(__name__)
 
@@ -383,7 +387,6 @@ class Row:
     """
 
     __slots__ = (
-        "_longest_stop",
         "completion_tokens",
         "ids",
         "limit",
@@ -415,8 +418,7 @@ class Row:
     ):
         self.prompt_ids = prompt_ids
         self.limit = limit  # the most tokens to generate (already capped by the context window)
-        self.stops = [s for s in stops or () if s]
-        self._longest_stop = max((len(s) for s in self.stops), default=0)
+        self.stops = StopStrings(stops)
         self.top_logprobs = top_logprobs  # None: no logprobs; else the alternatives per token
         self.matcher = matcher  # an llguidance matcher constraining the answer, or None
         self.on_text = on_text
@@ -432,6 +434,10 @@ class Row:
         self.stop_reason: StopReason | None = None
         self.prompt_logprobs: list[PromptTokenLogprob] | None = None  # set by score_prompt
         self.prefilled: tuple[Any, torch.Tensor] | None = None  # (KV cache, last logits) of the scored prompt
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(prompt_tokens=len(self.prompt_ids), completion_tokens=self.completion_tokens)
 
     # -- detokenizing (incremental, as TGI and vLLM do it: text is released only once it is whole UTF-8)
 
@@ -476,25 +482,15 @@ class Row:
             self._finish(StopReason.max_tokens, decode)
             return False
         if self.on_text is not None:
-            self._send(len(self.text) - self._held_back())
+            self._send(len(self.text) - self.stops.held_back(self.text))
         return True
 
     def _cut_at_stop(self, start: int) -> bool:
-        window = max(0, start - self._longest_stop + 1)
-        found = [i for i in (self.text.find(s, window) for s in self.stops) if i >= 0]
-        if not found:
+        cut = self.stops.first(self.text, start)
+        if cut < 0:
             return False
-        self.text = self.text[: min(found)]
+        self.text = self.text[:cut]
         return True
-
-    def _held_back(self) -> int:
-        """How much of the text's end could still become a stop string."""
-        text = self.text
-        for size in range(min(self._longest_stop - 1, len(text)), 0, -1):
-            tail = text[-size:]
-            if any(s.startswith(tail) for s in self.stops):
-                return size
-        return 0
 
     def _send(self, upto: int) -> None:
         released = 0
@@ -590,10 +586,6 @@ def score_prompt(lm: LoadedModel, row: Row, top: int, cancelled: Callable[[], bo
                 )
     row.prompt_logprobs = entries
     row.prefilled = (cache, logits[-1:].clone())
-
-
-class Cancelled(Exception):
-    """The job's cancelled flag was set between two tokens."""
 
 
 def generate(
@@ -755,3 +747,57 @@ def _logprobs(
 
 def _finite(value: float) -> float:
     return value if math.isfinite(value) else -1e30
+
+
+# ----------------------------------------------------------------------------------------------------
+# Jobs (run on the model's worker thread, see providers/utils/model_worker.py)
+
+
+class Decoding(Protocol):
+    """What a request asks of all its rows besides their prompts."""
+
+    sampling: Sampling
+    grammar: str | None  # llguidance grammar text
+    prompt_logprobs: int | None  # completions only: alternatives per prompt token
+
+
+def generate_job(
+    job: Job, lm: LoadedModel, rows: list[Row], decoding: Decoding, model_id: str, max_batch_size: int
+) -> list[Row]:
+    """Run every row to its end; raises :class:`Cancelled` when the job's flag is set."""
+    _attach_grammar(lm, rows, decoding.grammar, model_id)
+    if decoding.prompt_logprobs is not None:
+        for row in rows:
+            score_prompt(lm, row, decoding.prompt_logprobs, lambda: job.cancelled)
+            if len(rows) > 1:
+                row.prefilled = None  # a batch evaluates its prompts together, padded: the caches go now
+    generate(lm, rows, decoding.sampling, lambda: job.cancelled, max_batch_size)
+    return rows
+
+
+def stream_job(
+    job: Job,
+    lm: LoadedModel,
+    row: Row,
+    decoding: Decoding,
+    model_id: str,
+    max_batch_size: int,
+    emit: Callable[[Piece], Any],
+) -> Row:
+    """Run one row, emitting its text as pieces (see providers/utils/chunk_stream.py); the row, finished."""
+    row.on_text = piece_emitter(emit)
+    generate_job(job, lm, [row], decoding, model_id, max_batch_size)
+    return row
+
+
+def _attach_grammar(lm: LoadedModel, rows: list[Row], grammar: str | None, model_id: str) -> None:
+    if grammar is None:
+        return
+    import llguidance
+
+    tokenizer = lm.grammar_tokenizer()
+    for row in rows:
+        matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
+        if matcher.is_error():
+            raise BadRequestError(f"model {model_id!r}: response_format cannot be enforced: {matcher.get_error()}")
+        row.matcher = matcher

@@ -10,11 +10,13 @@ a time.
 
 The event loop admits requests: it checks them, renders the chat template and tokenizes the prompt (well
 under a millisecond for ordinary prompts), so that a bad request is refused with its 4xx before anything
-is queued or streamed. Everything torch does happens in the worker. For a streamed request the worker
-builds each chunk and hands it to the event loop with ``loop.call_soon_threadsafe(queue.put_nowait, chunk)``;
-a non-streamed request (and a batch) wakes the loop once, with the finished rows. Between tokens the worker
-reads its job's ``cancelled`` flag: closing a stream, dropping it, or cancelling the task awaiting a response
-sets it, so the generation stops within a token and the model's next request starts.
+is queued or streamed. Everything torch does happens in the worker (:mod:`.engine`). For a streamed request
+the worker hands each piece of text to the event loop with ``loop.call_soon_threadsafe(queue.put_nowait,
+piece)``, where it becomes a chunk (:mod:`~llama_stack.providers.utils.chunk_stream`); a non-streamed
+request (and a batch) wakes the loop once, with the finished rows. Between tokens the worker reads its
+job's ``cancelled`` flag: closing a stream, dropping it, or cancelling the task awaiting a response sets it,
+so the generation stops within a token and the model's next request starts. The queue, the flag and the
+streams are the local providers' shared plumbing (:mod:`~llama_stack.providers.utils.model_worker`).
 
 Logprobs are those of the model's raw distribution (log-softmax of the logits, before the repetition
 penalty, a grammar and temperature), as OpenAI reports them; ``usage.completion_tokens`` counts the tokens
@@ -25,23 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Future
-from functools import partial
+from collections.abc import AsyncIterator
 from typing import Any
 
 import jinja2
 import torch
 
-from llama_stack.apis.common import Content, Dialog, StopReason, ToolDefinition
-from llama_stack.apis.errors import (
-    BadRequestError,
-    ConflictError,
-    LlamaStackError,
-    NotSupportedError,
-    ProviderError,
-    ServiceUnavailableError,
-)
+from llama_stack.apis.common import Content, Dialog, ToolDefinition
+from llama_stack.apis.errors import BadRequestError, LlamaStackError, NotSupportedError, ServiceUnavailableError
 from llama_stack.apis.inference import (
     BatchChatCompletionRequest,
     BatchCompletionRequest,
@@ -54,11 +47,10 @@ from llama_stack.apis.inference import (
     Logprobs,
     ResponseFormat,
     SamplingParams,
-    TokenLogprob,
-    Usage,
 )
 from llama_stack.apis.inspect import Model
 from llama_stack.plugins import ProviderContext
+from llama_stack.providers.utils.chunk_stream import ChunkStream, ChunkType
 from llama_stack.providers.utils.inference.attachments import AttachmentInliner, InlinedAttachments, dialog_contents
 from llama_stack.providers.utils.inference.sampling import check_logit_bias
 from llama_stack.providers.utils.inference.structured import json_schema_for
@@ -71,20 +63,25 @@ from llama_stack.providers.utils.inference.tool_calls.formats import (
 from llama_stack.providers.utils.inference.tool_calls.parse import parse_tool_calls
 from llama_stack.providers.utils.inference.tool_calls.render import render_messages
 from llama_stack.providers.utils.inference.tool_calls.stream import ToolCallStream
-from llama_stack.providers.utils.model_worker import Job, ModelWorker, WorkerStream, close_slots, served_slot
+from llama_stack.providers.utils.model_worker import (
+    ModelWorker,
+    close_slots,
+    guarded,
+    registered_before,
+    served_slot,
+)
 
 from . import PROVIDER_TYPE
 from .config import TorchConfig
 from .engine import (
-    Cancelled,
     LoadedModel,
     Row,
     Sampling,
-    generate,
+    generate_job,
     load_model,
     resolve_device,
     resolve_dtype,
-    score_prompt,
+    stream_job,
 )
 
 log = logging.getLogger(__name__)
@@ -164,14 +161,8 @@ class _Options:
         self.tool_format = tool_format
         self.prompt_logprobs = prompt_logprobs  # completions only: alternatives per prompt token
 
-    def row(self, prepared: _Prepared, on_text: Callable[[str, list[TokenLogprob] | None], Any] | None = None) -> Row:
-        return Row(
-            prepared.prompt_ids, prepared.limit, stops=self.stops, top_logprobs=self.top_logprobs, on_text=on_text
-        )
-
-
-def _usage(row: Row) -> Usage:
-    return Usage(prompt_tokens=len(row.prompt_ids), completion_tokens=row.completion_tokens)
+    def row(self, prepared: _Prepared) -> Row:
+        return Row(prepared.prompt_ids, prepared.limit, stops=self.stops, top_logprobs=self.top_logprobs)
 
 
 def _logprobs(row: Row) -> Logprobs | None:
@@ -183,7 +174,7 @@ def _completion_response(row: Row) -> CompletionResponse:
         content=row.text,
         stop_reason=row.stop_reason,
         logprobs=_logprobs(row),
-        usage=_usage(row),
+        usage=row.usage,
         prompt_logprobs=row.prompt_logprobs,
     )
 
@@ -193,86 +184,14 @@ def _chat_response(row: Row, options: _Options) -> ChatCompletionResponse:
     if options.tools:
         content, calls = parse_tool_calls(row.text, options.tool_format, options.tools)  # type: ignore[arg-type]
     return ChatCompletionResponse(
-        content=content, tool_calls=calls, stop_reason=row.stop_reason, logprobs=_logprobs(row), usage=_usage(row)
+        content=content, tool_calls=calls, stop_reason=row.stop_reason, logprobs=_logprobs(row), usage=row.usage
     )
 
 
-# ----------------------------------------------------------------------------------------------------
-# The worker side (runs in a model's thread)
-
-
-def _attach_grammar(lm: LoadedModel, rows: list[Row], grammar: str | None, model_id: str) -> None:
-    if grammar is None:
-        return
-    import llguidance
-
-    tokenizer = lm.grammar_tokenizer()
-    for row in rows:
-        matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
-        if matcher.is_error():
-            raise BadRequestError(f"model {model_id!r}: response_format cannot be enforced: {matcher.get_error()}")
-        row.matcher = matcher
-
-
-def _generate_job(
-    job: Job,
-    lm: LoadedModel,
-    rows: list[Row],
-    options: _Options,
-    model_id: str,
-    max_batch_size: int,
-    finish: Callable[[Row], None] | None = None,
-) -> list[Row]:
-    _attach_grammar(lm, rows, options.grammar, model_id)
-    if options.prompt_logprobs is not None:
-        for row in rows:
-            score_prompt(lm, row, options.prompt_logprobs, lambda: job.cancelled)
-            if len(rows) > 1:
-                row.prefilled = None  # a batch evaluates its prompts together, padded: the caches go now
-    generate(lm, rows, options.sampling, lambda: job.cancelled, max_batch_size)
-    if finish is not None:
-        finish(rows[0])
-    return rows
-
-
-# Given the worker's emit, a stream sink's (on_text, finish) (see the stream sinks below).
-_MakeSink = Callable[
-    [Callable[[Any], Any]], tuple[Callable[[str, list[TokenLogprob] | None], Any], Callable[[Row], None]]
-]
-
-
-def _stream_job(
-    job: Job,
-    lm: LoadedModel,
-    prepared: _Prepared,
-    options: _Options,
-    model_id: str,
-    max_batch_size: int,
-    make_sink: _MakeSink,
-    emit: Callable[[Any], Any],
-) -> list[Row]:
-    on_text, finish = make_sink(emit)
-    return _generate_job(job, lm, [options.row(prepared, on_text)], options, model_id, max_batch_size, finish)
-
-
-def _run_job(model_id: str, provider_id: str, job: Job, fn: Callable[..., Any], *args: Any) -> Any:
-    try:
-        if not job.cancelled:  # else given up while it waited
-            return fn(job, *args)
-    except Cancelled:
-        pass
-    except LlamaStackError:
-        raise
-    except torch.cuda.OutOfMemoryError as exc:
-        raise ServiceUnavailableError(f"model {model_id!r}: out of GPU memory: {exc}", provider=provider_id) from exc
-    except Exception as exc:
-        raise ProviderError(
-            f"model {model_id!r}: torch failed: {type(exc).__name__}: {exc}", provider=provider_id
-        ) from exc
-    # Stopped: whoever asked is gone (a closed stream, a cancelled task), or the provider is shutting down.
-    raise ServiceUnavailableError(
-        f"model {model_id!r}: the generation was stopped ({provider_id} is shutting down)", provider=provider_id
-    )
+def _torch_failure(exc: Exception) -> tuple[type[LlamaStackError], str] | None:
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return ServiceUnavailableError, f"out of GPU memory: {exc}"
+    return None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -285,31 +204,15 @@ class _ModelSlot:
     def __init__(self, model: Model, provider_id: str, key: tuple[str, str | None], lm: LoadedModel, max_queue: int):
         self.model = model
         self.key = key  # (reference, lora_adapter): what a second registration must match
+        reference, adapter = key
+        self.origin = repr(reference) + (f" and lora_adapter {adapter!r}" if adapter else "")
         self.lm = lm
         self.tool_format = tool_format_for(model.provider_model_id or model.model_id, lm.chat_template)
-        self.worker = ModelWorker(
-            model.model_id, provider_id, "torch", max_queue, partial(_run_job, model.model_id, provider_id)
-        )
+        runner = guarded(model.model_id, provider_id, "torch", _torch_failure)
+        self.worker = ModelWorker(model.model_id, provider_id, "torch", max_queue, runner)
 
     def close(self) -> None:
         self.lm.close()
-
-
-class _ChunkStream(WorkerStream):
-    """The chunks of one streamed generation, built by the model's worker thread (see the stream sinks)."""
-
-    __slots__ = ()
-
-    async def __anext__(self) -> Any:
-        if self._done:
-            raise StopAsyncIteration
-        item = await self._next_item()
-        if item.__class__ is not Future:
-            return item
-        # The job's future: the generation is over (its last chunk came before), or it failed.
-        self._done = True
-        item.result()
-        raise StopAsyncIteration
 
 
 class TorchInference:
@@ -339,15 +242,9 @@ class TorchInference:
                 provider=self.provider_id,
             )
         key = (reference, adapter)
-        existing = self._slots.get(model.model_id)
-        if existing is not None:
-            if existing.key == key:
-                return existing.model
-            raise ConflictError(
-                f"model {model.model_id!r} is already registered with {existing.key[0]!r}"
-                + (f" and lora_adapter {existing.key[1]!r}" if existing.key[1] else ""),
-                provider=self.provider_id,
-            )
+        registered = registered_before(self._slots, model.model_id, key, self.provider_id)
+        if registered is not None:
+            return registered
         try:
             lm = await asyncio.to_thread(
                 load_model,
@@ -384,25 +281,21 @@ class TorchInference:
 
     async def _collect(self, slot: _ModelSlot, rows: list[Row], options: _Options) -> list[Row]:
         return await slot.worker.run(
-            _generate_job, slot.lm, rows, options, slot.model.model_id, self.config.max_batch_size
+            generate_job, slot.lm, rows, options, slot.model.model_id, self.config.max_batch_size
         )
 
-    def _open_stream(
-        self,
-        slot: _ModelSlot,
-        prepared: _Prepared,
-        options: _Options,
-        make_sink: _MakeSink,
-    ) -> AsyncIterator[Any]:
-        return _ChunkStream(
+    def _open_stream(self, slot: _ModelSlot, prepared: _Prepared, options: _Options, chunk: ChunkType) -> ChunkStream:
+        tools = ToolCallStream(options.tool_format, options.tools) if options.tools else None  # type: ignore[arg-type]
+        return ChunkStream(
             slot.worker,
-            _stream_job,
+            chunk,
+            tools,
+            stream_job,
             slot.lm,
-            prepared,
+            options.row(prepared),
             options,
             slot.model.model_id,
             self.config.max_batch_size,
-            make_sink,
         )
 
     # -- checking and tokenizing (event loop) --------------------------------------------------------
@@ -537,7 +430,7 @@ class TorchInference:
         options = self._completion_options(slot, request)
         (prepared,) = await self._completion_rows(slot, [(request.content, "content")], request.max_tokens)
         if request.stream:
-            return self._open_stream(slot, prepared, options, partial(_plain_sink, CompletionResponseStreamChunk))
+            return self._open_stream(slot, prepared, options, CompletionResponseStreamChunk)
         (row,) = await self._collect(slot, [options.row(prepared)], options)
         return _completion_response(row)
 
@@ -550,9 +443,7 @@ class TorchInference:
             slot, [(request.dialog, "dialog")], request.available_tools, request.tool_choice, request.max_tokens
         )
         if request.stream:
-            if options.tools:
-                return self._open_stream(slot, prepared, options, partial(_tool_sink, options))
-            return self._open_stream(slot, prepared, options, partial(_plain_sink, ChatCompletionResponseStreamChunk))
+            return self._open_stream(slot, prepared, options, ChatCompletionResponseStreamChunk)
         (row,) = await self._collect(slot, [options.row(prepared)], options)
         return _chat_response(row, options)
 
@@ -579,31 +470,3 @@ class TorchInference:
             return []
         rows = await self._collect(slot, [options.row(p) for p in prepared], options)
         return [_chat_response(row, options) for row in rows]
-
-
-# ----------------------------------------------------------------------------------------------------
-# Stream sinks: what the worker does with each piece of text (they run in the worker thread)
-
-
-def _plain_sink(chunk: type[Any], emit: Callable[[Any], Any]) -> tuple[Callable[..., Any], Callable[[Row], None]]:
-    def on_text(delta: str, entries: list[TokenLogprob] | None) -> None:
-        emit(chunk(text_delta=delta, logprobs=Logprobs(content=entries) if entries else None))
-
-    def finish(row: Row) -> None:
-        emit(chunk(text_delta="", stop_reason=row.stop_reason, usage=_usage(row)))
-
-    return on_text, finish
-
-
-def _tool_sink(options: _Options, emit: Callable[[Any], Any]) -> tuple[Callable[..., Any], Callable[[Row], None]]:
-    stream = ToolCallStream(options.tool_format, options.tools)  # type: ignore[arg-type]
-
-    def on_text(delta: str, entries: list[TokenLogprob] | None) -> None:
-        for chunk in stream.feed(delta, entries or None):
-            emit(chunk)
-
-    def finish(row: Row) -> None:
-        for chunk in stream.finish(row.stop_reason or StopReason.finished_ok, _usage(row)):
-            emit(chunk)
-
-    return on_text, finish
