@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
-from contextlib import aclosing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar, cast
@@ -43,11 +43,6 @@ from llama_stack.apis.inference import (
     CompletionResponseStreamChunk,
     EmbeddingsRequest,
     EmbeddingsResponse,
-    Logprobs,
-    PromptTokenLogprob,
-    TokenLogprob,
-    TopLogprob,
-    Usage,
 )
 from llama_stack.apis.inspect import Model
 from llama_stack.config import ConfigError
@@ -57,12 +52,11 @@ from llama_stack.providers.utils.inference.dialog import iter_messages
 from llama_stack.providers.utils.remote import RemoteService, VendorStatusError
 from llama_stack.providers.utils.remote.fan_out import fan_out
 from llama_stack.providers.utils.remote.openai_answers import (
-    ToolCallAssembler,
-    choice_zero,
+    OpenAIAnswerReader,
+    embeddings_of,
     first_choice,
-    stop_reason,
-    tool_calls,
-    usage_of,
+    requested_alternatives,
+    split_echo,
 )
 from llama_stack.providers.utils.remote.openai_chat import (
     OPENAI_SAMPLING_FIELDS,
@@ -80,8 +74,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Where choice 0 is in an answer, for the errors about its fields.
-_CHOICE_0 = ("choices", "0")
 _USER_IMAGES_ONLY = "images can only be sent in user messages (OpenAI's API takes image_url parts there alone)"
 _TEXT_PROMPT_ONLY = "a text completion's prompt is text; send images in a chat_completion user message"
 
@@ -129,91 +121,14 @@ def display_url(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}".rstrip("/")
 
 
-# ------------------------------------------------------------------------------- the server's answers
+# ------------------------------------------------------------------------------- the server's model list
 
 
 class _Loose(BaseModel):
-    """The parts of OpenAI's answers read here; servers add fields of their own, which are ignored."""
+    """The parts of the server's model list read here; servers add fields of their own, which are ignored.
+    (Inference answers are read by the shared :class:`OpenAIAnswerReader`.)"""
 
     model_config = ConfigDict(extra="ignore")
-
-
-class _TopLogprobOut(_Loose):
-    token: str
-    logprob: float
-
-
-class _TokenLogprobOut(_Loose):
-    token: str
-    logprob: float
-    top_logprobs: list[_TopLogprobOut] | None = None
-
-
-class _ChatLogprobsOut(_Loose):
-    content: list[_TokenLogprobOut] | None = None
-
-
-# Tool calls and usage stay JSON objects here: the shared readers of OpenAI-style answers read them.
-class _MessageOut(_Loose):
-    content: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-
-
-class _ChatChoiceOut(_Loose):
-    index: int = 0
-    message: _MessageOut
-    finish_reason: str | None = None
-    logprobs: _ChatLogprobsOut | None = None
-
-
-# An answer's (or stream event's) choices are checked one by one: only choice 0 is read (first_choice).
-class _ChatAnswer(_Loose):
-    choices: list[dict[str, Any]]
-    usage: dict[str, Any] | None = None
-
-
-class _DeltaOut(_Loose):
-    content: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-
-
-class _ChatChunkChoiceOut(_Loose):
-    index: int = 0
-    delta: _DeltaOut | None = None
-    finish_reason: str | None = None
-    logprobs: _ChatLogprobsOut | None = None
-
-
-class _ChatChunk(_Loose):
-    choices: list[dict[str, Any]] = []
-    usage: dict[str, Any] | None = None
-
-
-class _CompletionLogprobsOut(_Loose):
-    tokens: list[str] = []
-    token_logprobs: list[float | None] = []
-    top_logprobs: list[dict[str, float] | None] | None = None
-
-
-class _CompletionChoiceOut(_Loose):
-    index: int = 0
-    text: str | None = None
-    finish_reason: str | None = None
-    logprobs: _CompletionLogprobsOut | None = None
-
-
-class _CompletionAnswer(_Loose):
-    choices: list[dict[str, Any]] = []
-    usage: dict[str, Any] | None = None
-
-
-class _EmbeddingOut(_Loose):
-    index: int
-    embedding: list[float]
-
-
-class _EmbeddingsAnswer(_Loose):
-    data: list[_EmbeddingOut]
 
 
 class _ModelOut(_Loose):
@@ -322,81 +237,6 @@ def _with_extensions(fields: dict[str, Any], extensions: str, provider_name: str
     return fields
 
 
-# ----------------------------------------------------------------------------------- response mapping
-
-
-def chat_logprobs(value: _ChatLogprobsOut | None) -> Logprobs | None:
-    if value is None or value.content is None:
-        return None
-    return Logprobs(
-        content=[
-            TokenLogprob(
-                token=t.token,
-                logprob=t.logprob,
-                top_logprobs=[TopLogprob(token=a.token, logprob=a.logprob) for a in t.top_logprobs or []],
-            )
-            for t in value.content
-        ]
-    )
-
-
-def completion_logprobs(value: _CompletionLogprobsOut | None) -> Logprobs | None:
-    """The legacy shape (parallel lists, alternatives as {token: logprob}), most likely alternative first."""
-    if value is None:
-        return None
-    content = [
-        TokenLogprob(token=token, logprob=logprob, top_logprobs=alternatives)
-        for token, logprob, alternatives in _legacy_entries(value)
-        if logprob is not None  # a prompt token echoed back has none
-    ]
-    return Logprobs(content=content)
-
-
-def _legacy_entries(
-    value: _CompletionLogprobsOut, top: int | None = None
-) -> list[tuple[str, float | None, list[TopLogprob]]]:
-    """(token, logprob, alternatives most likely first, at most ``top`` of them) per position."""
-    tops = value.top_logprobs or []
-    entries = []
-    for index, (token, logprob) in enumerate(zip(value.tokens, value.token_logprobs, strict=False)):
-        alternatives = tops[index] if index < len(tops) and tops[index] else {}
-        ranked = sorted(alternatives.items(), key=lambda kv: -kv[1])[:top]
-        entries.append((token, logprob, [TopLogprob(token=t, logprob=lp) for t, lp in ranked]))
-    return entries
-
-
-def _echoed(
-    value: _CompletionLogprobsOut | None, text: str, prompt: str, prompt_top: int, answer_top: int | None
-) -> tuple[str, list[PromptTokenLogprob], Logprobs | None] | None:
-    """An echoed completion (``echo`` with ``logprobs``) split at the prompt's end: the answer's text, the
-    prompt's tokens, the answer's logprobs (when asked). None when the answer does not start with the
-    prompt and its tokens."""
-    if value is None or not text.startswith(prompt):
-        return None
-    entries, length, split = _legacy_entries(value), 0, 0
-    while split < len(entries) and length < len(prompt):
-        length += len(entries[split][0])
-        split += 1
-    if length != len(prompt):
-        return None
-    scored = [
-        PromptTokenLogprob(
-            token=token, logprob=logprob, top_logprobs=alternatives[:prompt_top] if logprob is not None else []
-        )
-        for token, logprob, alternatives in entries[:split]
-    ]
-    answer = None
-    if answer_top is not None:
-        answer = Logprobs(
-            content=[
-                TokenLogprob(token=t, logprob=lp, top_logprobs=alts[:answer_top])
-                for t, lp, alts in entries[split:]
-                if lp is not None
-            ]
-        )
-    return text[len(prompt) :], scored, answer
-
-
 # ------------------------------------------------------------------------------------------- provider
 
 
@@ -410,6 +250,7 @@ class OpenAICompatInference:
         self.config = config
         self.provider_id = context.provider_id
         self.service = service
+        self.answers = OpenAIAnswerReader(service)
         self.models: dict[str, Model] = {}
         self._served: list[_ModelOut] | None = None
         self._listed = False
@@ -471,10 +312,10 @@ class OpenAICompatInference:
             body.update(self._stream_fields())
             with self._vendor_errors(model, "/chat/completions"):
                 events = await self.service.open_stream("POST", "/chat/completions", json_body=body)
-            return self._chat_chunks(events)
+            return self.answers.chat_chunks(events, requested_alternatives(request))
         with self._vendor_errors(model, "/chat/completions"):
             answer = await self.service.json("POST", "/chat/completions", json_body=body)
-        return self._chat_response(answer)
+        return self.answers.chat_response(answer, requested_alternatives(request))
 
     async def completion(
         self, request: CompletionRequest
@@ -485,12 +326,12 @@ class OpenAICompatInference:
             body.update(self._stream_fields())
             with self._vendor_errors(model, "/completions"):
                 events = await self.service.open_stream("POST", "/completions", json_body=body)
-            return self._completion_chunks(events)
+            return self.answers.completion_chunks(events, requested_alternatives(request))
         with self._vendor_errors(model, "/completions"):
             answer = await self.service.json("POST", "/completions", json_body=body)
         if request.prompt_logprobs is not None:
             return self._scored_completion_response(answer, request, body["prompt"])
-        return self._completion_response(answer)
+        return self.answers.completion_response(answer, requested_alternatives(request))
 
     async def batch_completion(self, request: BatchCompletionRequest) -> list[CompletionResponse]:
         shared = request.model_dump(exclude={"content_batch"})
@@ -508,14 +349,8 @@ class OpenAICompatInference:
         body = {"model": vendor_model_name(model), "input": list(request.contents), "encoding_format": "float"}
         with self._vendor_errors(model, "/embeddings"):
             answer = await self.service.json("POST", "/embeddings", json_body=body)
-        data = sorted(self._parse(_EmbeddingsAnswer, answer, "POST /embeddings").data, key=lambda d: d.index)
-        if [d.index for d in data] != list(range(len(request.contents))):
-            raise ProviderError(
-                f"{self.service.name} answered {len(data)} embeddings (indices {[d.index for d in data]}) for "
-                f"{len(request.contents)} texts",
-                provider=self.provider_id,
-            )
-        return EmbeddingsResponse(embeddings=[d.embedding for d in data])
+        vectors = embeddings_of(answer, len(request.contents), self.service, "POST /embeddings")
+        return EmbeddingsResponse(embeddings=vectors)
 
     # ----------------------------------------------------------------------------- request bodies
     def _model(self, model_id: str) -> Model:
@@ -585,104 +420,32 @@ class OpenAICompatInference:
         return fields
 
     # ---------------------------------------------------------------------------------- answers
-    def _parse(self, shape: type[T], payload: Any, what: str, at: tuple[str, ...] = ()) -> T:
-        """``payload`` (at path ``at`` in the answer) as ``shape``; a 502 naming the field that is off."""
+    def _parse(self, shape: type[T], payload: Any, what: str) -> T:
+        """``payload`` as ``shape``; a 502 naming the field that is off."""
         try:
             return shape.model_validate(payload)  # type: ignore[attr-defined,no-any-return]
         except PydanticValidationError as exc:
             error = exc.errors(include_url=False)[0]
-            where = ".".join(str(p) for p in (*at, *error["loc"])) or "the body"
+            where = ".".join(str(p) for p in error["loc"]) or "the body"
             raise ProviderError(
                 f"{self.service.name} answered {what} in an unexpected shape ({where}: {error['msg']})",
                 provider=self.provider_id,
             ) from None
 
-    # The answer's (or event's) shape is checked first, so that a missing part is named; then only choice 0
-    # is read: one choice is all ever asked for.
-    def _answer_choice(self, envelope: type[_Loose], shape: type[T], payload: Any, what: str) -> T:
-        self._parse(envelope, payload, what)
-        return self._parse(shape, first_choice(payload, self.service, what), what, _CHOICE_0)
-
-    def _event_choice(self, envelope: type[_Loose], shape: type[T], event: Any, what: str) -> T | None:
-        self._parse(envelope, event, what)
-        choice = choice_zero(event)
-        return None if choice is None else self._parse(shape, choice, what, _CHOICE_0)
-
-    # A server that leaves finish_reason out (some do in their last stream event) still finished the answer,
-    # so its absence reads as "stop" here.
-    def _chat_response(self, payload: Any) -> ChatCompletionResponse:
-        choice = self._answer_choice(_ChatAnswer, _ChatChoiceOut, payload, "POST /chat/completions")
-        return ChatCompletionResponse(
-            content=choice.message.content or "",
-            tool_calls=tool_calls(choice.message.tool_calls),
-            stop_reason=stop_reason(choice.finish_reason or "stop"),
-            logprobs=chat_logprobs(choice.logprobs),
-            usage=usage_of(payload.get("usage")),
-        )
-
-    def _completion_response(self, payload: Any) -> CompletionResponse:
-        choice = self._answer_choice(_CompletionAnswer, _CompletionChoiceOut, payload, "POST /completions")
-        return CompletionResponse(
-            content=choice.text or "",
-            stop_reason=stop_reason(choice.finish_reason or "stop"),
-            logprobs=completion_logprobs(choice.logprobs),
-            usage=usage_of(payload.get("usage")),
-        )
-
     def _scored_completion_response(self, payload: Any, request: CompletionRequest, prompt: str) -> CompletionResponse:
-        choice = self._answer_choice(_CompletionAnswer, _CompletionChoiceOut, payload, "POST /completions")
-        answer_top = request.top_logprobs if request.logprobs else None
-        split = _echoed(choice.logprobs, choice.text or "", prompt, request.prompt_logprobs or 0, answer_top)
-        if split is None:
+        """An echoed completion (OpenAI's echo with logprobs) split where the prompt ends."""
+        response = self.answers.completion_response(payload, None)
+        choice = first_choice(payload, self.service, "POST /completions")
+        echoed = split_echo(choice, prompt, request.prompt_logprobs or 0, requested_alternatives(request))
+        if echoed is None:
             raise ProviderError(
                 f"{self.service.name} answered an echoed completion (echo with logprobs) without the prompt and its "
                 "tokens' logprobs at the start: it cannot score prompts",
                 provider=self.provider_id,
             )
-        text, scored, logprobs = split
-        return CompletionResponse(
-            content=text,
-            stop_reason=stop_reason(choice.finish_reason or "stop"),
-            logprobs=logprobs,
-            usage=usage_of(payload.get("usage")),
-            prompt_logprobs=scored,
+        return response.model_copy(
+            update={"content": echoed.text, "logprobs": echoed.logprobs, "prompt_logprobs": echoed.prompt_logprobs}
         )
-
-    async def _chat_chunks(self, events: AsyncIterator[Any]) -> AsyncIterator[ChatCompletionResponseStreamChunk]:
-        """Text as it comes; the tool calls, gathered from their deltas, in order at the end; then the stop."""
-        collected = ToolCallAssembler()
-        finish: str | None = None
-        usage: Usage | None = None
-        async with aclosing(events):  # type: ignore[type-var]
-            async for event in events:
-                choice = self._event_choice(_ChatChunk, _ChatChunkChoiceOut, event, "a chat stream event")
-                usage = usage_of(event.get("usage")) or usage
-                if choice is None:
-                    continue
-                delta = choice.delta or _DeltaOut()
-                collected.add(delta.tool_calls)
-                logprobs = chat_logprobs(choice.logprobs)
-                if delta.content or logprobs:
-                    yield ChatCompletionResponseStreamChunk(text_delta=delta.content or "", logprobs=logprobs)
-                finish = choice.finish_reason or finish
-        for index, call in enumerate(collected.calls()):
-            yield ChatCompletionResponseStreamChunk(text_delta="", tool_call=call, tool_call_index=index)
-        yield ChatCompletionResponseStreamChunk(text_delta="", stop_reason=stop_reason(finish or "stop"), usage=usage)
-
-    async def _completion_chunks(self, events: AsyncIterator[Any]) -> AsyncIterator[CompletionResponseStreamChunk]:
-        finish: str | None = None
-        usage: Usage | None = None
-        async with aclosing(events):  # type: ignore[type-var]
-            async for event in events:
-                choice = self._event_choice(_CompletionAnswer, _CompletionChoiceOut, event, "a completion stream event")
-                usage = usage_of(event.get("usage")) or usage
-                if choice is None:
-                    continue
-                logprobs = completion_logprobs(choice.logprobs)
-                if choice.text or (logprobs and logprobs.content):
-                    yield CompletionResponseStreamChunk(text_delta=choice.text or "", logprobs=logprobs)
-                finish = choice.finish_reason or finish
-        yield CompletionResponseStreamChunk(text_delta="", stop_reason=stop_reason(finish or "stop"), usage=usage)
 
     # ------------------------------------------------------------------------------------ helpers
     @contextmanager

@@ -10,7 +10,7 @@ See docs/providers/together-inference.md.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import aclosing, contextmanager
+from contextlib import contextmanager
 from functools import partial
 from typing import Any, TypeVar
 
@@ -34,7 +34,6 @@ from llama_stack.apis.inference import (
     RerankResult,
     TokenLogprob,
     TopLogprob,
-    Usage,
 )
 from llama_stack.apis.inspect import Model
 from llama_stack.plugins import ProviderContext
@@ -42,12 +41,12 @@ from llama_stack.providers.utils.remote import RemoteService, VendorStatusError
 from llama_stack.providers.utils.remote.content import plain_text
 from llama_stack.providers.utils.remote.fan_out import fan_out
 from llama_stack.providers.utils.remote.openai_answers import (
-    ToolCallAssembler,
-    choice_zero,
-    first_choice,
-    stop_reason,
-    tool_calls,
-    usage_of,
+    OpenAIAnswerReader,
+    embeddings_of,
+    legacy_logprobs,
+    legacy_positions,
+    prompt_logprobs,
+    requested_alternatives,
 )
 from llama_stack.providers.utils.remote.openai_chat import (
     openai_messages,
@@ -79,6 +78,7 @@ class TogetherInference:
     def __init__(self, config: TogetherInferenceConfig, service: RemoteService):
         self.config = config
         self.service = service
+        self.answers = TogetherAnswerReader(service)
         self.models: dict[str, Model] = {}
 
     # ------------------------------------------------------------------------------------- lifecycle
@@ -98,9 +98,9 @@ class TogetherInference:
         body = self._completion_body(request, vendor_model)
         if request.stream:
             events = await self._open_stream("/completions", body, vendor_model)
-            return self._completion_chunks(events, _alternatives(request))
+            return self.answers.completion_chunks(events, requested_alternatives(request))
         answer = await self._post("/completions", body, vendor_model)
-        return self._completion_response(answer, _alternatives(request), request.prompt_logprobs is not None)
+        return self._completion_response(answer, requested_alternatives(request), request.prompt_logprobs is not None)
 
     async def chat_completion(
         self, request: ChatCompletionRequest
@@ -109,9 +109,9 @@ class TogetherInference:
         body = self._chat_body(request, vendor_model)
         if request.stream:
             events = await self._open_stream("/chat/completions", body, vendor_model)
-            return self._chat_chunks(events, _alternatives(request))
+            return self.answers.chat_chunks(events, requested_alternatives(request))
         answer = await self._post("/chat/completions", body, vendor_model)
-        return self._chat_response(answer, _alternatives(request))
+        return self.answers.chat_response(answer, requested_alternatives(request))
 
     async def batch_completion(self, request: BatchCompletionRequest) -> list[CompletionResponse]:
         vendor_model = self._vendor_model(request.model)
@@ -120,7 +120,7 @@ class TogetherInference:
         # Every prompt is checked before the first call, so a bad one costs no vendor calls.
         bodies = [self._completion_body(single, vendor_model) for single in singles]
         respond = partial(self._completion_response, scored=request.prompt_logprobs is not None)
-        return await self._batch("/completions", bodies, vendor_model, respond, _alternatives(request))
+        return await self._batch("/completions", bodies, vendor_model, respond, requested_alternatives(request))
 
     async def batch_chat_completion(self, request: BatchChatCompletionRequest) -> list[ChatCompletionResponse]:
         vendor_model = self._vendor_model(request.model)
@@ -130,25 +130,16 @@ class TogetherInference:
             self._chat_body(single, vendor_model, where=f"batch_dialogs[{index}]")
             for index, single in enumerate(singles)
         ]
-        return await self._batch("/chat/completions", bodies, vendor_model, self._chat_response, _alternatives(request))
+        respond = self.answers.chat_response
+        return await self._batch("/chat/completions", bodies, vendor_model, respond, requested_alternatives(request))
 
     # ---------------------------------------------------------------------------- embeddings, rerank
     async def embeddings(self, request: EmbeddingsRequest) -> EmbeddingsResponse:
         vendor_model = self._vendor_model(request.model)
         answer = await self._post("/embeddings", {"model": vendor_model, "input": list(request.contents)}, vendor_model)
-        data = answer.get("data") if isinstance(answer, dict) else None
-        if not isinstance(data, list) or len(data) != len(request.contents):
-            got = len(data) if isinstance(data, list) else "no"
-            raise self._bad_answer(f"{got} embeddings for {len(request.contents)} texts from POST /embeddings")
-        try:
-            # Together numbers its answers by `index`; their order in `data` is not promised.
-            ordered = sorted(data, key=lambda item: int(item["index"]))
-            vectors = [[float(x) for x in item["embedding"]] for item in ordered]
-        except (KeyError, TypeError, ValueError):
-            raise self._bad_answer("an embedding without index or vector from POST /embeddings") from None
-        if [int(item["index"]) for item in ordered] != list(range(len(request.contents))):
-            raise self._bad_answer("embedding indexes that do not match the texts from POST /embeddings")
-        return EmbeddingsResponse(embeddings=vectors)
+        return EmbeddingsResponse(
+            embeddings=embeddings_of(answer, len(request.contents), self.service, "POST /embeddings")
+        )
 
     async def rerank(self, request: RerankRequest) -> RerankResponse:
         vendor_model = self._vendor_model(request.model)
@@ -287,127 +278,74 @@ class TogetherInference:
     def _bad_answer(self, what: str) -> ProviderError:
         return ProviderError(f"{self.service.name} answered with {what}", provider=self.service.provider_id)
 
-    def _chat_response(self, answer: Any, top_logprobs: int | None) -> ChatCompletionResponse:
-        choice = first_choice(answer, self.service, "POST /chat/completions")
-        message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
-        return ChatCompletionResponse(
-            content=message.get("content") or "",
-            tool_calls=tool_calls(message.get("tool_calls")),
-            stop_reason=stop_reason(choice.get("finish_reason")),
-            logprobs=_logprobs(choice.get("logprobs"), top_logprobs),
-            usage=usage_of(answer.get("usage")),
-        )
-
     def _completion_response(self, answer: Any, top_logprobs: int | None, scored: bool = False) -> CompletionResponse:
-        choice = first_choice(answer, self.service, "POST /completions")
-        return CompletionResponse(
-            content=str(choice.get("text") or ""),
-            stop_reason=stop_reason(choice.get("finish_reason")),
-            logprobs=_logprobs(choice.get("logprobs"), top_logprobs),
-            usage=usage_of(answer.get("usage")),
-            prompt_logprobs=self._prompt_logprobs(answer) if scored else None,
-        )
+        response = self.answers.completion_response(answer, top_logprobs)
+        if not scored:
+            return response
+        return response.model_copy(update={"prompt_logprobs": self._prompt_logprobs(answer)})
 
     def _prompt_logprobs(self, answer: Any) -> list[PromptTokenLogprob]:
-        """``prompt[0].logprobs`` of an echoed completion: each prompt token and its logprob (null: none)."""
+        """``prompt[0].logprobs`` of an echoed completion: each prompt token and its logprob (null: none).
+
+        Together answers the prompt's tokens beside the choices, not echoed into choice 0's text as OpenAI
+        does, and lists no alternatives for them."""
         prompt = answer.get("prompt")
         part = (
             prompt[0].get("logprobs") if isinstance(prompt, list) and prompt and isinstance(prompt[0], dict) else None
         )
         if not isinstance(part, dict) or not isinstance(part.get("tokens"), list):
             raise self._bad_answer("an echoed completion without the prompt's logprobs (prompt[0].logprobs)")
-        tokens, values = part["tokens"], part.get("token_logprobs") or []
-        return [
-            PromptTokenLogprob(token=str(token), logprob=float(value) if isinstance(value, (int, float)) else None)
-            for token, value in zip(tokens, [*values, *[None] * (len(tokens) - len(values))], strict=False)
-        ]
-
-    async def _chat_chunks(
-        self, events: AsyncIterator[Any], top_logprobs: int | None
-    ) -> AsyncIterator[ChatCompletionResponseStreamChunk]:
-        calls = ToolCallAssembler()
-        finish: Any = None
-        usage: Usage | None = None
-        async with aclosing(events):  # type: ignore[type-var]
-            async for event in events:
-                if not isinstance(event, dict):
-                    raise self._bad_answer(f"a stream event that is not an object: {str(event)[:200]!r}")
-                usage = usage_of(event.get("usage")) or usage
-                choice = choice_zero(event)
-                if choice is None:
-                    continue
-                delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
-                calls.add(delta.get("tool_calls"))
-                finish = choice.get("finish_reason") or finish
-                text = delta.get("content") or ""
-                logprobs = _chunk_logprobs(text, choice.get("logprobs"), top_logprobs)
-                if text or logprobs:
-                    yield ChatCompletionResponseStreamChunk(
-                        text_delta=text, stop_reason=StopReason.not_stopped, logprobs=logprobs
-                    )
-        for position, call in enumerate(calls.calls()):
-            yield ChatCompletionResponseStreamChunk(
-                text_delta="", tool_call=call, tool_call_index=position, stop_reason=StopReason.not_stopped
-            )
-        yield ChatCompletionResponseStreamChunk(text_delta="", stop_reason=stop_reason(finish), usage=usage)
-
-    async def _completion_chunks(
-        self, events: AsyncIterator[Any], top_logprobs: int | None
-    ) -> AsyncIterator[CompletionResponseStreamChunk]:
-        finish: Any = None
-        usage: Usage | None = None
-        async with aclosing(events):  # type: ignore[type-var]
-            async for event in events:
-                if not isinstance(event, dict):
-                    raise self._bad_answer(f"a stream event that is not an object: {str(event)[:200]!r}")
-                usage = usage_of(event.get("usage")) or usage
-                finish = event.get("finish_reason") or finish
-                token = event.get("token") if isinstance(event.get("token"), dict) else {}
-                first = choice_zero(event) or {}
-                finish = first.get("finish_reason") or finish
-                # choices[0].text is the visible text; token.text also has special tokens (</s>) it leaves out.
-                if "text" in first:
-                    text = str(first.get("text") or "")
-                else:
-                    text = "" if token.get("special") else str(token.get("text") or "")
-                # A special token (</s>) is not in the text, so neither is its logprob.
-                logprob = None if token.get("special") else token.get("logprob")
-                logprobs = _chunk_logprobs(str(token.get("text", text)), logprob, top_logprobs)
-                if text or logprobs:
-                    yield CompletionResponseStreamChunk(
-                        text_delta=text, stop_reason=StopReason.not_stopped, logprobs=logprobs
-                    )
-        yield CompletionResponseStreamChunk(text_delta="", stop_reason=stop_reason(finish), usage=usage)
+        return prompt_logprobs(legacy_positions(part), 0)
 
 
-# ---------------------------------------------------------------------------------- request pieces
+class TogetherAnswerReader(OpenAIAnswerReader):
+    """Together's answers: OpenAI's, but for their logprobs and the text of completion stream events."""
+
+    # Together always says why an answer ended; one without a finish_reason did not end.
+    unstated_finish = StopReason.not_stopped
+
+    def chat_logprobs(self, part: Any, top: int) -> Logprobs | None:
+        # Chat answers carry the legacy LogprobsPart{tokens, token_logprobs} too, not OpenAI's content list.
+        return self.completion_logprobs(part, top)
+
+    def completion_logprobs(self, part: Any, top: int) -> Logprobs | None:
+        logprobs = legacy_logprobs(part, top)
+        if logprobs is None:
+            return None
+        return Logprobs(content=[_with_itself_as_alternative(entry, top) for entry in logprobs.content])
+
+    def chat_event_logprobs(self, choice: dict[str, Any], text: str, top: int) -> Logprobs | None:
+        # A chat stream event's choice carries the logprob of its one token as a number.
+        return _single_logprob(text, choice.get("logprobs"), top)
+
+    def completion_event(
+        self, event: dict[str, Any], choice: dict[str, Any], top: int | None
+    ) -> tuple[str, Logprobs | None]:
+        # The event's token{text, logprob, special} beside the choices; choices[0].text is the visible text
+        # (token.text also has special tokens such as </s>, which it leaves out).
+        sent = event.get("token")
+        token: dict[str, Any] = sent if isinstance(sent, dict) else {}
+        if "text" in choice:
+            text = str(choice.get("text") or "")
+        else:
+            text = "" if token.get("special") else str(token.get("text") or "")
+        if top is None or token.get("special"):  # a special token is not in the text, so neither is its logprob
+            return text, None
+        return text, _single_logprob(str(token.get("text", text)), token.get("logprob"), top)
+
+
 # ---------------------------------------------------------------------------------- answer pieces
-def _alternatives(request: Any) -> int | None:
-    """How many alternatives each token's logprob entry lists; None when no logprobs were asked for."""
-    return request.top_logprobs if request.logprobs else None
-
-
-def _token_logprob(token: str, logprob: float, top_logprobs: int) -> TokenLogprob:
+def _with_itself_as_alternative(entry: TokenLogprob, top: int) -> TokenLogprob:
     # With logprobs: 1 Together reports one entry per position; it is the single alternative asked for.
-    top = [TopLogprob(token=token, logprob=logprob)] if top_logprobs >= 1 else []
-    return TokenLogprob(token=token, logprob=logprob, top_logprobs=top)
+    if top < 1 or entry.top_logprobs:
+        return entry
+    return TokenLogprob(
+        token=entry.token, logprob=entry.logprob, top_logprobs=[TopLogprob(token=entry.token, logprob=entry.logprob)]
+    )
 
 
-def _logprobs(part: Any, top_logprobs: int | None) -> Logprobs | None:
-    """Together's ``LogprobsPart{tokens, token_logprobs}`` as ours (positions without a logprob are left out)."""
-    if top_logprobs is None or not isinstance(part, dict):
+def _single_logprob(token: str, value: Any, top: int) -> Logprobs | None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
         return None
-    tokens, values = part.get("tokens") or [], part.get("token_logprobs") or []
-    content = [
-        _token_logprob(str(token), float(value), top_logprobs)
-        for token, value in zip(tokens, values, strict=False)
-        if isinstance(value, (int, float))
-    ]
-    return Logprobs(content=content)
-
-
-def _chunk_logprobs(token: str, value: Any, top_logprobs: int | None) -> Logprobs | None:
-    # Completion chunks always carry token.logprob; it is only passed on when logprobs were asked for.
-    if top_logprobs is None or not isinstance(value, (int, float)) or isinstance(value, bool):
-        return None
-    return Logprobs(content=[_token_logprob(token, float(value), top_logprobs)])
+    entry = TokenLogprob(token=token, logprob=float(value))
+    return Logprobs(content=[_with_itself_as_alternative(entry, top)])
