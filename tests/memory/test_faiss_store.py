@@ -721,5 +721,5 @@ def test_the_store_takes_its_settings_from_the_config(tmp_path):
     store = FaissStore.from_config(config, tmp_path)
     assert store.db_path == tmp_path / "memory.sqlite"
     assert store.index_dir == tmp_path / "memory.sqlite.faiss"
-    assert (store.hnsw_m, store.hnsw_ef_search, store.index_save_changes) == (16, 50, 7)
+    assert (store.hnsw.m, store.hnsw.ef_search, store.index_save_changes) == (16, 50, 7)
     assert FaissStore.from_config(FaissConfig(db_path=tmp_path / "x.db"), tmp_path).db_path == tmp_path / "x.db"

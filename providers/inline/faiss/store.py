@@ -5,11 +5,10 @@ What lives where
 SQLite (WAL, ``synchronous=FULL``) is the source of truth: banks, documents (bytes, mime type, metadata
 JSON), chunks (text, place in the document, the vector as float32 bytes) and, per bank, an FTS5 table over
 the chunk texts for keyword search (BM25). Every write is one transaction committed before the method
-returns, so an acknowledged write survives ``kill -9`` and a power cut.
+returns, so an acknowledged write survives ``kill -9`` and a power cut. This module is that document store.
 
-Each bank has a faiss index in memory whose ids are the chunks' rowids: ``IndexIDMap2(IndexFlatIP)``
-(exact; vectors are unit length, so inner product is cosine) or ``IndexIDMap2(IndexHNSWFlat)`` with the
-inner-product metric. HNSW cannot remove vectors, so a deleted chunk's id becomes a tombstone that searches
+Each bank has a faiss index in memory whose ids are the chunks' rowids (``bank_index.py``: flat or HNSW,
+and the index file). HNSW cannot remove vectors, so a deleted chunk's id becomes a tombstone that searches
 exclude; once tombstones exceed a fifth of the index, the bank's index is rebuilt from SQLite.
 
 Restarts without rebuilding
@@ -39,17 +38,13 @@ import logging
 import os
 import re
 import sqlite3
-import struct
-import zlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
-import faiss
 import numpy as np
 
 from llama_stack.apis.errors import BadRequestError, ConflictError, NotFoundError, ServiceUnavailableError
@@ -57,6 +52,19 @@ from llama_stack.providers.utils.memory.filters import Filter, matches
 from llama_stack.providers.utils.memory.store import BankRecord, Hit, StoredDocument
 
 from . import PROVIDER_TYPE
+from .bank_index import (
+    EXACT_SEARCH_LIMIT,
+    HNSW_REBUILD_SHARE,
+    BankIndex,
+    HNSWSettings,
+    IndexKind,
+    IndexLoad,
+    StaleIndex,
+    index_file,
+    load_index_file,
+    remove_orphan_files,
+    write_index_file,
+)
 from .config import FaissConfig
 
 try:  # POSIX; elsewhere the database is not guarded against a second process.
@@ -111,62 +119,9 @@ CREATE TABLE IF NOT EXISTS deleted_chunks (
 CREATE INDEX IF NOT EXISTS deleted_chunks_by_bank ON deleted_chunks (bank_id);
 """
 
-INDEX_MAGIC = b"LSFAISS1"
-INDEX_FORMAT = 1
-# magic, header length, CRC-32 of header + index bytes
-_PREFIX = struct.Struct(f"<{len(INDEX_MAGIC)}sII")
-# An HNSW bank is rebuilt once tombstones exceed this share of its index.
-HNSW_REBUILD_SHARE = 0.2
-# A filter matching at most this many chunks is searched exactly (cheap at this size, and HNSW loses recall
-# when most of the graph is filtered out).
-EXACT_SEARCH_LIMIT = 20_000
 # Rows per batch when streaming vectors out of SQLite.
 _BATCH = 8192
 _WORD = re.compile(r"\w+")
-
-
-@dataclass
-class IndexLoad:
-    """How a bank's index was brought up at start: loaded from its file and caught up, or rebuilt."""
-
-    bank_uuid: str
-    source: Literal["file", "rebuilt"]
-    reason: str | None  # why it was rebuilt
-    vectors_from_file: int = 0
-    vectors_added: int = 0  # chunks newer than the file (all of them on a rebuild)
-    vectors_removed: int = 0  # chunks deleted since the file was saved
-
-
-@dataclass
-class _BankIndex:
-    bank_id: int
-    uuid: str
-    kind: Literal["flat", "hnsw"]
-    dimension: int
-    index: Any  # faiss.IndexIDMap2
-    watermark: int = 0  # the highest chunk rowid added
-    tombstones: set[int] = field(default_factory=set)  # HNSW: deleted ids still in the graph
-    generation: int = 0  # of the last save (SQLite's saved_generation)
-    changes: int = 0  # vectors added or removed since the last save
-    build: tuple[int, int] = (0, 0)  # HNSW (M, efConstruction) it was built with
-    metadata: dict[int, dict[str, Any]] | None = None  # document rowid -> metadata, loaded on first filter
-    _excluded: Any = None  # cached selector excluding the tombstones
-
-    @property
-    def live(self) -> int:
-        return int(self.index.ntotal) - len(self.tombstones)
-
-    def tombstone_selector(self) -> Any:
-        if not self.tombstones:
-            return None
-        if self._excluded is None:
-            batch = faiss.IDSelectorBatch(np.fromiter(self.tombstones, dtype=np.int64))
-            # IDSelectorNot does not own the selector it negates: keep both alive together.
-            self._excluded = (faiss.IDSelectorNot(batch), batch)
-        return self._excluded[0]
-
-    def forget_selector(self) -> None:
-        self._excluded = None
 
 
 class FaissStore:
@@ -186,9 +141,7 @@ class FaissStore:
     ):
         self.db_path = Path(db_path)
         self.index_dir = self.db_path.with_name(self.db_path.name + ".faiss")
-        self.hnsw_m = hnsw_m
-        self.hnsw_ef_construction = hnsw_ef_construction
-        self.hnsw_ef_search = hnsw_ef_search
+        self.hnsw = HNSWSettings(hnsw_m, hnsw_ef_construction, hnsw_ef_search)
         self.index_save_changes = index_save_changes
         self.exact_search_limit = exact_search_limit
         self.hnsw_rebuild_share = hnsw_rebuild_share
@@ -197,7 +150,9 @@ class FaissStore:
         self.index_loads: dict[str, IndexLoad] = {}
         self._db: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
-        self._banks: dict[str, _BankIndex] = {}
+        self._banks: dict[str, BankIndex] = {}
+        # bank uuid -> document rowid -> metadata, loaded at a bank's first filtered search.
+        self._metadata_cache: dict[str, dict[int, dict[str, Any]]] = {}
         self._worker: ThreadPoolExecutor | None = None
 
     @classmethod
@@ -315,13 +270,11 @@ class FaissStore:
                 os.close(self._lock_fd)  # releases the lock
                 self._lock_fd = None
             self._banks.clear()
+            self._metadata_cache.clear()
 
     def _remove_orphan_files(self) -> None:
         """Index files of dropped banks (a crash between the drop and the unlink) and unfinished saves."""
-        known = {f"bank-{row[0]}.index" for row in self._sql.execute("SELECT id FROM banks")}
-        for path in self.index_dir.iterdir():
-            if path.name.endswith(".tmp") or (path.name.endswith(".index") and path.name not in known):
-                path.unlink(missing_ok=True)
+        remove_orphan_files(self.index_dir, [row[0] for row in self._sql.execute("SELECT id FROM banks")])
 
     # ----------------------------------------------------------------------------------------------
     # Banks (worker thread).
@@ -362,14 +315,7 @@ class FaissStore:
             raise ConflictError(
                 f"Memory bank {bank.uuid!r} already exists", param="bank_uuid", provider=self.provider
             ) from None
-        self._banks[bank.uuid] = _BankIndex(
-            bank_id,
-            bank.uuid,
-            bank.index,
-            bank.embedding_dimension,
-            self._new_index(bank.index, bank.embedding_dimension),
-            build=self._hnsw_build(),
-        )
+        self._banks[bank.uuid] = BankIndex.empty(bank_id, bank.uuid, bank.index, bank.embedding_dimension, self.hnsw)
 
     _BANK_SETTINGS = (
         "b.uuid, b.name, b.embedding_model, b.embedding_dimension, b.chunk_size_tokens, b.overlap_tokens, "
@@ -400,12 +346,13 @@ class FaissStore:
                 self._sql.execute(f"DELETE FROM {table} WHERE bank_id = ?", (state.bank_id,))
             self._sql.execute("DELETE FROM banks WHERE id = ?", (state.bank_id,))
         del self._banks[bank_uuid]
+        self._metadata_cache.pop(bank_uuid, None)
         self.index_loads.pop(bank_uuid, None)
         # Left behind by a crash here, the file is an orphan removed at the next start.
         self._index_file(state).unlink(missing_ok=True)
         return True
 
-    def _bank(self, bank_uuid: str) -> _BankIndex:
+    def _bank(self, bank_uuid: str) -> BankIndex:
         state = self._banks.get(bank_uuid)
         if state is None:
             names = ", ".join(repr(uuid) for uuid in list(self._banks)[:20]) or "none"
@@ -452,7 +399,7 @@ class FaissStore:
         self._apply(state, removed_chunks, ids, matrix)
         self._update_metadata(state, removed_documents, added_metadata)
 
-    def _document_vectors(self, state: _BankIndex, i: int, document: StoredDocument) -> np.ndarray:
+    def _document_vectors(self, state: BankIndex, i: int, document: StoredDocument) -> np.ndarray:
         """The document's chunk vectors as one float32 matrix; a 400 naming the first bad one."""
         matrix = np.empty((len(document.chunks), state.dimension), dtype=np.float32)
         for j, chunk in enumerate(document.chunks):
@@ -472,7 +419,7 @@ class FaissStore:
         return matrix
 
     def _insert_document(
-        self, state: _BankIndex, i: int, document: StoredDocument, matrix: np.ndarray
+        self, state: BankIndex, i: int, document: StoredDocument, matrix: np.ndarray
     ) -> tuple[int, np.ndarray]:
         """Insert one document with its chunks (inside a transaction); its rowid and its chunks' rowids in order."""
         cursor = self._sql.execute(
@@ -501,7 +448,7 @@ class FaissStore:
         )
         return document_id, ids
 
-    def _delete_document_rows(self, state: _BankIndex, document_ids: list[int]) -> list[int]:
+    def _delete_document_rows(self, state: BankIndex, document_ids: list[int]) -> list[int]:
         """Delete documents with their chunks and keyword entries (inside a transaction); the chunk ids."""
         selected = "(SELECT value FROM json_each(?))"
         doc_ids = json.dumps(document_ids)
@@ -556,18 +503,16 @@ class FaissStore:
     # ----------------------------------------------------------------------------------------------
     # Keeping the in-memory index in step with committed rows (worker thread).
 
-    def _apply(self, state: _BankIndex, removed: list[int], ids: np.ndarray, matrix: np.ndarray) -> None:
+    def _apply(self, state: BankIndex, removed: list[int], ids: np.ndarray, matrix: np.ndarray) -> None:
         """Mirror a committed write in the bank's index; rebuild from SQLite if that fails midway."""
         try:
-            self._remove_vectors(state, np.asarray(removed, dtype=np.int64))
-            if len(ids):
-                state.index.add_with_ids(matrix, ids)
-                state.watermark = max(state.watermark, int(ids.max()))
+            state.remove(np.asarray(removed, dtype=np.int64))
+            state.add(ids, matrix)
             state.changes += len(removed) + len(ids)
         except Exception:  # the rows are committed: SQLite is the truth the index is rebuilt from
             logger.exception("memory bank %r: updating the index failed; rebuilding it from SQLite", state.uuid)
             self._rebuild(state)
-        if state.kind == "hnsw" and len(state.tombstones) > self.hnsw_rebuild_share * max(state.index.ntotal, 1):
+        if state.too_many_tombstones(self.hnsw_rebuild_share):
             logger.info(
                 "memory bank %r: %d of %d HNSW vectors are deleted; rebuilding the index",
                 state.uuid,
@@ -579,7 +524,7 @@ class FaissStore:
         elif state.changes >= max(self.index_save_changes, state.index.ntotal // 10):
             self._save_quietly(state)
 
-    def _save_quietly(self, state: _BankIndex) -> None:
+    def _save_quietly(self, state: BankIndex) -> None:
         """Save the index, logging a failure: the write it follows is committed, and a missing or stale
         file only costs a catch-up or a rebuild at the next start."""
         try:
@@ -587,53 +532,20 @@ class FaissStore:
         except Exception:
             logger.exception("memory bank %r: saving its index to %s failed", state.uuid, self._index_file(state))
 
-    @staticmethod
-    def _update_metadata(state: _BankIndex, removed: list[int], added: dict[int, dict[str, Any]]) -> None:
+    def _update_metadata(self, state: BankIndex, removed: list[int], added: dict[int, dict[str, Any]]) -> None:
         """Keep the filter cache (when loaded) in step with committed documents."""
-        if state.metadata is None:
+        cached = self._metadata_cache.get(state.uuid)
+        if cached is None:
             return
         for document_id in removed:
-            state.metadata.pop(document_id, None)
-        state.metadata.update(added)
+            cached.pop(document_id, None)
+        cached.update(added)
 
-    def _remove_vectors(self, state: _BankIndex, ids: np.ndarray) -> int:
-        """Remove (flat) or tombstone (HNSW) those of ``ids`` the index holds; how many it held."""
-        if not len(ids):
-            return 0
-        if state.kind == "flat":
-            return int(state.index.remove_ids(ids))
-        held = ids[np.isin(ids, faiss.vector_to_array(state.index.id_map))]
-        fresh = set(held.tolist()) - state.tombstones
-        if fresh:
-            state.tombstones |= fresh
-            state.forget_selector()
-        return len(fresh)
-
-    def _new_index(self, kind: str, dimension: int) -> Any:
-        if kind == "flat":
-            return faiss.IndexIDMap2(faiss.IndexFlatIP(dimension))
-        graph = faiss.IndexHNSWFlat(dimension, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        graph.hnsw.efConstruction = self.hnsw_ef_construction
-        # faiss's wrapper keeps `graph` alive as long as the IDMap.
-        return faiss.IndexIDMap2(graph)
-
-    def _hnsw_build(self) -> tuple[int, int]:
-        return (self.hnsw_m, self.hnsw_ef_construction)
-
-    def _rebuild(self, state: _BankIndex) -> int:
+    def _rebuild(self, state: BankIndex) -> int:
         """A fresh index from the bank's chunks in SQLite; how many vectors it holds."""
-        state.index = self._new_index(state.kind, state.dimension)
-        state.tombstones = set()
-        state.forget_selector()
-        state.build = self._hnsw_build()
-        state.watermark = 0
-        for ids, matrix in self._stored_vectors(state, after=0):
-            state.index.add_with_ids(matrix, ids)
-            state.watermark = int(ids[-1])
-        state.changes = max(state.changes, 1)  # the file no longer matches: save it at the next chance
-        return int(state.index.ntotal)
+        return state.rebuild(self._stored_vectors(state, after=0), self.hnsw)
 
-    def _stored_vectors(self, state: _BankIndex, after: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def _stored_vectors(self, state: BankIndex, after: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """The bank's chunk ids and vectors above rowid ``after``, in batches, in rowid order."""
         last = after
         while True:
@@ -653,37 +565,14 @@ class FaissStore:
     # ----------------------------------------------------------------------------------------------
     # Index files (worker thread).
 
-    def _index_file(self, state: _BankIndex) -> Path:
-        return self.index_dir / f"bank-{state.bank_id}.index"
+    def _index_file(self, state: BankIndex) -> Path:
+        return index_file(self.index_dir, state.bank_id)
 
-    def _save_index(self, state: _BankIndex) -> None:
-        """Write the index atomically, then record its generation and forget the deletions it reflects."""
+    def _save_index(self, state: BankIndex) -> None:
+        """Write the index file, then record its generation and forget the deletions it reflects."""
         generation = state.generation + 1
-        header = json.dumps(
-            {
-                "format": INDEX_FORMAT,
-                "bank_id": state.bank_id,
-                "kind": state.kind,
-                "dimension": state.dimension,
-                "build": list(state.build),
-                "watermark": state.watermark,
-                "generation": generation,
-                "count": int(state.index.ntotal),
-                "tombstones": sorted(state.tombstones),
-            }
-        ).encode()
-        payload = faiss.serialize_index(state.index)
-        checksum = zlib.crc32(payload, zlib.crc32(header))
         path = self._index_file(state)
-        temporary = path.with_name(path.name + ".tmp")
-        with open(temporary, "wb") as out:
-            out.write(_PREFIX.pack(INDEX_MAGIC, len(header), checksum))
-            out.write(header)
-            out.write(payload.data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-        _fsync_directory(self.index_dir)
+        write_index_file(state, path, generation)
         # Only once the file is durable may SQLite forget the deletions it reflects.
         with self._transaction():
             self._sql.execute("UPDATE banks SET saved_generation = ? WHERE id = ?", (generation, state.bank_id))
@@ -693,12 +582,12 @@ class FaissStore:
         logger.debug("memory bank %r: index saved to %s (%d vectors)", state.uuid, path, state.index.ntotal)
 
     def _bring_up(
-        self, bank_id: int, uuid: str, kind: Literal["flat", "hnsw"], dimension: int, generation: int
-    ) -> tuple[_BankIndex, IndexLoad]:
-        state = _BankIndex(bank_id, uuid, kind, dimension, None, generation=generation)
+        self, bank_id: int, uuid: str, kind: IndexKind, dimension: int, generation: int
+    ) -> tuple[BankIndex, IndexLoad]:
+        state = BankIndex(bank_id, uuid, kind, dimension, None, generation=generation)
         path = self._index_file(state)
         try:
-            from_file = self._load_index(state, path)
+            from_file = load_index_file(state, path, self.hnsw)
             removed, added = self._catch_up(state)
             load = IndexLoad(uuid, "file", None, from_file, added, removed)
             logger.info(
@@ -709,50 +598,13 @@ class FaissStore:
                 added,
                 removed,
             )
-        except _Stale as stale:
+        except StaleIndex as stale:
             added = self._rebuild(state)
             load = IndexLoad(uuid, "rebuilt", str(stale), 0, added, 0)
             logger.info("memory bank %r: index rebuilt from SQLite (%d vectors): %s", uuid, added, stale)
         return state, load
 
-    def _load_index(self, state: _BankIndex, path: Path) -> int:
-        """Fill ``state`` from the bank's index file; raises _Stale when the file cannot be used."""
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise _Stale(f"no index file {path.name}") from None
-        except OSError as error:
-            raise _Stale(f"index file {path.name} unreadable: {error}") from None
-        if len(data) < _PREFIX.size:
-            raise _Stale(f"index file {path.name} is truncated")
-        magic, header_size, checksum = _PREFIX.unpack_from(data)
-        body = memoryview(data)[_PREFIX.size :]
-        if magic != INDEX_MAGIC or header_size > len(body) or zlib.crc32(body) != checksum:
-            raise _Stale(f"index file {path.name} is corrupt (checksum mismatch)")
-        header = json.loads(bytes(body[:header_size]))
-        expected = {"format": INDEX_FORMAT, "bank_id": state.bank_id, "kind": state.kind, "dimension": state.dimension}
-        for key, value in expected.items():
-            if header.get(key) != value:
-                raise _Stale(f"index file {path.name} has {key} {header.get(key)!r}, expected {value!r}")
-        if state.kind == "hnsw" and tuple(header["build"]) != self._hnsw_build():
-            raise _Stale(f"index file {path.name} was built with HNSW (M, efConstruction) {tuple(header['build'])}")
-        # An older file may miss deletions SQLite forgot when a newer one was saved.
-        if header["generation"] < state.generation:
-            raise _Stale(f"index file {path.name} is generation {header['generation']}, expected {state.generation}")
-        try:
-            index = faiss.deserialize_index(np.frombuffer(body[header_size:], dtype=np.uint8))
-        except RuntimeError as error:
-            raise _Stale(f"index file {path.name} does not load: {error}") from None
-        if not isinstance(index, faiss.IndexIDMap2) or index.ntotal != header["count"] or index.d != state.dimension:
-            raise _Stale(f"index file {path.name} holds an unexpected index")
-        state.index = index
-        state.watermark = int(header["watermark"])
-        state.tombstones = set(header["tombstones"])
-        state.generation = int(header["generation"])
-        state.build = tuple(header["build"])  # type: ignore[assignment]
-        return int(index.ntotal) - len(state.tombstones)
-
-    def _catch_up(self, state: _BankIndex) -> tuple[int, int]:
+    def _catch_up(self, state: BankIndex) -> tuple[int, int]:
         """Apply what changed in SQLite since the file was saved; (removed, added)."""
         deleted = np.fromiter(
             (
@@ -763,15 +615,14 @@ class FaissStore:
             ),
             dtype=np.int64,
         )
-        removed = self._remove_vectors(state, deleted)
+        removed = state.remove(deleted)
         added = 0
         for ids, matrix in self._stored_vectors(state, after=state.watermark):
-            state.index.add_with_ids(matrix, ids)
-            state.watermark = int(ids[-1])
+            state.add(ids, matrix)
             added += len(ids)
         stored = self._sql.execute("SELECT count(*) FROM chunks WHERE bank_id = ?", (state.bank_id,)).fetchone()[0]
         if state.live != stored:
-            raise _Stale(f"index holds {state.live} live vectors after catching up, SQLite {stored} chunks")
+            raise StaleIndex(f"index holds {state.live} live vectors after catching up, SQLite {stored} chunks")
         state.changes = removed + added
         return removed, added
 
@@ -793,51 +644,10 @@ class FaissStore:
         allowed = None if filter_ is None else self._matching_chunk_ids(state, filter_)
         if allowed is not None and not len(allowed):
             return []
-        if allowed is not None and len(allowed) <= self.exact_search_limit:
-            ids, scores = _exact_search(state.index, query, k, allowed)
-        elif state.kind == "flat":
-            ids, scores = self._flat_search(state, query, k, allowed)
-        else:
-            ids, scores = self._hnsw_search(state, query, k, allowed)
+        ids, scores = state.search(query, k, allowed, hnsw=self.hnsw, exact_limit=self.exact_search_limit)
         return self._hits(ids, scores)
 
-    def _flat_search(
-        self, state: _BankIndex, query: np.ndarray, k: int, allowed: np.ndarray | None
-    ) -> tuple[list[int], list[float]]:
-        keep = None if allowed is None else faiss.IDSelectorBatch(allowed)
-        params = faiss.SearchParameters(sel=keep) if keep is not None else None
-        scores, ids = state.index.search(query, k, params=params)
-        return _found(ids[0], scores[0])
-
-    def _hnsw_search(
-        self, state: _BankIndex, query: np.ndarray, k: int, allowed: np.ndarray | None
-    ) -> tuple[list[int], list[float]]:
-        """Approximate search; the candidate list grows until k results turn up (filters, tombstones)."""
-        if allowed is not None:
-            keep = faiss.IDSelectorBatch(allowed)
-            available = len(allowed)
-        else:
-            keep = state.tombstone_selector()
-            available = state.live
-        want = min(k, available)
-        ef = max(self.hnsw_ef_search, k)
-        while True:
-            params = faiss.SearchParametersHNSW(efSearch=ef)
-            if keep is not None:
-                params.sel = keep
-            scores, ids = state.index.search(query, k, params=params)
-            found = _found(ids[0], scores[0])
-            if len(found[0]) >= want or ef >= state.index.ntotal:
-                break
-            ef *= 4
-        if len(found[0]) < want:  # the graph did not reach enough of the allowed vectors: search them all
-            if allowed is None:
-                everything = faiss.vector_to_array(state.index.id_map)
-                allowed = everything[~np.isin(everything, np.fromiter(state.tombstones, dtype=np.int64))]
-            return _exact_search(state.index, query, k, allowed)
-        return found
-
-    def _matching_chunk_ids(self, state: _BankIndex, filter_: Filter) -> np.ndarray | None:
+    def _matching_chunk_ids(self, state: BankIndex, filter_: Filter) -> np.ndarray | None:
         """Ids of the chunks whose document matches; None when every document does (no filtering needed)."""
         chosen = self._matching_document_ids(state, filter_)
         if chosen is None:
@@ -847,22 +657,23 @@ class FaissStore:
         )
         return np.fromiter((row[0] for row in rows), dtype=np.int64)
 
-    def _matching_document_ids(self, state: _BankIndex, filter_: Filter) -> list[int] | None:
+    def _matching_document_ids(self, state: BankIndex, filter_: Filter) -> list[int] | None:
         """Rowids of the documents whose metadata matches (``matches()`` is the reference semantics, so it is
         the implementation too); None when all do."""
         documents = self._metadata(state)
         chosen = [document_id for document_id, metadata in documents.items() if matches(filter_, metadata)]
         return None if len(chosen) == len(documents) else chosen
 
-    def _metadata(self, state: _BankIndex) -> dict[int, dict[str, Any]]:
-        if state.metadata is None:
-            state.metadata = {
+    def _metadata(self, state: BankIndex) -> dict[int, dict[str, Any]]:
+        cached = self._metadata_cache.get(state.uuid)
+        if cached is None:
+            cached = self._metadata_cache[state.uuid] = {
                 document_id: json.loads(metadata)
                 for document_id, metadata in self._sql.execute(
                     "SELECT id, metadata FROM documents WHERE bank_id = ?", (state.bank_id,)
                 )
             }
-        return state.metadata
+        return cached
 
     def _hits(self, ids: list[int], scores: list[float]) -> list[Hit]:
         if not ids:
@@ -934,10 +745,6 @@ class FaissStore:
         self._sql.execute("COMMIT")
 
 
-class _Stale(Exception):
-    """A bank's index file cannot be used as it is; the index is rebuilt from SQLite."""
-
-
 def _fts(bank_id: int) -> str:
     return f"chunks_fts_{int(bank_id)}"
 
@@ -963,23 +770,8 @@ def _statements(script: str) -> Iterable[str]:
     return (statement.strip() for statement in script.split(";") if statement.strip())
 
 
-def _no_vectors(state: _BankIndex) -> np.ndarray:
+def _no_vectors(state: BankIndex) -> np.ndarray:
     return np.empty((0, state.dimension), dtype=np.float32)
-
-
-def _found(ids: np.ndarray, scores: np.ndarray) -> tuple[list[int], list[float]]:
-    """faiss answers -1 for the places it could not fill."""
-    keep = ids >= 0
-    return ids[keep].tolist(), scores[keep].tolist()
-
-
-def _exact_search(index: Any, query: np.ndarray, k: int, allowed: np.ndarray) -> tuple[list[int], list[float]]:
-    """The k best of ``allowed`` by inner product, computed over their vectors (read back from the index)."""
-    vectors = index.reconstruct_batch(allowed)
-    scores = vectors @ query[0]
-    top = np.argpartition(-scores, k - 1)[:k] if len(scores) > k else np.arange(len(scores))
-    top = top[np.argsort(-scores[top], kind="stable")]
-    return allowed[top].tolist(), scores[top].tolist()
 
 
 def _lock(path: Path, db_path: Path, provider: str) -> int | None:
@@ -997,12 +789,3 @@ def _lock(path: Path, db_path: Path, provider: str) -> int | None:
             provider=provider,
         ) from None
     return fd
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
