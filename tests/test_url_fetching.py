@@ -33,8 +33,8 @@ from support import free_port, uvicorn_serving
 
 from llama_stack.apis.errors import BadRequestError
 from llama_stack.providers.utils import url_reader
+from llama_stack.providers.utils.datasets import DatasetReader, DatasetSourceConfig
 from llama_stack.providers.utils.inference.attachments import AttachmentConfig
-from llama_stack.providers.utils.remote.datasets import DatasetReader, DatasetSourceConfig
 from llama_stack.providers.utils.url_reader import URLReader, URLSourceConfig, non_public_kind
 from llama_stack.resolver import Stack
 from llama_stack.server import create_app

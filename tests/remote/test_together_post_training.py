@@ -29,7 +29,7 @@ from llama_stack.apis.errors import (
 )
 from llama_stack.apis.post_training import PostTrainingJobStatus
 from llama_stack.client import LlamaStackClient
-from llama_stack.providers.utils.remote.datasets import DatasetReader, DatasetSourceConfig
+from llama_stack.providers.utils.datasets import DatasetReader, DatasetSourceConfig
 
 TRAIN_ROWS = [
     {"messages": [{"role": "user", "content": "What is 1 + 1?"}, {"role": "assistant", "content": "2"}]},

@@ -7,9 +7,9 @@ from typing import Literal
 from pydantic import Field
 
 from llama_stack.apis.common import ShieldType
+from llama_stack.providers.utils.datasets import DatasetSourceConfig
 from llama_stack.providers.utils.inference.attachments import AttachmentConfig
 from llama_stack.providers.utils.remote import RemoteServiceConfig
-from llama_stack.providers.utils.remote.datasets import DatasetSourceConfig
 
 ENV_VAR = "EMISSARY_API_KEY"
 PROVIDER_DATA_KEY = "emissary_api_key"

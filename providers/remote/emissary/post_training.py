@@ -32,20 +32,18 @@ from llama_stack.apis.post_training import (
     RLHFAlgorithm,
 )
 from llama_stack.plugins import ProviderContext
+from llama_stack.providers.utils.datasets import DatasetReader, file_extension, read_training_data
 from llama_stack.providers.utils.remote import RemoteService
-from llama_stack.providers.utils.remote.datasets import DatasetReader, file_extension, read_training_data, upload_name
 from llama_stack.providers.utils.remote.hugging_face import is_hugging_face_url
 from llama_stack.providers.utils.remote.training_jobs import (
     RemotePostTraining,
-    TrainingJobRecord,
-    TrainingJobStore,
-    TrainingRequest,
-    in_step_order,
-    iso,
     parse_timestamp,
     step_number,
+    upload_name,
 )
 from llama_stack.providers.utils.remote.url_paths import segment
+from llama_stack.providers.utils.training.jobs import TrainingJobRecord, TrainingJobStore, in_step_order, iso
+from llama_stack.providers.utils.training.requests import TrainingRequest
 
 from .config import EMISSARY_MAX_DATASET_BYTES, EmissaryPostTrainingConfig
 from .service import emissary_service

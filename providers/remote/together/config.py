@@ -6,9 +6,9 @@ from typing import Annotated
 
 from pydantic import Field
 
+from llama_stack.providers.utils.datasets import DatasetSourceConfig
 from llama_stack.providers.utils.inference.attachments import AttachmentConfig
 from llama_stack.providers.utils.remote import RemoteServiceConfig
-from llama_stack.providers.utils.remote.datasets import DatasetSourceConfig
 
 ENV_VAR = "TOGETHER_API_KEY"
 PROVIDER_DATA_KEY = "together_api_key"

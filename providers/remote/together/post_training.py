@@ -30,17 +30,13 @@ from llama_stack.apis.post_training import (
     TrainingConfig,
 )
 from llama_stack.plugins import ProviderContext
+from llama_stack.providers.utils.datasets import check_jsonl, file_extension, read_training_data
 from llama_stack.providers.utils.remote import VendorStatusError
-from llama_stack.providers.utils.remote.datasets import check_jsonl, file_extension, read_training_data, upload_name
 from llama_stack.providers.utils.remote.hugging_face import hugging_face_repo
-from llama_stack.providers.utils.remote.training_jobs import (
-    RemotePostTraining,
-    TrainingJobRecord,
-    TrainingRequest,
-    in_step_order,
-    step_number,
-)
+from llama_stack.providers.utils.remote.training_jobs import RemotePostTraining, step_number, upload_name
 from llama_stack.providers.utils.remote.url_paths import segment
+from llama_stack.providers.utils.training.jobs import TrainingJobRecord, in_step_order
+from llama_stack.providers.utils.training.requests import TrainingRequest
 
 from .config import TogetherPostTrainingConfig
 from .service import together_service

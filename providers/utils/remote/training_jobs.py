@@ -1,10 +1,11 @@
-"""What remote post-training providers share: a job store that survives restarts, request checks, and the
-job half of the API (status, logs, artifacts, list, cancel) as one base class.
+"""What remote post-training providers share beyond what every trainer does (``providers/utils/training/``:
+the job store, the request checks; ``providers/utils/datasets.py``: reading datasets): the job half of the
+API (status, logs, artifacts, list, cancel) answered by polling the vendor, as one base class, and reading
+the vendor's answers.
 
 The vendors know their jobs by their own ids (Together ``ft-...``, Emissary ``tr-...``); clients know them
-by the ``job_uuid`` they chose. :class:`TrainingJobStore` keeps that mapping (and what the provider needs
-to reach the job again, such as an Emissary project) in a small SQLite file in the provider's storage
-folder, so a restarted stack still answers for the jobs it started earlier.
+by the ``job_uuid`` they chose. The job store keeps that mapping, so a restarted stack still answers for
+the jobs it started earlier.
 
 :class:`RemotePostTraining` answers for those jobs the same way for every vendor (one 404 for a job the
 vendor lost, one status mapping, one listing with a per-job fallback); an adapter says through small hooks
@@ -16,17 +17,13 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import contextlib
-import json
 import logging
-import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+import re
+from collections.abc import Mapping
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
-from llama_stack.apis.errors import BadRequestError, ConflictError, NotFoundError, ProviderError
+from llama_stack.apis.errors import BadRequestError, NotFoundError, ProviderError
 from llama_stack.apis.post_training import (
     CancelTrainingJobRequest,
     Checkpoint,
@@ -37,149 +34,24 @@ from llama_stack.apis.post_training import (
     PostTrainingJobLogStream,
     PostTrainingJobStatus,
     PostTrainingJobStatusResponse,
-    PostTrainingRLHFRequest,
-    PostTrainingSFTRequest,
 )
 from llama_stack.plugins import ProviderContext
+from llama_stack.providers.utils.datasets import DatasetReader, DatasetSourceConfig
 from llama_stack.providers.utils.remote.adapter import RemoteAdapter
 from llama_stack.providers.utils.remote.config import RemoteServiceConfig
-from llama_stack.providers.utils.remote.datasets import DatasetReader, DatasetSourceConfig
 from llama_stack.providers.utils.remote.service import RemoteService, VendorStatusError
-
-DB_NAME = "post_training_jobs.sqlite"
-_SHOWN_IN_404 = 10
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    job_uuid TEXT PRIMARY KEY,
-    vendor_job_id TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    details TEXT NOT NULL DEFAULT '{}'
+from llama_stack.providers.utils.training.jobs import TrainingJobRecord, TrainingJobStore
+from llama_stack.providers.utils.training.requests import (
+    TrainingRequest,
+    check_learning_rate,
+    check_training_loop,
+    refuse_hyperparam_search,
 )
-"""
-
-
-@dataclass(frozen=True)
-class TrainingJobRecord:
-    job_uuid: str
-    vendor_job_id: str
-    kind: str  # "sft", "dpo" or "grpo"
-    created_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
-    details: dict[str, Any] = field(default_factory=dict)  # e.g. the Emissary project the job is in
-
-
-class TrainingJobStore:
-    """job_uuid -> the vendor's job, in ``<storage_dir>/post_training_jobs.sqlite``."""
-
-    def __init__(self, storage_dir: Path, provider_id: str):
-        storage_dir.mkdir(parents=True, exist_ok=True)
-        self.path = storage_dir / DB_NAME
-        self.provider_id = provider_id
-        # Autocommit: each write is on disk before the request that made it answers.
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute(_SCHEMA)
-        # Jobs being created right now: a second request with the same job_uuid is refused at once
-        # instead of creating a second vendor job.
-        self._creating: set[str] = set()
-
-    @contextlib.contextmanager
-    def creating(self, job_uuid: str) -> Iterator[None]:
-        """Hold ``job_uuid`` while its vendor job is created; 409 if it is taken or being created."""
-        if not job_uuid.strip():
-            raise BadRequestError("job_uuid must not be empty", provider=self.provider_id, param="job_uuid")
-        if job_uuid in self._creating or self._row(job_uuid) is not None:
-            raise ConflictError(
-                f"a post-training job {job_uuid!r} already exists on provider '{self.provider_id}'; "
-                "choose another job_uuid",
-                provider=self.provider_id,
-                param="job_uuid",
-                code="job_exists",
-            )
-        self._creating.add(job_uuid)
-        try:
-            yield
-        finally:
-            self._creating.discard(job_uuid)
-
-    def add(self, record: TrainingJobRecord) -> None:
-        self._db.execute(
-            "INSERT INTO jobs (job_uuid, vendor_job_id, kind, created_at, details) VALUES (?, ?, ?, ?, ?)",
-            (
-                record.job_uuid,
-                record.vendor_job_id,
-                record.kind,
-                record.created_at.isoformat(),
-                json.dumps(record.details),
-            ),
-        )
-
-    def get(self, job_uuid: str) -> TrainingJobRecord:
-        row = self._row(job_uuid)
-        if row is None:
-            raise NotFoundError(
-                self._unknown(job_uuid), provider=self.provider_id, param="job_uuid", code="job_not_found"
-            )
-        return _record(row)
-
-    def find_vendor_job(self, vendor_job_id: str) -> TrainingJobRecord | None:
-        row = self._db.execute("SELECT * FROM jobs WHERE vendor_job_id = ?", (vendor_job_id,)).fetchone()
-        return _record(row) if row else None
-
-    def vendor_job_id(self, name: str) -> str:
-        """The vendor job that ``name``, from a client's reference to an earlier job, stands for.
-
-        Clients may name a job by the vendor's id or by the job_uuid they gave this provider: a name that is
-        no vendor job of this provider's but one of its job_uuids is that job's vendor id; any other name is
-        taken to be a vendor id as it is.
-        """
-        if self.find_vendor_job(name) is None:
-            row = self._row(name)
-            if row is not None:
-                return _record(row).vendor_job_id
-        return name
-
-    def all(self) -> list[TrainingJobRecord]:
-        rows = self._db.execute("SELECT * FROM jobs ORDER BY created_at, job_uuid").fetchall()
-        return [_record(row) for row in rows]
-
-    def close(self) -> None:
-        self._db.close()
-
-    def _row(self, job_uuid: str) -> tuple[Any, ...] | None:
-        return self._db.execute("SELECT * FROM jobs WHERE job_uuid = ?", (job_uuid,)).fetchone()
-
-    def _unknown(self, job_uuid: str) -> str:
-        known = [row[0] for row in self._db.execute("SELECT job_uuid FROM jobs ORDER BY created_at").fetchall()]
-        where = f"provider '{self.provider_id}'"
-        if not known:
-            return f"no post-training job {job_uuid!r} on {where}: it has started no jobs yet"
-        shown = ", ".join(repr(j) for j in known[:_SHOWN_IN_404])
-        more = f" and {len(known) - _SHOWN_IN_404} more" if len(known) > _SHOWN_IN_404 else ""
-        return f"no post-training job {job_uuid!r} on {where}; it knows {len(known)} job(s): {shown}{more}"
-
-
-def _record(row: tuple[Any, ...]) -> TrainingJobRecord:
-    job_uuid, vendor_job_id, kind, created_at, details = row
-    return TrainingJobRecord(job_uuid, vendor_job_id, kind, datetime.fromisoformat(created_at), json.loads(details))
 
 
 # ------------------------------------------------------------------------------------- request checks
-def refuse_unsupported_common(
-    *,
-    vendor: str,
-    provider: str,
-    optimizer_config: OptimizerConfig,
-    hyperparam_search_config: dict[str, Any],
-) -> None:
-    """Refuse (400) what neither vendor can do, before anything is uploaded or created."""
-    if hyperparam_search_config:
-        raise BadRequestError(
-            f"{vendor} has no hyperparameter search: send an empty hyperparam_search_config and start one job "
-            "per setting instead",
-            provider=provider,
-            param="hyperparam_search_config",
-        )
+def refuse_all_but_adamw(optimizer_config: OptimizerConfig, *, vendor: str, provider: str) -> None:
+    """Refuse (400) an optimizer the vendors do not train with, before anything is uploaded or created."""
     # The vendors train with AdamW; Adam is the same optimizer when there is no weight decay.
     optimizer = optimizer_config.optimizer_type
     if optimizer == OptimizerType.sgd or (optimizer == OptimizerType.adam and optimizer_config.weight_decay):
@@ -190,10 +62,9 @@ def refuse_unsupported_common(
             provider=provider,
             param="optimizer_config.optimizer_type",
         )
-    if optimizer_config.lr <= 0:
-        raise BadRequestError("optimizer_config.lr must be above 0", provider=provider, param="optimizer_config.lr")
 
 
+# -------------------------------------------------------------------------------------- vendor answers
 def parse_timestamp(value: Any) -> datetime | None:
     """A vendor's ISO 8601 string or UNIX seconds as an aware datetime; None when absent or unreadable."""
     if value is None or value == "":
@@ -212,23 +83,19 @@ def parse_timestamp(value: Any) -> datetime | None:
     return None
 
 
-def iso(moment: datetime | None) -> str:
-    """A log line's timestamp (UTC, seconds)."""
-    if moment is None:
-        return "-"
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-# ------------------------------------------------------------------------------------------ checkpoints
 def step_number(value: Any) -> int | None:
     """A vendor's checkpoint step (or number) when it is a whole number; JSON's true is not step 1."""
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def in_step_order(checkpoints: Iterable[Checkpoint]) -> list[Checkpoint]:
-    """One checkpoint per step, the last one listed for a step winning, in step order."""
-    by_step = {checkpoint.iters: checkpoint for checkpoint in checkpoints}
-    return [by_step[step] for step in sorted(by_step)]
+# ---------------------------------------------------------------------------------------------- uploads
+def upload_name(job_uuid: str, role: str) -> str:
+    """What the ``role`` ("train", "validation") dataset of ``job_uuid`` is called at the vendor.
+
+    job_uuid is the client's free text: characters file names at the vendors may not hold become ``_``.
+    """
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", job_uuid)[:100] or "job"
+    return f"{safe}-{role}"
 
 
 # ------------------------------------------------------------------------------------- the job routes
@@ -240,7 +107,6 @@ class _TrainingConfig(Protocol):
 
 ConfigT = TypeVar("ConfigT", bound=RemoteServiceConfig)
 AdapterT = TypeVar("AdapterT", bound="RemotePostTraining[Any]")
-TrainingRequest = PostTrainingSFTRequest | PostTrainingRLHFRequest
 
 # Our statuses a job does not leave: the vendor's update time is then when it ended.
 _ENDED = frozenset({PostTrainingJobStatus.completed, PostTrainingJobStatus.failed})
@@ -362,18 +228,11 @@ class RemotePostTraining(RemoteAdapter[ConfigT], abc.ABC):
     # ------------------------------------------------------------------------- starting a job
     def _check_request(self, request: TrainingRequest) -> None:
         """400 for options the vendor cannot honour, before anything is read, uploaded or created."""
-        refuse_unsupported_common(
-            vendor=self.vendor,
-            provider=self._id,
-            optimizer_config=request.optimizer_config,
-            hyperparam_search_config=request.hyperparam_search_config,
-        )
+        refuse_hyperparam_search(request.hyperparam_search_config, trainer=self.vendor, provider=self._id)
+        refuse_all_but_adamw(request.optimizer_config, vendor=self.vendor, provider=self._id)
+        check_learning_rate(request.optimizer_config, provider=self._id)
         self._check_vendor_request(request)
-        training = request.training_config
-        if training.n_epochs < 1 or training.batch_size < 1:
-            raise BadRequestError(
-                "training_config.n_epochs and batch_size must be at least 1", provider=self._id, param="training_config"
-            )
+        check_training_loop(request.training_config, provider=self._id)
 
     def _vendor_id(self, answer: Any, *, answered: str) -> str:
         """The ``id`` in the vendor's ``answer``; a 502 when it has none, ``answered`` finishing the sentence

@@ -1,15 +1,15 @@
-"""Reading a training Dataset's ``content_url`` so that a remote provider can upload it to its vendor.
+"""Reading a training Dataset's ``content_url``, and checking its rows, for every trainer (local or at a vendor).
 
 The URL policy is the attachments' one (``providers/utils/url_reader.py``: data:, file:// inside
 ``file_roots``, http(s):// only where ``allow_http`` is on and to public or allow-listed hosts, with a size
 limit and a deadline), with its own config block because datasets are bigger and
 come from other places. Every problem is a 400 naming the request field (``dataset.content_url``).
+Datasets are JSON Lines (one JSON object per row) or Parquet.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -81,9 +81,9 @@ async def read_training_data(
 ) -> tuple[bytes, bytes | None]:
     """A job's training data and its validation data, with ``read(url, where)``.
 
-    Both are read (and checked) before either is uploaded, so that a bad validation set leaves nothing
-    behind at the vendor. The validation data is None when it is the training data (the same URL: read and
-    uploaded once) or when ``validation_url`` is None (the job validates on nothing of its own).
+    Both are read (and checked) before either is used, so that a bad validation set fails the request
+    before anything is uploaded or trained. The validation data is None when it is the training data (the
+    same URL: read once) or when ``validation_url`` is None (the job validates on nothing of its own).
     """
     train = await read(train_url, "dataset.content_url")
     if validation_url is None or validation_url == train_url:
@@ -91,24 +91,15 @@ async def read_training_data(
     return train, await read(validation_url, "validation_dataset.content_url")
 
 
-def upload_name(job_uuid: str, role: str) -> str:
-    """What the ``role`` ("train", "validation") dataset of ``job_uuid`` is called at the vendor.
-
-    job_uuid is the client's free text: characters file names at the vendors may not hold become ``_``.
-    """
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", job_uuid)[:100] or "job"
-    return f"{safe}-{role}"
-
-
 def file_extension(data: bytes) -> str:
-    """``.parquet`` for Parquet data, else ``.jsonl`` (the two formats the vendors take)."""
+    """``.parquet`` for Parquet data, else ``.jsonl`` (the two formats datasets come in)."""
     return ".parquet" if data[:4] == PARQUET_MAGIC else ".jsonl"
 
 
 def check_jsonl(data: bytes, where: str, provider: str | None = None) -> int:
     """The number of records in JSON Lines ``data``; 400 naming the first line that is not a JSON object.
 
-    Checked before uploading, so a malformed file fails the request instead of the vendor's job later.
+    Checked before training starts, so a malformed file fails the request instead of the job later.
     """
     try:
         text = data.decode("utf-8-sig")
