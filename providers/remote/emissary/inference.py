@@ -1,6 +1,6 @@
 """remote::emissary inference: chat and text completion, embeddings, and fine-tuned models on deployments.
 
-What maps (VENDOR-MAPPING.md §1, §2, §4; docs/providers/emissary-inference.md for users):
+What maps (docs/vendor-mapping.md §1, §2, §4; docs/providers/emissary-inference.md for users):
 
 - chat_completion -> ``POST /v1/chat/completions`` (system/user/assistant messages with string content,
   ``max_tokens``, ``temperature``, ``top_p``, ``top_k``); completion -> ``POST /v1/completions`` (the same

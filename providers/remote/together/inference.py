@@ -1,6 +1,6 @@
 """remote::together inference: chat and text completion, embeddings and rerank on Together's hosted models.
 
-Requests are translated per VENDOR-MAPPING.md §1–§2 and sent with the shared :class:`RemoteService`
+Requests are translated per docs/vendor-mapping.md §1–§2 and sent with the shared :class:`RemoteService`
 (keys, retries, error mapping). What Together cannot do is refused before anything is sent: attachments
 (its chat API takes text only), more than one logprob alternative per token, ``response_format`` on text
 completions. Batches fan out into single calls, ``max_concurrency`` at a time, answered in input order.
