@@ -41,8 +41,16 @@ class ProviderInfo(Schema):
     package: str = Field(description="The Python distribution package that registered the provider type.")
 
 
+ModelReadiness = Literal["ready", "loading", "failed"]
+
+
 class HealthInfo(Schema):
-    status: Literal["ok"] = "ok"
+    status: Literal["ok"] = Field(default="ok", description="ok whenever the server answers, models loading or not.")
+    models: dict[str, ModelReadiness] = Field(
+        default_factory=dict,
+        description="Each served model by model_id: ready (its calls are served), loading (its calls answer 503 "
+        "with Retry-After until it is ready) or failed (it could not load; its calls answer an error saying why).",
+    )
 
 
 @runtime_checkable

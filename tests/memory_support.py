@@ -66,7 +66,12 @@ class SharedSentenceTransformersPlugin:
 
 def inference_providers(embedder_type: str = "inline::shared-sentence-transformers") -> list[dict[str, Any]]:
     return [
-        {"provider_id": "sentence-transformers", "provider_type": embedder_type, "config": {"device": "cpu"}},
+        {
+            "provider_id": "sentence-transformers",
+            "provider_type": embedder_type,
+            # Tests embed as soon as their stack has started.
+            "config": {"device": "cpu", "load_in_background": False},
+        },
         {"provider_id": "replay", "provider_type": "inline::replay", "config": {}},
     ]
 

