@@ -11,12 +11,13 @@ OpenAI's own errors.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 
 class LlamaStackError(Exception):
-    status: ClassVar[int] = 500
-    type: ClassVar[str] = "internal_error"
+    # Each class's own; an instance may differ, as an error rebuilt from an answer or put as OpenAI puts it.
+    status: int = 500
+    type: str = "internal_error"
 
     def __init__(
         self,
@@ -155,5 +156,5 @@ def error_from_body(status: int, body: Any) -> LlamaStackError:
             code=error.get("code"),
         )
     if cls is LlamaStackError:
-        exc.status = status  # type: ignore[misc]
+        exc.status = status
     return exc

@@ -103,7 +103,7 @@ MaxTokens = Field(
 )
 MAX_STOP_LENGTH = 256  # characters; the engines look for a stop string after every token
 StopString = Annotated[str, Field(max_length=MAX_STOP_LENGTH)]
-Stop = Field(
+Stop: list[str] = Field(
     default_factory=list,
     max_length=8,
     description=f"Extension: stop when any of these strings (at most 8, {MAX_STOP_LENGTH} characters each) is generated.",

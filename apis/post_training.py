@@ -80,7 +80,7 @@ _ADAPTER_CONFIGS: dict[str, type[Schema]] = {
 }
 
 
-class _TaggedConfig(dict):  # type: ignore[type-arg]
+class _TaggedConfig(dict[str, Any]):
     """A JSON object of algorithm_config, carrying the request's algorithm for the discriminator."""
 
     tag: str = FinetuningAlgorithm.lora.value

@@ -15,10 +15,10 @@ import mimetypes
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from functools import partial
-from typing import Any
+from typing import Any, Literal, Protocol, TypedDict
 
 from pydantic import ValidationError as PydanticValidationError
 
@@ -47,6 +47,7 @@ from llama_stack.apis.inference import (
     CompletionResponse,
     CompletionResponseStreamChunk,
     EmbeddingsRequest,
+    Inference,
     Logprobs,
     PromptTokenLogprob,
     ResponseFormat,
@@ -54,6 +55,7 @@ from llama_stack.apis.inference import (
     TokenLogprob,
     Usage,
 )
+from llama_stack.apis.inspect import Model
 from llama_stack.apis.openai import (
     OpenAIAssistantMessage,
     OpenAIChatChoice,
@@ -106,8 +108,8 @@ def as_openai_error(error: LlamaStackError) -> LlamaStackError:
     if not 400 <= error.status < 500:
         return error
     converted = copy.copy(error)
-    converted.status = 400 if error.status == 422 else error.status  # type: ignore[misc]
-    converted.type = "invalid_request_error"  # type: ignore[misc]
+    converted.status = 400 if error.status == 422 else error.status
+    converted.type = "invalid_request_error"
     return converted
 
 
@@ -129,11 +131,20 @@ def _invalid(param: str, message: str) -> BadRequestError:
     return BadRequestError(message, param=param, code="invalid_value")
 
 
+class ServedInference(Inference, Protocol):
+    """The stack's inference implementation (its ``InferenceRouter``): the API, and the models it serves."""
+
+    def models(self, model_type: str | None = None) -> list[Model]: ...
+
+    def model_id(self, name: str) -> str:
+        """The served model ``name`` is, or names as an alias; a 404 listing the served models otherwise."""
+        ...
+
+
 class OpenAICompat:
     """Satisfies the ``OpenAI`` protocol on top of the stack's ``InferenceRouter``."""
 
-    def __init__(self, inference: Any):
-        # The stack's InferenceRouter: it resolves model ids and aliases, and lists the served models.
+    def __init__(self, inference: ServedInference):
         self.inference = inference
 
     def _model_id(self, name: str) -> str:
@@ -167,15 +178,15 @@ class OpenAICompat:
             results = await _several(chats, [ours.dialog], n, ours.sampling_params)
             return _chat_completion(results, meta, keep, n)
         result = await self.inference.chat_completion(ours)
-        if request.stream:
-            include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            if n == 1:
-                return _chat_chunks(result, meta, include_usage, keep)
-            translate = partial(_chat_chunks, meta=meta, include_usage=True, keep=keep)
-            return _streamed_choices(
-                result, self.inference.chat_completion, ours, n, include_usage, meta.chat_chunk, translate
-            )
-        return _chat_completion([result], meta, keep, 1)
+        if isinstance(result, ChatCompletionResponse):  # not streamed
+            return _chat_completion([result], meta, keep, 1)
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        if n == 1:
+            return _chat_chunks(result, meta, include_usage, keep)
+        translate = partial(_chat_chunks, meta=meta, include_usage=True, keep=keep)
+        return _streamed_choices(
+            result, self.inference.chat_completion, ours, n, include_usage, meta.chat_chunk, translate
+        )
 
     async def create_completion(
         self, request: OpenAICompletionRequest
@@ -203,17 +214,17 @@ class OpenAICompat:
             )
         )
         result = await self.inference.completion(single)
-        if request.stream:
-            include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            echoed = prompts[0] if request.echo else None
-            if n == 1:
-                return _completion_chunks(result, meta, include_usage, echoed)
-            translate = partial(_completion_chunks, meta=meta, include_usage=True, echo=echoed)
-            return _streamed_choices(
-                result, self.inference.completion, single, n, include_usage, meta.completion, translate
-            )
-        result = _as_asked(request, result)
-        return meta.completion([_completion_choice(0, result, prompts[0] if echo else None)], _usage(result.usage))
+        if isinstance(result, CompletionResponse):  # not streamed
+            answer = _as_asked(request, result)
+            return meta.completion([_completion_choice(0, answer, prompts[0] if echo else None)], _usage(answer.usage))
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        echoed = prompts[0] if request.echo else None
+        if n == 1:
+            return _completion_chunks(result, meta, include_usage, echoed)
+        translate = partial(_completion_chunks, meta=meta, include_usage=True, echo=echoed)
+        return _streamed_choices(
+            result, self.inference.completion, single, n, include_usage, meta.completion, translate
+        )
 
     async def create_embeddings(self, request: OpenAIEmbeddingsRequest) -> OpenAIEmbeddingList:
         model_id = self._model_id(request.model)
@@ -283,12 +294,22 @@ def _refuse_unsupported(request: OpenAIChatCompletionRequest | OpenAICompletionR
         raise _invalid("stream_options", "stream_options is only allowed with stream: true")
 
 
+class _SharedSampling(TypedDict):
+    """The sampling parameters that greedy decoding and sampling take alike."""
+
+    seed: int | None
+    repetition_penalty: float
+    frequency_penalty: float
+    presence_penalty: float
+    logit_bias: dict[int, float]
+
+
 def _sampling(request: OpenAIChatCompletionRequest | OpenAICompletionRequest) -> SamplingParams:
     """OpenAI samples by default (temperature 1, top_p 1); temperature 0 or top_p 0 is greedy decoding, and so
     is a temperature too small to sample with (below MIN_SAMPLING_TEMPERATURE: nearly greedy at OpenAI too)."""
     temperature = 1.0 if request.temperature is None else request.temperature
     top_p = 1.0 if request.top_p is None else request.top_p
-    common = {
+    common: _SharedSampling = {
         "seed": request.seed,
         "repetition_penalty": request.repetition_penalty or 1.0,
         "frequency_penalty": request.frequency_penalty or 0.0,
@@ -470,8 +491,9 @@ def _prompts(request: OpenAICompletionRequest) -> list[str]:
             "max_tokens 0 generates nothing: it is only valid with echo, not streamed (to score the prompt)",
         )
     prompt = request.prompt
-    prompts = [prompt] if isinstance(prompt, str) else prompt
-    if not prompts or not all(isinstance(p, str) for p in prompts):
+    given = [prompt] if isinstance(prompt, str) else prompt
+    prompts = [p for p in given if isinstance(p, str)]
+    if not prompts or len(prompts) != len(given):
         raise _unsupported("prompt", "prompt must be text (a string or a list of strings); token ids are not supported")
     if request.stream and len(prompts) > 1:
         raise _unsupported("prompt", "a streamed completion takes one prompt", value=True)
@@ -481,7 +503,7 @@ def _prompts(request: OpenAICompletionRequest) -> list[str]:
                 "prompt" if isinstance(prompt, str) else f"prompt[{i}]",
                 "the prompt is empty; send the text to complete",
             )
-    return prompts  # type: ignore[return-value]
+    return prompts
 
 
 def _completion_fields(request: OpenAICompletionRequest, model_id: str) -> dict[str, Any]:
@@ -576,7 +598,7 @@ async def _streamed_choices(
     n: int,
     include_usage: bool,
     usage_chunk: Callable[..., Any],
-    translate: Callable[..., AsyncIterator[Any]],
+    translate: Callable[..., AsyncGenerator[Any, None]],
 ) -> AsyncIterator[Any]:
     """n choices of a streamed ``request`` one after another: choice j's chunks carry index j. ``first`` is
     choice 0's stream, opened already (so that a refused request is a plain error answer); the others are
@@ -621,10 +643,14 @@ async def _streamed_choices(
         yield usage_chunk([], usage=usage if counted else None)
 
 
-def _finish_reason(stop: StopReason | None, tool_calls: bool) -> str:
-    if stop == StopReason.max_tokens:
-        return "length"
-    return "tool_calls" if tool_calls else "stop"
+def _completion_finish_reason(stop: StopReason | None) -> Literal["stop", "length"]:
+    return "length" if stop == StopReason.max_tokens else "stop"
+
+
+def _chat_finish_reason(stop: StopReason | None, tool_calls: bool) -> Literal["stop", "length", "tool_calls"]:
+    if tool_calls and stop != StopReason.max_tokens:
+        return "tool_calls"
+    return _completion_finish_reason(stop)
 
 
 def _chat_logprobs(logprobs: Logprobs | None) -> OpenAIChoiceLogprobs | None:
@@ -700,7 +726,7 @@ def _chat_choice(index: int, result: ChatCompletionResponse, keep: int | None) -
         index=index,
         message=message,
         logprobs=_chat_logprobs(result.logprobs),
-        finish_reason=_finish_reason(result.stop_reason, bool(tool_calls)),  # type: ignore[arg-type]
+        finish_reason=_chat_finish_reason(result.stop_reason, bool(tool_calls)),
     )
 
 
@@ -716,7 +742,7 @@ async def _chat_chunks(
     include_usage: bool,
     keep: int | None,
     choice_index: int = 0,
-) -> AsyncIterator[OpenAIChatCompletionChunk]:
+) -> AsyncGenerator[OpenAIChatCompletionChunk, None]:
     """Our chunks as OpenAI's (choice ``choice_index``): a first chunk with the role, deltas, the finish_reason,
     then the usage if asked."""
     try:
@@ -725,7 +751,7 @@ async def _chat_chunks(
         )
         indices: dict[int, int] = {}  # our tool_call_index -> OpenAI's index
         usage: Usage | None = None
-        finish: str | None = None
+        finish: Literal["stop", "length", "tool_calls"] | None = None
         async for chunk in chunks:
             delta = OpenAIChoiceDelta(content=chunk.text_delta or None)
             if chunk.tool_call is not None:
@@ -746,19 +772,21 @@ async def _chat_chunks(
             if chunk.usage is not None:
                 usage = chunk.usage
             if chunk.stop_reason is not None and chunk.stop_reason != StopReason.not_stopped:
-                finish = _finish_reason(chunk.stop_reason, bool(indices))
+                finish = _chat_finish_reason(chunk.stop_reason, bool(indices))
             logprobs = _chat_logprobs(chunk.logprobs)
             if delta.content or delta.tool_calls or logprobs or chunk.stop_reason is not None:
-                choice = OpenAIChatChunkChoice(index=choice_index, delta=delta, logprobs=logprobs, finish_reason=finish)  # type: ignore[arg-type]
+                choice = OpenAIChatChunkChoice(index=choice_index, delta=delta, logprobs=logprobs, finish_reason=finish)
                 yield meta.chat_chunk([choice])
         if finish is None:  # the provider ended without a stop reason
             yield meta.chat_chunk(
                 [
                     OpenAIChatChunkChoice(
-                        index=choice_index, delta=OpenAIChoiceDelta(), finish_reason=_finish_reason(None, bool(indices))
+                        index=choice_index,
+                        delta=OpenAIChoiceDelta(),
+                        finish_reason=_chat_finish_reason(None, bool(indices)),
                     )
                 ]
-            )  # type: ignore[arg-type]
+            )
         if include_usage:
             yield meta.chat_chunk([], usage=_usage(usage))
     finally:
@@ -771,7 +799,7 @@ def _completion_choice(index: int, result: CompletionResponse, echo: str | None)
         index=index,
         text=(echo + text) if echo else text,
         logprobs=_completion_logprobs(result.logprobs, prompt=result.prompt_logprobs),
-        finish_reason=_finish_reason(result.stop_reason, False),  # type: ignore[arg-type]
+        finish_reason=_completion_finish_reason(result.stop_reason),
     )
 
 
@@ -781,7 +809,7 @@ async def _completion_chunks(
     include_usage: bool,
     echo: str | None,
     choice_index: int = 0,
-) -> AsyncIterator[OpenAICompletion]:
+) -> AsyncGenerator[OpenAICompletion, None]:
     try:
         if echo:
             yield meta.completion([OpenAICompletionChoice(index=choice_index, text=echo)])
@@ -793,7 +821,7 @@ async def _completion_chunks(
                 usage = chunk.usage
             finish = None
             if chunk.stop_reason is not None and chunk.stop_reason != StopReason.not_stopped:
-                finish, finished = _finish_reason(chunk.stop_reason, False), True
+                finish, finished = _completion_finish_reason(chunk.stop_reason), True
             if chunk.text_delta or chunk.logprobs or chunk.stop_reason is not None:
                 logprobs = _completion_logprobs(chunk.logprobs, offset)
                 offset += len(chunk.text_delta)
@@ -803,7 +831,7 @@ async def _completion_chunks(
                             index=choice_index, text=chunk.text_delta, logprobs=logprobs, finish_reason=finish
                         )
                     ]
-                )  # type: ignore[arg-type]
+                )
         if not finished:
             yield meta.completion([OpenAICompletionChoice(index=choice_index, text="", finish_reason="stop")])
         if include_usage:

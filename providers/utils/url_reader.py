@@ -389,13 +389,14 @@ class URLReader:
         if request.url.scheme not in ("http", "https") or not request.url.raw_host:
             raise self._bad(where, f"{url!r} is not a valid http(s):// URL: it names no host")
         try:
-            async with asyncio.timeout(self.config.http_deadline_s):
-                return await self._follow(client, request, where, cap, limit)
+            # wait_for, not asyncio.timeout: the runtime supports Python 3.10, which lacks the latter.
+            return await asyncio.wait_for(self._follow(client, request, where, cap, limit), self.config.http_deadline_s)
         except _Refused as refusal:
             log.info("%s: refused to fetch %s: %s", where, _loggable(url), refusal.detail)
             hint = f" (unless {self.block}.allowed_hosts names the host)" if refusal.by_address else ""
             raise self._bad(where, f"refused to fetch {url}: {refusal.reason}{hint}") from None
-        except (httpx.HTTPError, _Failed, TimeoutError, OSError) as exc:
+        # On Python 3.10 asyncio.TimeoutError (what wait_for raises) is not yet the built-in TimeoutError.
+        except (httpx.HTTPError, _Failed, asyncio.TimeoutError, TimeoutError, OSError) as exc:
             log.info("%s: fetching %s failed: %s: %s", where, _loggable(url), type(exc).__name__, exc)
             raise self._bad(where, self._failed(url)) from None
 

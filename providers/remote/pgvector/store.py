@@ -142,8 +142,10 @@ class PGVectorStore:
         conn = await self._connect(register_vector=False)
         try:
             await self._create_schema(conn)
-            cur = await conn.execute("SELECT 'vector'::regtype::oid")
-            self._vector_oid = (await cur.fetchone())[0]
+            vector_type = await (await conn.execute("SELECT 'vector'::regtype::oid")).fetchone()
+            if vector_type is None:  # one expression selected is one row; psycopg's types cannot know that
+                raise RuntimeError("SELECT 'vector'::regtype::oid answered no row")
+            self._vector_oid = vector_type[0]
             self._register_vector(conn)
         except BaseException:
             await conn.close()
@@ -249,11 +251,16 @@ class PGVectorStore:
         dumper = type("VectorDumper", (_VectorDumper,), {"oid": self._vector_oid})
         conn.adapters.register_dumper(_Vector, dumper)
 
+    def _require_started(self) -> int:
+        """pgvector's type oid in this database; a 503 when the store is not started, or closed."""
+        if self._closed or self._vector_oid is None:
+            raise ServiceUnavailableError(f"{self._name}: the store is not started", provider=self.provider_id)
+        return self._vector_oid
+
     @asynccontextmanager
     async def _connection(self, fresh: bool = False) -> AsyncIterator[tuple[psycopg.AsyncConnection[Any], bool]]:
         """A pooled connection (a new one when ``fresh``) and whether it was reused: it may have died idle."""
-        if self._closed or self._vector_oid is None:
-            raise ServiceUnavailableError(f"{self._name}: the store is not started", provider=self.provider_id)
+        self._require_started()
         async with self._slots:
             if self._idle and not fresh:
                 conn, reused = self._idle.pop(), True
@@ -438,19 +445,19 @@ class PGVectorStore:
         self, where: sql.Composable, params: Sequence[Any], counts: bool = True
     ) -> list[BankRecord]:
         if counts:  # reads every document row of the banks: only when asked for
-            query = sql.SQL(
+            template = sql.SQL(
                 "SELECT {settings}, count(d.id), coalesce(sum(d.chunk_count), 0) "
                 "FROM {banks} b LEFT JOIN {documents} d ON d.bank_id = b.id {where} GROUP BY b.id ORDER BY b.id"
             )
         else:
-            query = sql.SQL("SELECT {settings}, 0, 0 FROM {banks} b {where} ORDER BY b.id")
-        query = query.format(
+            template = sql.SQL("SELECT {settings}, 0, 0 FROM {banks} b {where} ORDER BY b.id")
+        query = template.format(
             settings=sql.SQL(self._BANK_SETTINGS), banks=self._t("banks"), documents=self._t("documents"), where=where
         )
 
         async def work(conn: psycopg.AsyncConnection[Any]) -> list[BankRecord]:
             rows = await (await conn.execute(query, params)).fetchall()
-            return [BankRecord(*row[:9], document_count=int(row[9]), chunk_count=int(row[10])) for row in rows]
+            return [_bank_record(row) for row in rows]
 
         return await self._transaction(work)
 
@@ -526,7 +533,7 @@ class PGVectorStore:
             )
             copy_rows = sql.SQL("COPY {} (document_id, chunk_index, text, embedding) FROM STDIN (FORMAT BINARY)")
             async with conn.cursor() as cur, cur.copy(copy_rows.format(table)) as copy:
-                copy.set_types(["int8", "int4", "text", self._vector_oid])
+                copy.set_types(["int8", "int4", "text", self._require_started()])
                 for document in documents:
                     for chunk in document.chunks:
                         # PostgreSQL text holds no NUL characters; they carry nothing for retrieval.
@@ -773,3 +780,21 @@ def _describe_server(config: PGVectorConfig) -> str:
         host, port, db, user = config.host, str(config.port), config.db, config.user
     who = f" as {user!r}" if user else ""
     return f"{host}:{port}/{db}{who}"
+
+
+def _bank_record(row: Sequence[Any]) -> BankRecord:
+    """A bank from a row of ``_BANK_SETTINGS``'s columns followed by its document and chunk counts."""
+    uuid, name, model, dimension, chunk_size, overlap, index, hybrid, rerank_model, documents, chunks = row
+    return BankRecord(
+        uuid=uuid,
+        name=name,
+        embedding_model=model,
+        embedding_dimension=dimension,
+        chunk_size_tokens=chunk_size,
+        overlap_tokens=overlap,
+        index=index,
+        hybrid=hybrid,
+        rerank_model=rerank_model,
+        document_count=int(documents),
+        chunk_count=int(chunks),
+    )

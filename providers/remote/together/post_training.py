@@ -395,8 +395,8 @@ class TogetherPostTraining(RemotePostTraining[TogetherPostTrainingConfig]):
             return None
         segments = [urllib.parse.unquote(s) for s in parts.path.split("/") if s]
         query = urllib.parse.parse_qs(parts.query)
-        step_text = (query.get("checkpoint_step") or query.get("step") or [None])[0]
-        step = int(step_text) if step_text and step_text.isdigit() else None
+        steps = query.get("checkpoint_step") or query.get("step")
+        step = int(steps[0]) if steps and steps[0].isdigit() else None
         if segments[-2:] == ["finetune", "download"] and query.get("ft_id"):
             return query["ft_id"][0], step, False
         if "fine-tunes" in segments:
@@ -494,7 +494,7 @@ class TogetherPostTraining(RemotePostTraining[TogetherPostTrainingConfig]):
         try:
             answer = await self.service.json("GET", f"{self._job_path(record)}/checkpoints")
             items = [
-                (item.get("step"), item.get("checkpoint_type"))
+                (step_number(item.get("step")), item.get("checkpoint_type"))
                 for item in (answer or {}).get("data", [])
                 if isinstance(item, dict)
             ]
@@ -503,14 +503,18 @@ class TogetherPostTraining(RemotePostTraining[TogetherPostTrainingConfig]):
                 raise
             # No checkpoint listing for this job: the checkpoint_save events say the same.
             events = await self._events(record)
-            items = [(event.get("step"), "intermediate") for event in events if event.get("type") == "checkpoint_save"]
+            items = [
+                (step_number(event.get("step")), "intermediate")
+                for event in events
+                if event.get("type") == "checkpoint_save"
+            ]
         return in_step_order(
             Checkpoint(
                 iters=step,
                 path=self._download_url(record.vendor_job_id, None if "final" in str(kind or "").lower() else step),
             )
             for step, kind in items
-            if step_number(step) is not None
+            if step is not None
         )
 
     def _download_url(self, vendor_id: str, step: int | None) -> str:
@@ -520,7 +524,8 @@ class TogetherPostTraining(RemotePostTraining[TogetherPostTrainingConfig]):
 
     async def _listed_jobs(self, records: list[TrainingJobRecord]) -> dict[str, dict[str, Any]]:
         listed = await self.service.json("GET", "/fine-tunes")
-        return {job.get("id"): job for job in (listed or {}).get("data", []) if isinstance(job, dict)}
+        jobs = (listed or {}).get("data", [])
+        return {job["id"]: job for job in jobs if isinstance(job, dict) and isinstance(job.get("id"), str)}
 
     async def _cancel(self, record: TrainingJobRecord) -> dict[str, Any] | None:
         # Together answers with the job (cancel_requested until it has stopped): no second read needed.

@@ -236,10 +236,12 @@ class AttachmentInliner:
         finally:
             if client is not None:
                 await client.aclose()
-        for result in results:
+        texts: dict[str, str] = {}
+        for url, result in zip(wanted, results, strict=True):
             if isinstance(result, BaseException):
                 raise result
-        return InlinedAttachments(dict(zip(wanted, results, strict=True)))  # type: ignore[arg-type]
+            texts[url] = result
+        return InlinedAttachments(texts)
 
     async def _read(
         self, attachment: Attachment, where: str, model: str | None, client: httpx.AsyncClient | None

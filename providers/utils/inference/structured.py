@@ -180,8 +180,11 @@ def _check_enforceable(schema: Any, path: str) -> None:
                 _check_enforceable(sub, f"{path}/{key}/{name}")
     for key in _SCHEMA_VALUES:
         value = schema.get(key)
-        for index, sub in enumerate(value) if isinstance(value, list) else [(None, value)]:
-            _check_enforceable(sub, f"{path}/{key}" + (f"/{index}" if index is not None else ""))
+        if isinstance(value, list):
+            for index, sub in enumerate(value):
+                _check_enforceable(sub, f"{path}/{key}/{index}")
+        else:
+            _check_enforceable(value, f"{path}/{key}")
 
 
 def _gbnf_literal(text: str) -> str:

@@ -178,7 +178,7 @@ def _html(content: bytes, charset: str | None, where: str) -> str:
 
 def _readable(soup: object) -> str:
     """What a reader sees of a parsed page, with its line and paragraph breaks."""
-    from bs4 import Comment, Declaration, Doctype, NavigableString, ProcessingInstruction, Tag
+    from bs4.element import Comment, Declaration, Doctype, NavigableString, ProcessingInstruction, Tag
 
     parts: list[str] = []
     # An explicit stack, not recursion: pages nest deeper than Python's recursion limit allows.
