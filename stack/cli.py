@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 from llama_stack.apis.errors import LlamaStackError
+
+if TYPE_CHECKING:
+    from .plugins import ProviderRegistry, RegisteredProvider
 
 app = typer.Typer(help="Serve and inspect Llama Stack distributions.", no_args_is_help=True, add_completion=False)
 console = Console()
 errors = Console(stderr=True)
 log = logging.getLogger(__name__)
+# The narrowest description column worth a table; a terminal narrower than that prints plain rows.
+MIN_DESCRIPTION_WIDTH = 20
 
 
 def _parse_env(pairs: list[str]) -> dict[str, str]:
@@ -41,7 +49,9 @@ def run(
         int | None, typer.Option(help="Port to listen on (default: the YAML's server.port, else 8321).")
     ] = None,
     host: Annotated[str | None, typer.Option(help="Address to bind (default: the YAML's server.host).")] = None,
-    env: Annotated[list[str], typer.Option("--env", help="NAME=VALUE for ${env.NAME} in the YAML; repeatable.")] = [],
+    env: Annotated[
+        list[str] | None, typer.Option("--env", help="NAME=VALUE for ${env.NAME} in the YAML; repeatable.")
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     shutdown_grace: Annotated[
         float | None,
@@ -61,10 +71,8 @@ def run(
     process without the providers' shutdown.
     """
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        asyncio.run(_serve(distribution, _parse_env(env), host, port, log_level, shutdown_grace))
-    except KeyboardInterrupt:  # before the server's own signal handling is in place
-        pass
+    with contextlib.suppress(KeyboardInterrupt):  # before the server's own signal handling is in place
+        asyncio.run(_serve(distribution, _parse_env(env or []), host, port, log_level, shutdown_grace))
 
 
 async def _serve(
@@ -125,43 +133,63 @@ def _start_failed(exc: BaseException) -> NoReturn:
     raise typer.Exit(2) from None
 
 
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (whole values, for scripts) instead of a table.")]
+
+
 @app.command()
 def providers(
     config: Annotated[
         str | None, typer.Option("--config", help="Show the `config:` fields of this provider type instead.")
     ] = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """List every discovered provider type per API, and plugins that failed to load."""
+    """List every discovered provider type per API, and plugins that failed to load.
+
+    A table on a terminal; tab-separated lines (a header, then one row per provider type, values whole) when
+    piped or redirected, with conflicts and broken plugins on stderr; --json for scripts.
+    """
     from .plugins import discover_providers
 
     registry = discover_providers()
     if config is not None:
-        _show_config(registry, config)
+        _show_config(registry, config, as_json)
         return
-    table = Table("API", "provider type", "package", "description")
-    for (api, provider_type), registered in sorted(
-        registry.providers.items(), key=lambda kv: (kv[0][0].value, kv[0][1])
-    ):
-        # Plugin-supplied text is escaped: rich would read "[...]" in it as markup.
-        table.add_row(
-            *(escape(cell) for cell in (api.value, provider_type, registered.package, registered.spec.description))
+    rows = [
+        (api.value, provider_type, registered.package, registered.spec.description)
+        for (api, provider_type), registered in sorted(
+            registry.providers.items(), key=lambda kv: (kv[0][0].value, kv[0][1])
         )
-    console.print(table)
-    for (api, provider_type), packages in registry.conflicts.items():
-        console.print(
-            f"[yellow]conflict:[/yellow] {api.value} {escape(provider_type)} is claimed by "
-            f"{escape(', '.join(packages))}; neither is usable",
-            highlight=False,
+    ]
+    conflicts = [(api.value, provider_type, packages) for (api, provider_type), packages in registry.conflicts.items()]
+    if as_json:
+        _print_json(
+            {
+                "providers": [
+                    dict(zip(("api", "provider_type", "package", "description"), row, strict=True)) for row in rows
+                ],
+                "conflicts": [{"api": a, "provider_type": t, "packages": p} for a, t, p in conflicts],
+                "broken_plugins": [
+                    {"package": p.package, "plugin": p.plugin, "error": p.error} for p in registry.problems
+                ],
+            }
         )
+        return
+    _print_rows(("API", "provider type", "package", "description"), rows)
+    for api, provider_type, packages in conflicts:
+        _note("yellow", "conflict", f"{api} {provider_type} is claimed by {', '.join(packages)}; neither is usable")
     for problem in registry.problems:
-        console.print(
-            f"[red]broken plugin:[/red] package {escape(problem.package)} "
-            f"(entry point {escape(problem.plugin)}): {escape(problem.error)}",
-            highlight=False,
-        )
+        _note("red", "broken plugin", f"package {problem.package} (entry point {problem.plugin}): {problem.error}")
 
 
-def _show_config(registry, provider_type: str) -> None:
+def _note(colour: str, kind: str, text: str) -> None:
+    """A note below a table on a terminal; piped, stdout keeps to the rows and the note goes to stderr whole."""
+    if console.is_terminal:
+        console.print(f"[{colour}]{kind}:[/{colour}] {escape(text)}", highlight=False)
+    else:
+        print(f"{kind}: {_one_line(text)}", file=sys.stderr)
+
+
+def _show_config(registry: ProviderRegistry, provider_type: str, as_json: bool) -> None:
     """The provider's config model, field by field: its declaration is the documentation."""
     matches = [r for (_, t), r in registry.providers.items() if t == provider_type]
     if not matches:
@@ -170,32 +198,96 @@ def _show_config(registry, provider_type: str) -> None:
             f"[red]error:[/red] unknown provider type {escape(provider_type)} (known: {escape(known)})", highlight=False
         )
         raise typer.Exit(2)
-    for registered in matches:
-        spec = registered.spec
-        console.print(
-            f"{escape(spec.provider_type)} ({spec.api.value}, from {escape(registered.package)}): {escape(spec.description)}",
-            highlight=False,
+    described = [_config_description(registered) for registered in matches]
+    if as_json:
+        _print_json(described)
+        return
+    for provider in described:
+        heading = (
+            f"{provider['provider_type']} ({provider['api']}, from {provider['package']}): {provider['description']}"
         )
-        table = Table("field", "type", "default", "description")
-        for name, field in spec.config_class.model_fields.items():
-            default = "(required)" if field.is_required() else repr(field.get_default(call_default_factory=True))
-            annotation = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
-            table.add_row(*(escape(str(cell)) for cell in (name, annotation, default, field.description or "")))
-        console.print(table)
+        if console.is_terminal:
+            console.print(escape(heading), highlight=False)
+        else:
+            _line(_one_line(heading))
+        _print_rows(
+            ("field", "type", "default", "description"),
+            [
+                (f["name"], f["type"], "(required)" if f["required"] else repr(f["default"]), f["description"])
+                for f in provider["fields"]
+            ],
+        )
+
+
+def _config_description(registered: RegisteredProvider) -> dict[str, Any]:
+    """A provider type and its config fields (name, type, required, default, description), as plain data."""
+    from pydantic_core import to_jsonable_python
+
+    spec = registered.spec
+    fields = []
+    for name, field in spec.config_class.model_fields.items():
+        kind = field.annotation
+        annotation = kind.__name__ if isinstance(kind, type) else str(kind).replace("typing.", "")
+        entry: dict[str, Any] = {"name": name, "type": annotation, "required": field.is_required()}
+        if not field.is_required():
+            entry["default"] = to_jsonable_python(field.get_default(call_default_factory=True), fallback=repr)
+        entry["description"] = field.description or ""
+        fields.append(entry)
+    return {
+        "provider_type": spec.provider_type,
+        "api": spec.api.value,
+        "package": registered.package,
+        "description": spec.description,
+        "fields": fields,
+    }
 
 
 @app.command()
-def distributions() -> None:
-    """List the built-in distributions."""
+def distributions(as_json: JsonOption = False) -> None:
+    """List the built-in distributions: a table on a terminal, tab-separated lines when piped, or --json."""
     import yaml
 
     from .config import builtin_distributions
 
-    table = Table("name", "description", "file")
-    for name, path in sorted(builtin_distributions().items()):
-        description = (yaml.safe_load(path.read_text()) or {}).get("description", "")
-        table.add_row(name, description, str(path))
+    rows = [
+        (name, str(path), " ".join(str((yaml.safe_load(path.read_text()) or {}).get("description", "")).split()))
+        for name, path in sorted(builtin_distributions().items())
+    ]
+    if as_json:
+        _print_json([dict(zip(("name", "file", "description"), row, strict=True)) for row in rows])
+        return
+    _print_rows(("name", "file", "description"), rows)  # the description last: the column that wraps
+
+
+def _print_rows(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """A table on a terminal wide enough for its name columns whole (the last column, the description, wraps);
+    otherwise (a pipe, a file, a narrow terminal) a tab-separated header and rows, each value whole on one
+    line, for grep, cut and awk."""
+    widths = [max((len(row[i]) for row in rows), default=0) for i in range(len(headers) - 1)]
+    # Each column takes its cell plus 3 characters of padding and border; the description wants some room.
+    if not console.is_terminal or sum(widths) + 3 * len(headers) + 1 + MIN_DESCRIPTION_WIDTH > console.width:
+        for row in (headers, *rows):
+            _line("\t".join(_one_line(cell) for cell in row))
+        return
+    columns = [Column(header, min_width=width) for header, width in zip(headers, widths, strict=False)]
+    table = Table(*columns, Column(headers[-1]))
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))  # plugin text: "[...]" is not markup
     console.print(table)
+
+
+def _one_line(text: str) -> str:
+    """``text`` with its tabs and line breaks as single spaces: one field of one line."""
+    return " ".join(text.split())
+
+
+def _print_json(value: Any) -> None:
+    _line(json.dumps(value, indent=2))
+
+
+def _line(text: str) -> None:
+    """One line of plain output, to where the console writes (stdout unless a caller redirected it)."""
+    print(text, file=console.file)
 
 
 @app.command()
