@@ -20,6 +20,7 @@ from .common import (
     ToolDefinition,
     ToolResponse,
 )
+from .dispatch import ByOwner, Creates, dispatch
 from .routes import webmethod
 
 
@@ -33,6 +34,10 @@ class AgenticSystemCreateRequest(Schema):
     memory_bank_uuids: list[str] = Field(default_factory=list)
     input_shields: list[ShieldConfig] = Field(default_factory=list)
     output_shields: list[ShieldConfig] = Field(default_factory=list)
+    provider_id: str | None = Field(
+        default=None,
+        description="Extension: the provider that runs the agent; unset: the agentic_system API's first provider.",
+    )
 
     @field_validator("executable_tools")
     @classmethod
@@ -125,11 +130,13 @@ class AgenticSystemExecuteResponseStreamChunk(Schema):
 @runtime_checkable
 class AgenticSystem(Protocol):
     @webmethod("POST", "/agentic_system/create")
+    @dispatch(Creates(resource="agent", field="agent_uuid", from_answer=True, provider_field="request.provider_id"))
     async def create_agentic_system(self, request: AgenticSystemCreateRequest) -> AgenticSystemCreateResponse:
         """Create an agent from a model, instructions, tools, memory banks and shields."""
         ...
 
     @webmethod("POST", "/agentic_system/execute", streams=True)
+    @dispatch(ByOwner(resource="agent", field="request.agent_uuid"))
     async def execute_agentic_system(
         self, request: AgenticSystemExecuteRequest
     ) -> AgenticSystemExecuteResponse | AsyncIterator[AgenticSystemExecuteResponseStreamChunk]:
@@ -137,6 +144,7 @@ class AgenticSystem(Protocol):
         ...
 
     @webmethod("DELETE", "/agentic_system/delete")
+    @dispatch(ByOwner(resource="agent", field="agent_id", forgets=True))
     async def delete_agentic_system(self, agent_id: str) -> None:
         """Delete an agent."""
         ...

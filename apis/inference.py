@@ -8,6 +8,7 @@ from typing import Annotated, Literal, Protocol, runtime_checkable
 from pydantic import Field, model_validator
 
 from .common import BuiltinTool, Content, Dialog, JsonObject, Schema, StopReason, ToolCall, ToolDefinition
+from .dispatch import ByModel, dispatch
 from .routes import webmethod
 
 # Fields marked "extension" are this runtime's additions to the seed contract; all are optional.
@@ -333,6 +334,7 @@ class RerankResponse(Schema):
 @runtime_checkable
 class Inference(Protocol):
     @webmethod("POST", "/inference/completion", streams=True)
+    @dispatch(ByModel(model_type="llm"))
     async def completion(
         self, request: CompletionRequest
     ) -> CompletionResponse | AsyncIterator[CompletionResponseStreamChunk]:
@@ -340,6 +342,7 @@ class Inference(Protocol):
         ...
 
     @webmethod("POST", "/inference/chat_completion", streams=True)
+    @dispatch(ByModel(model_type="llm"))
     async def chat_completion(
         self, request: ChatCompletionRequest
     ) -> ChatCompletionResponse | AsyncIterator[ChatCompletionResponseStreamChunk]:
@@ -347,21 +350,25 @@ class Inference(Protocol):
         ...
 
     @webmethod("POST", "/inference/batch_completion", response_format="jsonl")
+    @dispatch(ByModel(model_type="llm", optional=True))
     async def batch_completion(self, request: BatchCompletionRequest) -> list[CompletionResponse]:
         """Complete several prompts; one response per prompt, in input order."""
         ...
 
     @webmethod("POST", "/inference/batch_chat_completion", response_format="jsonl")
+    @dispatch(ByModel(model_type="llm", optional=True))
     async def batch_chat_completion(self, request: BatchChatCompletionRequest) -> list[ChatCompletionResponse]:
         """Answer several dialogs; one response per dialog, in input order."""
         ...
 
     @webmethod("POST", "/inference/embeddings")
+    @dispatch(ByModel(model_type="embedding"))
     async def embeddings(self, request: EmbeddingsRequest) -> EmbeddingsResponse:
         """Extension: one embedding vector per text, from an embedding model."""
         ...
 
     @webmethod("POST", "/inference/rerank")
+    @dispatch(ByModel(model_type="rerank", optional=True))
     async def rerank(self, request: RerankRequest) -> RerankResponse:
         """Extension: the documents' relevance to a query, most relevant first, from a rerank model."""
         ...

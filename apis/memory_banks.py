@@ -12,6 +12,7 @@ from typing import Literal, Protocol, runtime_checkable
 from pydantic import Field, model_validator
 
 from .common import JsonObject, MemoryBankDocument, Schema
+from .dispatch import AllProviders, ByOwner, Creates, dispatch
 from .routes import webmethod
 
 
@@ -68,6 +69,10 @@ class RegisterMemoryBankRequest(Schema):
     bank_uuid: str = Field(min_length=1)
     bank_name: str
     config: MemoryBankConfig = Field(default_factory=MemoryBankConfig)
+    provider_id: str | None = Field(
+        default=None,
+        description="Extension: the provider that keeps the bank; unset: the memory_banks API's first provider.",
+    )
 
 
 # A metadata filter, as a JSON object:
@@ -106,46 +111,57 @@ class QueryDocumentsResponse(Schema):
 @runtime_checkable
 class MemoryBanks(Protocol):
     @webmethod("POST", "/memory_banks/create")
-    async def create_memory_bank(self, bank_uuid: str, bank_name: str, documents: list[MemoryBankDocument]) -> None:
+    @dispatch(Creates(resource="bank", field="bank_uuid", provider_field="provider_id"))
+    async def create_memory_bank(
+        self, bank_uuid: str, bank_name: str, documents: list[MemoryBankDocument], provider_id: str | None = None
+    ) -> None:
         """Create a memory bank holding the given documents."""
         ...
 
     @webmethod("DELETE", "/memory_banks/drop")
+    @dispatch(ByOwner(resource="bank", field="bank_uuid", forgets=True))
     async def drop_memory_bank(self, bank_uuid: str) -> str:
         """Drop a memory bank and its documents; answers the dropped bank's uuid."""
         ...
 
     @webmethod("GET", "/memory_banks/get", response_format="jsonl")
+    @dispatch(AllProviders(resource="bank", item_field="uuid"))
     async def list_memory_banks(self) -> list[MemoryBank]:
         """List the memory banks."""
         ...
 
     @webmethod("POST", "/memory_bank/insert")
+    @dispatch(ByOwner(resource="bank", field="bank_uuid"))
     async def insert_memory_documents(self, bank_uuid: str, documents: list[MemoryBankDocument]) -> None:
         """Add documents to a memory bank."""
         ...
 
     @webmethod("POST", "/memory_bank/update")
+    @dispatch(ByOwner(resource="bank", field="bank_uuid"))
     async def update_memory_documents(self, bank_uuid: str, documents: list[MemoryBankDocument]) -> None:
         """Replace documents of a memory bank, matched by uuid."""
         ...
 
     @webmethod("POST", "/memory_bank/delete", response_format="jsonl")
+    @dispatch(ByOwner(resource="bank", field="bank_uuid"))
     async def delete_memory_documents(self, bank_uuid: str, document_uuids: list[str]) -> list[str]:
         """Delete documents from a memory bank by uuid; answers the uuids deleted."""
         ...
 
     @webmethod("POST", "/memory_bank/get", response_format="jsonl")
+    @dispatch(ByOwner(resource="bank", field="bank_uuid"))
     async def get_memory_documents(self, bank_uuid: str, document_uuids: list[str]) -> list[MemoryBankDocument]:
         """Fetch documents of a memory bank by uuid."""
         ...
 
     @webmethod("POST", "/memory_banks/register")
+    @dispatch(Creates(resource="bank", field="request.bank_uuid", provider_field="request.provider_id"))
     async def register_memory_bank(self, request: RegisterMemoryBankRequest) -> MemoryBank:
         """Extension: create an empty bank with its own settings; answers the bank with the settings in force."""
         ...
 
     @webmethod("POST", "/memory_bank/query")
+    @dispatch(ByOwner(resource="bank", field="bank_uuid"))
     async def query_memory_bank(self, bank_uuid: str, request: QueryDocumentsRequest) -> QueryDocumentsResponse:
         """Extension: the chunks most relevant to a query, most relevant first."""
         ...

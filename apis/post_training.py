@@ -10,6 +10,7 @@ from pydantic import Discriminator, Field, Tag, model_validator
 
 from .common import URL, JsonObject, Schema
 from .datasets import Dataset
+from .dispatch import AllProviders, ByOwner, Creates, dispatch
 from .routes import webmethod
 
 
@@ -105,6 +106,10 @@ class PostTrainingSFTRequest(Schema):
     """Request to finetune a model."""
 
     job_uuid: str
+    provider_id: str | None = Field(
+        default=None,
+        description="Extension: the provider that runs the job; unset: the provider serving the model, else the post_training API's first provider.",
+    )
     # The seed enumerates llama3_8b / llama3_70b; any model id the distribution knows is accepted.
     model: str = Field(description="A model id the distribution serves.")
     dataset: Dataset
@@ -164,6 +169,10 @@ class PostTrainingRLHFRequest(Schema):
     """Request to finetune a model."""
 
     job_uuid: str
+    provider_id: str | None = Field(
+        default=None,
+        description="Extension: the provider that runs the job; unset: the post_training API's first provider.",
+    )
     finetuned_model: URL
     dataset: Dataset
     validation_dataset: Dataset
@@ -245,36 +254,47 @@ class CancelTrainingJobRequest(Schema):
 @runtime_checkable
 class PostTraining(Protocol):
     @webmethod("POST", "/post_training/supervised_fine_tune/")
+    @dispatch(
+        Creates(
+            resource="job", field="request.job_uuid", provider_field="request.provider_id", model_field="request.model"
+        )
+    )
     async def supervised_fine_tune(self, request: PostTrainingSFTRequest) -> PostTrainingJob:
         """Start a supervised fine-tuning job."""
         ...
 
     @webmethod("POST", "/post_training/preference_optimize/")
+    @dispatch(Creates(resource="job", field="request.job_uuid", provider_field="request.provider_id"))
     async def preference_optimize(self, request: PostTrainingRLHFRequest) -> PostTrainingJob:
         """Start a preference optimization (RLHF) job."""
         ...
 
     @webmethod("GET", "/post_training/job/status")
+    @dispatch(ByOwner(resource="job", field="job_uuid"))
     async def get_training_job_status(self, job_uuid: str) -> PostTrainingJobStatusResponse:
         """The status of a post-training job."""
         ...
 
     @webmethod("GET", "/post_training/job/logs")
+    @dispatch(ByOwner(resource="job", field="job_uuid"))
     async def get_training_job_logs(self, job_uuid: str) -> PostTrainingJobLogStream:
         """The log lines of a post-training job so far."""
         ...
 
     @webmethod("GET", "/post_training/job/artifacts")
+    @dispatch(ByOwner(resource="job", field="job_uuid"))
     async def get_training_job_artifacts(self, job_uuid: str) -> PostTrainingJobArtifactsResponse:
         """The checkpoints a post-training job has written."""
         ...
 
     @webmethod("GET", "/post_training/jobs")
+    @dispatch(AllProviders(resource="job", item_field="job_uuid"))
     async def list_training_jobs(self) -> list[PostTrainingJobInfo]:
         """Extension: the post-training jobs this provider knows, with their status."""
         ...
 
     @webmethod("POST", "/post_training/job/cancel")
+    @dispatch(ByOwner(resource="job", field="request.job_uuid"))
     async def cancel_training_job(self, request: CancelTrainingJobRequest) -> PostTrainingJobStatusResponse:
         """Extension: cancel a job; answers its status after the cancel request."""
         ...

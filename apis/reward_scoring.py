@@ -7,6 +7,7 @@ from typing import Protocol, runtime_checkable
 from pydantic import Field
 
 from .common import Dialog, Message, Schema
+from .dispatch import ByModel, dispatch
 from .routes import webmethod
 
 
@@ -44,6 +45,7 @@ class RewardScoringResponse(Schema):
 @runtime_checkable
 class RewardScoring(Protocol):
     @webmethod("POST", "/reward_scoring/score")
+    @dispatch(ByModel())
     async def reward_score(self, request: RewardScoringRequest) -> RewardScoringResponse:
         """Score each dialog's generations with a reward model."""
         ...

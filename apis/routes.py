@@ -17,26 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any, Literal, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 ROUTE_ATTRIBUTE = "__llama_stack_route__"
-
-
-class Api(str, Enum):
-    """The APIs a distribution can serve."""
-
-    inference = "inference"
-    agentic_system = "agentic_system"
-    memory_banks = "memory_banks"
-    safety = "safety"
-    datasets = "datasets"
-    post_training = "post_training"
-    reward_scoring = "reward_scoring"
-    synthetic_data_generation = "synthetic_data_generation"
-    tool_runtime = "tool_runtime"  # extension: runs built-in tools (image_gen, code_interpreter, ...)
 
 
 @dataclass(frozen=True)

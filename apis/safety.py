@@ -7,13 +7,30 @@ from typing import Protocol, runtime_checkable
 from pydantic import Field
 
 from .common import JsonObject, Message, SafetyViolation, Schema, ShieldType
+from .dispatch import ByShield, dispatch
 from .routes import webmethod
+
+
+class Shield(Schema):
+    """Extension: a shield registered in the distribution (its ``shields:`` list), run by one provider."""
+
+    shield_id: str = Field(min_length=1, description="The id requests name in shield_id.")
+    provider_id: str = Field(description="The safety provider that runs the shield.")
+    shield_type: ShieldType = Field(title="The type of safety shield.")
+    params: JsonObject = Field(default_factory=dict, description="Defaults for the params of requests it serves.")
 
 
 class RunShieldRequest(Schema):
     shield_type: ShieldType = Field(title="The type of safety shield.")
     messages: list[Message]
     params: JsonObject = Field(default_factory=dict)
+    shield_id: str | None = Field(
+        default=None,
+        description=(
+            "Extension: a shield registered in the distribution, of this shield_type; unset: the first registered "
+            "shield of the type, else a provider that serves the type."
+        ),
+    )
 
 
 class RunShieldResponse(Schema):
@@ -25,6 +42,7 @@ class RunShieldResponse(Schema):
 @runtime_checkable
 class Safety(Protocol):
     @webmethod("POST", "/safety/run_shield")
+    @dispatch(ByShield())
     async def run_shield(self, request: RunShieldRequest) -> RunShieldResponse:
         """Run a safety shield over messages."""
         ...

@@ -7,6 +7,7 @@ from typing import Literal, Protocol, runtime_checkable
 from pydantic import Field
 
 from .common import JsonObject, Message, Schema
+from .dispatch import FirstProvider, dispatch
 from .reward_scoring import KScoredPromptGenerations
 from .routes import webmethod
 
@@ -32,6 +33,7 @@ class SyntheticDataGenerationResponse(Schema):
 @runtime_checkable
 class SyntheticDataGeneration(Protocol):
     @webmethod("POST", "/synthetic_data_generation/generate")
+    @dispatch(FirstProvider())
     async def generate(self, request: SyntheticDataGenerationRequest) -> SyntheticDataGenerationResponse:
         """Generate and score responses to the prompts; answers those that pass the filter."""
         ...

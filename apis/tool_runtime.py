@@ -11,6 +11,7 @@ from typing import Protocol, runtime_checkable
 from pydantic import Field
 
 from .common import Attachment, BuiltinTool, JsonObject, Schema, ToolDefinition
+from .dispatch import AllProviders, ByTool, dispatch
 from .routes import webmethod
 
 
@@ -31,11 +32,13 @@ class ToolInvocationResult(Schema):
 @runtime_checkable
 class ToolRuntime(Protocol):
     @webmethod("GET", "/tool_runtime/list")
+    @dispatch(AllProviders())
     async def list_tools(self) -> list[ToolDefinition]:
         """The tools this runtime can run, with their parameter schemas."""
         ...
 
     @webmethod("POST", "/tool_runtime/invoke")
+    @dispatch(ByTool())
     async def invoke_tool(self, request: ToolInvocationRequest) -> ToolInvocationResult:
         """Run one tool with the given arguments."""
         ...

@@ -83,7 +83,7 @@ async def start_client(path: Path) -> Any:
 
 
 def service_of(client: Any) -> Any:
-    from llama_stack.apis.routes import Api
+    from llama_stack.apis.registry import Api
 
     return client.transport.stack.impl(Api.memory_banks)
 

@@ -26,8 +26,9 @@ import httpx
 
 from llama_stack.apis.errors import LlamaStackError, ProviderError, error_from_body
 from llama_stack.apis.inspect import Inspect
+from llama_stack.apis.registry import PROTOCOLS
 
-from .endpoints import FACADES, PROTOCOLS, Endpoint, endpoints_of, facade_endpoints
+from .endpoints import FACADES, Endpoint, endpoints_of, facade_endpoints
 from .request_context import PROVIDER_DATA_HEADER, using_provider_data
 
 if TYPE_CHECKING:

@@ -31,8 +31,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
+from llama_stack.apis.dispatch import ByModel
 from llama_stack.apis.inspect import Model
-from llama_stack.apis.routes import Api
+from llama_stack.apis.registry import Api, dispatch_rules
+from llama_stack.apis.safety import Shield
 
 from .plugins import ProviderRegistry
 
@@ -96,6 +98,7 @@ class DistributionConfig(_Strict):
     apis: list[Api]
     providers: dict[Api, list[ProviderConfig]]
     models: list[Model] = Field(default_factory=list)
+    shields: list[Shield] = Field(default_factory=list)
     server: ServerConfig = Field(default_factory=ServerConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
 
@@ -107,35 +110,44 @@ class DistributionConfig(_Strict):
         for api in self.providers:
             if api not in self.apis:
                 raise ValueError(f"providers.{api.value} is configured but '{api.value}' is not listed in apis")
-        for api, entries in self.providers.items():
-            if api != Api.inference and len(entries) > 1:
-                names = ", ".join(e.provider_id for e in entries)
-                raise ValueError(
-                    f"providers.{api.value} lists {len(entries)} providers ({names}); only inference routes between "
-                    "several providers (by model), every other API is served by one"
-                )
         seen: set[str] = set()
         for entries in self.providers.values():
             for entry in entries:
                 if entry.provider_id in seen:
                     raise ValueError(f"provider_id '{entry.provider_id}' is used twice")
                 seen.add(entry.provider_id)
-        inference_ids = [p.provider_id for p in self.providers.get(Api.inference, [])]
+        serving_models = [p.provider_id for api in self.providers if routes_by_model(api) for p in self.providers[api]]
         model_ids: set[str] = set()
         for model in self.models:
             for name in (model.model_id, *model.aliases):
                 if name in model_ids:
                     raise ValueError(f"model id or alias '{name}' is listed twice")
                 model_ids.add(name)
-            if model.provider_id not in inference_ids:
+            if model.provider_id not in serving_models:
                 raise ValueError(
-                    f"model '{model.model_id}' names provider_id '{model.provider_id}', which is not an "
-                    f"inference provider here (inference providers: {', '.join(inference_ids) or 'none'})"
+                    f"model '{model.model_id}' names provider_id '{model.provider_id}', which is not a provider "
+                    f"of an API that serves models here (such providers: {', '.join(serving_models) or 'none'})"
+                )
+        safety_ids = [p.provider_id for p in self.providers.get(Api.safety, [])]
+        shield_ids: set[str] = set()
+        for shield in self.shields:
+            if shield.shield_id in shield_ids:
+                raise ValueError(f"shield_id '{shield.shield_id}' is listed twice")
+            shield_ids.add(shield.shield_id)
+            if shield.provider_id not in safety_ids:
+                raise ValueError(
+                    f"shield '{shield.shield_id}' names provider_id '{shield.provider_id}', which is not a safety "
+                    f"provider here (safety providers: {', '.join(safety_ids) or 'none'})"
                 )
         return self
 
     def provider_entries(self) -> list[tuple[Api, ProviderConfig]]:
         return [(api, entry) for api in self.apis for entry in self.providers[api]]
+
+
+def routes_by_model(api: Api) -> bool:
+    """Whether some of the API's calls go to the provider serving a model (so models may name its providers)."""
+    return any(isinstance(rule, ByModel) for rule in dispatch_rules(api).values())
 
 
 def substitute_env(value: Any, env: Mapping[str, str], path: str = "") -> Any:
@@ -239,8 +251,6 @@ def validate_provider_configs(
     problems: list[str] = []
     for api in config.apis:
         entries = config.providers[api]
-        if len(entries) > 1 and api != Api.inference:
-            problems.append(f"  providers.{api.value}: only inference can route between several providers for now")
         for index, entry in enumerate(entries):
             where = f"providers.{api.value}[{index}]"
             registered = registry.get(api, entry.provider_type)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import collections.abc
+import functools
 import inspect
 import math
+import operator
 import re
 import types
 import typing
@@ -17,19 +19,11 @@ from typing import TYPE_CHECKING, Any, get_args, get_origin
 from pydantic import BaseModel, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
-from llama_stack.apis.agentic_system import AgenticSystem
-from llama_stack.apis.datasets import Datasets
 from llama_stack.apis.errors import BadRequestError, ValidationError
-from llama_stack.apis.inference import Inference
 from llama_stack.apis.inspect import Inspect
-from llama_stack.apis.memory_banks import MemoryBanks
 from llama_stack.apis.openai import OpenAI
-from llama_stack.apis.post_training import PostTraining
-from llama_stack.apis.reward_scoring import RewardScoring
-from llama_stack.apis.routes import Api, Route, route_of
-from llama_stack.apis.safety import Safety
-from llama_stack.apis.synthetic_data_generation import SyntheticDataGeneration
-from llama_stack.apis.tool_runtime import ToolRuntime
+from llama_stack.apis.registry import PROTOCOLS, Api
+from llama_stack.apis.routes import Route, route_of
 
 from .json_input import load_json
 from .openai_compat import OpenAICompat
@@ -39,18 +33,6 @@ if TYPE_CHECKING:
 
 # Routes served without an API key, whatever the server's api_keys.
 PUBLIC_PATHS = frozenset({"/health"})
-
-PROTOCOLS: dict[Api, type] = {
-    Api.inference: Inference,
-    Api.agentic_system: AgenticSystem,
-    Api.memory_banks: MemoryBanks,
-    Api.safety: Safety,
-    Api.datasets: Datasets,
-    Api.post_training: PostTraining,
-    Api.reward_scoring: RewardScoring,
-    Api.synthetic_data_generation: SyntheticDataGeneration,
-    Api.tool_runtime: ToolRuntime,
-}
 
 
 @dataclass(frozen=True)
@@ -207,7 +189,7 @@ def _split_return(annotation: Any) -> tuple[Any, Any]:
             chunk = get_args(member)[0]
         else:
             plain.append(member)
-    response = plain[0] if len(plain) == 1 else typing.Union[tuple(plain)]  # type: ignore[valid-type]
+    response = functools.reduce(operator.or_, plain)
     return response, chunk
 
 

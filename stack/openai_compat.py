@@ -87,8 +87,8 @@ from llama_stack.apis.openai import (
     OpenAIUsage,
 )
 
+from .inference_routing import is_empty_content
 from .json_input import load_json
-from .routing import is_empty_content
 
 SYSTEM_FINGERPRINT = f"llama-stack-{__version__}"
 STARTED = int(time.time())  # OpenAI's `created` of a listed model: when this server began serving it

@@ -34,7 +34,7 @@ from typing import Any
 import pluggy
 from pydantic import BaseModel
 
-from llama_stack.apis.routes import Api
+from llama_stack.apis.registry import Api
 
 ENTRY_POINT_GROUP = "llama_stack"
 
@@ -59,6 +59,9 @@ class ProviderSpec:
     factory: str
     # APIs whose providers this one needs; they are built first and handed over in ``context.deps``.
     depends_on: tuple[Api, ...] = ()
+    # APIs this one uses when the distribution serves them (an agent's memory banks or shields): built first
+    # and handed over in ``context.deps`` when served, absent from it otherwise.
+    optional_depends_on: tuple[Api, ...] = ()
     # What to install when the factory's imports are missing, e.g. "llama-stack-runtime[llama-cpp]".
     requirements: tuple[str, ...] = ()
     description: str = ""
@@ -66,6 +69,7 @@ class ProviderSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "api", Api(self.api))
         object.__setattr__(self, "depends_on", tuple(Api(a) for a in self.depends_on))
+        object.__setattr__(self, "optional_depends_on", tuple(Api(a) for a in self.optional_depends_on))
         if not PROVIDER_TYPE.fullmatch(self.provider_type):
             raise ValueError(f"provider_type {self.provider_type!r} must look like 'inline::name' or 'remote::name'")
         if not FACTORY.fullmatch(self.factory):

@@ -1,4 +1,4 @@
-"""Builds a distribution's providers in dependency order and exposes one implementation per API."""
+"""Builds a distribution's providers in dependency order and serves each API through a router over them."""
 
 from __future__ import annotations
 
@@ -10,13 +10,19 @@ from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from typing import Any
 
+from llama_stack.apis.dispatch import ByModel
 from llama_stack.apis.errors import NotFoundError
 from llama_stack.apis.inspect import HealthInfo, Model, ProviderInfo
-from llama_stack.apis.routes import Api
+from llama_stack.apis.registry import Api, dispatch_rules
 
 from .config import ConfigError, DistributionConfig, load_distribution, validate_provider_configs
+from .inference_routing import InferenceRouter
+from .ownership import OwnerStore
 from .plugins import ProviderContext, ProviderRegistry, build_provider, discover_providers
-from .routing import InferenceRouter
+from .routing import ApiRouter, ModelTable, RoutedProvider
+
+# The stack's own records (which provider owns each bank, job, dataset and agent), in the storage folder.
+OWNERS_FILE = "routing.sqlite"
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +49,7 @@ class Stack:
     facade_impls: dict[str, Any] = field(default_factory=dict)
     # The distribution's models as their providers serve them (see _register_models).
     models: list[Model] = field(default_factory=list)
+    _owners: OwnerStore | None = None
 
     @classmethod
     def from_distribution(
@@ -72,6 +79,7 @@ class Stack:
                     f"{', '.join(d.value for d in missing)} API, which this distribution does not serve"
                 )
             graph.setdefault(api, set()).update(spec.depends_on)
+            graph[api].update(d for d in spec.optional_depends_on if d in self.config.apis)
         try:
             return list(TopologicalSorter(graph).static_order())
         except CycleError as exc:
@@ -80,42 +88,73 @@ class Stack:
     async def start(self) -> None:
         configs = validate_provider_configs(self.config, self.registry, self.source)
         storage = Path(self.config.storage.dir)
-        storage.mkdir(parents=True, exist_ok=True)
         try:
+            # Once, before anything is served: the storage folder and the owners' table.
+            self._owners = OwnerStore(storage / OWNERS_FILE)
             for api in self._build_order():
                 for entry in self.config.providers[api]:
                     registered = self.registry.get(api, entry.provider_type)
                     assert registered is not None  # validate_provider_configs checked it
+                    spec = registered.spec
+                    wanted = [*spec.depends_on, *(d for d in spec.optional_depends_on if d in self.impls)]
                     context = ProviderContext(
                         provider_id=entry.provider_id,
                         storage_dir=storage / entry.provider_id,
-                        deps={dep: self.impls[dep] for dep in registered.spec.depends_on},
+                        deps={dep: self.impls[dep] for dep in wanted},
                     )
                     log.info("building provider %s (%s)", entry.provider_id, entry.provider_type)
-                    impl = await build_provider(registered.spec, configs[entry.provider_id], context)
-                    self.providers[entry.provider_id] = BuiltProvider(
-                        api, entry.provider_id, entry.provider_type, registered.package, impl
-                    )
+                    impl = await build_provider(spec, configs[entry.provider_id], context)
+                    built = BuiltProvider(api, entry.provider_id, entry.provider_type, registered.package, impl)
+                    self.providers[entry.provider_id] = built
+                    self._check_protocol(built)
                 await self._serve(api)
         except BaseException:
             await self.shutdown()
             raise
 
-    async def _serve(self, api: Api) -> None:
-        built = {p.provider_id: p.impl for p in self.providers.values() if p.api == api}
-        if api == Api.inference:
-            self.models = await self._register_models(built)
-            self.impls[api] = InferenceRouter(self.models, built)
-        else:
-            (self.impls[api],) = built.values()
+    def _check_protocol(self, built: BuiltProvider) -> None:
+        """A provider lacking a method its API requires fails the start, naming its package. Optional methods
+        may be missing (a call answers 501), and a method serving one type of model is only required of the
+        providers serving models of that type."""
+        served_types = {m.model_type for m in self.config.models if m.provider_id == built.provider_id}
+        missing = []
+        for name, rule in dispatch_rules(built.api).items():
+            if rule.optional or callable(getattr(built.impl, name, None)):
+                continue
+            if isinstance(rule, ByModel) and rule.model_type is not None and rule.model_type not in served_types:
+                continue
+            missing.append(name)
+        if missing:
+            raise ConfigError(
+                f"{self.source}: provider '{built.provider_id}' ({built.provider_type}, from package "
+                f"{built.package}) does not implement {', '.join(f'{built.api.value}.{m}' for m in missing)}, "
+                f"which the {built.api.value} API requires"
+            )
 
-    async def _register_models(self, built: dict[str, Any]) -> list[Model]:
+    async def _serve(self, api: Api) -> None:
+        routed = [RoutedProvider(p.provider_id, p.package, p.impl) for p in self.providers.values() if p.api == api]
+        self.models.extend(await self._register_models(routed))
+        if api == Api.inference:
+            served = [m for m in self.models if m.provider_id in {p.provider_id for p in routed}]
+            self.impls[api] = InferenceRouter(served, {p.provider_id: p for p in routed})
+        else:
+            assert self._owners is not None  # opened by start()
+            self.impls[api] = ApiRouter(api, routed, self._owners, ModelTable(self.models), self.config.shields)
+
+    async def _register_models(self, routed: list[RoutedProvider]) -> list[Model]:
         """Hand each model entry to its provider. A provider may answer with the entry completed by what only
         it knows (the context window it loaded, say); it may not rename the model or move it elsewhere."""
         served = []
+        providers = {p.provider_id: p.impl for p in routed}
         for model in self.config.models:
+            if model.provider_id not in providers:
+                continue
+            register = getattr(providers[model.provider_id], "register_model", None)
+            if register is None:
+                served.append(model)
+                continue
             log.info("loading model %s on %s", model.model_id, model.provider_id)
-            answer = await built[model.provider_id].register_model(model)
+            answer = await register(model)
             if answer is None:
                 answer = model
             elif not isinstance(answer, Model) or (answer.model_id, answer.provider_id) != (
@@ -143,10 +182,15 @@ class Stack:
         self.impls.clear()
         self.facade_impls.clear()
         self.models = []
+        if self._owners is not None:
+            self._owners.close()
+            self._owners = None
 
     # The stack's own inspection routes (llama_stack.apis.inspect.Inspect).
     async def health(self) -> HealthInfo:
-        return HealthInfo()
+        from .readiness import health_info
+
+        return await health_info(self.models, {p.provider_id: p.impl for p in self.providers.values()})
 
     async def list_models(self) -> list[Model]:
         return list(self.models)

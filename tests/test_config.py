@@ -7,6 +7,7 @@ import subprocess
 import pytest
 from support import llama_stack_command
 
+from llama_stack.apis.registry import Api
 from llama_stack.config import ConfigError, load_distribution, parse_distribution, validate_provider_configs
 
 VALID = """
@@ -79,7 +80,7 @@ def test_substitution_inside_a_longer_string():
         ),
         (
             ("    provider_id: replay\nserver", "    provider_id: elsewhere\nserver"),
-            "names provider_id 'elsewhere', which is not an inference provider here (inference providers: replay)",
+            "names provider_id 'elsewhere', which is not a provider of an API that serves models here (such providers: replay)",
         ),
     ],
 )
@@ -193,7 +194,7 @@ def test_cli_shows_a_providers_config_fields_from_its_model():
         [*llama_stack_command(), "providers", "--config", "inline::llama-cpp"], capture_output=True, text=True, env=env
     )
     assert result.returncode == 0, result.stderr
-    rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.startswith("│")}
+    rows = {line.split("\t")[0]: line for line in result.stdout.splitlines()[2:]}  # piped: tab-separated rows
     assert {"n_ctx", "max_queue"} <= set(rows)
     assert "2048" in rows["n_ctx"] and "Context window" in rows["n_ctx"]
     unknown = subprocess.run(
@@ -202,17 +203,26 @@ def test_cli_shows_a_providers_config_fields_from_its_model():
     assert unknown.returncode == 2 and "inline::llama-cpp" in unknown.stderr
 
 
-def test_two_providers_for_an_api_other_than_inference_are_refused(tmp_path):
+def test_every_api_may_have_several_providers_and_shields_name_one_of_them(tmp_path):
     path = tmp_path / "two-safety.yaml"
-    path.write_text(
-        """
+    text = """
 apis: [safety]
 providers:
   safety:
     - {provider_id: one, provider_type: remote::together, config: {}}
     - {provider_id: two, provider_type: remote::together, config: {}}
+shields:
+  - {shield_id: guard, provider_id: two, shield_type: llama_guard}
+  - {shield_id: other, provider_id: three, shield_type: llama_guard}
 """
-    )
+    path.write_text(text)
     with pytest.raises(ConfigError) as error:
         load_distribution(path)
-    assert "providers.safety lists 2 providers (one, two)" in str(error.value)
+    assert (
+        "shield 'other' names provider_id 'three', which is not a safety provider here (safety providers: one, two)"
+        in str(error.value)
+    )
+    path.write_text(text.replace("  - {shield_id: other, provider_id: three, shield_type: llama_guard}\n", ""))
+    config = load_distribution(path)
+    assert [p.provider_id for p in config.providers[Api.safety]] == ["one", "two"]
+    assert [(s.shield_id, s.provider_id) for s in config.shields] == [("guard", "two")]

@@ -10,8 +10,9 @@ from support import uvicorn_serving, write_replay_distribution
 from llama_stack.apis.errors import NotSupportedError
 from llama_stack.apis.inference import EmbeddingsRequest
 from llama_stack.apis.inspect import Model
+from llama_stack.inference_routing import InferenceRouter
 from llama_stack.resolver import Stack
-from llama_stack.routing import InferenceRouter
+from llama_stack.routing import RoutedProvider
 from llama_stack.server import create_app
 
 
@@ -97,7 +98,7 @@ async def test_a_provider_without_embeddings_is_a_501_naming_it():
             raise AssertionError
 
     model = Model(model_id="emb", provider_id="chat-only", model_type="embedding")
-    router = InferenceRouter([model], {"chat-only": ChatOnly()})
+    router = InferenceRouter([model], {"chat-only": RoutedProvider("chat-only", "tests", ChatOnly())})
     with pytest.raises(NotSupportedError) as error:
         await router.embeddings(EmbeddingsRequest(model="emb", contents=["x"]))
     assert error.value.provider == "chat-only" and "embeddings" in error.value.message
@@ -111,7 +112,9 @@ async def test_a_provider_without_batches_is_a_501_naming_it():
         async def chat_completion(self, request):  # pragma: no cover - never called
             raise AssertionError
 
-    router = InferenceRouter([Model(model_id="m", provider_id="singles")], {"singles": SinglesOnly()})
+    router = InferenceRouter(
+        [Model(model_id="m", provider_id="singles")], {"singles": RoutedProvider("singles", "tests", SinglesOnly())}
+    )
     for call, request in [
         (router.batch_completion, BatchCompletionRequest(model="m", content_batch=["x"])),
         (

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from llama_stack.apis.routes import Api
+from llama_stack.apis.registry import Api
 from llama_stack.config import ConfigError, parse_distribution, validate_provider_configs
 from llama_stack.plugins import ProviderSpec, discover_providers, hookimpl
 

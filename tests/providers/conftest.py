@@ -6,7 +6,7 @@ import pytest
 from local_model_requests import SMOLLM2, TORCH_CUDA
 
 from llama_stack.apis.inspect import Model
-from llama_stack.apis.routes import Api
+from llama_stack.apis.registry import Api
 from llama_stack.plugins import ProviderContext, build_provider, discover_providers
 
 # What the behaviour suite (test_inference_behaviour.py) runs against: test id -> (provider type, config).

@@ -14,7 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from llama_stack.apis.errors import BadRequestError, NotFoundError
-from llama_stack.apis.routes import Api
+from llama_stack.apis.registry import Api
 from llama_stack.plugins import discover_providers
 from llama_stack.providers.inline.llama_cpp import LlamaCppConfig
 from llama_stack.providers.utils.gguf import resolve_gguf

@@ -20,7 +20,7 @@ import pytest
 
 from llama_stack.apis.common import StopReason
 from llama_stack.apis.inference import BatchCompletionRequest, ResponseFormat
-from llama_stack.apis.routes import Api
+from llama_stack.apis.registry import Api
 from llama_stack.plugins import ProviderContext, build_provider, discover_providers
 from llama_stack.providers.utils.inference.structured import json_schema_for, llama_cpp_json_grammar
 

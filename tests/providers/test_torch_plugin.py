@@ -11,7 +11,7 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from llama_stack.apis.routes import Api
+from llama_stack.apis.registry import Api
 from llama_stack.plugins import discover_providers
 from llama_stack.providers.inline.torch import TorchConfig
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llama_stack.apis.routes import Api
+from llama_stack.apis.registry import Api
 from llama_stack.plugins import ProviderContext
 from llama_stack.providers.utils.memory.service import MemoryBanksService
 
