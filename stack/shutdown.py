@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 from collections.abc import Callable, Iterator
@@ -57,7 +58,7 @@ class GracefulShutdown:
         self.signals_received = 0
         self.draining = False  # a signal came: no new requests
         self.ending = False  # the grace period is over: requests still running are ended
-        self._stop: Callable[[], None] | None = None
+        self._stop: Callable[[], object] | None = None
         self._running: set[asyncio.Future[None]] = set()
         self._grace_timer: asyncio.TimerHandle | None = None
 
@@ -74,8 +75,10 @@ class GracefulShutdown:
             if self._grace_timer is not None:
                 self._grace_timer.cancel()
 
-    def on_first_signal(self, stop: Callable[[], None]) -> None:
-        """What the first signal stops besides the requests: the start-up, then the server's listening."""
+    def on_first_signal(self, stop: Callable[[], object]) -> None:
+        """What the first signal stops besides the requests: the start-up, then the server's listening.
+
+        What ``stop`` returns is ignored (a task's ``cancel`` answers whether it was cancelled)."""
         self._stop = stop
         if self.draining:
             stop()
@@ -85,8 +88,10 @@ class GracefulShutdown:
         return _EndedOnShutdown(app, self)
 
     @property
-    def uvicorn_timeout(self) -> float:
-        return self.grace_seconds + BACKSTOP_SECONDS
+    def uvicorn_timeout(self) -> int:
+        """uvicorn's graceful-shutdown timeout, in whole seconds as its config declares it; rounded up, so that
+        it never fires before the grace period and the backstop are over."""
+        return math.ceil(self.grace_seconds + BACKSTOP_SECONDS)
 
     def track(self, request: asyncio.Future[None]) -> None:
         """A request in flight, to be cancelled when the requests are ended."""
