@@ -43,12 +43,17 @@ def link_tree(mapping: dict[str, str]) -> dict[Path, Path]:
     top = TREE / TOP_PACKAGE
     top.mkdir(parents=True)
     links: dict[Path, Path] = {}
-    # The top package's folder holds the other namespaces' folders too, so its modules are linked one by one.
-    for module in sorted((ROOT / mapping[TOP_PACKAGE]).glob("*.py")):
-        links[top / module.name] = module
+    # The top package's folder in the tree also holds the other namespaces' folders, so it is a real folder
+    # with a link for each of its modules and subpackages.
+    for entry in sorted((ROOT / mapping[TOP_PACKAGE]).iterdir()):
+        if entry.suffix == ".py" or (entry / "__init__.py").is_file():
+            links[top / entry.name] = entry
     for namespace, folder in mapping.items():
         if namespace != TOP_PACKAGE:
-            links[TREE.joinpath(*namespace.split("."))] = ROOT / folder
+            link = TREE.joinpath(*namespace.split("."))
+            if link in links:
+                raise SystemExit(f"{namespace} is both a folder of {mapping[TOP_PACKAGE]}/ and {folder}/")
+            links[link] = ROOT / folder
     for link, target in links.items():
         link.symlink_to(os.path.relpath(target, link.parent), target_is_directory=target.is_dir())
     return links
