@@ -9,8 +9,9 @@ Every API may have several providers in one distribution; a call goes to the one
 * :class:`Creates` — a new resource: the provider the request names in ``provider_id``, else the provider
   serving the request's model (where the rule names a model field), else the API's first provider. Once the
   provider has created it, the stack records it as the owner.
-* :class:`ByShield` — a shield: a shield registered in the distribution's ``shields:`` (by id, or the first of
-  the requested type), else a provider with no registered shields, which runs any type itself.
+* :class:`ByShield` — a shield: one registered in the distribution's ``shields:`` (by id, or the first of the
+  requested type), else the first provider serving the type (its optional ``shield_types`` attribute holds
+  it; a provider without one answers for every type itself).
 * :class:`ByTool` — a tool: the provider whose ``list_tools`` offers it.
 * :class:`AllProviders` — a listing: every provider is asked and the answers are joined.
 * :class:`FirstProvider` — a call naming nothing that routes (synthetic data generation): the first provider.

@@ -28,7 +28,7 @@ class RunShieldRequest(Schema):
         default=None,
         description=(
             "Extension: a shield registered in the distribution, of this shield_type; unset: the first registered "
-            "shield of the type, else a provider that serves the type."
+            "shield of the type, else the first provider serving the type."
         ),
     )
 

@@ -31,7 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
-from llama_stack.apis.dispatch import ByModel
+from llama_stack.apis.dispatch import ByModel, Creates
 from llama_stack.apis.inspect import Model
 from llama_stack.apis.registry import Api, dispatch_rules
 from llama_stack.apis.safety import Shield
@@ -147,7 +147,10 @@ class DistributionConfig(_Strict):
 
 def routes_by_model(api: Api) -> bool:
     """Whether some of the API's calls go to the provider serving a model (so models may name its providers)."""
-    return any(isinstance(rule, ByModel) for rule in dispatch_rules(api).values())
+    return any(
+        isinstance(rule, ByModel) or (isinstance(rule, Creates) and rule.model_field is not None)
+        for rule in dispatch_rules(api).values()
+    )
 
 
 def substitute_env(value: Any, env: Mapping[str, str], path: str = "") -> Any:

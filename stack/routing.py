@@ -266,7 +266,7 @@ class ApiRouter:
             params = {**shield.params, **request.params}
             arguments["request"] = request.model_copy(update={"params": params, "shield_id": shield.shield_id})
             return await self._call(self.providers[shield.provider_id], name, arguments)
-        provider = self._unregistered_shield_provider(shield_type)
+        provider = self._provider_serving_shield_type(shield_type)
         if provider is None:
             raise NotFoundError(
                 f"No shield of type {shield_type} is served (registered shields: {registered})",
@@ -275,13 +275,10 @@ class ApiRouter:
             )
         return await self._call(provider, name, arguments)
 
-    def _unregistered_shield_provider(self, shield_type: str) -> RoutedProvider | None:
-        """The first provider with no registered shields that serves the type (a provider saying nothing of its
-        ``shield_types`` is taken to serve every type, and answers for itself)."""
-        restricted = {s.provider_id for s in self._shields}
+    def _provider_serving_shield_type(self, shield_type: str) -> RoutedProvider | None:
+        """The first provider serving the type: one whose ``shield_types`` holds it, or one that does not say
+        (it answers for itself)."""
         for provider in self.providers.values():
-            if provider.provider_id in restricted:
-                continue
             types = getattr(provider.impl, "shield_types", None)
             if types is None or shield_type in {getattr(t, "value", t) for t in types}:
                 return provider
