@@ -69,7 +69,12 @@ class BackgroundLoad(Generic[T]):
     def abandon(self, release: Callable[[T], None]) -> None:
         """Nobody wants the result any more (the provider shut down): ``release`` it if it still arrives."""
         self._abandoned = True
-        self._future.add_done_callback(lambda done: done.exception() is None and release(done.result()))
+
+        def release_if_loaded(done: asyncio.Future[T]) -> None:
+            if done.exception() is None:
+                release(done.result())
+
+        self._future.add_done_callback(release_if_loaded)
 
     def _run(self, load: Callable[[], T]) -> None:
         with _ONE_LOAD_AT_A_TIME:

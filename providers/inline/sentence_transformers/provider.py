@@ -339,7 +339,9 @@ class SentenceTransformersInference:
             vectors = await future
         except asyncio.CancelledError:
             task = asyncio.current_task()
-            if future.cancelled() and task is not None and not task.cancelling():
+            # Task.cancelling() is Python 3.11+; before it, a cancellation counts as the caller's.
+            cancelling = getattr(task, "cancelling", None)
+            if future.cancelled() and cancelling is not None and not cancelling():
                 raise stopping from None  # dropped by shutdown() while it waited, not cancelled by its caller
             raise
         except Exception as exc:
