@@ -19,7 +19,7 @@ import asyncio
 import json
 import os
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
@@ -78,8 +78,8 @@ class HttpTransport:
             if kwargs.get(q.name) is not None and q.location == "query"
         }
         content = None
-        if endpoint.body_adapter is not None:
-            content = endpoint.body_adapter.dump_json(kwargs[endpoint.body_name], exclude_unset=False)  # type: ignore[index]
+        if endpoint.body_adapter is not None and endpoint.body_name is not None:
+            content = endpoint.body_adapter.dump_json(kwargs[endpoint.body_name], exclude_unset=False)
         request = self._http.build_request(
             endpoint.route.method,
             endpoint.url_path(kwargs),
@@ -191,7 +191,7 @@ class ApiClient:
             setattr(self, endpoint.name, self._method(transport, endpoint))
 
     @staticmethod
-    def _method(transport: Transport, endpoint: Endpoint):
+    def _method(transport: Transport, endpoint: Endpoint) -> Callable[..., Awaitable[Any]]:
         async def call(*args: Any, **kwargs: Any) -> Any:
             query, body = _arguments(endpoint, args, kwargs)
             return await transport.call(endpoint, endpoint.bind(query, body))

@@ -136,9 +136,9 @@ class Endpoint:
                 kwargs[param.name] = param.adapter.validate_python(query[param.name])
             except PydanticValidationError as exc:
                 details.extend(_details(exc, param.name, param.location))
-        if self.body_adapter is not None:
+        if self.body_adapter is not None and self.body_name is not None:
             try:
-                kwargs[self.body_name] = self.body_adapter.validate_python(body)  # type: ignore[index]
+                kwargs[self.body_name] = self.body_adapter.validate_python(body)
             except PydanticValidationError as exc:
                 details.extend(_details(exc, "", "body"))
         if details:

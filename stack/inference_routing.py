@@ -8,7 +8,7 @@ context window, a model of the wrong type for the route. It adds a model's syste
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 from llama_stack.apis.common import Content, Dialog, Message, Role
 from llama_stack.apis.errors import BadRequestError, NotFoundError, NotSupportedError
@@ -23,6 +23,7 @@ from llama_stack.apis.inference import (
     CompletionResponseStreamChunk,
     EmbeddingsRequest,
     EmbeddingsResponse,
+    Inference,
     RerankRequest,
     RerankResponse,
 )
@@ -30,6 +31,17 @@ from llama_stack.apis.inspect import Model
 from llama_stack.apis.registry import Api
 
 from .routing import RoutedProvider, method_missing
+
+# Every inference request names its model.
+R = TypeVar(
+    "R",
+    CompletionRequest,
+    ChatCompletionRequest,
+    BatchCompletionRequest,
+    BatchChatCompletionRequest,
+    EmbeddingsRequest,
+    RerankRequest,
+)
 
 # No tokenizer's token holds more characters than this: a prompt longer than a model's window times this
 # cannot fit it, whatever the tokenizer makes of it.
@@ -61,7 +73,7 @@ class InferenceRouter:
             )
         return model_id
 
-    def _resolve(self, request: Any, model_type: str = "llm", method: str = "") -> tuple[Any, Any]:
+    def _resolve(self, request: R, model_type: str = "llm", method: str = "") -> tuple[Inference, R]:
         """The provider serving the request's model, and the request naming the model by its model_id."""
         model_id = self.model_id(request.model)
         model = self._model_of[model_id]
@@ -77,7 +89,8 @@ class InferenceRouter:
             raise method_missing(Api.inference, method, provider)
         if model_id != request.model:
             request = request.model_copy(update={"model": model_id})
-        return provider.impl, request
+        impl: Inference = provider.impl
+        return impl, request
 
     def _with_system_prompt(self, model_id: str, dialog: Dialog) -> Dialog:
         prompt = self._system_prompt_of.get(model_id)

@@ -25,7 +25,7 @@ import importlib
 import importlib.metadata
 import inspect
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -45,9 +45,9 @@ hookspec = pluggy.HookspecMarker("llama_stack")
 hookimpl = pluggy.HookimplMarker("llama_stack")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class ProviderSpec:
-    """What a plugin declares about one provider type."""
+    """What a plugin declares about one provider type (APIs may be given by name: ``api="inference"``)."""
 
     api: Api
     # "inline::<name>" runs in the server process; "remote::<name>" calls a service.
@@ -58,18 +58,37 @@ class ProviderSpec:
     # ``factory(config, context)`` (sync or async) and returns an object satisfying the API's Protocol.
     factory: str
     # APIs whose providers this one needs; they are built first and handed over in ``context.deps``.
-    depends_on: tuple[Api, ...] = ()
+    depends_on: tuple[Api, ...]
     # APIs this one uses when the distribution serves them (an agent's memory banks or shields): built first
     # and handed over in ``context.deps`` when served, absent from it otherwise.
-    optional_depends_on: tuple[Api, ...] = ()
+    optional_depends_on: tuple[Api, ...]
     # What to install when the factory's imports are missing, e.g. "llama-stack-runtime[llama-cpp]".
-    requirements: tuple[str, ...] = ()
-    description: str = ""
+    requirements: tuple[str, ...]
+    description: str
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "api", Api(self.api))
-        object.__setattr__(self, "depends_on", tuple(Api(a) for a in self.depends_on))
-        object.__setattr__(self, "optional_depends_on", tuple(Api(a) for a in self.optional_depends_on))
+    def __init__(
+        self,
+        api: Api | str,
+        provider_type: str,
+        config_class: type[BaseModel],
+        factory: str,
+        depends_on: Iterable[Api | str] = (),
+        optional_depends_on: Iterable[Api | str] = (),
+        requirements: Iterable[str] = (),
+        description: str = "",
+    ) -> None:
+        fields = {
+            "api": Api(api),
+            "provider_type": provider_type,
+            "config_class": config_class,
+            "factory": factory,
+            "depends_on": tuple(Api(a) for a in depends_on),
+            "optional_depends_on": tuple(Api(a) for a in optional_depends_on),
+            "requirements": tuple(requirements),
+            "description": description,
+        }
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
         if not PROVIDER_TYPE.fullmatch(self.provider_type):
             raise ValueError(f"provider_type {self.provider_type!r} must look like 'inline::name' or 'remote::name'")
         if not FACTORY.fullmatch(self.factory):
@@ -206,8 +225,8 @@ def load_factory(spec: ProviderSpec) -> Callable[..., Any]:
     except ImportError as exc:
         hint = f"; install {' '.join(repr(r) for r in spec.requirements)}" if spec.requirements else ""
         raise ImportError(f"provider {spec.provider_type} cannot be loaded: {exc}{hint}") from exc
-    factory = getattr(module, attribute, None)
-    if factory is None or not callable(factory):
+    factory: object = getattr(module, attribute, None)
+    if not callable(factory):
         raise ImportError(f"provider {spec.provider_type}: {spec.factory} names nothing callable")
     return factory
 

@@ -71,7 +71,9 @@ class Stack:
     def _build_order(self) -> list[Api]:
         graph: dict[Api, set[Api]] = {}
         for api, entry in self.config.provider_entries():
-            spec = self.registry.get(api, entry.provider_type).spec  # type: ignore[union-attr]
+            registered = self.registry.get(api, entry.provider_type)
+            assert registered is not None  # validate_provider_configs checked it
+            spec = registered.spec
             missing = [d for d in spec.depends_on if d not in self.config.apis]
             if missing:
                 raise ConfigError(

@@ -108,26 +108,34 @@ class ApiRouter:
 
     def _routed(self, name: str, rule: Rule) -> Callable[..., Awaitable[Any]]:
         signature = inspect.signature(getattr(PROTOCOLS[self.api], name))
-        handler = {
-            ByModel: self._by_model,
-            ByOwner: self._by_owner,
-            Creates: self._creates,
-            ByShield: self._by_shield,
-            ByTool: self._by_tool,
-            AllProviders: self._all_providers,
-            FirstProvider: self._first_provider,
-        }[type(rule)]
 
         async def routed(*args: Any, **kwargs: Any) -> Any:
             bound = signature.bind(None, *args, **kwargs)
             bound.apply_defaults()
             arguments = dict(bound.arguments)
             arguments.pop(next(iter(signature.parameters)))  # self
-            return await handler(name, rule, arguments)  # type: ignore[operator]
+            return await self._handle(name, rule, arguments)
 
         routed.__name__ = name
         routed.__doc__ = getattr(PROTOCOLS[self.api], name).__doc__
         return routed
+
+    async def _handle(self, name: str, rule: Rule, arguments: dict[str, Any]) -> Any:
+        if isinstance(rule, ByModel):
+            return await self._by_model(name, rule, arguments)
+        if isinstance(rule, ByOwner):
+            return await self._by_owner(name, rule, arguments)
+        if isinstance(rule, Creates):
+            return await self._creates(name, rule, arguments)
+        if isinstance(rule, ByShield):
+            return await self._by_shield(name, rule, arguments)
+        if isinstance(rule, ByTool):
+            return await self._by_tool(name, rule, arguments)
+        if isinstance(rule, AllProviders):
+            return await self._all_providers(name, rule, arguments)
+        if isinstance(rule, FirstProvider):
+            return await self._call(self._first, name, arguments)
+        raise TypeError(f"{self.api.value}.{name}: no routing for {type(rule).__name__}")
 
     async def _call(self, provider: RoutedProvider, name: str, arguments: Mapping[str, Any]) -> Any:
         method = getattr(provider.impl, name, None)
@@ -320,6 +328,3 @@ class ApiRouter:
                     self._remember(rule.resource, str(_get({"item": item}, f"item.{rule.item_field}")), provider)
                 joined.append(item)
         return joined
-
-    async def _first_provider(self, name: str, rule: FirstProvider, arguments: dict[str, Any]) -> Any:
-        return await self._call(self._first, name, arguments)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -83,7 +83,8 @@ async def _sse_frames(endpoint: Endpoint, chunks: AsyncIterator[Any]) -> AsyncIt
     A route with a ``stream_end`` (OpenAI's ``[DONE]``) gets that as a last ``data:`` frame when the stream
     ended normally.
     """
-    dump = endpoint.chunk_adapter.dump_json  # type: ignore[union-attr]
+    assert endpoint.chunk_adapter is not None  # only streaming endpoints stream
+    dump = endpoint.chunk_adapter.dump_json
     exclude_none = endpoint.route.exclude_none
     try:
         async for chunk in chunks:
@@ -103,7 +104,7 @@ async def _sse_frames(endpoint: Endpoint, chunks: AsyncIterator[Any]) -> AsyncIt
             await aclose()
 
 
-def make_handler(stack: Stack, endpoint: Endpoint):
+def make_handler(stack: Stack, endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
     async def handle(request: Request) -> Response:
         impl = endpoint.implementation(stack)
         body = endpoint.decode_body(await request.body()) if endpoint.body_adapter is not None else None
@@ -225,7 +226,7 @@ def create_app(stack: Stack) -> FastAPI:
                 headers={"Allow": methods},
             )
         error = LlamaStackError(str(exc.detail))
-        error.status, error.type = exc.status_code, "http_error"  # type: ignore[misc]
+        error.status, error.type = exc.status_code, "http_error"
         return error_response(error, path=path)
 
     @app.exception_handler(RequestValidationError)
@@ -252,7 +253,7 @@ def _allowed_methods(app: FastAPI, path: str) -> list[str]:
     methods: set[str] = set()
     for route in app.router.routes:
         if isinstance(route, APIRoute) and route.path_regex.match(path):
-            methods |= route.methods
+            methods |= route.methods or set()
     return sorted(methods)
 
 
