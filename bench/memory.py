@@ -63,7 +63,11 @@ def distribution(directory: Path, memory: dict[str, Any], device: str) -> Path:
         "apis": ["inference", "memory_banks"],
         "providers": {
             "inference": [
-                {"provider_id": "st", "provider_type": "inline::sentence-transformers", "config": {"device": device}}
+                {
+                    "provider_id": "st",
+                    "provider_type": "inline::sentence-transformers",
+                    "config": {"device": device, "load_in_background": False},  # timed once loaded
+                }
             ],
             "memory_banks": [memory],
         },

@@ -327,8 +327,8 @@ def free_port() -> int:
 def wait_for_health(
     base_url: str, process: subprocess.Popen[bytes], timeout: float = 120.0, output: IO[bytes] | None = None
 ) -> None:
-    """Poll /health until the server answers (or the process dies, failing with ``output``, its stderr so far);
-    the model loads before it answers."""
+    """Poll /health until the server answers and every model is ready (or the process dies, failing with
+    ``output``, its stderr so far; or a model fails to load)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -337,10 +337,16 @@ def wait_for_health(
                 said.seek(0)
             raise RuntimeError(f"server exited with {process.returncode}: {said.read().decode() if said else ''}")
         try:
-            if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
-                return
+            health = httpx.get(f"{base_url}/health", timeout=1)
         except httpx.TransportError:
             pass
+        else:
+            readiness = health.json().get("models", {}) if health.status_code == 200 else {"server": "loading"}
+            failed = sorted(model for model, status in readiness.items() if status == "failed")
+            if failed:
+                raise RuntimeError(f"{base_url}: models {', '.join(failed)} failed to load")
+            if all(status == "ready" for status in readiness.values()):
+                return
         time.sleep(0.1)  # polling interval while the server starts, not a race cover
     raise TimeoutError(f"{base_url} did not become healthy in {timeout}s")
 
@@ -364,7 +370,8 @@ def serving(
     log: Path | None = None,
     health_timeout: float = 120.0,
 ) -> Iterator[Served]:
-    """``llama-stack run <distribution>`` on a free port, until the block ends; ready once /health answers.
+    """``llama-stack run <distribution>`` on a free port, until the block ends; ready once /health answers with
+    every model ready.
 
     ``env`` replaces the environment (default: this one); ``log`` collects the server's output (default: its
     stderr goes to an unnamed temporary file, so that a server dying at start-up fails the test with its own
