@@ -246,14 +246,27 @@ class LlamaStackClient:
         env: Mapping[str, str] | None = None,
         registry: ProviderRegistry | None = None,
         provider_data: Mapping[str, Any] | None = None,
+        wait_for_models: bool = True,
     ) -> LlamaStackClient:
-        """Start a distribution (a built-in name, a YAML path, or a Stack) in this process."""
+        """Start a distribution (a built-in name, a YAML path, or a Stack) in this process.
+
+        With ``wait_for_models`` (the default) it returns once every model is served, models that load in the
+        background included, so the first call does not meet a 503; a model that fails to load fails the start.
+        Without, it returns as soon as the stack serves (as the server does) and such calls answer 503 until then.
+        """
+        from .readiness import wait_until_loaded
         from .resolver import Stack
 
         stack = (
             distribution if isinstance(distribution, Stack) else Stack.from_distribution(distribution, env, registry)
         )
         await stack.start()
+        if wait_for_models:
+            try:
+                await wait_until_loaded(stack.models, {p.provider_id: p.impl for p in stack.providers.values()})
+            except BaseException:
+                await stack.shutdown()
+                raise
         return cls(LibraryTransport(stack, provider_data))
 
     async def aclose(self) -> None:

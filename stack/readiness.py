@@ -5,7 +5,9 @@ is already served). It says how each is doing through an optional method, sync o
 
     def model_status(self, model_id: str) -> Literal["ready", "loading", "failed"]
 
-A provider without it serves its models once it has started: they count as ready.
+A provider without it serves its models once it has started: they count as ready. A provider that loads in
+the background may also offer ``async def loaded(self, model_id)``, which returns once the model is served (and
+raises the error its calls answer if it could not be loaded): in-process callers wait on it rather than retry.
 """
 
 from __future__ import annotations
@@ -34,6 +36,16 @@ async def models_readiness(models: Iterable[Model], providers: Mapping[str, Any]
     served = list(models)
     answers = await asyncio.gather(*(model_readiness(providers.get(m.provider_id), m) for m in served))
     return {model.model_id: answer for model, answer in zip(served, answers, strict=True)}
+
+
+async def wait_until_loaded(models: Iterable[Model], providers: Mapping[str, Any]) -> None:
+    """Return once every model is served (each provider's optional ``loaded``); a failed load raises its error."""
+    waits = []
+    for model in models:
+        loaded = getattr(providers.get(model.provider_id), "loaded", None)
+        if callable(loaded):
+            waits.append(loaded(model.model_id))
+    await asyncio.gather(*waits)
 
 
 async def model_readiness(provider: Any, model: Model) -> ModelReadiness:

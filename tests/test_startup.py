@@ -8,6 +8,7 @@ the test to open a gate (and then answers a tiny fake encoder, or fails): no tor
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import threading
@@ -24,6 +25,7 @@ from memory_support import MINILM, document, faiss_provider, memory_distribution
 
 from llama_stack.apis.errors import ProviderError
 from llama_stack.apis.inspect import Model
+from llama_stack.client import LlamaStackClient
 from llama_stack.providers.inline.sentence_transformers import provider as st_provider
 from llama_stack.readiness import models_readiness
 from llama_stack.resolver import Stack
@@ -256,3 +258,36 @@ async def test_readiness_is_what_each_provider_reports_and_ready_without_a_repor
         "e": "failed",  # a provider that cannot say is not claimed ready
         "f": "failed",
     }
+
+
+def background_distribution(tmp_path: Path) -> Path:
+    inference = [
+        {"provider_id": PROVIDER, "provider_type": "inline::sentence-transformers", "config": {}},
+        {"provider_id": "replay", "provider_type": "inline::replay", "config": {}},
+    ]
+    return memory_distribution(tmp_path, faiss_provider(), inference=inference, model_list=models())
+
+
+async def test_the_library_client_returns_once_background_models_are_loaded(tmp_path, replay_registry, gated):
+    starting = asyncio.create_task(
+        LlamaStackClient.library(background_distribution(tmp_path), registry=replay_registry)
+    )
+    # The stack is up (its embedder registered and loading) while library() still waits on the load.
+    while not gated.calls:
+        await asyncio.sleep(0.01)  # polls the load's own counter; no outcome depends on the delay
+    assert not starting.done()
+    gated.gate.set()
+    client = await starting
+    try:
+        answer = await client.inference.embeddings(**EMBED)
+        assert len(answer.embeddings[0]) == 3
+    finally:
+        await client.aclose()
+
+
+async def test_the_library_client_fails_its_start_when_a_model_cannot_load(tmp_path, replay_registry, gated):
+    gated.failure = RuntimeError("weights are corrupt")
+    gated.gate.set()
+    with pytest.raises(ProviderError) as error:
+        await LlamaStackClient.library(background_distribution(tmp_path), registry=replay_registry)
+    assert "weights are corrupt" in error.value.message and error.value.provider == PROVIDER
