@@ -17,10 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from llama_stack.apis.errors import (
     ConflictError,
@@ -189,7 +189,7 @@ class ModelWorker:
         self._executor.shutdown(wait=True)
 
 
-class WorkerStream:
+class WorkerStream(AsyncIterator[Any]):
     """The items of one streamed job: ``fn(job, *args, emit)`` runs on the model's worker, and each
     ``emit(item)`` (from the worker thread) wakes the event loop with it; the job's future comes last.
 
@@ -212,14 +212,13 @@ class WorkerStream:
                 released.set_result(None)
 
         self._done = True  # until submitted (a refused job leaves nothing to stop)
-        emit = partial(loop.call_soon_threadsafe, queue.put_nowait)
+        # Per item: a partial, no Python frame of ours (typeshed's signature for call_soon_threadsafe takes
+        # the callback's arguments as a TypeVarTuple, which mypy cannot match with a partial).
+        emit = partial(cast(Any, loop.call_soon_threadsafe), queue.put_nowait)
         self._job, self._future = worker.submit(fn, *args, emit, on_done=on_done)
         self._queue = queue
         self._released = released
         self._done = False
-
-    def __aiter__(self) -> WorkerStream:
-        return self
 
     async def _next_item(self) -> Any:
         try:

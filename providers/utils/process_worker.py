@@ -201,7 +201,7 @@ class WorkerProcess:
                 raise WorkerCrashed(self._reap()) from None
         finally:
             job.on_cancel = None
-        if message.__class__ is Raised:
+        if isinstance(message, Raised):
             raise message.rebuilt()
         return message.result
 

@@ -97,16 +97,18 @@ class LlamaCppEngine:
         self.worker = ModelWorker(model_id, provider_id, "llama-cpp", config.max_queue, runner)
         self._checks = ModelWorker(model_id, provider_id, "llama-cpp-vocab", _CHECKS_QUEUED, runner)
         self.workers = [self.worker, self._checks]
-        supervised = {"model_id": model_id, "provider_id": provider_id, "env": _engine_env(config)}
+        env = _engine_env(config)
         self._vocabulary = SupervisedWorker(
             engine="llama.cpp (vocabulary)",
+            model_id=model_id,
+            provider_id=provider_id,
             opener=open_vocabulary,
             argument=VocabularySpec(path=str(path), verbose=config.verbose),
             worker=self._checks,
+            env=env,
             # It crashes only on a grammar a request sent (that request gets a 400), and reloads in a moment:
             # others' checks should not wait out a backoff.
             backoff=no_backoff,
-            **supervised,
         )
         spec = LlamaSpec(
             path=str(path),
@@ -117,7 +119,13 @@ class LlamaCppEngine:
             python_tag=False,
         )
         self._generations = SupervisedWorker(
-            engine="llama.cpp", opener=open_llama, argument=spec, worker=self.worker, **supervised
+            engine="llama.cpp",
+            model_id=model_id,
+            provider_id=provider_id,
+            opener=open_llama,
+            argument=spec,
+            worker=self.worker,
+            env=env,
         )
         self.loaded: LoadedFacts | None = None
 

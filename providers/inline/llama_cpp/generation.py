@@ -21,7 +21,8 @@ from typing import Any, Protocol
 
 import llama_cpp
 import numpy as np
-from llama_cpp import Llama, LlamaGrammar, LogitsProcessorList
+from llama_cpp import Llama, LogitsProcessorList
+from llama_cpp.llama_grammar import LlamaGrammar
 
 from llama_stack.apis.common import StopReason
 from llama_stack.apis.inference import PromptTokenLogprob, SamplingParams, TokenLogprob, TopLogprob, Usage
@@ -261,7 +262,7 @@ def pump(job: CancellableJob, model: LoadedModel, gen: Gen, emit: Callable[[Any]
     n_ctx = llm.n_ctx()
     if len(prompt) >= n_ctx:
         raise ValueError(f"Requested tokens ({len(prompt)}) exceed context window of {n_ctx}")
-    scored_prompt = None
+    scored_prompt: list[PromptTokenLogprob] | None = None
     evaluated = False  # the prompt was just evaluated afresh (by the scoring), and is in the KV cache
     if gen.prompt_logprobs is not None:
         scored_prompt = []

@@ -25,7 +25,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import jinja2
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -140,7 +140,8 @@ class _ModelSlot:
             llama3_header=header,
         )
         try:
-            return self.formatter(messages=messages, **extra).prompt
+            # render_messages writes the OpenAI-shaped dicts the formatter's TypedDicts describe.
+            return self.formatter(messages=cast(Any, messages), **extra).prompt
         except (jinja2.TemplateError, ValueError) as exc:  # templates may refuse a dialog (raise_exception)
             raise BadRequestError(
                 f"model {self.model.model_id!r}: its chat template refused {where}: {exc}",

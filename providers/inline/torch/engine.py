@@ -277,7 +277,8 @@ def _load_weights(source: Source, adapter: Path | None, device: torch.device, dt
         common["gguf_file"] = source.gguf_file
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.directory, **common)
-        model = AutoModelForCausalLM.from_pretrained(source.directory, **common, **{_dtype_argument(): dtype})
+        # Any: what transformers' stubs say of a model's methods (to() wrapped by a decorator) is not what it does.
+        model: Any = AutoModelForCausalLM.from_pretrained(source.directory, **common, **{_dtype_argument(): dtype})
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise BadRequestError(f"transformers could not load {str(source)!r}: {type(exc).__name__}: {exc}") from exc
     if adapter is not None:

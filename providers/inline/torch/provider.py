@@ -28,12 +28,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 import torch
 
-from llama_stack.apis.common import Content, Dialog, ToolDefinition
+from llama_stack.apis.common import Content, Dialog, ToolCall, ToolDefinition
 from llama_stack.apis.errors import BadRequestError, LlamaStackError, NotSupportedError, ServiceUnavailableError
 from llama_stack.apis.inference import (
     BatchChatCompletionRequest,
@@ -84,11 +84,14 @@ from .engine import (
     stream_job,
 )
 
+if TYPE_CHECKING:
+    from llguidance._lib import JsonCompileOptions  # an optional dependency: imported when a grammar is made
+
 log = logging.getLogger(__name__)
 
 # Whitespace inside constrained JSON is the compact kind: a small model left free to add whitespace can
 # spend its whole budget on it.
-_GRAMMAR_DEFAULTS = {"whitespace_flexible": False}
+_GRAMMAR_DEFAULTS: JsonCompileOptions = {"whitespace_flexible": False}
 
 
 async def build(config: TorchConfig, context: ProviderContext) -> TorchInference:
@@ -180,9 +183,10 @@ def _completion_response(row: Row) -> CompletionResponse:
 
 
 def _chat_response(row: Row, options: _Options) -> ChatCompletionResponse:
-    content, calls = row.text, []
-    if options.tools:
-        content, calls = parse_tool_calls(row.text, options.tool_format, options.tools)  # type: ignore[arg-type]
+    content = row.text
+    calls: list[ToolCall] = []
+    if options.tools and options.tool_format is not None:
+        content, calls = parse_tool_calls(row.text, options.tool_format, options.tools)
     return ChatCompletionResponse(
         content=content, tool_calls=calls, stop_reason=row.stop_reason, logprobs=_logprobs(row), usage=row.usage
     )
@@ -285,7 +289,9 @@ class TorchInference:
         )
 
     def _open_stream(self, slot: _ModelSlot, prepared: _Prepared, options: _Options, chunk: ChunkType) -> ChunkStream:
-        tools = ToolCallStream(options.tool_format, options.tools) if options.tools else None  # type: ignore[arg-type]
+        tools = None
+        if options.tools and options.tool_format is not None:
+            tools = ToolCallStream(options.tool_format, options.tools)
         return ChunkStream(
             slot.worker,
             chunk,
