@@ -228,6 +228,8 @@ class ApiRouter:
         if rule.model_field is not None:
             model = self._models.find(_get(arguments, rule.model_field))
             if model is not None and model.provider_id in self.providers:
+                if model.model_id != _get(arguments, rule.model_field):  # an alias: the provider knows the id
+                    _set(arguments, rule.model_field, model.model_id)
                 return self.providers[model.provider_id]
         return self._first
 
@@ -275,9 +277,16 @@ class ApiRouter:
             arguments["request"] = request.model_copy(update={"params": params, "shield_id": shield.shield_id})
             return await self._call(self.providers[shield.provider_id], name, arguments)
         provider = self._provider_serving_shield_type(shield_type)
+        if provider is None and len(self.providers) == 1:
+            provider = self._first  # it says best why it cannot
         if provider is None:
+            served = "; ".join(
+                f"{p.provider_id}: {', '.join(getattr(t, 'value', t) for t in p.impl.shield_types)}"
+                for p in self.providers.values()
+            )
             raise NotFoundError(
-                f"No shield of type {shield_type} is served (registered shields: {registered})",
+                f"No shield of type {shield_type} is served (registered shields: {registered}; provider types: "
+                f"{served})",
                 param="shield_type",
                 code="shield_not_found",
             )

@@ -36,6 +36,8 @@ class EmissarySafety(RemoteAdapter[EmissarySafetyConfig]):
         super().__init__(config, service)
         self._inliner = AttachmentInliner(config.attachments)
         self._unsafe = {label.lower() for label in config.unsafe_labels}
+        # The types this provider serves: the stack routes a shield_type only to a provider that serves it.
+        self.shield_types = tuple(config.shield_types)
 
     async def run_shield(self, request: RunShieldRequest) -> RunShieldResponse:
         self._check_shield_type(request.shield_type)

@@ -49,6 +49,9 @@ VERDICT_MAX_TOKENS = 32
 
 
 class TogetherSafety(RemoteAdapter[TogetherSafetyConfig]):
+    # The types this provider serves: the stack routes a shield_type only to a provider that serves it.
+    shield_types = (ShieldType.llama_guard,)
+
     def __init__(self, config: TogetherSafetyConfig, service: RemoteService):
         super().__init__(config, service)
         self._inliner = AttachmentInliner(config.attachments)
