@@ -351,6 +351,25 @@ async def test_failed_and_timed_out_jobs_are_failed(client, emissary, vendor_sta
     assert logs.log_lines[-1] == f"2021-09-30T21:21:40Z [error] status: {vendor_status}, progress 0%"
 
 
+@pytest.mark.parametrize("odd_status", [None, ["Running"], {"phase": "Running"}], ids=["null", "list", "object"])
+async def test_a_job_status_that_is_not_a_name_is_a_502_and_the_logs_still_answer(client, emissary, odd_status):
+    await client.post_training.supervised_fine_tune(**sft("odd"))
+    job = training.job_by_name(emissary, "odd")
+    # Off Emissary's spec on purpose (its fake would not answer so): a scripted answer for the status and logs reads.
+    odd_job = {**job, "status": odd_status, "training_loss": 0.42}  # a bare number where loss points belong
+    emissary.fail(
+        "GET", "/v1/projects/{project_id}/training-jobs/{training_job_id}", Fault("status", 200, odd_job), times=2
+    )
+
+    with pytest.raises(ProviderError) as refused:
+        await client.post_training.get_training_job_status(job_uuid="odd")
+
+    assert refused.value.status == 502
+    assert f"reported status {odd_status!r}" in refused.value.message and "does not know" in refused.value.message
+    logs = await client.post_training.get_training_job_logs(job_uuid="odd")
+    assert logs.log_lines[-1].endswith(f"[info] status: {odd_status}, progress 0%")
+
+
 async def test_logs_are_made_from_status_progress_and_training_loss(client, emissary):
     await client.post_training.supervised_fine_tune(**sft("logged"))
     job = training.job_by_name(emissary, "logged")

@@ -164,8 +164,10 @@ class BankIndex:
         return self._hnsw_search(query, k, allowed, hnsw.ef_search)
 
     def _flat_search(self, query: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[list[int], list[float]]:
-        keep = None if allowed is None else faiss.IDSelectorBatch(allowed)
-        params = faiss.SearchParameters(sel=keep) if keep is not None else None
+        params = None
+        if allowed is not None:
+            params = faiss.SearchParameters()
+            params.sel = faiss.IDSelectorBatch(allowed)  # faiss keeps the selector alive with params
         scores, ids = self.index.search(query, k, params=params)
         return _found(ids[0], scores[0])
 
@@ -182,7 +184,8 @@ class BankIndex:
         want = min(k, available)
         ef = max(ef_search, k)
         while True:
-            params = faiss.SearchParametersHNSW(efSearch=ef)
+            # faiss's bundled stubs (1.15) omit SearchParametersHNSW, which the library has.
+            params = faiss.SearchParametersHNSW(efSearch=ef)  # type: ignore[attr-defined]
             if keep is not None:
                 params.sel = keep
             scores, ids = self.index.search(query, k, params=params)
@@ -251,7 +254,7 @@ def write_index_file(state: BankIndex, path: Path, generation: int) -> None:
         }
     ).encode()
     payload = faiss.serialize_index(state.index)
-    checksum = zlib.crc32(payload, zlib.crc32(header))
+    checksum = zlib.crc32(payload.data, zlib.crc32(header))
     temporary = path.with_name(path.name + ".tmp")
     with open(temporary, "wb") as out:
         out.write(_PREFIX.pack(INDEX_MAGIC, len(header), checksum))

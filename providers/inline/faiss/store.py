@@ -38,6 +38,7 @@ import logging
 import os
 import re
 import sqlite3
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -67,10 +68,8 @@ from .bank_index import (
 )
 from .config import FaissConfig
 
-try:  # POSIX; elsewhere the database is not guarded against a second process.
+if sys.platform != "win32":  # POSIX; on Windows the database is not guarded against a second process.
     import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
 
@@ -304,7 +303,7 @@ class FaissStore:
                         bank.rerank_model,
                     ),
                 )
-                bank_id = int(cursor.lastrowid)
+                bank_id = _inserted_rowid(cursor)
                 # Per bank, so BM25's document frequencies are the bank's own. External content: the text
                 # is stored once, in chunks.
                 self._sql.execute(
@@ -426,7 +425,7 @@ class FaissStore:
             "INSERT INTO documents (bank_id, uuid, content, mime_type, metadata) VALUES (?, ?, ?, ?, ?)",
             (state.bank_id, document.uuid, document.content, document.mime_type, json.dumps(document.metadata)),
         )
-        document_id = int(cursor.lastrowid)
+        document_id = _inserted_rowid(cursor)
         try:
             self._sql.executemany(
                 "INSERT INTO chunks (bank_id, document_id, chunk_index, text, vector) VALUES (?, ?, ?, ?, ?)",
@@ -770,13 +769,21 @@ def _statements(script: str) -> Iterable[str]:
     return (statement.strip() for statement in script.split(";") if statement.strip())
 
 
+def _inserted_rowid(cursor: sqlite3.Cursor) -> int:
+    """The rowid of the row the cursor's INSERT added (sqlite3 has None only for a cursor that inserted nothing)."""
+    rowid = cursor.lastrowid
+    if rowid is None:
+        raise RuntimeError("sqlite3 reported no rowid for an INSERT")
+    return rowid
+
+
 def _no_vectors(state: BankIndex) -> np.ndarray:
     return np.empty((0, state.dimension), dtype=np.float32)
 
 
 def _lock(path: Path, db_path: Path, provider: str) -> int | None:
     """Hold an exclusive lock on ``path`` for as long as the store is open (released if the process dies)."""
-    if fcntl is None:
+    if sys.platform == "win32":
         return None
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:

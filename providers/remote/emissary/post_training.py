@@ -128,14 +128,15 @@ class EmissaryPostTraining(RemotePostTraining[EmissaryPostTrainingConfig]):
         return PostTrainingJob(job_uuid=request.job_uuid)
 
     async def preference_optimize(self, request: PostTrainingRLHFRequest) -> PostTrainingJob:
-        if request.algorithm != RLHFAlgorithm.grpo:
+        grpo = request.algorithm_config
+        # The request's own check pairs algorithm 'grpo' with a GRPOAlignmentConfig; isinstance types it.
+        if request.algorithm != RLHFAlgorithm.grpo or not isinstance(grpo, GRPOAlignmentConfig):
             raise NotSupportedError(
                 f"{VENDOR} has no {request.algorithm.value.upper()} training: use algorithm 'grpo' with reward "
                 f"functions (provider '{self._id}'), or a remote::together provider for DPO",
                 provider=self._id,
                 param="algorithm",
             )
-        grpo: GRPOAlignmentConfig = request.algorithm_config  # type: ignore[assignment]
         self._check_request(request)
         with self.store.creating(request.job_uuid):
             await self._check_reward_functions(grpo)
@@ -179,8 +180,7 @@ class EmissaryPostTraining(RemotePostTraining[EmissaryPostTrainingConfig]):
             )
 
     async def _check_base_model(self, model: str, param: str) -> None:
-        listed = await self.service.json("GET", "/v1/models") or []
-        names = [m.get("name") for m in listed if isinstance(m, dict) and isinstance(m.get("name"), str)]
+        names = _listed_names(await self.service.json("GET", "/v1/models"))
         if names and model not in names:
             raise BadRequestError(
                 f"{VENDOR} has no base model {model!r}; it trains {', '.join(names)}. Name one of them, or map the "
@@ -191,8 +191,7 @@ class EmissaryPostTraining(RemotePostTraining[EmissaryPostTrainingConfig]):
             )
 
     async def _check_reward_functions(self, grpo: GRPOAlignmentConfig) -> None:
-        listed = await self.service.json("GET", "/v1/testing-functions") or []
-        available = [f.get("name") for f in listed if isinstance(f, dict) and isinstance(f.get("name"), str)]
+        available = _listed_names(await self.service.json("GET", "/v1/testing-functions"))
         unknown = [name for name in grpo.reward_functions if name not in available]
         if unknown:
             raise BadRequestError(
@@ -331,10 +330,26 @@ class EmissaryPostTraining(RemotePostTraining[EmissaryPostTrainingConfig]):
 
     def _resources(self, record: TrainingJobRecord, job: dict[str, Any]) -> dict[str, Any]:
         resources = {"project_id": record.details.get("project_id"), **super()._resources(record, job)}
-        losses = [point for point in job.get("training_loss") or [] if isinstance(point, dict) and "loss" in point]
+        losses = [point for point in _loss_points(job) if "loss" in point]
         if losses:
             resources["training_loss"] = losses[-1]["loss"]
         return resources
+
+
+def _listed_names(listed: Any) -> list[str]:
+    """The names in a vendor listing (a JSON array of objects with a ``name``); other entries are skipped."""
+    names: list[str] = []
+    for entry in listed if isinstance(listed, list) else []:
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if isinstance(name, str):
+            names.append(name)
+    return names
+
+
+def _loss_points(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """The job's training loss points as Emissary lists them (entries that are not objects are skipped)."""
+    points = job.get("training_loss")
+    return [point for point in points if isinstance(point, dict)] if isinstance(points, list) else []
 
 
 def _log_lines(job: dict[str, Any]) -> list[str]:
@@ -344,15 +359,15 @@ def _log_lines(job: dict[str, Any]) -> list[str]:
         f"{iso(parse_timestamp(job.get('created_at')))} [info] job_created: {technique} job {job.get('id')} "
         f"({job.get('name')}) on {job.get('base_fine_tuned_model') or job.get('base_model')}"
     ]
-    points = [p for p in job.get("training_loss") or [] if isinstance(p, dict)]
+    points = _loss_points(job)
     for index, point in enumerate(points, 1):
         lines.append(
             f"{iso(parse_timestamp(point.get('timestamp')))} [info] training_loss point={index}/{len(points)}: loss={point.get('loss')}"
         )
     status = job.get("status")
+    level = LOG_LEVELS.get(status, "info") if isinstance(status, str) else "info"
     lines.append(
-        f"{iso(parse_timestamp(job.get('updated_at')))} [{LOG_LEVELS.get(status, 'info')}] status: {status}, "
-        f"progress {job.get('progress', 0)}%"
+        f"{iso(parse_timestamp(job.get('updated_at')))} [{level}] status: {status}, progress {job.get('progress', 0)}%"
     )
     return lines
 

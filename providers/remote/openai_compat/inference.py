@@ -72,7 +72,7 @@ from .config import ENV_VAR, PROVIDER_DATA_KEY, OpenAICompatConfig
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 _USER_IMAGES_ONLY = "images can only be sent in user messages (OpenAI's API takes image_url parts there alone)"
 _TEXT_PROMPT_ONLY = "a text completion's prompt is text; send images in a chat_completion user message"
@@ -420,10 +420,10 @@ class OpenAICompatInference:
         return fields
 
     # ---------------------------------------------------------------------------------- answers
-    def _parse(self, shape: type[T], payload: Any, what: str) -> T:
+    def _parse(self, shape: type[ModelT], payload: Any, what: str) -> ModelT:
         """``payload`` as ``shape``; a 502 naming the field that is off."""
         try:
-            return shape.model_validate(payload)  # type: ignore[attr-defined,no-any-return]
+            return shape.model_validate(payload)
         except PydanticValidationError as exc:
             error = exc.errors(include_url=False)[0]
             where = ".".join(str(p) for p in error["loc"]) or "the body"

@@ -9,7 +9,7 @@ See docs/providers/together-inference.md.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from typing import Any, TypeVar
@@ -241,7 +241,7 @@ class TogetherInference:
         with self._unknown_model(vendor_model):
             return await self.service.json("POST", path, json_body=body)
 
-    async def _open_stream(self, path: str, body: dict[str, Any], vendor_model: str) -> AsyncIterator[Any]:
+    async def _open_stream(self, path: str, body: dict[str, Any], vendor_model: str) -> AsyncGenerator[Any, None]:
         with self._unknown_model(vendor_model):
             return await self.service.open_stream("POST", path, json_body=body)
 

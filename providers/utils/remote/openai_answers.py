@@ -16,7 +16,7 @@ reader's :attr:`~OpenAIAnswerReader.unstated_finish`.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, TypeGuard
@@ -380,14 +380,14 @@ class OpenAIAnswerReader:
 
     # ---- streams
     async def chat_chunks(
-        self, events: AsyncIterator[Any], top: int | None
+        self, events: AsyncGenerator[Any, None], top: int | None
     ) -> AsyncIterator[ChatCompletionResponseStreamChunk]:
         """Text as it comes; the tool calls, gathered from their fragments, in order at the end; then the stop
         reason and the usage (of the last event that has one)."""
         calls = ToolCallAssembler()
         finish: Any = None
         usage: Usage | None = None
-        async with aclosing(events):  # type: ignore[type-var]
+        async with aclosing(events):
             async for event in events:
                 event = self._event(event, "a chat stream event")
                 usage = usage_of(event.get("usage")) or usage
@@ -408,12 +408,12 @@ class OpenAIAnswerReader:
         yield ChatCompletionResponseStreamChunk(text_delta="", stop_reason=self.stop_reason(finish), usage=usage)
 
     async def completion_chunks(
-        self, events: AsyncIterator[Any], top: int | None
+        self, events: AsyncGenerator[Any, None], top: int | None
     ) -> AsyncIterator[CompletionResponseStreamChunk]:
         """Text as it comes, then the stop reason and the usage (of the last event that has one)."""
         finish: Any = None
         usage: Usage | None = None
-        async with aclosing(events):  # type: ignore[type-var]
+        async with aclosing(events):
             async for event in events:
                 event = self._event(event, "a completion stream event")
                 usage = usage_of(event.get("usage")) or usage

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import random
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -229,7 +229,7 @@ class RemoteService:
 
     async def open_stream(
         self, method: str, path: str, *, json_body: Any, end_marker: str | None = "[DONE]"
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncGenerator[Any, None]:
         """Start a server-sent-event stream (retrying before its first byte); iterate the decoded events.
 
         Awaiting this sends the request, so a refused request fails here, as an ordinary error status,
@@ -240,7 +240,7 @@ class RemoteService:
 
     async def _events(
         self, response: httpx.Response, method: str, path: str, end_marker: str | None
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncGenerator[Any, None]:
         received = 0
         # The stream is read after the request's handler has returned (its provider data gone): the
         # credentials to scrub are the ones this request was sent with.

@@ -313,7 +313,8 @@ class RemotePostTraining(RemoteAdapter[ConfigT], abc.ABC):
 
     def _map_status(self, record: TrainingJobRecord, job: dict[str, Any]) -> PostTrainingJobStatus:
         status = job.get("status")
-        if status not in self.statuses:
+        # A status that is not a string (null, a list, an object) is as unknown as a new status name.
+        if not isinstance(status, str) or status not in self.statuses:
             raise ProviderError(
                 f"{self.service.name} reported status {status!r} for job {record.job_uuid} ({record.vendor_job_id}), "
                 "which this provider does not know",

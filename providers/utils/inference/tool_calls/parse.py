@@ -96,10 +96,13 @@ class CallReader:
         except ValueError:
             return None
         items = value if isinstance(value, list) else [value]
-        calls = [self.call_from_object(item) for item in items]
-        if not calls or any(c is None for c in calls):
-            return None
-        return calls  # type: ignore[return-value]
+        calls: list[tuple[str, dict[str, Any]]] = []
+        for item in items:
+            call = self.call_from_object(item)
+            if call is None:  # one item that is not a call: the text is not a list of calls
+                return None
+            calls.append(call)
+        return calls or None
 
     def calls_from_json_sequence(self, text: str) -> list[tuple[str, dict[str, Any]]] | None:
         """One or more JSON calls separated by whitespace or semicolons."""
