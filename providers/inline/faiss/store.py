@@ -329,11 +329,11 @@ class FaissStore:
     def _get_bank(self, bank_uuid: str, counts: bool = True) -> BankRecord | None:
         columns = self._BANK_COLUMNS if counts else f"{self._BANK_SETTINGS}, 0, 0"
         row = self._sql.execute(f"SELECT {columns} FROM banks b WHERE b.uuid = ?", (bank_uuid,)).fetchone()
-        return _bank_record(row) if row else None
+        return BankRecord.from_row(row) if row else None
 
     def _list_banks(self, counts: bool = True) -> list[BankRecord]:
         columns = self._BANK_COLUMNS if counts else f"{self._BANK_SETTINGS}, 0, 0"
-        return [_bank_record(row) for row in self._sql.execute(f"SELECT {columns} FROM banks b ORDER BY b.id")]
+        return [BankRecord.from_row(row) for row in self._sql.execute(f"SELECT {columns} FROM banks b ORDER BY b.id")]
 
     def _drop_bank(self, bank_uuid: str) -> bool:
         state = self._banks.get(bank_uuid)
@@ -746,23 +746,6 @@ class FaissStore:
 
 def _fts(bank_id: int) -> str:
     return f"chunks_fts_{int(bank_id)}"
-
-
-def _bank_record(row: tuple[Any, ...]) -> BankRecord:
-    uuid, name, model, dimension, size, overlap, kind, hybrid, rerank, documents, chunks = row
-    return BankRecord(
-        uuid=uuid,
-        name=name,
-        embedding_model=model,
-        embedding_dimension=dimension,
-        chunk_size_tokens=size,
-        overlap_tokens=overlap,
-        index=kind,
-        hybrid=bool(hybrid),
-        rerank_model=rerank,
-        document_count=documents,
-        chunk_count=chunks,
-    )
 
 
 def _statements(script: str) -> Iterable[str]:

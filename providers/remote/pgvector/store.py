@@ -457,7 +457,7 @@ class PGVectorStore:
 
         async def work(conn: psycopg.AsyncConnection[Any]) -> list[BankRecord]:
             rows = await (await conn.execute(query, params)).fetchall()
-            return [_bank_record(row) for row in rows]
+            return [BankRecord.from_row(row) for row in rows]
 
         return await self._transaction(work)
 
@@ -780,21 +780,3 @@ def _describe_server(config: PGVectorConfig) -> str:
         host, port, db, user = config.host, str(config.port), config.db, config.user
     who = f" as {user!r}" if user else ""
     return f"{host}:{port}/{db}{who}"
-
-
-def _bank_record(row: Sequence[Any]) -> BankRecord:
-    """A bank from a row of ``_BANK_SETTINGS``'s columns followed by its document and chunk counts."""
-    uuid, name, model, dimension, chunk_size, overlap, index, hybrid, rerank_model, documents, chunks = row
-    return BankRecord(
-        uuid=uuid,
-        name=name,
-        embedding_model=model,
-        embedding_dimension=dimension,
-        chunk_size_tokens=chunk_size,
-        overlap_tokens=overlap,
-        index=index,
-        hybrid=hybrid,
-        rerank_model=rerank_model,
-        document_count=int(documents),
-        chunk_count=int(chunks),
-    )

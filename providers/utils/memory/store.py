@@ -11,6 +11,7 @@ Durability contract: when a writing method returns, what it wrote survives a cra
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -30,6 +31,25 @@ class BankRecord:
     rerank_model: str | None
     document_count: int = 0
     chunk_count: int = 0
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> BankRecord:
+        """A bank from a row of its settings' columns, in the field order above, then its document and chunk
+        counts: how both stores read a bank back from SQL."""
+        uuid, name, model, dimension, chunk_size, overlap, index, hybrid, rerank_model, documents, chunks = row
+        return cls(
+            uuid=uuid,
+            name=name,
+            embedding_model=model,
+            embedding_dimension=dimension,
+            chunk_size_tokens=chunk_size,
+            overlap_tokens=overlap,
+            index=index,
+            hybrid=bool(hybrid),
+            rerank_model=rerank_model,
+            document_count=int(documents),
+            chunk_count=int(chunks),
+        )
 
 
 @dataclass
