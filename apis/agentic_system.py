@@ -11,6 +11,7 @@ from .common import (
     JsonObject,
     MemoryBankDocument,
     Message,
+    ProviderId,
     SafetyViolation,
     Schema,
     ShieldConfig,
@@ -34,7 +35,7 @@ class AgenticSystemCreateRequest(Schema):
     memory_bank_uuids: list[str] = Field(default_factory=list)
     input_shields: list[ShieldConfig] = Field(default_factory=list)
     output_shields: list[ShieldConfig] = Field(default_factory=list)
-    provider_id: str | None = Field(
+    provider_id: ProviderId | None = Field(
         default=None,
         description="Extension: the provider that runs the agent; unset: the agentic_system API's first provider.",
     )

@@ -15,6 +15,9 @@ URL = Annotated[
     Field(pattern=r"^(https?://|file://|data:)", description="An http(s)://, file:// or data: URL."),
 ]
 
+# An extension field naming one of the distribution's providers (provider_ids are short names from its YAML).
+ProviderId = Annotated[str, Field(min_length=1, max_length=256)]
+
 
 class Schema(BaseModel):
     """Base of every contract type: unknown fields are refused, as the seed's schemas declare."""

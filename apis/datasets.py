@@ -6,7 +6,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import Field
 
-from .common import URL, JsonObject, Schema
+from .common import URL, JsonObject, ProviderId, Schema
 from .dispatch import ByOwner, Creates, dispatch
 from .routes import webmethod
 
@@ -26,7 +26,7 @@ class CreateDatasetRequest(Schema):
 
     uuid: str
     dataset: Dataset
-    provider_id: str | None = Field(
+    provider_id: ProviderId | None = Field(
         default=None,
         description="Extension: the provider that keeps the dataset; unset: the datasets API's first provider.",
     )

@@ -11,7 +11,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import Field, model_validator
 
-from .common import JsonObject, MemoryBankDocument, Schema
+from .common import JsonObject, MemoryBankDocument, ProviderId, Schema
 from .dispatch import AllProviders, ByOwner, Creates, dispatch
 from .routes import webmethod
 
@@ -69,7 +69,7 @@ class RegisterMemoryBankRequest(Schema):
     bank_uuid: str = Field(min_length=1)
     bank_name: str
     config: MemoryBankConfig = Field(default_factory=MemoryBankConfig)
-    provider_id: str | None = Field(
+    provider_id: ProviderId | None = Field(
         default=None,
         description="Extension: the provider that keeps the bank; unset: the memory_banks API's first provider.",
     )
@@ -113,7 +113,7 @@ class MemoryBanks(Protocol):
     @webmethod("POST", "/memory_banks/create")
     @dispatch(Creates(resource="bank", field="bank_uuid", provider_field="provider_id"))
     async def create_memory_bank(
-        self, bank_uuid: str, bank_name: str, documents: list[MemoryBankDocument], provider_id: str | None = None
+        self, bank_uuid: str, bank_name: str, documents: list[MemoryBankDocument], provider_id: ProviderId | None = None
     ) -> None:
         """Create a memory bank holding the given documents."""
         ...

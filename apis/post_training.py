@@ -8,7 +8,7 @@ from typing import Annotated, Any, Protocol, runtime_checkable
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
-from .common import URL, JsonObject, Schema
+from .common import URL, JsonObject, ProviderId, Schema
 from .datasets import Dataset
 from .dispatch import AllProviders, ByOwner, Creates, dispatch
 from .routes import webmethod
@@ -106,7 +106,7 @@ class PostTrainingSFTRequest(Schema):
     """Request to finetune a model."""
 
     job_uuid: str
-    provider_id: str | None = Field(
+    provider_id: ProviderId | None = Field(
         default=None,
         description="Extension: the provider that runs the job; unset: the provider serving the model, else the post_training API's first provider.",
     )
@@ -169,7 +169,7 @@ class PostTrainingRLHFRequest(Schema):
     """Request to finetune a model."""
 
     job_uuid: str
-    provider_id: str | None = Field(
+    provider_id: ProviderId | None = Field(
         default=None,
         description="Extension: the provider that runs the job; unset: the post_training API's first provider.",
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Annotated, Protocol, runtime_checkable
 
 from pydantic import Field
 
@@ -10,11 +10,13 @@ from .common import JsonObject, Message, SafetyViolation, Schema, ShieldType
 from .dispatch import ByShield, dispatch
 from .routes import webmethod
 
+ShieldId = Annotated[str, Field(min_length=1, max_length=256)]
+
 
 class Shield(Schema):
     """Extension: a shield registered in the distribution (its ``shields:`` list), run by one provider."""
 
-    shield_id: str = Field(min_length=1, description="The id requests name in shield_id.")
+    shield_id: ShieldId = Field(description="The id requests name in shield_id.")
     provider_id: str = Field(description="The safety provider that runs the shield.")
     shield_type: ShieldType = Field(title="The type of safety shield.")
     params: JsonObject = Field(default_factory=dict, description="Defaults for the params of requests it serves.")
@@ -24,7 +26,7 @@ class RunShieldRequest(Schema):
     shield_type: ShieldType = Field(title="The type of safety shield.")
     messages: list[Message]
     params: JsonObject = Field(default_factory=dict)
-    shield_id: str | None = Field(
+    shield_id: ShieldId | None = Field(
         default=None,
         description=(
             "Extension: a shield registered in the distribution, of this shield_type; unset: the first registered "

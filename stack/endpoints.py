@@ -194,7 +194,7 @@ def _split_return(annotation: Any) -> tuple[Any, Any]:
 
 
 def _endpoint(api: Api | None, name: str, method: Any, route: Route, facade: Facade | None = None) -> Endpoint:
-    hints = typing.get_type_hints(method)
+    hints = typing.get_type_hints(method, include_extras=True)  # Annotated constraints of query parameters count
     signature = inspect.signature(method)
     query: list[QueryParam] = []
     body_name, body_adapter = None, None

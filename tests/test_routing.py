@@ -17,7 +17,7 @@ from routing_providers import RoutingTestPlugin
 from support import ReplayPlugin
 
 from llama_stack.apis.common import MemoryBankDocument
-from llama_stack.apis.errors import ConflictError, NotFoundError, NotSupportedError
+from llama_stack.apis.errors import ConflictError, NotFoundError, NotSupportedError, ValidationError
 from llama_stack.apis.registry import Api
 from llama_stack.client import LlamaStackClient
 from llama_stack.config import ConfigError
@@ -281,5 +281,23 @@ async def test_an_optional_dependency_is_handed_over_only_when_the_distribution_
     try:
         dependent = client.transport.stack.providers["gen"].impl
         assert set(dependent.deps) == {Api(name) for name in served}
+    finally:
+        await client.aclose()
+
+
+async def test_a_provider_id_or_shield_id_longer_than_any_name_is_refused_before_routing(
+    tmp_path, postgres_uri, registry
+):
+    client = await start(distribution(tmp_path, postgres_uri), registry)
+    try:
+        with pytest.raises(ValidationError) as long_provider:
+            await client.memory_banks.create_memory_bank(
+                bank_uuid="b", bank_name="b", documents=[], provider_id="p" * 257
+            )
+        assert long_provider.value.details[0]["loc"] == "provider_id"
+        with pytest.raises(ValidationError) as long_shield:
+            await shield_answer(client, shield_type="llama_guard", shield_id="s" * 257)
+        assert long_shield.value.details[0]["loc"] == "shield_id"  # within the request body
+        assert "at most 256 characters" in long_shield.value.details[0]["message"]
     finally:
         await client.aclose()
