@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Annotated, Literal, Protocol, runtime_checkable
 
 from pydantic import Field, field_validator
@@ -15,6 +16,7 @@ from .common import (
     SafetyViolation,
     Schema,
     ShieldConfig,
+    ShieldType,
     StepType,
     StopReason,
     ToolCall,
@@ -39,6 +41,15 @@ class AgenticSystemCreateRequest(Schema):
         default=None,
         description="Extension: the provider that runs the agent; unset: the agentic_system API's first provider.",
     )
+    max_iterations: int | None = Field(
+        default=None,
+        ge=1,
+        le=100,
+        description=(
+            "Extension: the most model calls one turn makes (each tool round trip is one more); unset: the "
+            "provider's default. A turn that reaches it ends with stop_reason max_iterations."
+        ),
+    )
 
     @field_validator("executable_tools")
     @classmethod
@@ -54,6 +65,16 @@ class AgenticSystemCreateResponse(Schema):
 
 
 _STEP_TYPE_TITLE = "The type of execution step."
+_STARTED = "Extension: when the step started (UTC)."
+_COMPLETED = "Extension: when the step ended (UTC)."
+
+
+class ToolExecutionError(Schema):
+    """Extension: a tool call that failed; the model was given ``error`` as the tool's response."""
+
+    tool_name: str
+    call_id: str | None = None
+    error: str
 
 
 class ModelInferenceStep(Schema):
@@ -61,6 +82,10 @@ class ModelInferenceStep(Schema):
     uuid: str
     text: str
     logprobs: JsonObject | None = None
+    tool_calls: list[ToolCall] = Field(default_factory=list, description="Extension: the tools the model called.")
+    stop_reason: StopReason | None = Field(default=None, description="Extension: why the model stopped.")
+    started_at: datetime | None = Field(default=None, description=_STARTED)
+    completed_at: datetime | None = Field(default=None, description=_COMPLETED)
 
 
 class ToolExecutionStep(Schema):
@@ -68,12 +93,23 @@ class ToolExecutionStep(Schema):
     uuid: str
     tool_calls: list[ToolCall] = Field(default_factory=list)
     tool_responses: list[ToolResponse] = Field(default_factory=list)
+    errors: list[ToolExecutionError] = Field(
+        default_factory=list, description="Extension: the calls that failed, with their errors."
+    )
+    started_at: datetime | None = Field(default=None, description=_STARTED)
+    completed_at: datetime | None = Field(default=None, description=_COMPLETED)
 
 
 class SafetyFilteringStep(Schema):
     step_type: Literal["safety_filtering"] = Field(default="safety_filtering", title=_STEP_TYPE_TITLE)
     uuid: str
     violation: SafetyViolation | None = None
+    shield_type: ShieldType | None = Field(default=None, description="Extension: the shield that ran.")
+    stage: Literal["input", "output"] | None = Field(
+        default=None, description="Extension: input shields screen the turn's messages, output shields its answer."
+    )
+    started_at: datetime | None = Field(default=None, description=_STARTED)
+    completed_at: datetime | None = Field(default=None, description=_COMPLETED)
 
 
 class MemoryRetrievalStep(Schema):
@@ -81,6 +117,9 @@ class MemoryRetrievalStep(Schema):
     uuid: str
     documents: list[MemoryBankDocument] = Field(default_factory=list)
     scores: list[float] = Field(default_factory=list)
+    query: str | None = Field(default=None, description="Extension: the text the banks were queried with.")
+    started_at: datetime | None = Field(default=None, description=_STARTED)
+    completed_at: datetime | None = Field(default=None, description=_COMPLETED)
 
 
 # One step of a turn; `step_type` says which.
@@ -90,12 +129,22 @@ ExecutionStep = Annotated[
 ]
 
 
+# Extension: why a turn ended. end_of_turn: the model answered; client_tool_calls: the answer calls custom tools,
+# which the client runs and answers in its next execute; max_iterations: the model still called tools when the
+# agent's iteration limit was reached; shield_violation: a shield stopped the turn (its suggested response is
+# the answer).
+TurnStopReason = Literal["end_of_turn", "client_tool_calls", "max_iterations", "shield_violation"]
+
+
 class AgenticSystemTurn(Schema):
     """A single turn in an interaction with an Agentic System."""
 
     user_messages: list[Message]
     steps: list[ExecutionStep] = Field(default_factory=list)
     response_message: Message
+    stop_reason: TurnStopReason | None = Field(default=None, description="Extension: why the turn ended.")
+    started_at: datetime | None = Field(default=None, description="Extension: when the turn started (UTC).")
+    completed_at: datetime | None = Field(default=None, description="Extension: when the turn ended (UTC).")
 
 
 class AgenticSystemExecuteRequest(Schema):
@@ -126,6 +175,10 @@ class AgenticSystemExecuteResponseStreamChunk(Schema):
     response_text_delta: str | None = None
     retrieved_document: MemoryBankDocument | None = None
     stop_reason: StopReason | None = None
+    step: ExecutionStep | None = Field(default=None, description="Extension: on step_end, the step as recorded.")
+    turn: AgenticSystemTurn | None = Field(
+        default=None, description="Extension: on the turn's last event, the turn as a non-streaming execute answers it."
+    )
 
 
 @runtime_checkable
