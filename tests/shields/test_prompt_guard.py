@@ -404,3 +404,50 @@ async def test_a_cancelled_request_stops_at_the_next_batch(tmp_path, model_dir):
         # Whatever was on the worker thread has finished once a job queued after it has run.
         await asyncio.get_running_loop().run_in_executor(impl._worker, lambda: None)
     assert gate.calls == 1
+
+
+async def test_a_gpu_torch_does_not_see_is_refused_at_start(tmp_path, model_dir):
+    import torch
+
+    missing = f"cuda:{torch.cuda.device_count()}"
+    with pytest.raises(ConfigError) as caught:
+        await library(tmp_path, model_dir, device=missing)
+    assert f"device '{missing}'" in str(caught.value) and "'prompt-guard'" in str(caught.value)
+
+
+async def test_a_deberta_v2_classifier_like_prompt_guard_86m_loads_and_scores(tmp_path, model_dir):
+    """Prompt-Guard-86M is a DeBERTa-v2 (mDeBERTa) classifier: that architecture loads and runs (random weights,
+    so only thresholds of 0, which every score reaches, give a known verdict)."""
+    from transformers import AutoTokenizer, DebertaV2Config, DebertaV2ForSequenceClassification
+
+    folder = tmp_path / "deberta"
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    config = DebertaV2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=8,
+        max_position_embeddings=512,
+        relative_attention=True,
+        position_buckets=256,
+        pos_att_type=["p2c", "c2p"],
+        id2label=PROMPT_GUARD_LABELS,
+        label2id={name: index for index, name in PROMPT_GUARD_LABELS.items()},
+    )
+    DebertaV2ForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    async with await library(tmp_path, folder) as client:
+        text = "the weather is nice " * 200  # two windows
+        result = await shield(client, user(text), jailbreak_threshold=0, injection_threshold=0)
+    assert set(result.violation.violation_type.split(",")) == {"INJECTION", "JAILBREAK"}
+    assert 0 < score_in(result.violation.details, "JAILBREAK") < 1
+
+
+async def test_a_directory_whose_config_is_not_a_model_is_refused_at_start(tmp_path):
+    folder = tmp_path / "not-a-model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    with pytest.raises(ConfigError) as caught:
+        await LlamaStackClient.library(write_distribution(tmp_path, folder))
+    assert str(folder) in str(caught.value) and "config.json" in str(caught.value)

@@ -97,12 +97,17 @@ def load_classifier(path: Path, device_name: str, window_tokens: int) -> PromptG
             f"model_path {str(folder)!r} {what}; point it at a downloaded Prompt-Guard-86M "
             "(a directory with config.json, the weights and tokenizer.json)"
         )
-    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as exc:  # unreadable JSON, an unknown model_type
+        raise ConfigError(f"cannot read the model's config.json at {str(folder)!r}: {exc}") from exc
     label_index = _label_index(config, folder)
     _check_window(config, folder, window_tokens)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        model = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True)
+        # float32 whatever the checkpoint holds: an 86M-parameter model is cheap at full precision, and its scores
+        # are compared with thresholds.
+        model = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot load the model at {str(folder)!r}: {exc}") from exc
     if not getattr(tokenizer, "is_fast", False):
