@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -221,7 +222,10 @@ def insecure(findings: list[Finding]) -> SafetyViolation:
 
 async def build(config: CodeShieldConfig, context: ProviderContext) -> CodeShieldSafety:
     try:
-        from .code_scanner import CodeScanner
+        with warnings.catch_warnings():
+            # codeshield finds semgrep's binary with importlib.resources.path, deprecated: not ours to fix.
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"codeshield\.")
+            from .code_scanner import CodeScanner
     except ImportError as exc:
         raise ImportError(
             f"provider inline::code-shield needs codeshield: {exc}; install 'llama-stack-runtime[code-shield]'"
