@@ -18,7 +18,7 @@ $(VENV)/.installed-run: pyproject.toml setup.py | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml setup.py | $(BIN)/python
-	$(PIP_INSTALL) -e ".[llama-cpp,torch,embeddings,faiss,pgvector,math,test,lint]"
+	$(PIP_INSTALL) -e ".[llama-cpp,torch,embeddings,faiss,pgvector,math,code-shield,test,lint]"
 	touch $@
 
 install: $(VENV)/.installed-run
