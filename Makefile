@@ -14,7 +14,7 @@ $(BIN)/python:
 
 # Stamp files: reinstall only when the project's metadata changes.
 $(VENV)/.installed-run: pyproject.toml setup.py | $(BIN)/python
-	$(PIP_INSTALL) -e ".[llama-cpp,embeddings,faiss]"
+	$(PIP_INSTALL) -e ".[llama-cpp,embeddings,faiss,math,code-shield]"
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml setup.py | $(BIN)/python

@@ -132,9 +132,17 @@ def test_missing_file_is_named(tmp_path):
 
 def test_the_built_in_local_distribution_is_valid(tmp_path):
     config = load_distribution("local", {"LLAMA_STACK_STORAGE": str(tmp_path)})
-    assert config.apis == ["inference", "memory_banks"]
+    assert config.apis == ["inference", "memory_banks", "safety", "tool_runtime", "agentic_system"]
     assert config.server.port == 8321
     assert [m.model_id for m in config.models] == ["smollm2-135m-instruct", "all-minilm-l6-v2"]
+    assert {(s.shield_id, s.shield_type.value) for s in config.shields} == {
+        ("code-guard", "code_guard"),
+        ("llama-guard", "llama_guard"),
+    }
+    # llama_guard runs on whichever served model LLAMA_GUARD_MODEL names.
+    guarded = load_distribution("local", {"LLAMA_STACK_STORAGE": str(tmp_path), "LLAMA_GUARD_MODEL": "guard-1b"})
+    (llama_guard,) = [p for p in guarded.providers[Api.safety] if p.provider_type == "inline::llama-guard"]
+    assert llama_guard.config["model"] == "guard-1b"
 
 
 def test_cli_run_reports_config_errors_and_env_overrides(tmp_path):

@@ -13,11 +13,14 @@ codeshield (and semgrep, which it brings) is imported when the provider is built
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llama_stack.apis.common import Attachment, Message, Role, SafetyViolation, ShieldType
@@ -117,6 +120,27 @@ class CodeShieldSafety:
         self.provider_id = context.provider_id
         self.scanner = scanner
         self._inliner = AttachmentInliner(config.attachments)
+        # Trying semgrep's rules takes a second or more: it runs while the stack already serves (chat does not
+        # wait for it); the first scans wait for it, and a failure fails them closed.
+        self._prepared = asyncio.create_task(self._prepare(context.storage_dir / "semgrep-rules"))
+
+    async def _prepare(self, rules_dir: Path) -> None:
+        try:
+            skipped = await self.scanner.prepare(rules_dir)
+        except ScanFailed as exc:
+            log.error("%s: semgrep cannot scan; every code_guard check fails closed: %s", self.provider_id, exc)
+            raise
+        if skipped:
+            log.warning(
+                "%s: semgrep cannot parse codeshield's rules %s; they are left out",
+                self.provider_id,
+                ", ".join(skipped),
+            )
+
+    async def shutdown(self) -> None:
+        self._prepared.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ScanFailed):
+            await self._prepared
 
     async def run_shield(self, request: RunShieldRequest) -> RunShieldResponse:
         self._check_shield_type(request.shield_type)
@@ -136,6 +160,7 @@ class CodeShieldSafety:
         if too_much is not None:
             return RunShieldResponse(violation=too_much)
         try:
+            await asyncio.shield(self._prepared)
             findings = await self.scanner.scan(pieces, self.config.timeout_s)
         except ScanFailed as exc:
             return RunShieldResponse(
@@ -238,11 +263,6 @@ async def build(config: CodeShieldConfig, context: ProviderContext) -> CodeShiel
         ) from exc
     try:
         scanner = CodeScanner()
-        skipped = await scanner.prepare(context.storage_dir / "semgrep-rules")
     except ScanFailed as exc:
         raise OSError(f"provider inline::code-shield cannot scan: {exc}") from exc
-    if skipped:
-        log.warning(
-            "%s: semgrep cannot parse codeshield's rules %s; they are left out", context.provider_id, ", ".join(skipped)
-        )
     return CodeShieldSafety(config, context, scanner)
