@@ -53,6 +53,8 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/llama_cpp_server.py
 	$(BIN)/python bench/torch_batch.py
 	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/startup.py
+	$(BIN)/python bench/agents.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
