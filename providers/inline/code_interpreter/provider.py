@@ -14,13 +14,13 @@ import signal
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from pydantic import ValidationError as PydanticValidationError
 
 from llama_stack.apis.common import Attachment, BuiltinTool, ToolDefinition
 from llama_stack.apis.errors import BadRequestError, NotFoundError, ProviderError, ServiceUnavailableError
 from llama_stack.apis.tool_runtime import ToolInvocationRequest, ToolInvocationResult
 from llama_stack.config import ConfigError
 from llama_stack.plugins import ProviderContext
+from llama_stack.providers.utils.tools import invoked_tool, tool_arguments
 
 from . import PROVIDER_TYPE
 from .config import CodeInterpreterConfig
@@ -71,7 +71,7 @@ class CodeInterpreterToolRuntime:
         ]
 
     async def invoke_tool(self, request: ToolInvocationRequest) -> ToolInvocationResult:
-        name = request.tool_name.value if isinstance(request.tool_name, BuiltinTool) else request.tool_name
+        name = invoked_tool(request)
         if name != TOOL:
             raise NotFoundError(
                 f"{self.provider_id} ({PROVIDER_TYPE}) has no tool {name!r}; its only tool is {TOOL}",
@@ -95,17 +95,7 @@ class CodeInterpreterToolRuntime:
         return self._result(outcome)
 
     def _code(self, arguments: dict[str, Any]) -> str:
-        try:
-            code = CodeInterpreterArguments.model_validate(arguments).code
-        except PydanticValidationError as exc:
-            details = [
-                {"loc": ".".join(["arguments", *map(str, error["loc"])]), "in": "body", "message": error["msg"]}
-                for error in exc.errors()
-            ]
-            summary = "; ".join(f"{d['loc']}: {d['message']}" for d in details)
-            raise BadRequestError(
-                f"{TOOL} arguments do not fit its parameters: {summary}", details=details, provider=self.provider_id
-            ) from None
+        code = tool_arguments(CodeInterpreterArguments, TOOL, arguments, self.provider_id).code
         size = len(code.encode("utf-8", errors="surrogatepass"))
         if size > self.config.max_code_bytes:
             raise BadRequestError(

@@ -19,12 +19,12 @@ import importlib.util
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from pydantic import ValidationError as PydanticValidationError
 
 from llama_stack.apis.common import BuiltinTool, ToolDefinition
 from llama_stack.apis.errors import BadRequestError, NotFoundError
 from llama_stack.apis.tool_runtime import ToolInvocationRequest, ToolInvocationResult
 from llama_stack.plugins import ProviderContext
+from llama_stack.providers.utils.tools import invoked_tool, tool_arguments
 
 from .config import MathToolConfig
 from .expression import ExpressionRefused, Limits, check, function_list
@@ -82,7 +82,7 @@ class MathToolRuntime:
         ]
 
     async def invoke_tool(self, request: ToolInvocationRequest) -> ToolInvocationResult:
-        name = request.tool_name.value if isinstance(request.tool_name, BuiltinTool) else request.tool_name
+        name = invoked_tool(request)
         if name != TOOL:
             raise NotFoundError(
                 f"provider '{self.provider_id}' (math) has no tool {name!r}; its tool is {TOOL}",
@@ -103,17 +103,7 @@ class MathToolRuntime:
         return self._result(arguments, answer)
 
     def _arguments(self, raw: dict[str, Any]) -> MathArguments:
-        try:
-            arguments = MathArguments.model_validate(raw)
-        except PydanticValidationError as exc:
-            details = [
-                {"loc": ".".join(["arguments", *map(str, error["loc"])]), "in": "body", "message": error["msg"]}
-                for error in exc.errors()
-            ]
-            summary = "; ".join(f"{d['loc']}: {d['message']}" for d in details)
-            raise BadRequestError(
-                f"math arguments do not fit its parameters: {summary}", details=details, provider=self.provider_id
-            ) from None
+        arguments = tool_arguments(MathArguments, TOOL, raw, self.provider_id)
         if arguments.precision > self.config.max_precision:
             raise BadRequestError(
                 f"math: arguments.precision is {arguments.precision}; at most {self.config.max_precision} digits",

@@ -20,7 +20,6 @@ import mimetypes
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from pydantic import ValidationError as PydanticValidationError
 
 from llama_stack.apis.common import Attachment, BuiltinTool, ToolDefinition
 from llama_stack.apis.errors import BadRequestError, NotFoundError, NotSupportedError, ProviderError
@@ -29,6 +28,7 @@ from llama_stack.plugins import ProviderContext
 from llama_stack.providers.utils.remote import VendorStatusError
 from llama_stack.providers.utils.remote.adapter import RemoteAdapter
 from llama_stack.providers.utils.remote.redaction import excerpt, scrub_text
+from llama_stack.providers.utils.tools import tool_arguments
 
 from .config import TogetherToolRuntimeConfig
 from .service import together_service
@@ -123,17 +123,7 @@ class TogetherToolRuntime(RemoteAdapter[TogetherToolRuntimeConfig]):
         )
 
     def _arguments(self, model: type[_Arguments], tool: str, arguments: dict[str, Any]) -> Any:
-        try:
-            parsed = model.model_validate(arguments)
-        except PydanticValidationError as exc:
-            details = [
-                {"loc": ".".join(["arguments", *map(str, error["loc"])]), "in": "body", "message": error["msg"]}
-                for error in exc.errors()
-            ]
-            summary = "; ".join(f"{d['loc']}: {d['message']}" for d in details)
-            raise BadRequestError(
-                f"{tool} arguments do not fit its parameters: {summary}", details=details, provider=self._id
-            ) from None
+        parsed = tool_arguments(model, tool, arguments, self._id)
         if isinstance(parsed, ImageGenArguments) and parsed.n > self.config.max_images:
             raise BadRequestError(
                 f"image_gen: arguments.n is {parsed.n}; {self.service.name} generates at most "

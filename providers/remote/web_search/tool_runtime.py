@@ -12,13 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from pydantic import ValidationError as PydanticValidationError
 
 from llama_stack.apis.common import BuiltinTool, ToolDefinition
 from llama_stack.apis.errors import BadRequestError, NotFoundError, ProviderError
 from llama_stack.apis.tool_runtime import ToolInvocationRequest, ToolInvocationResult
 from llama_stack.plugins import ProviderContext
 from llama_stack.providers.utils.remote.adapter import RemoteAdapter
+from llama_stack.providers.utils.tools import tool_arguments
 
 from .config import WebSearchConfig
 from .engines import VENDORS, Hit, Malformed, read_hits, search_request
@@ -87,17 +87,7 @@ class WebSearchToolRuntime(RemoteAdapter[WebSearchConfig]):
         )
 
     def _arguments(self, raw: dict[str, Any]) -> WebSearchArguments:
-        try:
-            arguments = WebSearchArguments.model_validate(raw)
-        except PydanticValidationError as exc:
-            details = [
-                {"loc": ".".join(["arguments", *map(str, error["loc"])]), "in": "body", "message": error["msg"]}
-                for error in exc.errors()
-            ]
-            summary = "; ".join(f"{d['loc']}: {d['message']}" for d in details)
-            raise BadRequestError(
-                f"web_search arguments do not fit its parameters: {summary}", details=details, provider=self._id
-            ) from None
+        arguments = tool_arguments(WebSearchArguments, "web_search", raw, self._id)
         if not arguments.query.strip():
             raise BadRequestError("web_search: arguments.query is blank", param="arguments.query", provider=self._id)
         if len(arguments.query) > self.config.max_query_chars:
