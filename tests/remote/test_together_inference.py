@@ -642,8 +642,19 @@ async def test_a_key_the_caller_sent_that_together_refuses_is_the_callers_401(to
 def test_the_together_distribution_loads_without_any_environment():
     config = load_distribution(REPO / "distributions" / "together.yaml", env={})
     validated = validate_provider_configs(config, discover_providers(), "together.yaml")
-    assert set(config.apis) == {"inference", "safety", "post_training", "reward_scoring", "tool_runtime"}
-    assert all(entry.provider_type == "remote::together" for _, entry in config.provider_entries())
+    assert set(config.apis) == {
+        "inference",
+        "safety",
+        "post_training",
+        "reward_scoring",
+        "tool_runtime",
+        "agentic_system",
+    }
+    # Agents run in the server (inline::agents); every other API is Together's.
+    assert all(
+        entry.provider_type == ("inline::agents" if api == "agentic_system" else "remote::together")
+        for api, entry in config.provider_entries()
+    )
     inference = validated["together"]
     assert inference.url == "https://api.together.xyz/v1" and inference.api_key is None
     assert {m.model_type for m in config.models} == {"llm", "embedding", "rerank"}
@@ -652,8 +663,9 @@ def test_the_together_distribution_loads_without_any_environment():
         REPO / "distributions" / "together.yaml", env={"TOGETHER_URL": "http://proxy/v1", "TOGETHER_API_KEY": "k"}
     )
     configs = validate_provider_configs(pointed, discover_providers(), "together.yaml")
-    assert {c.url for c in configs.values()} == {"http://proxy/v1"}
-    assert {c.api_key.get_secret_value() for c in configs.values()} == {"k"}
+    remote = [c for c in configs.values() if hasattr(c, "url")]
+    assert {c.url for c in remote} == {"http://proxy/v1"}
+    assert {c.api_key.get_secret_value() for c in remote} == {"k"}
 
 
 def _runnable_distribution(directory: Path) -> Path:
