@@ -120,9 +120,10 @@ class CodeShieldSafety:
         self.provider_id = context.provider_id
         self.scanner = scanner
         self._inliner = AttachmentInliner(config.attachments)
-        # Trying semgrep's rules takes a second or more: it runs while the stack already serves (chat does not
-        # wait for it); the first scans wait for it, and a failure fails them closed.
-        self._prepared = asyncio.create_task(self._prepare(context.storage_dir / "semgrep-rules"))
+        # Trying semgrep's rules takes a second or more of CPU: it runs at the first scan, not at start (where
+        # it would slow the first chat answers); scans wait for it, and a failure fails them closed.
+        self._rules_dir = context.storage_dir / "semgrep-rules"
+        self._prepared: asyncio.Task[None] | None = None
 
     async def _prepare(self, rules_dir: Path) -> None:
         try:
@@ -138,9 +139,10 @@ class CodeShieldSafety:
             )
 
     async def shutdown(self) -> None:
-        self._prepared.cancel()
-        with contextlib.suppress(asyncio.CancelledError, ScanFailed):
-            await self._prepared
+        if self._prepared is not None:
+            self._prepared.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ScanFailed):
+                await self._prepared
 
     async def run_shield(self, request: RunShieldRequest) -> RunShieldResponse:
         self._check_shield_type(request.shield_type)
@@ -160,6 +162,8 @@ class CodeShieldSafety:
         if too_much is not None:
             return RunShieldResponse(violation=too_much)
         try:
+            if self._prepared is None:
+                self._prepared = asyncio.create_task(self._prepare(self._rules_dir))
             await asyncio.shield(self._prepared)
             findings = await self.scanner.scan(pieces, self.config.timeout_s)
         except ScanFailed as exc:
