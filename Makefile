@@ -14,11 +14,11 @@ $(BIN)/python:
 
 # Stamp files: reinstall only when the project's metadata changes.
 $(VENV)/.installed-run: pyproject.toml setup.py | $(BIN)/python
-	$(PIP_INSTALL) -e ".[llama-cpp,embeddings,faiss,math,code-shield]"
+	$(PIP_INSTALL) -e ".[llama-cpp,torch,embeddings,faiss,math,code-shield,datasets]"
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml setup.py | $(BIN)/python
-	$(PIP_INSTALL) -e ".[llama-cpp,torch,embeddings,faiss,pgvector,math,code-shield,test,lint]"
+	$(PIP_INSTALL) -e ".[llama-cpp,torch,embeddings,faiss,pgvector,math,code-shield,datasets,test,lint]"
 	touch $@
 
 install: $(VENV)/.installed-run
