@@ -14,6 +14,13 @@ from .dispatch import AllProviders, ByOwner, Creates, dispatch
 from .routes import webmethod
 
 
+# Extension: a training request may name a dataset created with /datasets/create by its uuid instead of
+# spelling it out.
+DatasetUUID = Annotated[
+    str, Field(min_length=1, max_length=256, description="The uuid of a dataset created with /datasets/create.")
+]
+
+
 class OptimizerType(str, Enum):
     adam = "adam"
     adamw = "adamw"
@@ -112,8 +119,8 @@ class PostTrainingSFTRequest(Schema):
     )
     # The seed enumerates llama3_8b / llama3_70b; any model id the distribution knows is accepted.
     model: str = Field(description="A model id the distribution serves.")
-    dataset: Dataset
-    validation_dataset: Dataset
+    dataset: Dataset | DatasetUUID
+    validation_dataset: Dataset | DatasetUUID
     algorithm: FinetuningAlgorithm
     algorithm_config: FinetuningAlgorithmConfig
     optimizer_config: OptimizerConfig
@@ -174,8 +181,8 @@ class PostTrainingRLHFRequest(Schema):
         description="Extension: the provider that runs the job; unset: the post_training API's first provider.",
     )
     finetuned_model: URL
-    dataset: Dataset
-    validation_dataset: Dataset
+    dataset: Dataset | DatasetUUID
+    validation_dataset: Dataset | DatasetUUID
     algorithm: RLHFAlgorithm
     algorithm_config: DPOAlignmentConfig | GRPOAlignmentConfig
     optimizer_config: OptimizerConfig
@@ -212,6 +219,14 @@ class Checkpoint(Schema):
     path: URL
 
 
+class TrainingProgress(Schema):
+    """Extension: where a running (or ended) job is, as its trainer last said."""
+
+    epoch: int = Field(ge=0)
+    step: int = Field(ge=0, description="Optimizer steps done.")
+    total_steps: int = Field(ge=0, description="Optimizer steps the job will take in all (0: not known yet).")
+
+
 class PostTrainingJobStatusResponse(Schema):
     """Status of a finetuning job."""
 
@@ -222,6 +237,10 @@ class PostTrainingJobStatusResponse(Schema):
     completed_at: datetime | None = None
     resources_allocated: JsonObject | None = None
     checkpoints: list[Checkpoint] = Field(default_factory=list)
+    error: str | None = Field(
+        default=None, description="Extension: why a failed job failed (a cancelled job is failed, 'cancelled ...')."
+    )
+    progress: TrainingProgress | None = Field(default=None, description="Extension: how far a job has come.")
 
 
 class PostTrainingJobLogStream(Schema):
@@ -236,6 +255,10 @@ class PostTrainingJobArtifactsResponse(Schema):
 
     job_uuid: str
     checkpoints: list[Checkpoint] = Field(default_factory=list)
+    loss_curve: str | None = Field(
+        default=None,
+        description="Extension: the training and validation loss by step, as a data:image/png;base64 URL.",
+    )
 
 
 class PostTrainingJobInfo(Schema):
