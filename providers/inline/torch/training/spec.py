@@ -10,7 +10,7 @@ file                written by  what it holds
 ``spec.json``       server      the :class:`JobSpec`: everything the process needs, nothing it must fetch
 ``train.jsonl``     server      the training rows, one JSON object per line, already checked
 ``validation.jsonl``server      the validation rows (absent when the job validates on none)
-``lock``            server      held (``flock``) by the job's process tree for as long as it runs
+``lock``            server      held (shared ``flock``) by the job's processes for as long as they run
 ``output.log``      processes   their stdout and stderr: the job's log lines
 ``status.json``     rank 0      the :class:`JobStatus`, replaced atomically as the job goes
 ``metrics.jsonl``   rank 0      one :class:`StepMetrics` or :class:`ValidationMetrics` per line
@@ -18,11 +18,19 @@ file                written by  what it holds
 ``loss.png``        rank 0      the loss curve (training and validation, by step)
 ==================  ==========  ========================================================================
 
+The lock: the server opens ``lock``, takes a shared ``flock`` on it and hands that descriptor to the job's
+first process (its number in ``$LLAMA_STACK_TRAINING_LOCK_FD``) before closing its own copy, so the lock is held
+as long as any process holding the descriptor lives: no pid is trusted, none can be reused. Processes that do not
+inherit it (torchrun starts its workers in sessions of their own, descriptors closed) take their own shared lock
+with :func:`hold_job_lock` at start; every rank may simply call it. The server tells a running job from an ended
+one with :func:`job_is_running`, an exclusive lock it cannot get while any process holds a shared one.
+
 This module imports no torch: the server reads and writes these files without it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
@@ -42,6 +50,7 @@ METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 LOSS_PLOT = "loss.png"
 CHECKPOINT_INFO = "checkpoint.json"
+LOCK_FD_ENV = "LLAMA_STACK_TRAINING_LOCK_FD"
 
 
 class _Strict(BaseModel):
@@ -239,3 +248,26 @@ def checkpoint_dirs(job_dir: Path) -> list[tuple[int, Path]]:
         if step.isdigit() and (folder / CHECKPOINT_INFO).is_file():
             found.append((int(step), folder))
     return sorted(found)
+
+
+def hold_job_lock(job_dir: Path) -> int:
+    """Hold the job's lock (shared) until this process exits; the descriptor, which must stay open."""
+    fd = os.open(job_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    # Blocks only while the server's job_is_running holds it for an instant.
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+def job_is_running(job_dir: Path) -> bool:
+    """Whether any process of the job still holds its lock; never blocks. False when the job has no lock file."""
+    try:
+        fd = os.open(job_dir / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases the lock when it was taken
+    return False
