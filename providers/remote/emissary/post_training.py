@@ -31,8 +31,14 @@ from llama_stack.apis.post_training import (
     PostTrainingSFTRequest,
     RLHFAlgorithm,
 )
+from llama_stack.apis.registry import Api
 from llama_stack.plugins import ProviderContext
-from llama_stack.providers.utils.datasets import DatasetReader, file_extension, read_training_data
+from llama_stack.providers.utils.datasets import (
+    DatasetReader,
+    file_extension,
+    read_training_data,
+    resolve_training_datasets,
+)
 from llama_stack.providers.utils.remote import RemoteService
 from llama_stack.providers.utils.remote.hugging_face import is_hugging_face_url
 from llama_stack.providers.utils.remote.training_jobs import (
@@ -81,6 +87,8 @@ class EmissaryPostTraining(RemotePostTraining[EmissaryPostTrainingConfig]):
     statuses = STATUSES
     resource_fields = RESOURCE_FIELDS
     started_at_field = None  # Emissary reports no start time.
+    # The datasets API, where the distribution serves it: requests may name a dataset by its uuid.
+    datasets: Any | None = None
 
     def __init__(
         self,
@@ -104,10 +112,13 @@ class EmissaryPostTraining(RemotePostTraining[EmissaryPostTrainingConfig]):
                 param="algorithm",
             )
         self._check_request(request)
+        train, validation = await resolve_training_datasets(
+            request.dataset, request.validation_dataset, self.datasets, provider=self._id
+        )
         model = self.config.base_models.get(request.model, request.model)
         with self.store.creating(request.job_uuid):
             await self._check_base_model(model, "model")
-            data = await self._read_datasets(request.dataset, request.validation_dataset)
+            data = await self._read_datasets(train, validation)
             project = await self._project()
             datasets = await self._upload_datasets(project, request.job_uuid, data)
             body = {
@@ -138,10 +149,13 @@ class EmissaryPostTraining(RemotePostTraining[EmissaryPostTrainingConfig]):
                 param="algorithm",
             )
         self._check_request(request)
+        train, validation = await resolve_training_datasets(
+            request.dataset, request.validation_dataset, self.datasets, provider=self._id
+        )
         with self.store.creating(request.job_uuid):
             await self._check_reward_functions(grpo)
             project_hint, start = await self._grpo_start(request.finetuned_model)
-            data = await self._read_datasets(request.dataset, request.validation_dataset)
+            data = await self._read_datasets(train, validation)
             project = await self._project()
             if project_hint is not None and project_hint != project:
                 raise BadRequestError(
@@ -373,4 +387,6 @@ def _log_lines(job: dict[str, Any]) -> list[str]:
 
 
 async def build(config: EmissaryPostTrainingConfig, context: ProviderContext) -> EmissaryPostTraining:
-    return EmissaryPostTraining.for_context(config, emissary_service(config, context), context)
+    adapter = EmissaryPostTraining.for_context(config, emissary_service(config, context), context)
+    adapter.datasets = context.deps.get(Api.datasets)
+    return adapter

@@ -7,8 +7,10 @@ or llama.cpp. See docs/providers/README.md (together-*.md).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
+from llama_stack.apis.registry import Api
 from llama_stack.plugins import ProviderSpec, hookimpl
 from llama_stack.providers.utils.remote import remote_provider_specs
 
@@ -47,4 +49,7 @@ _APIS = (
 @hookimpl
 def register_providers(register: Callable[[ProviderSpec], None]) -> None:
     for spec in remote_provider_specs(PROVIDER_TYPE, _MODULE, _APIS):
+        if spec.api == Api.post_training:
+            # A training request may name a dataset created with /datasets/create by its uuid.
+            spec = dataclasses.replace(spec, optional_depends_on=(Api.datasets,))
         register(spec)

@@ -29,8 +29,14 @@ from llama_stack.apis.post_training import (
     RLHFAlgorithm,
     TrainingConfig,
 )
+from llama_stack.apis.registry import Api
 from llama_stack.plugins import ProviderContext
-from llama_stack.providers.utils.datasets import check_jsonl, file_extension, read_training_data
+from llama_stack.providers.utils.datasets import (
+    check_jsonl,
+    file_extension,
+    read_training_data,
+    resolve_training_datasets,
+)
 from llama_stack.providers.utils.remote import VendorStatusError
 from llama_stack.providers.utils.remote.hugging_face import hugging_face_repo
 from llama_stack.providers.utils.remote.training_jobs import RemotePostTraining, step_number, upload_name
@@ -103,12 +109,17 @@ class TogetherPostTraining(RemotePostTraining[TogetherPostTrainingConfig]):
     vendor = VENDOR
     statuses = STATUSES
     resource_fields = RESOURCE_FIELDS
+    # The datasets API, where the distribution serves it: requests may name a dataset by its uuid.
+    datasets: Any | None = None
 
     # ------------------------------------------------------------------------------------ training
     async def supervised_fine_tune(self, request: PostTrainingSFTRequest) -> PostTrainingJob:
         algorithm = self._algorithm(request.algorithm)
         self._check_request(request)
         wandb = self._wandb_fields(request.logger_config)
+        train, validation = await resolve_training_datasets(
+            request.dataset, request.validation_dataset, self.datasets, provider=self._id
+        )
         model = self.config.base_models.get(request.model, request.model)
         with self.store.creating(request.job_uuid):
             limits = await self._limits(model, "model")
@@ -127,7 +138,7 @@ class TogetherPostTraining(RemotePostTraining[TogetherPostTrainingConfig]):
                 self._check_limits(
                     limits, model, "lora", request.optimizer_config, request.training_config, rank=lora.rank
                 )
-            files = await self._upload_datasets(request.job_uuid, request.dataset, request.validation_dataset)
+            files = await self._upload_datasets(request.job_uuid, train, validation)
             body = {
                 "model": model,
                 **files,
@@ -149,12 +160,15 @@ class TogetherPostTraining(RemotePostTraining[TogetherPostTrainingConfig]):
             )
         self._check_request(request)
         wandb = self._wandb_fields(request.logger_config)
+        train, validation = await resolve_training_datasets(
+            request.dataset, request.validation_dataset, self.datasets, provider=self._id
+        )
         with self.store.creating(request.job_uuid):
             start = await self._starting_point(request.finetuned_model)
             limits = await self._limits(start.model, "finetuned_model")
             # Without a training_type Together trains a LoRA adapter; DPO has its own batch size cap.
             self._check_limits(limits, start.model, "lora", request.optimizer_config, request.training_config, dpo=True)
-            files = await self._upload_datasets(request.job_uuid, request.dataset, request.validation_dataset)
+            files = await self._upload_datasets(request.job_uuid, train, validation)
             body = {
                 "model": start.model,
                 **files,
@@ -543,4 +557,6 @@ def _log_line(event: dict[str, Any]) -> str:
 
 
 async def build(config: TogetherPostTrainingConfig, context: ProviderContext) -> TogetherPostTraining:
-    return TogetherPostTraining.for_context(config, together_service(config, context), context)
+    adapter = TogetherPostTraining.for_context(config, together_service(config, context), context)
+    adapter.datasets = context.deps.get(Api.datasets)
+    return adapter
