@@ -194,6 +194,12 @@ class StepMetrics(_Strict):
     tokens: int = Field(description="Tokens in this step's batch (padding excluded), over all processes.")
     tokens_per_s: float
     elapsed_s: float
+    reward_accuracy: float | None = Field(
+        default=None, description="DPO: the share of pairs whose chosen answer the policy rewards above the rejected."
+    )
+    reward_margin: float | None = Field(
+        default=None, description="DPO: the mean of beta * h (chosen reward minus rejected reward) over the pairs."
+    )
 
 
 class ValidationMetrics(_Strict):
@@ -202,6 +208,9 @@ class ValidationMetrics(_Strict):
     step: int
     epoch: int
     validation_loss: float
+    reward_accuracy: float | None = Field(
+        default=None, description="DPO: as in StepMetrics, over the validation pairs."
+    )
 
 
 class CheckpointInfo(_Strict):
