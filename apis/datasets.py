@@ -84,7 +84,7 @@ class Datasets(Protocol):
         """Extension: every dataset, with its uuid and row count."""
         ...
 
-    @webmethod("GET", "/datasets/rows")
+    @webmethod("GET", "/datasets/rows", exclude_none=False)  # next_index: null on the last page
     @dispatch(ByOwner(resource="dataset", field="dataset_id"))
     async def get_dataset_rows(
         self,

@@ -195,8 +195,8 @@ def _csv_rows(text: str, columns: Mapping[str, DatasetColumnType], limits: RowLi
             raise limits.bad(f"the CSV header names column(s) {', '.join(map(repr, repeated))} more than once")
         rows: list[dict[str, Any]] = []
         for cells in reader:
-            if not any(cell.strip() for cell in cells):
-                continue  # blank lines between rows
+            if not cells:
+                continue  # a blank line between rows
             number = len(rows) + 1
             if len(cells) > len(names):
                 raise limits.bad(f"row {number} has {len(cells)} cells; the header names {len(names)} columns")
