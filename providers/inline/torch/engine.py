@@ -10,17 +10,25 @@ A batch is one left-padded tensor: a single forward pass evaluates every prompt 
 and per-row position ids), then each step decodes one token for every row still running. Rows that
 finish leave the batch (their KV cache rows are dropped), so the others go on at the cost of a smaller
 batch.
+
+Fine-tuned adapters are not merged: every model of the process whose base is the same files (on the same device,
+in the same dtype) shares one loaded base (:class:`Weights`), and each LoRA/DoRA adapter over it is attached to
+those modules as a named PEFT adapter. A job runs with its model's adapter active (or none, for the base) while it
+holds the base's lock, so that models sharing modules never interleave their forward passes.
 """
 
 from __future__ import annotations
 
 import gc
 import inspect
+import itertools
 import logging
 import math
 import threading
+import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,14 +38,21 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from llama_stack.apis.common import StopReason
-from llama_stack.apis.errors import BadRequestError, NotFoundError
+from llama_stack.apis.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 from llama_stack.apis.inference import PromptTokenLogprob, SamplingParams, TokenLogprob, TopLogprob, Usage
 from llama_stack.providers.utils.chunk_stream import Piece, piece_emitter
 from llama_stack.providers.utils.gguf import PYPI_PREFIX, resolve_gguf
 from llama_stack.providers.utils.model_worker import Cancelled, Job
 from llama_stack.providers.utils.stop_strings import StopStrings
 
+from .checkpoints import ADAPTER_WEIGHTS, adapter_folder, adapter_kind, read_adapter_config
+
 log = logging.getLogger(__name__)
+
+# PEFT warns when a model gets a second adapter and when the active one is deleted: both are how adapters are
+# served here (several per base, each active only while its request runs).
+warnings.filterwarnings("ignore", message=r"Already found a `peft_config` attribute", category=UserWarning)
+warnings.filterwarnings("ignore", message=r"Adapter \S+ was active which is now deleted", category=UserWarning)
 
 # How many prompt tokens seed a row's detokenizer: enough for a SentencePiece tokenizer to keep the space
 # before a completion's first word, and for a token's text to be read in context.
@@ -114,9 +129,29 @@ def _dtype_argument() -> str:
     return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
 
 
+class _Unknown:
+    """Which adapter the modules run with is not known (just after one was attached or dropped)."""
+
+
+UNKNOWN = _Unknown()
+
+
+@dataclass
+class Adapter:
+    """A PEFT adapter attached to a base's modules under ``name``, used by ``users`` model entries."""
+
+    name: str
+    directory: Path
+    kind: str  # lora or dora
+    users: int = 1
+
+
 class Weights:
-    """A loaded model and its tokenizer, shared by every model entry (and provider) of this process that
-    names the same files, device and dtype: read-only at inference, so several workers can use them."""
+    """A loaded base model and its tokenizer, shared by every model entry (and provider) of this process that
+    names the same files, device and dtype, with the adapters those entries put over it.
+
+    ``lock`` is held by a job for all its forward passes and by whoever attaches or drops an adapter: the
+    modules are shared, and which adapter they run with is a property of the modules."""
 
     def __init__(self, model: Any, tokenizer: Any, device: torch.device, source: Source):
         self.model = model
@@ -138,13 +173,71 @@ class Weights:
         end = len(special) - len(plain)
         self.special_prefix = end if end > 0 and special[end:] == plain else 0
         self.token_texts: dict[int, str] = {}  # a token id's text alone (logprob alternatives)
+        self.lock = threading.Lock()
+        # The attached adapters, by what they were read from (a second entry naming the same files shares one).
+        self.adapters: dict[tuple[Any, ...], Adapter] = {}
+        # The adapter the modules run with: None is the base alone (also before any adapter was attached).
+        self.active: str | _Unknown | None = None
+        self._names = itertools.count(1)
+
+    def attach(self, directory: Path, safetensors_only: bool) -> str:
+        """Attach the PEFT adapter in ``directory`` (or count one more user of it); its name. Waits for the
+        running generation of a model sharing these weights to end (the modules change)."""
+        config = read_adapter_config(directory)
+        key = _adapter_key(directory)
+        with self.lock:
+            found = self.adapters.get(key)
+            if found is not None:
+                found.users += 1
+                return found.name
+        state = _read_adapter_weights(directory, self.device, safetensors_only)  # off the lock: disk reads
+        with self.lock:
+            found = self.adapters.get(key)
+            if found is not None:
+                found.users += 1
+                return found.name
+            name = f"adapter_{next(self._names)}"
+            _inject(self.model, directory, config, state, name)
+            self.adapters[key] = Adapter(name, directory, adapter_kind(config))
+            self.active = UNKNOWN
+            return name
+
+    def detach(self, name: str) -> None:
+        """One user fewer of adapter ``name``; the last one takes it off the modules."""
+        with self.lock:
+            key = next((k for k, a in self.adapters.items() if a.name == name), None)
+            if key is None:
+                return
+            adapter = self.adapters[key]
+            adapter.users -= 1
+            if adapter.users > 0:
+                return
+            del self.adapters[key]
+            _remove_adapter(self.model, name)
+            self.active = UNKNOWN
+
+    def switch(self, name: str | None) -> None:
+        """Make the modules run with adapter ``name`` (None: the base alone). Call holding ``lock``."""
+        if self.active == name:
+            return
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for module in self.model.modules():
+            if isinstance(module, BaseTunerLayer):
+                module.enable_adapters(name is not None)
+                if name is not None:
+                    # A module the adapter does not cover keeps its base weights: PEFT skips names it lacks.
+                    module.set_adapter(name)
+        self.active = name
 
 
 class LoadedModel:
     """One model entry: shared weights, and what generation needs to know about them."""
 
-    def __init__(self, weights: Weights, context_length: int | None):
+    def __init__(self, weights: Weights, context_length: int | None, adapter: str | None = None):
         self.weights = weights
+        self.adapter = adapter  # the name of this entry's adapter on the weights; None: the base alone
+        self.closed = False
         self.model = weights.model
         self.tokenizer = weights.tokenizer
         self.device = weights.device
@@ -156,6 +249,24 @@ class LoadedModel:
         self.context_length = context_length or _context_of(self.model.config, self.tokenizer)
         self._cache_argument = weights.cache_argument
         self._keep_argument = weights.keep_argument
+
+    @contextmanager
+    def running(self, cancelled: Callable[[], bool]) -> Iterator[None]:
+        """Hold the weights (their lock) with this entry's adapter active, for a job's forward passes; a job
+        given up while it waited for another model's generation on the same weights raises Cancelled."""
+        weights = self.weights
+        if self.closed or weights is None:
+            raise ServiceUnavailableError("the model was unregistered before its request ran")
+        while not weights.lock.acquire(timeout=0.05):
+            if cancelled():
+                raise Cancelled
+        try:
+            if self.closed:  # unregistered while it waited: its adapter may be gone from the modules
+                raise ServiceUnavailableError("the model was unregistered before its request ran")
+            weights.switch(self.adapter)
+            yield
+        finally:
+            weights.lock.release()
 
     def new_cache(self) -> Any:
         try:
@@ -205,9 +316,17 @@ class LoadedModel:
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     def close(self) -> None:
-        """Let go of the weights; they are freed when no other model entry uses them."""
+        """Drop this entry's adapter (when no other entry uses it) and let go of the weights; they are freed when
+        no other model entry uses them. Waits for a running generation on the same weights to end."""
+        if self.closed:
+            return
+        self.closed = True
+        weights = self.weights
+        if self.adapter is not None and weights is not None:
+            weights.detach(self.adapter)
         cuda = self.device.type == "cuda"
         self.model = self.tokenizer = self.weights = None  # type: ignore[assignment]
+        del weights
         if cuda:
             gc.collect()
             torch.cuda.empty_cache()
@@ -234,7 +353,7 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     return ids
 
 
-# Weights loaded in this process, by what they were loaded from; an entry goes when its last user does.
+# Base weights loaded in this process, by what they were loaded from; an entry goes when its last user does.
 _loaded: weakref.WeakValueDictionary[tuple[Any, ...], Weights] = weakref.WeakValueDictionary()
 _loading = threading.Lock()
 
@@ -247,68 +366,132 @@ def _stamp(path: Path | None) -> tuple[Any, ...] | None:
     return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
 
 
+def loaded_weights() -> list[Weights]:
+    """The base weights loaded in this process now (each once, whatever number of models share it)."""
+    return list(_loaded.values())
+
+
 def load_model(
     reference: str,
     *,
     device: torch.device,
     dtype: torch.dtype,
     context_length: int | None = None,
-    lora_adapter: str | None = None,
+    lora_adapter: str | Path | None = None,
+    safetensors_only: bool = False,
 ) -> LoadedModel:
-    """Load a checkpoint directory or GGUF file (and a PEFT LoRA adapter, merged into the weights).
+    """Load a checkpoint directory or GGUF file, with a PEFT LoRA/DoRA adapter attached over it (unmerged).
 
-    Weights already loaded in this process from the same files onto the same device and dtype are reused.
+    Base weights already loaded in this process from the same files onto the same device and dtype are reused;
+    so is an adapter already attached to them from the same files. ``safetensors_only`` never reads a pickle
+    (a checkpoint a client named).
     """
     source = resolve_source(reference)
-    adapter = _adapter_directory(lora_adapter) if lora_adapter is not None else None
+    adapter = adapter_folder(str(lora_adapter), "lora_adapter") if lora_adapter is not None else None
     files = source.directory / source.gguf_file if source.gguf_file else source.directory / "config.json"
-    key = (_stamp(files), _stamp(adapter / "adapter_config.json") if adapter else None, str(device), str(dtype))
+    key = (_stamp(files), str(device), str(dtype))
     with _loading:
         weights = _loaded.get(key)
         if weights is None:
-            weights = _load_weights(source, adapter, device, dtype)
+            weights = _load_weights(source, device, dtype, safetensors_only)
             _loaded[key] = weights
-    return LoadedModel(weights, context_length)
+    name = weights.attach(adapter, safetensors_only) if adapter is not None else None
+    return LoadedModel(weights, context_length, name)
 
 
-def _load_weights(source: Source, adapter: Path | None, device: torch.device, dtype: torch.dtype) -> Weights:
+def _load_weights(source: Source, device: torch.device, dtype: torch.dtype, safetensors_only: bool) -> Weights:
     common: dict[str, Any] = {"local_files_only": True}
+    weights_only: dict[str, Any] = {_dtype_argument(): dtype}
     if source.gguf_file:
         common["gguf_file"] = source.gguf_file
+    elif safetensors_only:
+        if not any(source.directory.glob("*.safetensors")):
+            raise BadRequestError(f"{str(source)!r} holds no .safetensors weights (a pickle is never read here)")
+        weights_only["use_safetensors"] = True
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.directory, **common)
         # Any: what transformers' stubs say of a model's methods (to() wrapped by a decorator) is not what it does.
-        model: Any = AutoModelForCausalLM.from_pretrained(source.directory, **common, **{_dtype_argument(): dtype})
+        model: Any = AutoModelForCausalLM.from_pretrained(source.directory, **common, **weights_only)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise BadRequestError(f"transformers could not load {str(source)!r}: {type(exc).__name__}: {exc}") from exc
-    if adapter is not None:
-        model = _with_adapter(model, adapter)
     model.to(device)
     model.eval()
     return Weights(model, tokenizer, device, source)
 
 
-def _adapter_directory(reference: str) -> Path:
-    path = Path(reference).expanduser()
-    if not path.is_dir():
-        raise NotFoundError(f"lora_adapter {str(path)!r} is not a directory (a PEFT adapter directory is expected)")
-    if not (path / "adapter_config.json").is_file():
-        raise BadRequestError(f"lora_adapter {str(path)!r} has no adapter_config.json: not a PEFT adapter directory")
-    return path
+def _adapter_key(directory: Path) -> tuple[Any, ...]:
+    weights = directory / ADAPTER_WEIGHTS
+    return (_stamp(directory / "adapter_config.json"), _stamp(weights) if weights.is_file() else None)
 
 
-def _with_adapter(model: Any, adapter: Path) -> Any:
-    """The base model with the adapter's weights merged in: inference then costs what the base model costs."""
+def _read_adapter_weights(directory: Path, device: torch.device, safetensors_only: bool) -> dict[str, torch.Tensor]:
+    """The adapter's tensors: adapter_model.safetensors, or (trusted folders only) adapter_model.bin read with
+    torch.load's weights_only (tensors, no code)."""
+    safetensors_file, pickle_file = directory / ADAPTER_WEIGHTS, directory / "adapter_model.bin"
     try:
-        from peft import PeftModel
+        if safetensors_file.is_file():
+            from safetensors.torch import load_file
+
+            return load_file(str(safetensors_file), device=str(device))
+        if pickle_file.is_file() and not safetensors_only:
+            state: dict[str, torch.Tensor] = torch.load(pickle_file, map_location=device, weights_only=True)
+            return state
+    except Exception as exc:  # safetensors and torch.load name what is wrong with the file in their own errors
+        raise BadRequestError(
+            f"adapter {str(directory)!r}: its weights cannot be read: {type(exc).__name__}: {exc}"
+        ) from exc
+    raise BadRequestError(f"adapter {str(directory)!r} has no {ADAPTER_WEIGHTS}")
+
+
+def _inject(model: Any, directory: Path, config: dict[str, Any], state: dict[str, torch.Tensor], name: str) -> None:
+    """Put adapter ``name`` into the model's modules (LoRA layers around the ones it targets) with ``state``'s
+    weights; a 400 (the model left as it was) when they do not fit the model."""
+    try:
+        from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
     except ImportError as exc:
         raise BadRequestError(
-            f"lora_adapter {str(adapter)!r} needs peft: pip install 'llama-stack-runtime[torch]'"
+            f"adapter {str(directory)!r} needs peft: pip install 'llama-stack-runtime[torch]'"
         ) from exc
     try:
-        return PeftModel.from_pretrained(model, str(adapter), is_trainable=False).merge_and_unload()
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise BadRequestError(f"could not apply lora_adapter {str(adapter)!r}: {type(exc).__name__}: {exc}") from exc
+        fields = {k: v for k, v in config.items() if k in LoraConfig.__dataclass_fields__}
+        lora = LoraConfig(**{**fields, "inference_mode": True})
+    except (TypeError, ValueError) as exc:
+        raise BadRequestError(f"adapter {str(directory)!r}: adapter_config.json is not a LoRA config: {exc}") from exc
+    try:
+        inject_adapter_in_model(lora, model, adapter_name=name)
+        result: Any = set_peft_model_state_dict(model, state, adapter_name=name)  # missing and unexpected keys
+    except (ValueError, KeyError, RuntimeError, TypeError) as exc:
+        _remove_adapter(model, name)
+        raise BadRequestError(f"adapter {str(directory)!r} does not fit {type(model).__name__}: {_brief(exc)}") from exc
+    missing = [k for k in result.missing_keys if f".{name}" in k]
+    if missing or result.unexpected_keys:
+        _remove_adapter(model, name)
+        what = (
+            f"lacks {len(missing)} weights it configures (e.g. {missing[0]})"
+            if missing
+            else (
+                f"holds {len(result.unexpected_keys)} weights the model has no place for (e.g. {result.unexpected_keys[0]})"
+            )
+        )
+        raise BadRequestError(f"adapter {str(directory)!r} {what}")
+    model.eval()  # new LoRA dropout modules start in training mode
+    model.requires_grad_(False)
+
+
+def _brief(exc: Exception, limit: int = 400) -> str:
+    """An exception as one line: torch lists every mismatched tensor of a state dict, one per line."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    text = f"{type(exc).__name__}: {text}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _remove_adapter(model: Any, name: str) -> None:
+    """Take adapter ``name`` off every module (those it does not cover are left as they are)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.delete_adapter(name)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -767,12 +950,14 @@ def generate_job(
 ) -> list[Row]:
     """Run every row to its end; raises :class:`Cancelled` when the job's flag is set."""
     _attach_grammar(lm, rows, decoding.grammar, model_id)
-    if decoding.prompt_logprobs is not None:
-        for row in rows:
-            score_prompt(lm, row, decoding.prompt_logprobs, lambda: job.cancelled)
-            if len(rows) > 1:
-                row.prefilled = None  # a batch evaluates its prompts together, padded: the caches go now
-    generate(lm, rows, decoding.sampling, lambda: job.cancelled, max_batch_size)
+    cancelled = lambda: job.cancelled  # noqa: E731
+    with lm.running(cancelled):
+        if decoding.prompt_logprobs is not None:
+            for row in rows:
+                score_prompt(lm, row, decoding.prompt_logprobs, cancelled)
+                if len(rows) > 1:
+                    row.prefilled = None  # a batch evaluates its prompts together, padded: the caches go now
+        generate(lm, rows, decoding.sampling, cancelled, max_batch_size)
     return rows
 
 

