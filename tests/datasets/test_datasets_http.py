@@ -146,6 +146,15 @@ async def test_hostile_requests_are_answered_4xx(http, method, path, request_kwa
     assert [d["uuid"] for d in (await http.get("/datasets/list")).json()] == ["h"]  # nothing else was created
 
 
+async def test_a_lone_surrogate_in_metadata_is_a_400_not_a_server_error(http):
+    body = json.dumps(create_body("s")).replace('"metadata": {"n": 1}', '"metadata": {"n": "\\ud800"}')
+    assert "\\ud800" in body
+    answer = await http.post("/datasets/create", content=body, headers={"content-type": "application/json"})
+    assert answer.status_code == 400
+    assert "lone UTF-16 surrogate" in error_of(answer)["message"]
+    assert (await http.get("/datasets/list")).json() == []
+
+
 async def test_the_routes_are_in_the_openapi_document(http):
     document = (await http.get("/openapi.json")).json()
     for path, method in (

@@ -13,6 +13,8 @@ from collections import OrderedDict
 from datetime import datetime, timezone
 from typing import Any
 
+from pydantic_core import PydanticSerializationError
+
 from llama_stack.apis.datasets import (
     MAX_ROWS_PER_PAGE,
     CreateDatasetRequest,
@@ -48,6 +50,7 @@ class DatasetsImpl:
     # ------------------------------------------------------------------------------------------ routes
     async def create_dataset(self, request: CreateDatasetRequest) -> None:
         uuid = _checked_uuid(request.uuid, "uuid")
+        _check_unicode(request.dataset)
         if self.store.get(uuid) is not None:
             raise self._exists(uuid)
         content = await read_dataset(self.reader, request.dataset, "dataset.content_url", max_rows=self.config.max_rows)
@@ -158,6 +161,18 @@ def _checked_uuid(uuid: str, param: str) -> str:
         got = f"{len(uuid)} characters" if isinstance(uuid, str) else type(uuid).__name__
         raise BadRequestError(f"{param}: a dataset uuid has 1 to {MAX_UUID_LENGTH} characters, got {got}", param=param)
     return uuid
+
+
+def _check_unicode(dataset: Dataset) -> None:
+    """JSON may escape half of a UTF-16 surrogate pair alone (``"\\ud800"``); such a string is not text and
+    could be neither stored nor answered."""
+    try:
+        dataset.model_dump_json()
+    except PydanticSerializationError:
+        raise BadRequestError(
+            "dataset: holds a string with a lone UTF-16 surrogate escape (such as \\ud800), which is not text",
+            param="dataset",
+        ) from None
 
 
 def build(config: DatasetsConfig, context: ProviderContext) -> DatasetsImpl:
