@@ -221,6 +221,7 @@ class LlamaStackClient:
             setattr(self, facade.name, ApiClient(transport, facade_endpoints(facade)))
         inspect = ApiClient(transport, endpoints_of(Inspect, None))
         self.health, self.list_models, self.list_providers = inspect.health, inspect.list_models, inspect.list_providers  # type: ignore[attr-defined]
+        self.register_model, self.unregister_model = inspect.register_model, inspect.unregister_model  # type: ignore[attr-defined]
 
     @classmethod
     def http(
@@ -289,7 +290,7 @@ class SyncLlamaStackClient:
         self._client: LlamaStackClient = self._run(make_client())
         for name in [api.value for api in PROTOCOLS] + [facade.name for facade in FACADES]:
             setattr(self, name, _SyncApi(self, getattr(self._client, name)))
-        for name in ("health", "list_models", "list_providers"):
+        for name in ("health", "list_models", "list_providers", "register_model", "unregister_model"):
             setattr(self, name, self._wrap(getattr(self._client, name)))
 
     @classmethod

@@ -2,7 +2,9 @@
 
 Inference routes by model like any ``ByModel`` API (see :mod:`.routing`), and also refuses, before a provider
 spends time on it, what no model could serve: empty prompts, a max_tokens or a prompt larger than the model's
-context window, a model of the wrong type for the route. It adds a model's system prompt to chats.
+context window, a model of the wrong type for the route. It adds a model's system prompt to chats. Models
+registered while the stack runs join and leave it through :meth:`InferenceRouter.add_model` and
+:meth:`InferenceRouter.remove_model`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 from llama_stack.apis.common import Content, Dialog, Message, Role
-from llama_stack.apis.errors import BadRequestError, NotFoundError, NotSupportedError
+from llama_stack.apis.errors import BadRequestError, NotFoundError, NotSupportedError, ProviderError
 from llama_stack.apis.inference import (
     BatchChatCompletionRequest,
     BatchCompletionRequest,
@@ -56,6 +58,32 @@ class InferenceRouter:
         self._model_of = {model.model_id: model for model in models}
         self._system_prompt_of = {model.model_id: model.system_prompt for model in models if model.system_prompt}
         self._model_id_of = {name: model.model_id for model in models for name in (model.model_id, *model.aliases)}
+        # Models listed but not served (registered at run time, they failed to load again at start): why.
+        self._failure_of: dict[str, str] = {}
+
+    def add_model(self, model: Model, provider: RoutedProvider, failure: str | None = None) -> None:
+        """Route ``model`` to ``provider`` from now on (its names must be free); with ``failure``, its calls
+        answer 502 saying why it is not served."""
+        taken = [name for name in (model.model_id, *model.aliases) if name in self._model_id_of]
+        if taken:
+            raise ValueError(f"model {model.model_id!r}: {', '.join(taken)} already name a routed model")
+        self._provider_of[model.model_id] = provider
+        self._model_of[model.model_id] = model
+        if model.system_prompt:
+            self._system_prompt_of[model.model_id] = model.system_prompt
+        for name in (model.model_id, *model.aliases):
+            self._model_id_of[name] = model.model_id
+        if failure is not None:
+            self._failure_of[model.model_id] = failure
+
+    def remove_model(self, model_id: str) -> None:
+        """Stop routing ``model_id``: requests naming it (or an alias) are 404s from now on."""
+        model = self._model_of.pop(model_id)
+        del self._provider_of[model_id]
+        self._system_prompt_of.pop(model_id, None)
+        self._failure_of.pop(model_id, None)
+        for name in (model.model_id, *model.aliases):
+            self._model_id_of.pop(name, None)
 
     def models(self, model_type: str | None = None) -> list[Model]:
         """The served models (only those of ``model_type`` when given): for callers that check a model up front."""
@@ -77,6 +105,13 @@ class InferenceRouter:
         """The provider serving the request's model, and the request naming the model by its model_id."""
         model_id = self.model_id(request.model)
         model = self._model_of[model_id]
+        failure = self._failure_of.get(model_id)
+        if failure is not None:
+            raise ProviderError(
+                f"Model '{model_id}' (registered at run time) could not be loaded again when the server started: "
+                f"{failure} (fix that and restart, or unregister it: DELETE /models/unregister)",
+                provider=model.provider_id,
+            )
         if model.model_type != model_type:
             fitting = ", ".join(sorted(m for m, v in self._model_of.items() if v.model_type == model_type)) or "none"
             raise BadRequestError(

@@ -65,6 +65,10 @@ RETRY_AFTER_HEADER = {
 }
 
 
+# The stack's own routes that hand a request to a provider (registering a model loads it there).
+PROVIDER_BACKED_STACK_PATHS = frozenset({"/models/register", "/models/unregister"})
+
+
 def error_statuses(e: Endpoint) -> list[str]:
     """The error statuses ``e`` can answer, in order."""
     # Any request: a malformed provider-data header (400), an oversize body (413, from its Content-Length),
@@ -74,7 +78,7 @@ def error_statuses(e: Endpoint) -> list[str]:
         statuses.add("401")
     if e.body_adapter is not None or e.query:
         statuses.add("400" if e.route.path.startswith(OPENAI_PATH_PREFIX) else "422")  # see as_openai_error
-    if e.api is not None:  # served by a provider, which may refuse or fail in any of these ways
+    if e.api is not None or e.route.path in PROVIDER_BACKED_STACK_PATHS:  # a provider may refuse or fail any way
         statuses |= {"400", "404", "409", "501", "502", "504"}
     return sorted(statuses)
 

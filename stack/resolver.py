@@ -11,18 +11,22 @@ from pathlib import Path
 from typing import Any
 
 from llama_stack.apis.dispatch import ByModel
-from llama_stack.apis.errors import NotFoundError
+from llama_stack.apis.errors import NotFoundError, ServiceUnavailableError
 from llama_stack.apis.inspect import HealthInfo, Model, ProviderInfo
 from llama_stack.apis.registry import Api, dispatch_rules
 
 from .config import ConfigError, DistributionConfig, load_distribution, validate_provider_configs
 from .inference_routing import InferenceRouter
+from .model_store import ModelStore
 from .ownership import OwnerStore
 from .plugins import ProviderContext, ProviderRegistry, build_provider, discover_providers
 from .routing import ApiRouter, ModelTable, RoutedProvider
+from .runtime_models import RuntimeModels
 
 # The stack's own records (which provider owns each bank, job, dataset and agent), in the storage folder.
 OWNERS_FILE = "routing.sqlite"
+# The models registered at run time (POST /models/register), in the storage folder.
+MODELS_FILE = "models.sqlite"
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,7 @@ class Stack:
     # The distribution's models as their providers serve them (see _register_models).
     models: list[Model] = field(default_factory=list)
     _owners: OwnerStore | None = None
+    _runtime_models: RuntimeModels | None = None
 
     @classmethod
     def from_distribution(
@@ -93,6 +98,7 @@ class Stack:
         try:
             # Once, before anything is served: the storage folder and the owners' table.
             self._owners = OwnerStore(storage / OWNERS_FILE)
+            self._runtime_models = RuntimeModels(self, ModelStore(storage / MODELS_FILE))
             for api in self._build_order():
                 for entry in self.config.providers[api]:
                     registered = self.registry.get(api, entry.provider_type)
@@ -139,6 +145,8 @@ class Stack:
         if api == Api.inference:
             served = [m for m in self.models if m.provider_id in {p.provider_id for p in routed}]
             self.impls[api] = InferenceRouter(served, {p.provider_id: p for p in routed})
+            assert self._runtime_models is not None  # made by start()
+            await self._runtime_models.restore()  # after the distribution's own models
         else:
             assert self._owners is not None  # opened by start()
             self.impls[api] = ApiRouter(api, routed, self._owners, ModelTable(self.models), self.config.shields)
@@ -187,15 +195,50 @@ class Stack:
         if self._owners is not None:
             self._owners.close()
             self._owners = None
+        if self._runtime_models is not None:
+            self._runtime_models.close()
+            self._runtime_models = None
 
-    # The stack's own inspection routes (llama_stack.apis.inspect.Inspect).
+    # Models registered at run time join and leave the routing here (see runtime_models.py).
+    def serve_model(self, model: Model, failure: str | None = None) -> None:
+        """Route ``model`` (an inference provider's) from now on; with ``failure``, its calls answer why it is
+        not served."""
+        built = self.providers[model.provider_id]
+        router = self.impls[Api.inference]
+        router.add_model(model, RoutedProvider(built.provider_id, built.package, built.impl), failure)
+        self.models.append(model)
+
+    def unserve_model(self, model_id: str) -> None:
+        self.impls[Api.inference].remove_model(model_id)
+        self.models[:] = [m for m in self.models if m.model_id != model_id]
+
+    def _runtime(self) -> RuntimeModels:
+        if self._runtime_models is None:
+            raise ServiceUnavailableError("The stack is not started (or is shutting down)")
+        return self._runtime_models
+
+    # The stack's own routes (llama_stack.apis.inspect.Inspect).
     async def health(self) -> HealthInfo:
         from .readiness import health_info
 
-        return await health_info(self.models, {p.provider_id: p.impl for p in self.providers.values()})
+        runtime = self._runtime_models
+        failed = runtime.routed_failures() if runtime is not None else {}
+        providers = {p.provider_id: p.impl for p in self.providers.values()}
+        # A failed model's provider does not know it: it is not asked.
+        info = await health_info([m for m in self.models if m.model_id not in failed], providers)
+        info.models.update(dict.fromkeys(failed, "failed"))
+        if runtime is not None and runtime.failures:
+            info.errors = dict(runtime.failures)
+        return info
 
     async def list_models(self) -> list[Model]:
         return list(self.models)
+
+    async def register_model(self, model: Model) -> Model:
+        return await self._runtime().register(model)
+
+    async def unregister_model(self, model_id: str) -> None:
+        await self._runtime().unregister(model_id)
 
     async def list_providers(self) -> list[ProviderInfo]:
         return [
