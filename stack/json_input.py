@@ -5,6 +5,9 @@ value afterwards; a body nested a thousand levels deep fails with a ``RecursionE
 between. The depth is therefore measured on the raw text first, brackets inside strings not counted,
 and a document deeper than the limit is refused before anything recurses over it.
 
+A ``\\uD800``-style escape standing alone (half of a UTF-16 pair) parses into a string that cannot be written
+as UTF-8 again: storing or echoing it fails far from here. Such a string is refused, naming where it was.
+
 JSON has no NaN or Infinity, yet Python's parser accepts the literals (``NaN``, ``Infinity``,
 ``-Infinity``) and turns a number too large for a float (``1e400``) into infinity. Such a number is
 refused too, naming where it was: nothing downstream expects one, and it cannot be written back as JSON.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from itertools import accumulate
 from typing import Any
@@ -24,6 +28,8 @@ from llama_stack.apis.errors import BadRequestError
 # shallow enough that the code walking a parsed value recursively never nears Python's recursion limit.
 MAX_JSON_DEPTH = 64
 
+# A \uD800-\uDFFF escape: only then can a parsed string hold a lone surrogate.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _STEP = tuple(1 if b in b"[{" else -1 if b in b"]}" else 0 for b in range(256))
 
@@ -91,6 +97,11 @@ def load_json(
         if path is None:
             raise make_error(f"{what} is {found[0].text}, {kind}", None)
         raise make_error(f"{found[0].text} is {kind}; send a finite number", path)
+    if _SURROGATE_ESCAPE.search(data):
+        lone = _lone_surrogate_path(value, "")
+        if lone is not None:
+            message = "a \\u escape names half of a UTF-16 surrogate pair, which is no character; send valid Unicode"
+            raise make_error(f"{what}: {message}" if not lone else message, lone or None)
     return value
 
 
@@ -113,3 +124,26 @@ def _path_of(value: Any, target: _NonFinite, where: str) -> str | None:
         if found is not None:
             return found
     return None
+
+
+def _lone_surrogate_path(value: Any, where: str) -> str | None:
+    """The path of the first string (value or key) in ``value`` that is not valid Unicode; None if there is none."""
+    if isinstance(value, str):
+        return None if _is_unicode(value) else where
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        step = f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}" if where else str(key)
+        if isinstance(key, str) and not _is_unicode(key):
+            return where
+        found = _lone_surrogate_path(item, step)
+        if found is not None:
+            return found
+    return None
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -137,6 +137,23 @@ async def test_a_non_finite_number_deep_in_free_form_json_is_named_by_its_path(c
     assert error_of(response)["param"] == "response_format.json_schema.properties.x.maximum"
 
 
+@pytest.mark.parametrize("escape", ["\\ud800", "\\udfff", "x\\ud83d"])
+async def test_a_lone_surrogate_escape_is_a_400_naming_where_it_is(client, escape):
+    # Half of a UTF-16 pair parses into a string UTF-8 cannot hold; echoing or storing it would fail later.
+    body = json.dumps(COMPLETION)[:-1] + f', "stop": ["ok", "{escape}"]}}'
+    response = await post_raw(client, "/inference/completion", body)
+    assert response.status_code == 400
+    assert error_of(response)["param"] == "stop[1]"
+    assert "surrogate" in error_of(response)["message"]
+    await still_serving(client)
+
+
+async def test_a_surrogate_pair_escape_is_a_character(client):
+    body = json.dumps(COMPLETION)[:-1] + ', "stop": ["\\ud83d\\ude00"]}'
+    response = await post_raw(client, "/inference/completion", body)
+    assert response.status_code == 200
+
+
 async def test_an_integer_with_thousands_of_digits_is_a_400(client):
     body = json.dumps(COMPLETION)[:-1] + ', "max_tokens": 1' + "0" * 5_000 + "}"
     response = await post_raw(client, "/inference/completion", body)
