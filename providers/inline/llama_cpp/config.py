@@ -38,6 +38,14 @@ class LlamaCppConfig(BaseModel):
             "request at a time per model); a request beyond that is refused with 503 Service Unavailable."
         ),
     )
+    repack_weights: bool = Field(
+        default=False,
+        description=(
+            "Let llama.cpp move weights into its CPU 'extra' buffer types (repacked for AVX512/AMX kernels). Off by "
+            "default: on CPUs with AMX (Sapphire Rapids and later) llama-cpp-python 0.3.36 crashes (SIGSEGV) in "
+            "them on any prompt of more than one token."
+        ),
+    )
     verbose: bool = Field(
         default=False,
         description="Let llama.cpp log model loading and timings to stderr.",

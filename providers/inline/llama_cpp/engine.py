@@ -117,6 +117,7 @@ class LlamaCppEngine:
             n_batch=config.n_batch,
             verbose=config.verbose,
             python_tag=False,
+            repack_weights=config.repack_weights,
         )
         self._generations = SupervisedWorker(
             engine="llama.cpp",

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import llama_cpp
+import llama_cpp.llama_cpp as llama_cpp_module
 from llama_cpp import Llama
 from llama_cpp._internals import LlamaModel
 from llama_cpp.llama_grammar import LLAMA_GRAMMAR_DEFAULT_ROOT
@@ -43,6 +44,7 @@ class LlamaSpec:
     n_batch: int
     verbose: bool
     python_tag: bool  # the model calls tools in the Llama 3.1 format: render <|python_tag|> as text
+    repack_weights: bool = False  # llama.cpp's CPU extra buffer types (see LlamaCppConfig.repack_weights)
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,32 @@ class LoadedFacts:
     logits_all: bool  # logits kept for every position (never: see generation.py)
 
 
+def _without_extra_buffer_types() -> None:
+    """Make this process's Llama models load without llama.cpp's CPU extra buffer types (use_extra_bufts).
+
+    llama-cpp-python's Llama takes no argument for it and builds its model params from
+    ``llama_model_default_params()``; this engine process loads one model, so wrapping that function here
+    changes nothing else.
+    """
+    default_params = llama_cpp_module.llama_model_default_params
+    if getattr(default_params, "_no_extra_buffer_types", False):
+        return
+
+    def params() -> Any:
+        made = default_params()
+        if hasattr(made, "use_extra_bufts"):
+            made.use_extra_bufts = False
+        return made
+
+    params._no_extra_buffer_types = True  # type: ignore[attr-defined]
+    llama_cpp.llama_model_default_params = params
+    llama_cpp_module.llama_model_default_params = params
+
+
 def load_llama(spec: LlamaSpec) -> Llama:
+    if not spec.repack_weights:
+        _without_extra_buffer_types()
+
     def load(n_ctx: int) -> Llama:
         return Llama(
             model_path=spec.path, n_ctx=n_ctx, n_threads=spec.n_threads, n_batch=spec.n_batch, verbose=spec.verbose
