@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -14,6 +15,9 @@ def _main(argv: list[str]) -> int:
     if not job_dir.is_dir():
         print(f"no job folder at {job_dir}", file=sys.stderr)
         return 2
+    # Before anything imports tqdm, which reads it once: transformers' progress bars (dequantizing a GGUF
+    # file) are not log lines.
+    os.environ.setdefault("TQDM_DISABLE", "1")
     from .job import main
 
     return main(job_dir)

@@ -109,6 +109,8 @@ def configure_logging(rank: int) -> None:
         stream=sys.stderr,
     )
     warnings.filterwarnings("ignore", category=FutureWarning)
+    # peft looks for the base's config.json beside a GGUF file, finds none, and says so at every checkpoint.
+    warnings.filterwarnings("ignore", message="Could not find a config file", category=UserWarning)
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     from transformers.utils import logging as transformers_logging
 
@@ -177,7 +179,7 @@ class Job:
         world = distributed.start(spec.distributed, device)
         try:
             dtype = resolve_dtype(spec.dtype, device)
-            _check_kind(spec)
+            _check_job(spec, device)
             started = time.monotonic()
             tokenizer = model.load_tokenizer(spec)
             encoder = Encoder(tokenizer, spec.data, spec.loop.max_seq_len)
@@ -225,9 +227,11 @@ class Job:
             distributed.stop(world)
 
 
-def _check_kind(spec: JobSpec) -> None:
-    from .model import ModelError
+def _check_job(spec: JobSpec, device: Any) -> None:
+    """What can be refused before anything loads."""
+    from .model import ModelError, check_device
 
+    check_device(spec, device)
     if spec.kind == "dpo" and (spec.dpo is None or spec.data.format != "preference"):
         raise ModelError("a dpo job needs its dpo settings and preference rows (data.format 'preference')")
     if spec.kind == "sft" and spec.data.format == "preference":

@@ -60,11 +60,13 @@ def load(spec: JobSpec, tokenizer: Any, device: torch.device, dtype: torch.dtype
     if not source.gguf_file:
         options["use_safetensors"] = True  # a pickled checkpoint could run code on load
     if quantized:
+        check_device(spec, device)
         options.update(_four_bit(device, dtype))
     model: Any = AutoModelForCausalLM.from_pretrained(source.directory, **options, **{_dtype_argument(): dtype})
+    if source.gguf_file:
+        _dequantized(model)
     if not quantized:
         model.to(device)
-    model.config.use_cache = False  # a cache is for generation; training only wastes memory on it
     checkpointing = spec.loop.activation_checkpointing
     if quantized:
         from peft import prepare_model_for_kbit_training
@@ -85,11 +87,27 @@ def load(spec: JobSpec, tokenizer: Any, device: torch.device, dtype: torch.dtype
     return Trainable(model, tokenizer, int(pad or 0), spec.adapter is not None, total, trainable)
 
 
-def _four_bit(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+def _dequantized(model: Any) -> None:
+    """transformers reads a GGUF file into plain float weights but still marks the model as GGUF-quantized,
+    and refuses to save it so: the weights are what a full checkpoint saves, so the mark goes."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model.quantization_method = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def check_device(spec: JobSpec, device: torch.device) -> None:
+    """QLoRA's 4-bit weights need CUDA and bitsandbytes."""
+    if spec.adapter is None or spec.adapter.kind != "qlora":
+        return
     if device.type != "cuda":
         raise ModelError(f"qlora needs a CUDA GPU (4-bit weights through bitsandbytes); this job runs on {device}")
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ModelError("qlora needs bitsandbytes: pip install 'llama-stack-runtime[qlora]'")
+
+
+def _four_bit(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     from transformers import BitsAndBytesConfig
 
     config = BitsAndBytesConfig(

@@ -43,7 +43,8 @@ class Objective(Protocol):
 
 def token_losses(model: Any, batch: Batch) -> torch.Tensor:
     """Each row's summed cross-entropy over its loss-carrying tokens, (rows,)."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    # No cache: it is for generation, and training would only spend memory on it.
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
     predicted = logits[:, :-1, :].float()
     targets = batch.labels[:, 1:]
     losses = F.cross_entropy(predicted.flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="none")
