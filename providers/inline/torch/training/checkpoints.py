@@ -41,7 +41,7 @@ def save(job_dir: Path, model: Any, tokenizer: Any, world: World, info: Checkpoi
         inner = unwrapped(model)
         options: dict[str, Any] = {"safe_serialization": True}
         if state is not None:
-            options["state_dict"] = state
+            options["state_dict"] = _untied(inner, state)
         inner.save_pretrained(str(partial), **options)
         tokenizer.save_pretrained(str(partial))
         write_json(partial / CHECKPOINT_INFO, info)
@@ -55,6 +55,18 @@ def save(job_dir: Path, model: Any, tokenizer: Any, world: World, info: Checkpoi
         for _, old in checkpoint_dirs(job_dir)[:-keep]:
             _remove(old)
     return final
+
+
+def _untied(model: Any, state: dict[str, Any]) -> dict[str, Any]:
+    """A gathered state holds a tied output projection as a copy of the input embeddings: saved, it would take
+    their room twice (transformers ties them again on load)."""
+    config = getattr(model, "config", None)
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if output is None or not getattr(config, "tie_word_embeddings", False):
+        return state
+    names = {module: name for name, module in model.named_modules()}
+    key = f"{names[output]}.weight" if output in names else None
+    return {name: tensor for name, tensor in state.items() if name != key}
 
 
 def _remove(folder: Path) -> None:

@@ -45,9 +45,10 @@ def token_losses(model: Any, batch: Batch) -> torch.Tensor:
     """Each row's summed cross-entropy over its loss-carrying tokens, (rows,)."""
     # No cache: it is for generation, and training would only spend memory on it.
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-    predicted = logits[:, :-1, :].float()
-    targets = batch.labels[:, 1:]
-    losses = F.cross_entropy(predicted.flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="none")
+    # Position i predicts token i + 1: the labels move left (the last position predicts nothing) rather than
+    # the logits right, which would copy the largest tensor of the step.
+    targets = F.pad(batch.labels[:, 1:], (0, 1), value=IGNORE)
+    losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="none")
     return losses.view(targets.shape).sum(dim=1)
 
 
