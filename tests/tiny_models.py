@@ -47,15 +47,15 @@ def save_tiny_llama(folder: Path, seed: int = 0, hidden_size: int = 64) -> Path:
     return folder
 
 
-def save_adapter(base: Path, folder: Path, *, dora: bool, seed: int) -> Path:
+def save_adapter(base: Path, folder: Path, *, dora: bool, seed: int, targets: list[str] | None = None) -> Path:
     """A PEFT adapter over ``base`` with random non-zero weights (it changes every answer): LoRA on the
-    attention's q/v/o projections, or DoRA on q/k and the MLP's down projection."""
+    attention's q/v/o projections, or DoRA on q/k and the MLP's down projection (or on ``targets``)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(base)
     torch.manual_seed(seed)
-    targets = ["q_proj", "k_proj", "down_proj"] if dora else ["q_proj", "v_proj", "o_proj"]
+    targets = targets or (["q_proj", "k_proj", "down_proj"] if dora else ["q_proj", "v_proj", "o_proj"])
     config = LoraConfig(r=4, lora_alpha=16, target_modules=targets, init_lora_weights=False, use_dora=dora)
     peft_model = get_peft_model(model, config)
     if dora:  # DoRA's magnitudes start at the weights' norms: move them too, so that they matter
@@ -102,16 +102,20 @@ def save_merged(base: Path, adapter: Path, folder: Path) -> Path:
     return folder
 
 
-def merged_greedy(base: Path, adapter: Path | None, prompt: str, tokens: int) -> tuple[str, list[float]]:
+def merged_greedy(
+    base: Path, adapter: Path | None, prompt: str, tokens: int, merge: bool = True
+) -> tuple[str, list[float]]:
     """The text and per-token logprobs greedy decoding gives on PEFT's merged model (the base alone when
-    ``adapter`` is None), ``tokens`` tokens, prompt encoded with its special tokens (as completions are)."""
+    ``adapter`` is None; PEFT's unmerged model without ``merge``), ``tokens`` tokens, prompt encoded with its
+    special tokens (as completions are)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     model: Any = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     if adapter is not None:
-        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+        model = PeftModel.from_pretrained(model, str(adapter))
+        model = model.merge_and_unload() if merge else model
     model.eval()
     ids = tokenizer(prompt)["input_ids"]
     new: list[int] = []

@@ -225,6 +225,27 @@ async def test_an_adapters_base_named_by_metadata(provider, files, expected, tmp
     assert len(weights_of(files["base"])) == 1
 
 
+async def test_base_weights_saved_beside_an_adapter_never_reach_the_shared_base(provider, files, expected, tmp_path):
+    # An adapter of the output layer, whose weights are tied to the embeddings: PEFT saves the embeddings beside
+    # it. Here they are not the base's (as after training in another dtype): the served base must not take them,
+    # and the adapter must answer as it does over the base it was trained on.
+    from safetensors.torch import load_file, save_file
+
+    clean = save_adapter(files["base"], tmp_path / "output", dora=False, seed=5, targets=["q_proj", "lm_head"])
+    altered = shutil.copytree(clean, tmp_path / "altered")
+    tensors = load_file(altered / "adapter_model.safetensors")
+    (saved_base,) = [key for key in tensors if "lora_" not in key]
+    tensors[saved_base] = tensors[saved_base] * 3
+    save_file(tensors, altered / "adapter_model.safetensors")
+    await provider.register_model(model("tiny", files["base"]))
+    await provider.register_model(model("tiny-output", altered))
+    # PEFT's own forward with the clean adapter (not merged: merging into a layer tied to the embeddings would
+    # change the embeddings too).
+    reference = merged_greedy(files["base"], clean, PROMPT, TOKENS, merge=False)
+    assert same(await answer(provider, "tiny-output"), reference) and reference != expected["base"]
+    assert same(await answer(provider, "tiny"), expected["base"])
+
+
 # -- what a client may register (register_client_model) ---------------------------------------------------
 
 

@@ -459,6 +459,7 @@ def _inject(model: Any, directory: Path, config: dict[str, Any], state: dict[str
         raise BadRequestError(f"adapter {str(directory)!r}: adapter_config.json is not a LoRA config: {exc}") from exc
     try:
         inject_adapter_in_model(lora, model, adapter_name=name)
+        state = _adapter_only(model, state)
         result: Any = set_peft_model_state_dict(model, state, adapter_name=name)  # missing and unexpected keys
     except (ValueError, KeyError, RuntimeError, TypeError) as exc:
         _remove_adapter(model, name)
@@ -476,6 +477,13 @@ def _inject(model: Any, directory: Path, config: dict[str, Any], state: dict[str
         raise BadRequestError(f"adapter {str(directory)!r} {what}")
     model.eval()  # new LoRA dropout modules start in training mode
     model.requires_grad_(False)
+
+
+def _adapter_only(model: Any, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` without the base model's own weights: PEFT saves a tied embedding beside an adapter of the output
+    layer (``lm_head.base_layer.weight``), and loading it would write into the base every other model shares."""
+    base = {name for name, _ in model.named_parameters(remove_duplicate=False)}  # tied weights under each name
+    return {key: value for key, value in state.items() if key.removeprefix("base_model.model.") not in base}
 
 
 def _brief(exc: Exception, limit: int = 400) -> str:
