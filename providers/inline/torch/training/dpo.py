@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -82,7 +82,7 @@ class DPO:
         )
         return total, sums
 
-    def prepare(self, model: Any, pairs: Sequence[Pair], micro_size: int) -> None:
+    def prepare(self, model: Any, pairs: Sequence[Pair], micro_size: int, check_cancelled: Callable[[], None]) -> None:
         """Score every pair's answers under the model as it is now (the reference), in eval mode."""
         started = time.monotonic()
         world = self.world
@@ -94,6 +94,7 @@ class DPO:
         with torch.no_grad():
             positions = mine + [mine[0] if mine else 0] * (share - len(mine))  # every process as many passes
             for chunk in micro_batches(positions, micro_size):
+                check_cancelled()
                 logps = answer_logps(model, [pairs[j] for j in chunk], self.pad_id, self.device).tolist()
                 n = len(chunk)
                 for k, j in enumerate(chunk):

@@ -223,7 +223,8 @@ class Job:
                 peak = torch.cuda.max_memory_allocated(device) / 2**30
                 self.progress.resources(peak_gpu_memory_gib=round(peak, 2))
         finally:
-            self.cancellation.interruptible = True
+            # From here a SIGTERM only settles the status: what remains (the last status, the curve) is short.
+            self.cancellation.interruptible = False
             distributed.stop(world)
 
 

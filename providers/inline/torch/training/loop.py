@@ -127,8 +127,7 @@ class Trainer:
         pairs: list[Pair] = [train.items[i] for i in used]
         if validation is not None:
             pairs += validation.items
-        prepare(self.model, pairs, self.micro_size)
-        self.context.check_cancelled()
+        prepare(self.model, pairs, self.micro_size, self.context.check_cancelled)
 
     def _step(self, rows: list[Item], step: int) -> tuple[Sums, float]:
         """One optimizer step over a batch; on a CUDA out-of-memory error (one process), the micro-batch halves
