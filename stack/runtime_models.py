@@ -57,6 +57,7 @@ class RuntimeModels:
         # the distribution's YAML now declares is not routed: its id names the declared model.
         self._routed: set[str] = set()
         self._pending: set[str] = set()  # names (ids and aliases) of registrations in progress
+        self._leaving: set[str] = set()  # model_ids being unregistered
         self.failures: dict[str, str] = {}  # model_id -> why it is not served
 
     # -- checks ------------------------------------------------------------------------------------
@@ -113,6 +114,8 @@ class RuntimeModels:
         for name in names:
             if name in self._pending:
                 raise ConflictError(f"A model named '{name}' is being registered now", param="model_id")
+            if name in self._leaving:
+                raise ConflictError(f"Model '{name}' is being unregistered now; register it once that is done")
             if name in served:
                 owner = served[name]
                 what = f"model '{owner}'" if owner == name else f"an alias of model '{owner}'"
@@ -138,27 +141,27 @@ class RuntimeModels:
         provider = self._provider(model.provider_id)
         register = self._registration(provider)
         names = self._check_names(model)
-        self._pending.update(names)
-        try:
-            # Shielded: a client that goes away mid-load leaves the model registered and stored, not half of it.
-            return await asyncio.shield(self._register(model, provider, register))
-        finally:
-            self._pending.difference_update(names)
+        self._pending.update(names)  # released by _register, which runs to its end whoever waits for it
+        # Shielded: a client that goes away mid-load leaves the model registered and stored, not half of it.
+        return await asyncio.shield(self._register(model, provider, register, names))
 
     async def _register(
-        self, model: Model, provider: BuiltProvider, register: Callable[[Model], Awaitable[Any]]
+        self, model: Model, provider: BuiltProvider, register: Callable[[Model], Awaitable[Any]], names: list[str]
     ) -> Model:
-        log.info("registering model %s on %s", model.model_id, model.provider_id)
-        answer = await self._hand_over(model, provider, register)
         try:
-            self._store.add(model)
-        except BaseException:
-            await self._take_back(provider, model.model_id)
-            raise
-        self._registered.add(model.model_id)
-        self._routed.add(model.model_id)
-        self._stack.serve_model(answer)
-        return answer
+            log.info("registering model %s on %s", model.model_id, model.provider_id)
+            answer = await self._hand_over(model, provider, register)
+            try:
+                self._store.add(model)
+            except BaseException:
+                await self._take_back(provider, model.model_id)
+                raise
+            self._registered.add(model.model_id)
+            self._routed.add(model.model_id)
+            self._stack.serve_model(answer)
+            return answer
+        finally:
+            self._pending.difference_update(names)
 
     @staticmethod
     async def _hand_over(model: Model, provider: BuiltProvider, register: Callable[[Model], Awaitable[Any]]) -> Model:
@@ -206,8 +209,12 @@ class RuntimeModels:
     async def unregister(self, model_id: str) -> None:
         if model_id in self._pending:
             raise ConflictError(f"Model '{model_id}' is being registered now; unregister it once that is done")
+        if model_id in self._leaving:
+            raise ConflictError(f"Model '{model_id}' is being unregistered now")
         if model_id not in self._registered:
             raise self._not_registered(model_id)
+        self._leaving.add(model_id)  # released by _unregister, which runs to its end whoever waits for it
+        # Shielded: a client that goes away mid-way leaves the model gone, not half of it.
         await asyncio.shield(self._unregister(model_id))
 
     def _not_registered(self, model_id: str) -> LlamaStackError:
@@ -228,17 +235,20 @@ class RuntimeModels:
         )
 
     async def _unregister(self, model_id: str) -> None:
-        served = self.failures.pop(model_id, None) is None
-        if model_id in self._routed:
-            self._routed.discard(model_id)
-            self._stack.unserve_model(model_id)  # new requests for it are 404s from here on
-        model = next((m for m in self._store_models() if m.model_id == model_id), None)
-        provider = self._inference_providers().get(model.provider_id) if model is not None else None
-        if served and provider is not None:
-            await self._take_back(provider, model_id)  # a provider that fails to let go is logged: it is not routed
-        self._store.remove(model_id)
-        self._registered.discard(model_id)
-        log.info("model %s unregistered", model_id)
+        try:
+            served = self.failures.pop(model_id, None) is None
+            if model_id in self._routed:
+                self._routed.discard(model_id)
+                self._stack.unserve_model(model_id)  # new requests for it are 404s from here on
+            model = next((m for m in self._store_models() if m.model_id == model_id), None)
+            provider = self._inference_providers().get(model.provider_id) if model is not None else None
+            if served and provider is not None:
+                await self._take_back(provider, model_id)  # a provider failing to let go is logged: it is unrouted
+            self._store.remove(model_id)
+            self._registered.discard(model_id)
+            log.info("model %s unregistered", model_id)
+        finally:
+            self._leaving.discard(model_id)
 
     def _store_models(self) -> list[Model]:
         return [stored.model for stored in self._store.models() if stored.model is not None]

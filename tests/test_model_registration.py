@@ -187,7 +187,14 @@ async def test_what_cannot_be_registered(tmp_path, files, registry):
             await client.unregister_model(model_id="tiny")
         with pytest.raises(NotFoundError, match=r"No model 'ghost' registered at run time \(registered: none\)"):
             await client.unregister_model(model_id="ghost")
-        await register(model_id="ft", provider_id="torch", provider_model_id=str(step), aliases=["ft-alias"])
+        # Two registrations of one name at once: the second meets the first in progress.
+        both = await asyncio.gather(
+            register(model_id="ft", provider_id="torch", provider_model_id=str(step), aliases=["ft-alias"]),
+            register(model_id="ft-alias", provider_id="remote-replay"),
+            return_exceptions=True,
+        )
+        assert both[0].model_id == "ft"
+        assert isinstance(both[1], ConflictError) and "'ft-alias' is being registered now" in both[1].message
         with pytest.raises(NotFoundError, match="'ft-alias' is an alias of model 'ft'"):
             await client.unregister_model(model_id="ft-alias")
         assert {m.model_id for m in await client.list_models()} == {"tiny", "tiny-step", "ft"}

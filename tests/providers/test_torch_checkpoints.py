@@ -273,6 +273,8 @@ async def test_a_client_registers_checkpoints_inside_the_roots_only(provider, fi
             await provider.register_client_model(request)
         assert error.value.param == field
     link.unlink()
+    with pytest.raises(BadRequestError, match="'checkpoints/step-4' must be an absolute path"):
+        await provider.register_client_model(model("x", "checkpoints/step-4"))
     # What the provider already serves may be named from anywhere.
     await provider.register_client_model(
         model("tiny-again", files["base"], metadata={"lora_adapter": str(files["lora_step"])})

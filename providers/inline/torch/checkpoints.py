@@ -216,6 +216,8 @@ class ClientPolicy:
     def admit(self, where: str, reference: str) -> None:
         if reference.startswith(PYPI_PREFIX) or normalized(reference) in self.trusted:
             return
+        if not Path(reference).expanduser().is_absolute():  # relative to what? the client cannot know the server's
+            raise BadRequestError(f"{where} {reference!r} must be an absolute path", param=_param(where))
         path = Path(normalized(reference))
         if not within(path, self.roots):
             roots = ", ".join(repr(str(root)) for root in self.roots) or "none"
