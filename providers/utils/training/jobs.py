@@ -88,6 +88,17 @@ class TrainingJobStore:
             ),
         )
 
+    def update(self, job_uuid: str, **details: Any) -> TrainingJobRecord:
+        """Merge ``details`` into the job's details (a key set to None is removed); the job as it now is.
+
+        A trainer keeps what changes about a job there (a local job's process, whether it was cancelled).
+        """
+        record = self.get(job_uuid)
+        merged = {**record.details, **details}
+        merged = {key: value for key, value in merged.items() if value is not None}
+        self._db.execute("UPDATE jobs SET details = ? WHERE job_uuid = ?", (json.dumps(merged), job_uuid))
+        return TrainingJobRecord(record.job_uuid, record.vendor_job_id, record.kind, record.created_at, merged)
+
     def get(self, job_uuid: str) -> TrainingJobRecord:
         row = self._row(job_uuid)
         if row is None:
