@@ -132,7 +132,15 @@ def test_missing_file_is_named(tmp_path):
 
 def test_the_built_in_local_distribution_is_valid(tmp_path):
     config = load_distribution("local", {"LLAMA_STACK_STORAGE": str(tmp_path)})
-    assert config.apis == ["inference", "memory_banks", "safety", "tool_runtime", "agentic_system"]
+    assert config.apis == [
+        "inference",
+        "memory_banks",
+        "safety",
+        "tool_runtime",
+        "agentic_system",
+        "datasets",
+        "post_training",
+    ]
     assert config.server.port == 8321
     assert [m.model_id for m in config.models] == ["smollm2-135m-instruct", "all-minilm-l6-v2"]
     assert {(s.shield_id, s.shield_type.value) for s in config.shields} == {

@@ -107,6 +107,7 @@ class Target:
     bank: str = "fuzz-bank"
     bank_to_drop: str = "fuzz-bank-to-drop"  # made again before each drop that names it
     job_uuids: list[str] = field(default_factory=list)  # training jobs the run started
+    dataset: str | None = None  # a dataset the server keeps, where it serves datasets
     tools: dict[str, dict[str, Any]] = field(default_factory=dict)  # tool name -> its parameters schema
     shield_types: list[str] = field(default_factory=list)  # the shields its safety provider runs
     statuses: Counter[int] = field(default_factory=Counter)
@@ -345,6 +346,8 @@ def prepare(case: schemathesis.Case, target: Target, rnd: random.Random) -> sche
                 query["bank_uuid"] = target.bank if chance(rnd, existing) else bank
         if isinstance(query.get("job_uuid"), str) and target.job_uuids and chance(rnd, FILL_PROBABILITY):
             query["job_uuid"] = rnd.choice(target.job_uuids)
+        if isinstance(query.get("dataset_id"), str) and target.dataset and chance(rnd, FILL_PROBABILITY):
+            query["dataset_id"] = target.dataset
         case.query = offline(query)
     return case
 
@@ -611,7 +614,56 @@ def local_fuzz_server(request: pytest.FixtureRequest) -> Iterator[Target]:
         # and blocks the server.
         log = Path(storage) / "server.log"
         with serving("local", args=["--env", f"LLAMA_STACK_STORAGE={storage}"], log=log) as served:
-            yield ready(TARGETS["local"], served.url)
+            target = ready(TARGETS["local"], served.url)
+            start_local_training_job(target)
+            try:
+                yield target
+            finally:
+                cancel_every_job(target)  # local's jobs outlive the server (by design): none may outlive the run
+
+
+def start_local_training_job(target: Target) -> None:
+    """A dataset, and a LoRA job on it cancelled at once: the dataset and job routes have one each to read."""
+    rows = [{"dialog": [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": "Paris."}]}]
+    dataset = inline_dataset(jsonl(rows), {"dialog": "dialog"})
+    created = httpx.post(f"{target.url}/datasets/create", json={"uuid": "fuzz-data", "dataset": dataset}, timeout=60)
+    assert created.status_code == 200, created.text
+    target.dataset = "fuzz-data"
+    model = target.model_ids("llm")[0]
+    response = httpx.post(f"{target.url}/post_training/supervised_fine_tune/", json=local_sft(model), timeout=60)
+    assert response.status_code == 200, response.text
+    target.job_uuids.append("fuzz-local-job")
+    cancel_every_job(target)
+
+
+def local_sft(model: str) -> dict[str, Any]:
+    return {
+        "job_uuid": "fuzz-local-job",
+        "model": model,
+        "dataset": "fuzz-data",
+        "validation_dataset": "fuzz-data",
+        "algorithm": "lora",
+        "algorithm_config": {
+            "lora_attn_modules": ["q_proj", "v_proj"],
+            "apply_lora_to_mlp": False,
+            "apply_lora_to_output": False,
+            "rank": 4,
+            "alpha": 8,
+        },
+        "optimizer_config": {"optimizer_type": "adamw", "lr": 1e-4, "lr_min": 1e-5, "weight_decay": 0.0},
+        "training_config": training_config(batch_size=1),
+        "hyperparam_search_config": {},
+        "logger_config": {},
+    }
+
+
+def cancel_every_job(target: Target) -> None:
+    for job in httpx.get(f"{target.url}/post_training/jobs", timeout=60).json():
+        if job["status"] in ("scheduled", "running"):
+            response = httpx.post(
+                f"{target.url}/post_training/job/cancel", json={"job_uuid": job["job_uuid"]}, timeout=120
+            )
+            assert response.status_code == 200, response.text
 
 
 def start_training_job(target: Target) -> None:
@@ -677,9 +729,9 @@ def together_server(fake_together: FakeVendor, request: pytest.FixtureRequest) -
 # ------------------------------------------------------------------------------------------------------- runs
 
 # APIs no server here serves: every route of theirs answers 404, checked with a few examples in the replay run.
-NOWHERE = ["datasets", "synthetic_data_generation"]
+NOWHERE = ["synthetic_data_generation"]
 # Served by the together and local servers, not by the replay one (a few examples there: 404s).
-ELSEWHERE = ["safety", "post_training", "reward_scoring", "tool_runtime", "agentic_system"]
+ELSEWHERE = ["datasets", "safety", "post_training", "reward_scoring", "tool_runtime", "agentic_system"]
 TOGETHER_ONLY = ["post_training", "reward_scoring"]
 
 replay = schema_for(TARGETS["replay"], fewer_examples(NOWHERE + ELSEWHERE))
@@ -687,7 +739,17 @@ together = schema_for(TARGETS["together"], []).include(
     tag=[*TOGETHER_ONLY, "safety", "tool_runtime", "agentic_system", "inference", "openai"]
 )
 local = schema_for(TARGETS["local"], []).include(
-    tag=["inference", "openai", "memory_banks", "inspect", "safety", "tool_runtime", "agentic_system"]
+    tag=[
+        "inference",
+        "openai",
+        "memory_banks",
+        "inspect",
+        "safety",
+        "tool_runtime",
+        "agentic_system",
+        "datasets",
+        "post_training",
+    ]
 )
 
 

@@ -24,7 +24,7 @@ def test_the_entry_point_registers_inline_torch():
     assert registered is not None, registry.problems
     assert registered.package == "llama-stack-runtime"
     assert registered.spec.config_class is TorchConfig
-    assert registered.spec.factory == "llama_stack.providers.inline.torch.provider:build"
+    assert registered.spec.factory == "llama_stack.providers.inline.torch.deferred:build"
     assert registered.spec.requirements == ("llama-stack-runtime[torch]",)
     assert "GGUF" in registered.spec.description and "LoRA" in registered.spec.description
 
@@ -36,6 +36,26 @@ def test_discovery_does_not_import_torch():
         "assert discover_providers().get('inference', 'inline::torch') is not None\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'transformers', 'peft', 'gguf', 'llguidance', 'numpy'})\n"
         "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_provider_serving_no_model_yet_does_not_import_torch_until_one_registers(tmp_path):
+    # local runs inline::torch only for the checkpoints its jobs will write: its start must not pay for torch.
+    code = (
+        "import asyncio, sys\n"
+        "from pathlib import Path\n"
+        "from llama_stack.plugins import ProviderContext\n"
+        "from llama_stack.providers.inline.torch import TorchConfig\n"
+        "from llama_stack.providers.inline.torch.deferred import build\n"
+        "from llama_stack.apis.inspect import Model\n"
+        "async def main():\n"
+        f"    provider = await build(TorchConfig(), ProviderContext('torch', Path({str(tmp_path)!r})))\n"
+        "    assert 'torch' not in sys.modules and 'transformers' not in sys.modules\n"
+        f"    served = await provider.register_model(Model(model_id='m', provider_id='torch', provider_model_id={SMOLLM2!r}))\n"
+        "    assert 'transformers' in sys.modules and served.context_length\n"
+        "    await provider.shutdown()\n"
+        "asyncio.run(main())\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -25,7 +25,7 @@ def register_providers(register: Callable[[ProviderSpec], None]) -> None:
             api="inference",
             provider_type=PROVIDER_TYPE,
             config_class=TorchConfig,
-            factory="llama_stack.providers.inline.torch.provider:build",
+            factory="llama_stack.providers.inline.torch.deferred:build",
             requirements=("llama-stack-runtime[torch]",),
             description=(
                 "Runs Hugging Face causal language models in the server process with transformers + torch: "
