@@ -62,7 +62,12 @@ def checkpoint(job_dir: Path, spec: JobSpec, step: int) -> None:
     if spec.adapter is not None:
         (folder / "adapter_config.json").write_text(
             json.dumps(
-                {"r": spec.adapter.rank, "lora_alpha": spec.adapter.alpha, "use_dora": spec.adapter.kind == "dora"}
+                {
+                    "peft_type": "LORA",
+                    "r": spec.adapter.rank,
+                    "lora_alpha": spec.adapter.alpha,
+                    "use_dora": spec.adapter.kind == "dora",
+                }
             )
         )
     else:

@@ -20,8 +20,13 @@ from training_jobs.jobs_support import (
     weights_folder,
 )
 
+from llama_stack.apis.datasets import CreateDatasetRequest
 from llama_stack.apis.errors import BadRequestError, ConflictError, NotFoundError
+from llama_stack.apis.inspect import Model
 from llama_stack.apis.post_training import CancelTrainingJobRequest, PostTrainingRLHFRequest
+from llama_stack.plugins import ProviderContext
+from llama_stack.providers.inline.datasets.config import DatasetsConfig
+from llama_stack.providers.inline.datasets.provider import DatasetsImpl
 from llama_stack.providers.inline.torch.training.spec import JobSpec
 
 
@@ -60,6 +65,7 @@ def adapter_checkpoint(folder: Path, base_reference: str, *, rank: int = 4, alph
     """An adapter checkpoint as a job writes one: adapter_config.json and checkpoint.json."""
     folder.mkdir(parents=True)
     adapter_config = {
+        "peft_type": "LORA",
         "r": rank,
         "lora_alpha": alpha,
         "use_dora": False,
@@ -476,3 +482,35 @@ async def test_a_job_uuid_is_taken_once(setup):
         await provider.supervised_fine_tune(sft("same"))
     assert [job.job_uuid for job in await provider.list_training_jobs()] == ["same"]
     await provider.cancel_training_job(CancelTrainingJobRequest(job_uuid="same"))
+
+
+async def test_datasets_by_uuid(tmp_path):
+    weights = weights_folder(tmp_path)
+    datasets = DatasetsImpl(DatasetsConfig(), ProviderContext(provider_id="datasets", storage_dir=tmp_path / "ds"))
+    await datasets.create_dataset(CreateDatasetRequest(uuid="dialogs", dataset=DIALOG_DATASET))
+    provider = await build_provider(
+        tmp_path / "state", inference=inference_router(served_models(weights)), datasets=datasets
+    )
+    try:
+        spec = await plan(provider, sft("j", dataset="dialogs", validation_dataset="dialogs"))
+        assert spec.data.format == "dialog"
+        error = await refused(provider, sft("j", dataset="dialogs", validation_dataset="other"), NotFoundError)
+        assert error.param == "validation_dataset" and "'dialogs'" in error.message
+    finally:
+        await provider.shutdown()
+
+
+async def test_a_served_adapter_model_continues_its_adapter(tmp_path):
+    weights = weights_folder(tmp_path)
+    adapter = adapter_checkpoint(tmp_path / "adapters" / "step-3", str(weights))
+    models = [
+        *served_models(weights),
+        Model(model_id="tiny-tuned", provider_id="torch", provider_model_id=str(adapter)),
+    ]
+    provider = await build_provider(tmp_path / "state", inference=inference_router(models))
+    try:
+        spec = await plan(provider, sft("j", model="tiny-tuned"))
+        assert spec.base.reference == str(weights) and spec.base.adapter == str(adapter)
+        assert spec.base.model_id == "tiny-tuned"
+    finally:
+        await provider.shutdown()

@@ -11,14 +11,16 @@ import json
 import os
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from llama_stack.apis.errors import BadRequestError, NotFoundError
+from llama_stack.apis.errors import BadRequestError, LlamaStackError, NotFoundError
 from llama_stack.apis.inspect import Model
+from llama_stack.providers.inline.torch.checkpoints import plan_weights
 from llama_stack.providers.inline.torch.training.spec import CHECKPOINT_INFO, BaseModelSpec, CheckpointInfo
 from llama_stack.providers.utils.packaged import PYPI_PREFIX
 
@@ -100,19 +102,26 @@ def _adapter_base(folder: Path, bad: Any) -> BaseModelSpec:
     return BaseModelSpec(reference=info.base.reference, model_id=info.base.model_id, adapter=str(folder))
 
 
-def served_base(model: Model) -> BaseModelSpec | None:
+def served_base(model: Model, served_bases: Mapping[str, str]) -> BaseModelSpec | None:
     """The weights behind a served model when transformers can load them on this machine; None otherwise
-    (a model served by a remote provider, an embedding model, a file that is not there)."""
+    (a model served by a remote provider, an embedding model, files that are not there).
+
+    An adapter model (an adapter folder over a base, or weights with metadata.lora_adapter) is found as
+    inline::torch finds it (:func:`plan_weights`): training it continues the adapter.
+    """
     if model.model_type != "llm":
         return None
-    reference = model.provider_model_id or model.model_id
-    adapter = model.metadata.get("lora_adapter")
-    adapter_path = str(Path(adapter).expanduser().resolve()) if isinstance(adapter, str) and adapter else None
-    if reference.startswith(PYPI_PREFIX):
-        return BaseModelSpec(reference=reference, model_id=model.model_id, adapter=adapter_path)
-    path = Path(reference).expanduser()
+    try:
+        plan = plan_weights(model, served_bases)
+    except LlamaStackError:
+        return None
+    base = plan.base
+    adapter = str(plan.adapter.expanduser().resolve()) if plan.adapter is not None else None
+    if base.startswith(PYPI_PREFIX):
+        return BaseModelSpec(reference=base, model_id=model.model_id, adapter=adapter)
+    path = Path(base).expanduser()
     if (path.is_dir() and (path / MODEL_CONFIG).is_file()) or (path.is_file() and path.suffix == ".gguf"):
-        return BaseModelSpec(reference=str(path.resolve()), model_id=model.model_id, adapter=adapter_path)
+        return BaseModelSpec(reference=str(path.resolve()), model_id=model.model_id, adapter=adapter)
     return None
 
 
@@ -121,8 +130,10 @@ def trainable_models(inference: Any | None) -> dict[str, BaseModelSpec]:
     if inference is None:
         return {}
     found = {}
-    for model in inference.models("llm"):
-        base = served_base(model)
+    models = inference.models("llm")
+    served_bases = {model.model_id: model.provider_model_id or model.model_id for model in models}
+    for model in models:
+        base = served_base(model, served_bases)
         if base is not None:
             found[model.model_id] = base
     return found
