@@ -132,6 +132,9 @@ async def test_the_logs_are_bounded(storage, router):
         await running(provider, "logs")
         release(provider, "logs")
         await status_becomes(provider, "logs", COMPLETED)
+        # status.json says completed a moment before the trainer's last line and exit.
+        folder = job_folder(provider, "logs")
+        await until(_async(lambda: not job_is_running(folder)), 10, "the trainer to exit")
         lines = (await provider.get_training_job_logs("logs")).log_lines
         assert lines == ["fake trainer: step 1/2 loss 2.5", "fake trainer: step 2/2 loss 1.5; done"]
     finally:
