@@ -13,7 +13,6 @@ from .datasets import Dataset
 from .dispatch import AllProviders, ByOwner, Creates, dispatch
 from .routes import webmethod
 
-
 # Extension: a training request may name a dataset created with /datasets/create by its uuid instead of
 # spelling it out.
 DatasetUUID = Annotated[
