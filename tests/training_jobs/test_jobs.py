@@ -120,7 +120,9 @@ async def test_a_failing_job_says_why(provider):
 async def test_a_crashing_process_is_failed_with_its_exit_code(provider):
     await provider.supervised_fine_tune(sft("crash-1"))
     status = await status_becomes(provider, "crash-1", FAILED)
-    assert status.error == "the training process ended without finishing (exit code 3)"
+    assert status.error == (
+        "the training process ended without finishing (exit code 3); its log ends: fake trainer: crashing"
+    )
     logs = await provider.get_training_job_logs("crash-1")
     assert "fake trainer: crashing" in logs.log_lines
 

@@ -125,14 +125,22 @@ def job_status(record: TrainingJobRecord, folder: Path, resources: dict[str, Any
     exit_file = read_exit(folder)
     how = describe_exit(details.get("returncode"), exit_file) or "gone after a server restart, its exit not recorded"
     ended_at = _moment((exit_file or {}).get("ended_at")) or _moment(details.get("ended_at"))
+    if cancelled:
+        error = f"{cancelled} (the training process: {how})"
+    else:
+        error = f"the training process ended without finishing ({how})"
+        if how.startswith("exit code"):  # it exited on its own: its last words are likely why
+            last = last_log_line(folder)
+            error += f"; its log ends: {last}" if last else ""
     return PostTrainingJobStatusResponse(
-        **answer,
-        status=PostTrainingJobStatus.failed,
-        completed_at=ended_at,
-        error=f"{cancelled} (the training process: {how})"
-        if cancelled
-        else f"the training process ended without finishing ({how})",
+        **answer, status=PostTrainingJobStatus.failed, completed_at=ended_at, error=error
     )
+
+
+def last_log_line(folder: Path) -> str | None:
+    """The process's last non-empty line of output (the supervisor's own notes aside), at most 500 characters."""
+    lines = [line for line in log_lines(folder, 20, 16 * 1024) if line.strip() and not line.startswith("[supervise]")]
+    return lines[-1].strip()[:500] if lines else None
 
 
 def launch_resources(record: TrainingJobRecord, folder: Path) -> dict[str, Any]:
