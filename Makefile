@@ -55,6 +55,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/agents.py
+	$(BIN)/python bench/training.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
