@@ -151,7 +151,8 @@ async def test_a_lone_surrogate_in_metadata_is_a_400_not_a_server_error(http):
     assert "\\ud800" in body
     answer = await http.post("/datasets/create", content=body, headers={"content-type": "application/json"})
     assert answer.status_code == 400
-    assert "lone UTF-16 surrogate" in error_of(answer)["message"]
+    assert "surrogate" in error_of(answer)["message"]
+    assert error_of(answer)["param"] == "dataset.metadata.n"
     assert (await http.get("/datasets/list")).json() == []
 
 
