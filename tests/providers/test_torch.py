@@ -27,6 +27,7 @@ from local_model_requests import (
     dialog,
     endless,
 )
+from tiny_models import save_tiny_llama
 
 from llama_stack.apis.common import StopReason
 from llama_stack.apis.errors import (
@@ -200,30 +201,7 @@ async def new_provider(
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A 2-layer Llama with SmolLM2's tokenizer (and chat template), random weights, saved as safetensors."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from llama_stack.providers.utils.gguf import resolve_gguf
-
-    gguf = resolve_gguf(SMOLLM2)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
+    folder = save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
     assert list(folder.glob("*.safetensors"))
     return folder
 
