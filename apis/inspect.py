@@ -33,9 +33,12 @@ class Model(Schema):
         max_length=MAX_REFERENCE_LENGTH,
         description="The provider's own name or location of the model; defaults to model_id.",
     )
-    model_type: Literal["llm", "embedding", "rerank"] = Field(
+    model_type: Literal["llm", "embedding", "rerank", "reward"] = Field(
         default="llm",
-        description="llm: completion and chat; embedding: the embeddings route; rerank: the rerank route.",
+        description=(
+            "llm: completion and chat; embedding: the embeddings route; rerank: the rerank route; reward: a "
+            "scorer of a reward_scoring provider (/reward_scoring/score)."
+        ),
     )
     aliases: list[ModelName] = Field(
         default_factory=list, max_length=MAX_ALIASES, description="Other ids requests may use for this model."

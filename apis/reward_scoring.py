@@ -10,12 +10,16 @@ from .common import Dialog, Message, Schema
 from .dispatch import ByModel, dispatch
 from .routes import webmethod
 
+# Bounds checked before any scoring starts: each generation costs a judge's or a reward model's forward pass.
+MAX_PROMPTS = 4096
+MAX_GENERATIONS = 128
+
 
 class DialogGenerations(Schema):
     """A dialog and k generations sampled for it."""
 
     dialog: Dialog
-    k_generations: list[Message]
+    k_generations: list[Message] = Field(max_length=MAX_GENERATIONS, description=f"At most {MAX_GENERATIONS}.")
 
 
 class ScoredMessage(Schema):
@@ -31,7 +35,7 @@ class KScoredPromptGenerations(Schema):
 class RewardScoringRequest(Schema):
     """Request to score a reward function. A list of prompts and a list of responses per prompt."""
 
-    prompt_generations: list[DialogGenerations]
+    prompt_generations: list[DialogGenerations] = Field(max_length=MAX_PROMPTS, description=f"At most {MAX_PROMPTS}.")
     # The seed enumerates llama3_405b_reward; any model id the distribution serves is accepted.
     model: str = Field(description="A reward model id the distribution serves.")
 

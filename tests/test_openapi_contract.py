@@ -73,7 +73,9 @@ def test_responses_keep_the_seed_content_types_and_fields(document, path, method
         seed_schema, our_schema = media["schema"], our_ok["content"][content_type]["schema"]
         seed_variants = [resolve(SEED, s) for s in seed_schema.get("oneOf", [seed_schema])]
         our_variants = [resolve(document, s) for s in our_schema.get("oneOf", [our_schema])]
-        for seed_variant, our_variant in zip(seed_variants, our_variants, strict=True):
+        # A route that streams as an extension answers its stream chunk as a further variant.
+        assert len(our_variants) >= len(seed_variants)
+        for seed_variant, our_variant in zip(seed_variants, our_variants, strict=False):
             assert set(seed_variant.get("properties", {})) <= set(our_variant.get("properties", {}))
 
 
