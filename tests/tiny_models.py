@@ -7,6 +7,7 @@ reference answer: PEFT's own merged model, decoded greedily by a plain loop over
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -44,6 +45,69 @@ def save_tiny_llama(folder: Path, seed: int = 0, hidden_size: int = 64) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
+    return folder
+
+
+@functools.cache
+def _smollm2_tokenizer() -> Any:
+    """SmolLM2's tokenizer, read from its GGUF file once per process (seconds) for the tiny reward models."""
+    from transformers import AutoTokenizer
+
+    from llama_stack.providers.utils.gguf import resolve_gguf
+
+    gguf = resolve_gguf(SMOLLM2)
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
+def save_tiny_reward_model(
+    folder: Path,
+    seed: int = 0,
+    *,
+    num_labels: int = 1,
+    chat_template: bool = True,
+    pad_token: bool = True,
+    architecture: str = "llama",
+) -> Path:
+    """A 2-layer sequence classifier with random weights and ``num_labels`` labels (a reward model's score head),
+    saved as safetensors with SmolLM2's tokenizer: a Llama (rotary positions), or with ``architecture="gpt2"`` a
+    GPT-2 (absolute positions, where left padding would change scores). Without ``chat_template`` the tokenizer
+    has none, without ``pad_token`` the model's config names no pad token."""
+    from transformers import GPT2Config, GPT2ForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
+
+    tokenizer = _smollm2_tokenizer()
+    tokens = {
+        "vocab_size": len(tokenizer),
+        "num_labels": num_labels,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id if pad_token else None,
+    }
+    torch.manual_seed(seed)
+    model: Any
+    if architecture == "gpt2":
+        model = GPT2ForSequenceClassification(GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=1024, **tokens))
+    else:
+        config = LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
+            **tokens,
+        )
+        model = LlamaForSequenceClassification(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():  # a head of unit-variance weights: scores of order 1 rather than 0.01, easy to tell apart
+        model.score.weight.normal_(0.0, 1.0)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    if not chat_template:
+        (folder / "chat_template.jinja").unlink(missing_ok=True)
+        settings_file = folder / "tokenizer_config.json"
+        settings = json.loads(settings_file.read_text())
+        settings.pop("chat_template", None)
+        settings_file.write_text(json.dumps(settings))
     return folder
 
 
