@@ -390,6 +390,24 @@ async def test_the_models_own_input_limit_caps_the_tokens_per_pair(models_dir):
         await provider.shutdown()
 
 
+async def test_a_request_scoring_when_the_provider_shuts_down_ends_with_503_at_its_next_batch(models_dir):
+    provider = standalone(batch_size=1)
+    await provider.register_model(model("busy", models_dir / "rm-a"))
+    await provider.loaded("busy")
+    worker = provider._slots["busy"].worker
+    many = [
+        {"dialog": {"message": user(f"Question {i}?")}, "k_generations": [assistant("Yes.")] * 64} for i in range(16)
+    ]
+    task = asyncio.create_task(score(provider, "busy", many))  # 1024 forward passes: many seconds
+    deadline = asyncio.get_running_loop().time() + 30
+    while not worker.jobs and not task.done() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+    assert worker.jobs, "the request never reached the model's worker"
+    await provider.shutdown()
+    with pytest.raises(ServiceUnavailableError, match="shutting down"):
+        await task
+
+
 async def test_a_model_that_fails_to_load_answers_502_with_the_reason(models_dir, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(models_dir / "rm-a", broken)
