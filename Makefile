@@ -56,6 +56,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/agents.py
 	$(BIN)/python bench/training.py
+	$(BIN)/python bench/synthetic_data.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
