@@ -25,7 +25,7 @@ from typing import Any, Literal
 from llama_stack.apis.datasets import DatasetColumnType
 from llama_stack.apis.errors import BadRequestError
 from llama_stack.json_input import MAX_JSON_DEPTH, load_json
-from llama_stack.providers.utils.dataset_columns import LONE_SURROGATE, CellError, from_csv_cell, has_lone_surrogate
+from llama_stack.providers.utils.dataset_columns import CellError, from_csv_cell
 from llama_stack.providers.utils.url_reader import bad_field
 
 Format = Literal["jsonl", "json", "csv", "parquet"]
@@ -152,8 +152,6 @@ def _jsonl_rows(text: str, limits: RowLimits) -> list[dict[str, Any]]:
             return limits.bad(f"line {number}{at}: {message}")
 
         value = load_json(line, what="the line", max_depth=MAX_ROW_DEPTH, error=refuse)
-        if has_lone_surrogate(line, value):
-            raise limits.bad(f"line {number} {LONE_SURROGATE}")
         rows.append(_object_row(value, f"line {number}", limits))
         limits.check_count(len(rows))
     return rows
@@ -170,8 +168,6 @@ def _json_rows(text: str, limits: RowLimits) -> list[dict[str, Any]]:
         if text.strip().startswith("{") and _first_line_is_an_object(text.encode()):
             return _jsonl_rows(text, limits)
         raise
-    if has_lone_surrogate(text, document):
-        raise limits.bad(f"the JSON document {LONE_SURROGATE}")
     if isinstance(document, dict):
         listed = next((key for key in ROW_LISTS if isinstance(document.get(key), list)), None)
         if listed is None:

@@ -221,8 +221,12 @@ async def test_csv_problems_name_the_row_and_column(header, cells, columns, expe
         (b"\n\n", "application/jsonl", "the dataset has no rows"),
         (b"\xff\xfe{}", "application/jsonl", "the dataset is not UTF-8 text"),
         (b"PAR1 but not really", "", "the dataset is not a Parquet file this server can read"),
-        (b'{"a": "x\\ud800"}\n', "application/jsonl", "line 1 holds a lone UTF-16 surrogate escape"),
-        (b'[{"a": "\\udc00"}]', "application/json", "the JSON document holds a lone UTF-16 surrogate escape"),
+        (
+            b'{"a": "x\\ud800"}\n',
+            "application/jsonl",
+            "line 1 at a: a \\u escape names half of a UTF-16 surrogate pair",
+        ),
+        (b'[{"a": "\\udc00"}]', "application/json", "a \\u escape names half of a UTF-16 surrogate pair"),
     ],
 )
 async def test_malformed_data_is_a_400_naming_what_is_wrong(content, mime, expected):
@@ -233,7 +237,7 @@ async def test_escaped_surrogate_pairs_are_text_and_a_lone_one_in_a_csv_cell_is_
     emoji = b'{"a": "\\ud83d\\ude00"}\n'
     assert await rows_of(emoji, columns={"a": "text"}) == [{"a": "\U0001f600"}]
     cell = csv_bytes(["j"], [['{"k": "\\ud800"}']])
-    assert "holds a lone UTF-16 surrogate escape" in await refused(cell, "text/csv", {"j": "json"})
+    assert "names half of a UTF-16 surrogate pair" in await refused(cell, "text/csv", {"j": "json"})
 
 
 async def test_parquet_without_pyarrow_names_the_extra_to_install(monkeypatch):
