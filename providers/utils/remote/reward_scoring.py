@@ -7,7 +7,7 @@ written out as text for its vendor.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from llama_stack.apis.common import Content
 from llama_stack.apis.reward_scoring import (
@@ -41,6 +41,16 @@ async def score_generations(
     transcript (see :func:`~.messages.transcript`). All attachments are read before the first call, so a
     bad one is a 400 that costs no vendor call; one failed call fails the whole request.
     """
+    pairs = await generation_pairs(request, inliner, model=model, turn=turn)
+    scores = await fan_out(pairs, lambda pair: score(*pair), limit)
+    return scored_response(request, scores)
+
+
+async def generation_pairs(
+    request: RewardScoringRequest, inliner: AttachmentInliner, *, model: str, turn: str
+) -> list[tuple[str, str]]:
+    """Every (conversation, response) pair of the request as text, in request order (prompt by prompt, each
+    prompt's generations in order), with every attachment read first: a bad one is a 400 naming its field."""
     contents: list[tuple[Content, str]] = []
     for i, item in enumerate(request.prompt_generations):
         at = f"prompt_generations[{i}]"
@@ -54,12 +64,17 @@ async def score_generations(
         conversation = transcript(iter_messages(item.dialog, f"{at}.dialog"), texts, turn=turn)
         for j, generation in enumerate(item.k_generations):
             pairs.append((conversation, message_text(generation, f"{at}.k_generations[{j}]", texts)))
-    scores = iter(await fan_out(pairs, lambda pair: score(*pair), limit))
+    return pairs
+
+
+def scored_response(request: RewardScoringRequest, scores: Iterable[float]) -> RewardScoringResponse:
+    """The response: each prompt's generations with their scores, ``scores`` in :func:`generation_pairs`' order."""
+    numbered = iter(scores)
     return RewardScoringResponse(
         scored_generations=[
             KScoredPromptGenerations(
                 prompt=item.dialog.message,
-                k_scored_generations=[ScoredMessage(message=g, score=next(scores)) for g in item.k_generations],
+                k_scored_generations=[ScoredMessage(message=g, score=next(numbered)) for g in item.k_generations],
             )
             for item in request.prompt_generations
         ]
