@@ -202,7 +202,6 @@ class LLMJudgeScoring:
         return self._read(judge, pair, answer)
 
     def _read(self, judge: JudgeEntry, pair: _Pair, answer: ChatCompletionResponse) -> float:
-        tokens: list[TokenLogprob] = answer.logprobs.content if answer.logprobs is not None else []
         if answer.logprobs is None:
             raise ProviderError(
                 f"{judge.describe()} answered {pair.where} without logprobs; a judge must be served by an inference "
@@ -210,6 +209,7 @@ class LLMJudgeScoring:
                 provider=self.provider_id,
                 code="judge_without_logprobs",
             )
+        tokens: list[TokenLogprob] = answer.logprobs.content
         try:
             return score(judge.mode, tokens)
         except UnreadableAnswer as exc:
