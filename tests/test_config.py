@@ -140,9 +140,11 @@ def test_the_built_in_local_distribution_is_valid(tmp_path):
         "agentic_system",
         "datasets",
         "post_training",
+        "reward_scoring",
+        "synthetic_data_generation",
     ]
     assert config.server.port == 8321
-    assert [m.model_id for m in config.models] == ["smollm2-135m-instruct", "all-minilm-l6-v2"]
+    assert [m.model_id for m in config.models] == ["smollm2-135m-instruct", "all-minilm-l6-v2", "smollm2-judge"]
     assert {(s.shield_id, s.shield_type.value) for s in config.shields} == {
         ("code-guard", "code_guard"),
         ("llama-guard", "llama_guard"),

@@ -81,6 +81,7 @@ REQUEST_TIMEOUT_S = 120.0
 LOCAL_MAX_TOKENS = 4
 LOCAL_MAX_CHOICES = 2
 LOCAL_MAX_BATCH = 2  # prompts or dialogs per batch request
+LOCAL_MAX_GENERATIONS = 2  # synthetic data: generations per prompt
 
 # Fields naming a model, by the type of model they take ("route": the type the route serves).
 MODEL_FIELDS = {"model": "route", "embedding_model": "embedding", "rerank_model": "rerank"}
@@ -159,6 +160,8 @@ def route_model_kind(path: str) -> str:
         return "embedding"
     if "rerank" in path:
         return "rerank"
+    if path.startswith("/reward_scoring/"):
+        return "reward"
     return "llm"
 
 
@@ -282,6 +285,7 @@ GENERATING_PATHS = (
     "/inference/batch_completion",
     "/v1/chat/completions",
     "/v1/completions",
+    "/synthetic_data_generation/generate",
 )
 
 
@@ -313,9 +317,12 @@ def bounded_generation(body: Any) -> Any:
     if isinstance(body, dict):
         if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
             body["max_tokens"] = LOCAL_MAX_TOKENS
-        for batch in ("content_batch", "batch_dialogs"):
+        for batch in ("content_batch", "batch_dialogs", "prompts"):
             if isinstance(body.get(batch), list):
                 body[batch] = body[batch][:LOCAL_MAX_BATCH]
+        generations = body.get("num_generations")
+        if isinstance(generations, int) and not isinstance(generations, bool) and generations > LOCAL_MAX_GENERATIONS:
+            body["num_generations"] = LOCAL_MAX_GENERATIONS
     return body
 
 
@@ -728,13 +735,19 @@ def together_server(fake_together: FakeVendor, request: pytest.FixtureRequest) -
 
 # ------------------------------------------------------------------------------------------------------- runs
 
-# APIs no server here serves: every route of theirs answers 404, checked with a few examples in the replay run.
-NOWHERE = ["synthetic_data_generation"]
 # Served by the together and local servers, not by the replay one (a few examples there: 404s).
-ELSEWHERE = ["datasets", "safety", "post_training", "reward_scoring", "tool_runtime", "agentic_system"]
+ELSEWHERE = [
+    "datasets",
+    "safety",
+    "post_training",
+    "reward_scoring",
+    "synthetic_data_generation",
+    "tool_runtime",
+    "agentic_system",
+]
 TOGETHER_ONLY = ["post_training", "reward_scoring"]
 
-replay = schema_for(TARGETS["replay"], fewer_examples(NOWHERE + ELSEWHERE))
+replay = schema_for(TARGETS["replay"], fewer_examples(ELSEWHERE))
 together = schema_for(TARGETS["together"], []).include(
     tag=[*TOGETHER_ONLY, "safety", "tool_runtime", "agentic_system", "inference", "openai"]
 )
@@ -749,6 +762,8 @@ local = schema_for(TARGETS["local"], []).include(
         "agentic_system",
         "datasets",
         "post_training",
+        "reward_scoring",
+        "synthetic_data_generation",
     ]
 )
 
