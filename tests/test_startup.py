@@ -27,6 +27,7 @@ from llama_stack.apis.errors import ProviderError
 from llama_stack.apis.inspect import Model
 from llama_stack.client import LlamaStackClient
 from llama_stack.providers.inline.sentence_transformers import provider as st_provider
+from llama_stack.providers.utils.background_load import LOADING_RETRY_AFTER_SECONDS
 from llama_stack.readiness import models_readiness
 from llama_stack.resolver import Stack
 from llama_stack.server import create_app
@@ -112,7 +113,7 @@ async def served(tmp_path: Path, replay_registry: Any, gated: GatedLoad) -> Asyn
 
 def assert_loading_503(response: httpx.Response) -> None:
     assert response.status_code == 503, response.text
-    assert response.headers["retry-after"] == str(st_provider.LOADING_RETRY_AFTER_SECONDS)
+    assert response.headers["retry-after"] == str(LOADING_RETRY_AFTER_SECONDS)
     error = response.json()["error"]
     assert error["code"] == "model_loading" and error["provider"] == PROVIDER
     assert MINILM in error["message"] and "still loading" in error["message"]

@@ -32,7 +32,6 @@ from llama_stack.apis.errors import (
     ConflictError,
     LlamaStackError,
     ProviderError,
-    ServiceUnavailableError,
 )
 from llama_stack.apis.inspect import Model
 from llama_stack.apis.reward_scoring import (
@@ -42,7 +41,7 @@ from llama_stack.apis.reward_scoring import (
     ScoredMessage,
 )
 from llama_stack.plugins import ProviderContext
-from llama_stack.providers.inline.sentence_transformers.loading import BackgroundLoad, LoadStatus
+from llama_stack.providers.utils.background_load import BackgroundLoad, LoadStatus
 from llama_stack.providers.utils.inference.attachments import AttachmentInliner, located, message_contents
 from llama_stack.providers.utils.inference.dialog import iter_messages
 from llama_stack.providers.utils.inference.tool_calls.formats import tool_format_for
@@ -59,7 +58,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # What a caller still loading a model is told to wait (Retry-After, seconds).
-LOADING_RETRY_AFTER_SECONDS = 2
 # Checked to be installed when the provider is built (without importing them), so a missing one fails the start.
 _LIBRARIES = ("torch", "transformers")
 
@@ -206,18 +204,7 @@ class RewardModelScoring:
 
     def _engine(self, model_id: str, slot: _Slot) -> RewardEngine:
         """The slot's model once loaded; a 503 with Retry-After while it loads, a 502 naming why it failed."""
-        load = slot.load
-        if load.status == "loading":
-            raise ServiceUnavailableError(
-                f"model {model_id!r}: {self.provider_id} is still loading it ({load.seconds():.0f} s so far); "
-                "retry after the Retry-After header's seconds",
-                provider=self.provider_id,
-                code="model_loading",
-                retry_after=LOADING_RETRY_AFTER_SECONDS,
-            )
-        if load.error is not None:
-            raise self._load_failure(slot.entry, load.error)
-        return load.result()
+        return slot.load.loaded(model_id, self.provider_id, partial(self._load_failure, slot.entry))
 
     def _load_failure(self, entry: RewardModelEntry, error: BaseException) -> ProviderError:
         """What a model that could not load answers (502: retrying will not help; the server needs fixing)."""

@@ -41,12 +41,12 @@ from llama_stack.apis.errors import (
 from llama_stack.apis.inference import EmbeddingsRequest, EmbeddingsResponse
 from llama_stack.apis.inspect import Model
 from llama_stack.plugins import ProviderContext
+from llama_stack.providers.utils.background_load import BackgroundLoad, LoadStatus
 from llama_stack.providers.utils.model_worker import served_slot
 from llama_stack.providers.utils.packaged import PYPI_PREFIX, files, locate, open_reference, pick_one
 
 from . import PROVIDER_TYPE
 from .config import SentenceTransformersConfig
-from .loading import BackgroundLoad, LoadStatus
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -59,7 +59,6 @@ _MODEL_MARKERS = ("modules.json", "config_sentence_transformers.json")
 _LOADABLE_MARKERS = (*_MODEL_MARKERS, "config.json")
 # What a caller still loading a model is told to wait (Retry-After, seconds): about what the rest of a
 # typical load (torch imported, a small model read) takes.
-LOADING_RETRY_AFTER_SECONDS = 2
 # The libraries a load imports: checked to be installed when the provider is built (cheaply, without
 # importing them), so that a missing one fails the start instead of every later call.
 _LIBRARIES = ("torch", "sentence_transformers")
@@ -352,18 +351,7 @@ class SentenceTransformersInference:
 
     def _loaded(self, model_id: str, slot: _Slot) -> _Encoder:
         """The slot's model once loaded; a 503 with Retry-After while it loads, a 502 naming why it failed."""
-        load = slot.load
-        if load.status == "loading":
-            raise ServiceUnavailableError(
-                f"model {model_id!r}: {self.provider_id} is still loading it ({load.seconds():.0f} s so far); "
-                "retry after the Retry-After header's seconds",
-                provider=self.provider_id,
-                code="model_loading",
-                retry_after=LOADING_RETRY_AFTER_SECONDS,
-            )
-        if load.error is not None:
-            raise self._load_failure(model_id, slot.path, load.error)
-        return load.result()
+        return slot.load.loaded(model_id, self.provider_id, partial(self._load_failure, model_id, slot.path))
 
     def _load_failure(self, model_id: str, path: Path, error: BaseException) -> ProviderError:
         """What a model that could not load answers (502: retrying will not help; the server needs fixing)."""

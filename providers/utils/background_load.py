@@ -1,6 +1,7 @@
 """A model loaded on a thread of its own while the server already serves the others.
 
-Importing torch and sentence-transformers takes seconds; a distribution's chat model must not wait for it.
+Importing torch and transformers takes seconds; a distribution's chat model must not wait for it (used by
+inline::sentence-transformers and inline::reward-model).
 A ``BackgroundLoad`` runs the blocking load on a daemon thread and tells the event loop how it went: its
 ``status`` is ``loading``, ``ready`` or ``failed`` (with the error), and ``wait()`` awaits the result.
 
@@ -19,8 +20,11 @@ from collections.abc import Callable
 from functools import partial
 from typing import Generic, Literal, TypeVar
 
+from llama_stack.apis.errors import ServiceUnavailableError
+
 T = TypeVar("T")
 LoadStatus = Literal["ready", "loading", "failed"]
+LOADING_RETRY_AFTER_SECONDS = 2
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,22 @@ class BackgroundLoad(Generic[T]):
     def result(self) -> T:
         """The loaded object; only when ``status`` is ``ready``."""
         return self._future.result()
+
+    def loaded(self, model_id: str, provider_id: str, failure: Callable[[BaseException], Exception]) -> T:
+        """The loaded object for a request; a 503 with Retry-After while it loads, ``failure(error)`` raised once
+        the load has failed."""
+        if self.status == "loading":
+            raise ServiceUnavailableError(
+                f"model {model_id!r}: {provider_id} is still loading it ({self.seconds():.0f} s so far); "
+                "retry after the Retry-After header's seconds",
+                provider=provider_id,
+                code="model_loading",
+                retry_after=LOADING_RETRY_AFTER_SECONDS,
+            )
+        error = self.error
+        if error is not None:
+            raise failure(error)
+        return self.result()
 
     async def wait(self) -> T:
         """The loaded object once there, or the load's error raised again."""
