@@ -240,6 +240,47 @@ async def test_reward_scores_are_the_judges_per_generation_in_order(together, st
     }
 
 
+async def test_a_local_reward_model_scores_beside_together_routed_by_model(together, start_stack, tmp_path):
+    """Several scorers in one distribution: each reward model entry names its provider, and a request reaches
+    only the provider of the model it names."""
+    from tiny_models import save_tiny_reward_model
+
+    folder = save_tiny_reward_model(tmp_path / "tiny-rm", seed=3)
+    providers = {
+        "reward_scoring": [
+            *together_api("reward_scoring", together, provider_id="together-judge", judge_model=JUDGE)[
+                "reward_scoring"
+            ],
+            {
+                "provider_id": "reward-model",
+                "provider_type": "inline::reward-model",
+                "config": {"device": "cpu", "load_in_background": False},
+            },
+        ]
+    }
+    models = [
+        {"model_id": "vendor-judge", "provider_id": "together-judge", "model_type": "reward"},
+        {
+            "model_id": "tiny-rm",
+            "provider_id": "reward-model",
+            "provider_model_id": str(folder),
+            "model_type": "reward",
+        },
+    ]
+    client = await start_stack(providers, models)
+    item = dialog_generations("Capital of France?", "Paris", "It is Paris, of course")
+    local = await client.reward_scoring.reward_score(model="tiny-rm", prompt_generations=[item])
+    assert judge_calls(together) == []
+    local_scores = [s.score for s in local.scored_generations[0].k_scored_generations]
+    assert len(local_scores) == 2 and local_scores[0] != local_scores[1]  # a random head scores two texts apart
+    remote = await client.reward_scoring.reward_score(model="vendor-judge", prompt_generations=[item])
+    assert [s.score for s in remote.scored_generations[0].k_scored_generations] == [1.0, 5.0]
+    assert len(judge_calls(together)) == 2
+    with pytest.raises(NotFoundError) as unknown:
+        await client.reward_scoring.reward_score(model="nope", prompt_generations=[item])
+    assert "tiny-rm" in unknown.value.message and "vendor-judge" in unknown.value.message
+
+
 async def test_without_a_judge_model_the_requests_model_judges(together, start_stack):
     client = await start_stack(together_api("reward_scoring", together))
     result = await client.reward_scoring.reward_score(
