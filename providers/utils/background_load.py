@@ -24,6 +24,8 @@ from llama_stack.apis.errors import ServiceUnavailableError
 
 T = TypeVar("T")
 LoadStatus = Literal["ready", "loading", "failed"]
+# What a caller still loading a model is told to wait (Retry-After, seconds): about what the rest of a
+# typical load (torch imported, a small model read) takes.
 LOADING_RETRY_AFTER_SECONDS = 2
 
 log = logging.getLogger(__name__)

@@ -57,7 +57,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# What a caller still loading a model is told to wait (Retry-After, seconds).
 # Checked to be installed when the provider is built (without importing them), so a missing one fails the start.
 _LIBRARIES = ("torch", "transformers")
 

@@ -57,8 +57,6 @@ log = logging.getLogger(__name__)
 # encoder, which sentence-transformers loads with mean pooling).
 _MODEL_MARKERS = ("modules.json", "config_sentence_transformers.json")
 _LOADABLE_MARKERS = (*_MODEL_MARKERS, "config.json")
-# What a caller still loading a model is told to wait (Retry-After, seconds): about what the rest of a
-# typical load (torch imported, a small model read) takes.
 # The libraries a load imports: checked to be installed when the provider is built (cheaply, without
 # importing them), so that a missing one fails the start instead of every later call.
 _LIBRARIES = ("torch", "sentence_transformers")
