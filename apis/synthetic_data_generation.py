@@ -10,11 +10,11 @@ and whether progress streams (``stream``). Each defaults to the provider's confi
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated, Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import Field
 
-from .common import JsonObject, Message, Schema
+from .common import JsonObject, Message, ProviderId, Schema
 from .datasets import DatasetId
 from .dispatch import FirstProvider, dispatch
 from .inference import MAX_TOKENS_LIMIT, SamplingParams
@@ -80,7 +80,7 @@ class SaveSettings(Schema):
             "for DPO; prompts whose generations all score the same are left out."
         ),
     )
-    provider_id: Annotated[str, Field(min_length=1, max_length=256)] | None = Field(
+    provider_id: ProviderId | None = Field(
         default=None, description="The datasets provider that keeps them; unset: the first."
     )
 

@@ -67,10 +67,6 @@ class Plan:
     filtering: FilteringParams
     save: SaveSettings | None
 
-    @property
-    def total(self) -> int:
-        return len(self.prompts) * self.num_generations
-
 
 @dataclass
 class Tally:
@@ -81,7 +77,7 @@ class Tally:
     generations: int = 0
     generation_s: float = 0.0
     scoring_s: float = 0.0
-    batched: bool | None = None
+    batched: bool = False
     scored: list[KScoredPromptGenerations] = field(default_factory=list)
     kept: list[KScoredPromptGenerations] = field(default_factory=list)
 

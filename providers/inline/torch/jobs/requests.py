@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -150,15 +151,7 @@ class RequestPlanner:
             await self._check_qlora()
         base = model_base(request.model, "model", self.inference, self.roots, self.provider)
         self._check_start(base, adapter, "model")
-        train_set, validation_set = await self._datasets(request.dataset, request.validation_dataset)
-        columns = sft_columns(train_set, "dataset", self.provider)
-        check_same_columns(
-            columns,
-            sft_columns(validation_set, "validation_dataset", self.provider),
-            "validation_dataset",
-            self.provider,
-        )
-        train, validation = await self._rows(train_set, validation_set, columns)
+        columns, train, validation = await self._data(request.dataset, request.validation_dataset, sft_columns)
         spec = self._spec(
             request.job_uuid, "sft", algorithm, base, adapter, None, optimizer, loop, distributed, columns
         )
@@ -193,15 +186,7 @@ class RequestPlanner:
             # The request cannot say how its adapter looks: DPO continues the checkpoint's adapter as it is.
             adapter = self._adapter_of(base.adapter, "finetuned_model")
         self._check_start(base, adapter, "finetuned_model")
-        train_set, validation_set = await self._datasets(request.dataset, request.validation_dataset)
-        columns = preference_columns(train_set, "dataset", self.provider)
-        check_same_columns(
-            columns,
-            preference_columns(validation_set, "validation_dataset", self.provider),
-            "validation_dataset",
-            self.provider,
-        )
-        train, validation = await self._rows(train_set, validation_set, columns)
+        columns, train, validation = await self._data(request.dataset, request.validation_dataset, preference_columns)
         spec = self._spec(request.job_uuid, "dpo", "dpo", base, adapter, dpo, optimizer, loop, distributed, columns)
         return PlannedJob(spec, train, validation)
 
@@ -404,11 +389,17 @@ class RequestPlanner:
         return model_base(self.config.preference_model, "preference_model", self.inference, self.roots, self.provider)
 
     # ----------------------------------------------------------------------------------- datasets
-    async def _datasets(self, train: Dataset | str, validation: Dataset | str) -> tuple[Dataset, Dataset]:
-        datasets = self.datasets
-        train_set = await resolve_dataset(train, datasets, "dataset", provider=self.provider)
-        validation_set = await resolve_dataset(validation, datasets, "validation_dataset", provider=self.provider)
-        return train_set, validation_set
+    async def _data(
+        self, train: Dataset | str, validation: Dataset | str, columns_of: Callable[[Dataset, str, str], Columns]
+    ) -> tuple[Columns, list[dict[str, Any]], list[dict[str, Any]]]:
+        """The columns trained on (``columns_of``: SFT's or DPO's) and both datasets' rows, checked."""
+        train_set = await resolve_dataset(train, self.datasets, "dataset", provider=self.provider)
+        validation_set = await resolve_dataset(validation, self.datasets, "validation_dataset", provider=self.provider)
+        columns = columns_of(train_set, "dataset", self.provider)
+        validation_columns = columns_of(validation_set, "validation_dataset", self.provider)
+        check_same_columns(columns, validation_columns, "validation_dataset", self.provider)
+        train_rows, validation_rows = await self._rows(train_set, validation_set, columns)
+        return columns, train_rows, validation_rows
 
     async def _rows(
         self, train_set: Dataset, validation_set: Dataset, columns: Columns
